@@ -1,0 +1,44 @@
+//! The file-I/O seam. Every byte the log moves goes through these two traits, which have two implementations:
+//! [`crate::dma::DmaStorage`] (glommio direct I/O on real files) and [`crate::sim::SimStorage`] (an in-memory disk
+//! with a live and a durable image and injectable faults, for crash-consistency tests).
+//!
+//! The futures are not `Send`: a file belongs to the shard that opened it.
+
+#![allow(async_fn_in_trait)]
+
+use std::io;
+use std::path::Path;
+
+use bytes::Bytes;
+
+/// A directory tree of files: how the log creates, lists and deletes its segment files.
+pub trait Storage: Clone + 'static {
+    type File: StorageFile;
+
+    /// Opens a file for direct reads and writes, creating it (empty) when `create` is set.
+    async fn open(&self, path: &Path, create: bool) -> io::Result<Self::File>;
+    async fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Names (not paths) of the entries of `directory`.
+    async fn list(&self, directory: &Path) -> io::Result<Vec<String>>;
+    async fn create_dir_all(&self, directory: &Path) -> io::Result<()>;
+    async fn exists(&self, path: &Path) -> bool;
+}
+
+/// One open file. Writes take block-aligned buffers at block-aligned positions (direct I/O rules).
+pub trait StorageFile: 'static {
+    /// A block-aligned buffer that `write_at` consumes.
+    type Buffer: AsRef<[u8]> + AsMut<[u8]>;
+
+    /// A zeroed buffer of `size` bytes; `size` is a multiple of [`crate::BLOCK_SIZE`].
+    fn alloc_buffer(&self, size: usize) -> Self::Buffer;
+    async fn write_at(&self, buffer: Self::Buffer, position: u64) -> io::Result<()>;
+    /// Reads up to `size` bytes at any position; fewer are returned at the end of the file.
+    async fn read_at(&self, position: u64, size: usize) -> io::Result<Bytes>;
+    /// fdatasync: everything written before it is durable when it returns.
+    async fn sync(&self) -> io::Result<()>;
+    async fn truncate(&self, size: u64) -> io::Result<()>;
+    /// Reserves space for `[0, size)` and extends the file size to `size` (fallocate).
+    async fn allocate(&self, size: u64) -> io::Result<()>;
+    async fn size(&self) -> io::Result<u64>;
+    async fn close(self) -> io::Result<()>;
+}
