@@ -1,0 +1,15 @@
+//! Sluice's broker: the only crate that touches the network or names glommio executors.
+//!
+//! Entry points: [`server::run`] starts the shards for a [`config::Config`]; [`connection`] frames requests and
+//! keeps responses in order; [`handlers`] holds one file per Kafka API; [`shard::Shard`] is the per-core state.
+//!
+//! **Architecture invariant:** storage errors become Kafka error codes only in [`errors`].
+//! **Architecture invariant:** only the shard that owns a partition (see [`placement`]) touches its log.
+
+pub mod codec;
+pub mod config;
+pub mod logging;
+pub mod placement;
+pub mod server;
+pub mod sync;
+pub mod topics;

@@ -1,0 +1,154 @@
+//! Shard-local wake-up primitives. Everything here is `!Send`: it lives on one executor.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+/// Wakes every task waiting at the moment of `notify_all`. Nothing is queued: a waiter re-checks its condition
+/// after each wake-up. Used for Fetch long polling (woken by appends) and shutdown.
+#[derive(Default)]
+pub struct Notify {
+    generation: Cell<u64>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Notify {
+    pub fn notify_all(&self) {
+        self.generation.set(self.generation.get() + 1);
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        for waker in waiters {
+            waker.wake();
+        }
+    }
+
+    /// Completes at the first `notify_all` after this call.
+    pub fn notified(&self) -> Notified<'_> {
+        Notified { notify: self, generation: self.generation.get() }
+    }
+}
+
+pub struct Notified<'a> {
+    notify: &'a Notify,
+    generation: u64,
+}
+
+impl Future for Notified<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<()> {
+        if self.notify.generation.get() != self.generation {
+            return Poll::Ready(());
+        }
+        let mut waiters = self.notify.waiters.borrow_mut();
+        if !waiters.iter().any(|waker| waker.will_wake(context.waker())) {
+            waiters.push(context.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// A single-value, single-task channel.
+pub fn oneshot<T>() -> (OneshotSender<T>, OneshotReceiver<T>) {
+    let slot = Rc::new(OneshotSlot {
+        value: RefCell::new(None),
+        waker: RefCell::new(None),
+        closed: Cell::new(false),
+    });
+    (OneshotSender { slot: slot.clone() }, OneshotReceiver { slot })
+}
+
+struct OneshotSlot<T> {
+    value: RefCell<Option<T>>,
+    waker: RefCell<Option<Waker>>,
+    /// The sender was dropped (without sending) or the receiver was dropped.
+    closed: Cell<bool>,
+}
+
+pub struct OneshotSender<T> {
+    slot: Rc<OneshotSlot<T>>,
+}
+
+impl<T> OneshotSender<T> {
+    /// Delivers `value`; returns it back when the receiver is gone.
+    pub fn send(self, value: T) -> Result<(), T> {
+        if self.slot.closed.get() {
+            return Err(value);
+        }
+        *self.slot.value.borrow_mut() = Some(value);
+        if let Some(waker) = self.slot.waker.borrow_mut().take() {
+            waker.wake();
+        }
+        Ok(())
+    }
+}
+
+impl<T> Drop for OneshotSender<T> {
+    fn drop(&mut self) {
+        self.slot.closed.set(true);
+        if let Some(waker) = self.slot.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+pub struct OneshotReceiver<T> {
+    slot: Rc<OneshotSlot<T>>,
+}
+
+impl<T> Future for OneshotReceiver<T> {
+    /// `None` when the sender was dropped without sending.
+    type Output = Option<T>;
+
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<T>> {
+        if let Some(value) = self.slot.value.borrow_mut().take() {
+            return Poll::Ready(Some(value));
+        }
+        if self.slot.closed.get() {
+            return Poll::Ready(None);
+        }
+        *self.slot.waker.borrow_mut() = Some(context.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl<T> Drop for OneshotReceiver<T> {
+    fn drop(&mut self) {
+        self.slot.closed.set(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oneshot_delivers_and_reports_a_dropped_sender() {
+        glommio::LocalExecutor::default().run(async {
+            let (sender, receiver) = oneshot::<u32>();
+            glommio::spawn_local(async move {
+                let _ = sender.send(7);
+            })
+            .detach();
+            assert_eq!(receiver.await, Some(7));
+            let (sender, receiver) = oneshot::<u32>();
+            drop(sender);
+            assert_eq!(receiver.await, None);
+        });
+    }
+
+    #[test]
+    fn notify_wakes_only_later_waiters() {
+        glommio::LocalExecutor::default().run(async {
+            let notify = Rc::new(Notify::default());
+            notify.notify_all();
+            let waiter = notify.clone();
+            let task = glommio::spawn_local(async move { waiter.notified().await });
+            glommio::yield_if_needed().await;
+            glommio::executor().yield_task_queue_now().await;
+            notify.notify_all();
+            task.await;
+        });
+    }
+}

@@ -1,0 +1,336 @@
+//! Topic metadata: names, topic ids, partition counts, per-topic configs, and the leader epoch of a cluster of
+//! one. [`TopicTable`] is an immutable snapshot shared as `Arc`: shard 0 is its single writer (it persists each
+//! new version to `<data dir>/topics.toml` before handing copies to the other shards), every shard reads its copy.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+
+pub const TOPICS_FILE: &str = "topics.toml";
+/// Kafka's limit: a topic directory `<topic>-<partition>` must fit a 255-byte file name.
+pub const TOPIC_NAME_SIZE_MAX: usize = 249;
+/// A bound on partitions per topic, so that one CreateTopics cannot ask for millions of directories.
+pub const PARTITION_COUNT_MAX: i32 = 10_000;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopicEntry {
+    pub name: String,
+    /// 32 lowercase hex digits; the topic's UUID.
+    pub topic_id: String,
+    pub partition_count: i32,
+    /// Leader epoch of every partition of the topic: a single node is the leader since creation.
+    pub leader_epoch: i32,
+    /// Topic-level overrides with Kafka's names (`retention.ms`, `max.message.bytes`, ...).
+    #[serde(default)]
+    pub configs: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TopicTable {
+    /// Incremented by every change; a shard ignores a table older than the one it has.
+    pub version: u64,
+    #[serde(default)]
+    pub topics: BTreeMap<String, TopicEntry>,
+}
+
+impl TopicTable {
+    pub fn get(&self, name: &str) -> Option<&TopicEntry> {
+        self.topics.get(name)
+    }
+
+    pub fn find_by_id(&self, topic_id: &[u8; 16]) -> Option<&TopicEntry> {
+        self.topics.values().find(|entry| entry.topic_uuid() == *topic_id)
+    }
+
+    /// Reads `<data dir>/topics.toml`; a missing file is an empty table (a fresh data directory).
+    pub fn load(data_dir: &Path) -> Result<TopicTable, String> {
+        let path = data_dir.join(TOPICS_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(TopicTable::default()),
+            Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
+        };
+        let table: TopicTable = toml::from_str(&text)
+            .map_err(|error| format!("{} is corrupt: {}", path.display(), error.message()))?;
+        for (name, entry) in &table.topics {
+            if name != &entry.name || validate_topic_name(name).is_err() || entry.partition_count < 1 {
+                return Err(format!("{} is corrupt: bad entry for topic \"{name}\"", path.display()));
+            }
+        }
+        Ok(table)
+    }
+
+    /// Writes the table atomically: a temporary file, fsync, rename over the old one, fsync the directory.
+    /// Blocking file I/O on the executor thread is accepted here: it happens only on topic changes.
+    pub fn save(&self, data_dir: &Path) -> Result<(), String> {
+        let text =
+            toml::to_string(self).map_err(|error| format!("cannot encode the topic table: {error}"))?;
+        let path = data_dir.join(TOPICS_FILE);
+        let temporary: PathBuf = data_dir.join(format!("{TOPICS_FILE}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&temporary)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, &path)?;
+            std::fs::File::open(data_dir)?.sync_all()
+        };
+        write().map_err(|error| format!("cannot write {}: {error}", path.display()))
+    }
+}
+
+impl TopicEntry {
+    pub fn new(name: &str, partition_count: i32, configs: BTreeMap<String, String>) -> TopicEntry {
+        TopicEntry {
+            name: name.to_string(),
+            topic_id: new_topic_id(),
+            partition_count,
+            leader_epoch: 0,
+            configs,
+        }
+    }
+
+    pub fn topic_uuid(&self) -> [u8; 16] {
+        let mut uuid = [0u8; 16];
+        for (index, byte) in uuid.iter_mut().enumerate() {
+            *byte = self
+                .topic_id
+                .get(index * 2..index * 2 + 2)
+                .and_then(|digits| u8::from_str_radix(digits, 16).ok())
+                .unwrap_or(0);
+        }
+        uuid
+    }
+}
+
+/// A random version-4 UUID as 32 hex digits. `RandomState` draws its keys from the OS's random source, which
+/// avoids a dependency for sixteen bytes.
+fn new_topic_id() -> String {
+    let mut bytes = [0u8; 16];
+    for half in bytes.chunks_mut(8) {
+        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        half.copy_from_slice(&random.to_be_bytes());
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Kafka's rule: 1 to 249 characters of `[a-zA-Z0-9._-]`, not "." or "..".
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > TOPIC_NAME_SIZE_MAX {
+        return Err(format!("topic name length {} is outside 1..={TOPIC_NAME_SIZE_MAX}", name.len()));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("topic name \"{name}\" is reserved"));
+    }
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("topic name \"{name}\" contains '{bad}'; allowed are [a-zA-Z0-9._-]"));
+    }
+    Ok(())
+}
+
+/// Whether a record batch's timestamps are the producer's or the broker's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimestampKind {
+    CreateTime,
+    LogAppendTime,
+}
+
+/// A topic's effective settings: broker defaults overridden by the topic's own configs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopicSettings {
+    pub segment_size_max: u64,
+    pub segment_age_max: Duration,
+    pub retention_age_max: Option<Duration>,
+    pub retention_size_max: Option<u64>,
+    pub index_interval_size: u32,
+    pub message_size_max: usize,
+    pub timestamp_kind: TimestampKind,
+}
+
+/// One topic-level config key: its Kafka name, how to check a value, and the broker default as text.
+pub struct TopicConfigKey {
+    pub name: &'static str,
+    /// The broker-level key it defaults from.
+    pub broker_name: &'static str,
+    pub default: fn(&Config) -> String,
+    pub validate: fn(&str) -> Result<(), String>,
+}
+
+fn number_at_least(minimum: i64) -> impl Fn(&str) -> Result<(), String> {
+    move |text: &str| match text.trim().parse::<i64>() {
+        Ok(value) if value >= minimum => Ok(()),
+        _ => Err(format!("\"{text}\" is not a number of at least {minimum}")),
+    }
+}
+
+fn millis(duration: Option<Duration>) -> String {
+    duration.map_or("-1".to_string(), |duration| duration.as_millis().to_string())
+}
+
+/// Every topic-level key the broker understands; DescribeConfigs lists these and AlterConfigs accepts only these.
+pub const TOPIC_CONFIG_KEYS: &[TopicConfigKey] = &[
+    TopicConfigKey {
+        name: "cleanup.policy",
+        broker_name: "log.cleanup.policy",
+        default: |_| "delete".into(),
+        validate: |text| match text {
+            "delete" => Ok(()),
+            other => Err(format!("cleanup.policy \"{other}\" is not supported (only \"delete\")")),
+        },
+    },
+    TopicConfigKey {
+        name: "retention.ms",
+        broker_name: "log.retention.ms",
+        default: |config| millis(config.retention_age_max),
+        validate: |text| number_at_least(-1)(text),
+    },
+    TopicConfigKey {
+        name: "retention.bytes",
+        broker_name: "log.retention.bytes",
+        default: |config| config.retention_size_max.map_or("-1".into(), |size| size.to_string()),
+        validate: |text| number_at_least(-1)(text),
+    },
+    TopicConfigKey {
+        name: "segment.bytes",
+        broker_name: "log.segment.bytes",
+        default: |config| config.segment_size_max.to_string(),
+        validate: |text| number_at_least(14)(text),
+    },
+    TopicConfigKey {
+        name: "segment.ms",
+        broker_name: "log.segment.ms",
+        default: |config| config.segment_age_max.as_millis().to_string(),
+        validate: |text| number_at_least(1)(text),
+    },
+    TopicConfigKey {
+        name: "max.message.bytes",
+        broker_name: "message.max.bytes",
+        default: |config| config.message_size_max.to_string(),
+        validate: |text| number_at_least(0)(text),
+    },
+    TopicConfigKey {
+        name: "index.interval.bytes",
+        broker_name: "log.index.interval.bytes",
+        default: |config| config.index_interval_size.to_string(),
+        validate: |text| number_at_least(0)(text),
+    },
+    TopicConfigKey {
+        name: "message.timestamp.type",
+        broker_name: "log.message.timestamp.type",
+        default: |_| "CreateTime".into(),
+        validate: |text| match text {
+            "CreateTime" | "LogAppendTime" => Ok(()),
+            other => Err(format!("message.timestamp.type \"{other}\" is not CreateTime or LogAppendTime")),
+        },
+    },
+    TopicConfigKey {
+        name: "min.insync.replicas",
+        broker_name: "min.insync.replicas",
+        default: |_| "1".into(),
+        validate: |text| number_at_least(1)(text),
+    },
+    TopicConfigKey {
+        name: "compression.type",
+        broker_name: "compression.type",
+        default: |_| "producer".into(),
+        validate: |text| match text {
+            "producer" => Ok(()),
+            other => {
+                Err(format!("compression.type \"{other}\" is not supported (batches are stored as sent)"))
+            }
+        },
+    },
+];
+
+pub fn topic_config_key(name: &str) -> Option<&'static TopicConfigKey> {
+    TOPIC_CONFIG_KEYS.iter().find(|key| key.name == name)
+}
+
+/// Checks a set of topic configs; the error names the first bad key.
+pub fn validate_topic_configs(configs: &BTreeMap<String, String>) -> Result<(), String> {
+    for (name, value) in configs {
+        let key = topic_config_key(name).ok_or_else(|| format!("unknown topic config \"{name}\""))?;
+        (key.validate)(value).map_err(|error| format!("{name}: {error}"))?;
+    }
+    Ok(())
+}
+
+impl TopicSettings {
+    pub fn resolve(config: &Config, configs: &BTreeMap<String, String>) -> TopicSettings {
+        let number = |name: &str| configs.get(name).and_then(|text| text.trim().parse::<i64>().ok());
+        let limit = |value: i64| if value < 0 { None } else { Some(value as u64) };
+        TopicSettings {
+            segment_size_max: number("segment.bytes")
+                .map_or(config.segment_size_max, |value| value.max(14) as u64),
+            segment_age_max: number("segment.ms")
+                .map_or(config.segment_age_max, |value| Duration::from_millis(value.max(1) as u64)),
+            retention_age_max: number("retention.ms")
+                .map_or(config.retention_age_max, |value| limit(value).map(Duration::from_millis)),
+            retention_size_max: number("retention.bytes").map_or(config.retention_size_max, limit),
+            index_interval_size: number("index.interval.bytes")
+                .map_or(config.index_interval_size, |value| value.clamp(0, u32::MAX as i64) as u32),
+            message_size_max: number("max.message.bytes")
+                .map_or(config.message_size_max, |value| value.max(0) as usize),
+            timestamp_kind: match configs.get("message.timestamp.type").map(String::as_str) {
+                Some("LogAppendTime") => TimestampKind::LogAppendTime,
+                _ => TimestampKind::CreateTime,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigOverrides;
+
+    #[test]
+    fn table_round_trips_through_the_file() {
+        let directory = std::env::temp_dir().join(format!("sluice-topics-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let mut table = TopicTable::default();
+        let mut configs = BTreeMap::new();
+        configs.insert("retention.ms".to_string(), "1000".to_string());
+        table.topics.insert("a.b-c".into(), TopicEntry::new("a.b-c", 3, configs));
+        table.version = 4;
+        table.save(&directory).unwrap();
+        assert_eq!(TopicTable::load(&directory).unwrap(), table);
+        let uuid = table.topics["a.b-c"].topic_uuid();
+        assert_eq!(uuid[6] >> 4, 4, "version-4 UUID");
+        assert_ne!(uuid, [0u8; 16]);
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        for good in ["a", "orders.v1", "x_y-z", &"n".repeat(249)] {
+            assert!(validate_topic_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".", "..", "a/b", "a b", &"n".repeat(250)] {
+            assert!(validate_topic_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn settings_take_topic_overrides() {
+        let config = Config::from_toml("", &ConfigOverrides::default()).unwrap();
+        let mut configs = BTreeMap::new();
+        configs.insert("max.message.bytes".to_string(), "100".to_string());
+        configs.insert("retention.ms".to_string(), "-1".to_string());
+        configs.insert("message.timestamp.type".to_string(), "LogAppendTime".to_string());
+        assert!(validate_topic_configs(&configs).is_ok());
+        let settings = TopicSettings::resolve(&config, &configs);
+        assert_eq!(settings.message_size_max, 100);
+        assert_eq!(settings.retention_age_max, None);
+        assert_eq!(settings.timestamp_kind, TimestampKind::LogAppendTime);
+        configs.insert("bogus".to_string(), "1".to_string());
+        assert!(validate_topic_configs(&configs).is_err());
+    }
+}
