@@ -41,11 +41,24 @@ const ATTRIBUTE_TIMESTAMP_LOG_APPEND: i16 = 1 << 3;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchError {
     /// Fewer bytes than a header, or than the header's length says.
-    Truncated { needed: usize, available: usize },
-    BadLength { batch_length: i32 },
-    BadMagic { magic: i8 },
-    BadRecordCount { record_count: i32, last_offset_delta: i32 },
-    BadCrc { stored: u32, computed: u32 },
+    Truncated {
+        needed: usize,
+        available: usize,
+    },
+    BadLength {
+        batch_length: i32,
+    },
+    BadMagic {
+        magic: i8,
+    },
+    BadRecordCount {
+        record_count: i32,
+        last_offset_delta: i32,
+    },
+    BadCrc {
+        stored: u32,
+        computed: u32,
+    },
     Empty,
 }
 
@@ -58,7 +71,9 @@ impl std::fmt::Display for BatchError {
             BatchError::BadLength { batch_length } => {
                 write!(formatter, "batch length {batch_length} is below the 49-byte minimum")
             }
-            BatchError::BadMagic { magic } => write!(formatter, "batch magic {magic}, only magic 2 is accepted"),
+            BatchError::BadMagic { magic } => {
+                write!(formatter, "batch magic {magic}, only magic 2 is accepted")
+            }
             BatchError::BadRecordCount { record_count, last_offset_delta } => write!(
                 formatter,
                 "batch record count {record_count} with last offset delta {last_offset_delta} is inconsistent"
@@ -205,8 +220,8 @@ pub(crate) fn into_mut(bytes: Bytes) -> BytesMut {
     }
 }
 
-/// Iterates whole batches of a buffer without checking CRCs (used on data the log already validated).
-pub(crate) fn split_batches(bytes: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+/// Iterates whole batches of a buffer without checking CRCs (for data the log already validated).
+pub fn split_batches(bytes: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
     let mut position = 0;
     std::iter::from_fn(move || {
         let header = BatchHeader::parse(&bytes[position..]).ok()?;
@@ -221,11 +236,78 @@ pub(crate) fn split_batches(bytes: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
+    use super::testing::make_batch;
+    use super::*;
+
+    #[test]
+    fn valid_batch_passes_and_reports_its_fields() {
+        let batch = make_batch(3, 10, 1_000);
+        let (header, size) = validate_batch(&batch).unwrap();
+        assert_eq!(size, batch.len());
+        assert_eq!(header.record_count.get(), 3);
+        assert_eq!(header.last_offset_delta.get(), 2);
+        assert_eq!(header.max_timestamp.get(), 1_000);
+    }
+
+    #[test]
+    fn every_kind_of_damage_is_a_typed_error() {
+        let good = make_batch(2, 5, 7);
+        let check = |mutate: &dyn Fn(&mut Vec<u8>), expected: &dyn Fn(&BatchError) -> bool| {
+            let mut bytes = good.to_vec();
+            mutate(&mut bytes);
+            let error = validate_batch(&bytes).unwrap_err();
+            assert!(expected(&error), "unexpected error {error:?}");
+        };
+        check(&|bytes| bytes.truncate(30), &|error| matches!(error, BatchError::Truncated { .. }));
+        check(&|bytes| bytes.truncate(bytes.len() - 1), &|error| {
+            matches!(error, BatchError::Truncated { .. })
+        });
+        check(&|bytes| bytes[16] = 1, &|error| matches!(error, BatchError::BadMagic { magic: 1 }));
+        check(&|bytes| bytes[8..12].copy_from_slice(&10i32.to_be_bytes()), &|error| {
+            matches!(error, BatchError::BadLength { batch_length: 10 })
+        });
+        check(&|bytes| bytes[57..61].copy_from_slice(&0i32.to_be_bytes()), &|error| {
+            matches!(error, BatchError::BadRecordCount { .. })
+        });
+        check(&|bytes| *bytes.last_mut().unwrap() ^= 1, &|error| matches!(error, BatchError::BadCrc { .. }));
+        assert_eq!(validate_record_set(&[]), Err(BatchError::Empty));
+    }
+
+    #[test]
+    fn stamping_keeps_the_crc_valid() {
+        let mut batch = make_batch(4, 3, 9).to_vec();
+        stamp_batch(&mut batch, Offset(1234), 7);
+        let (header, _) = validate_batch(&batch).unwrap();
+        assert_eq!(header.base_offset(), Offset(1234));
+        assert_eq!(header.last_offset(), Offset(1237));
+        assert_eq!(header.partition_leader_epoch.get(), 7);
+        stamp_log_append_time(&mut batch, 55);
+        let (header, _) = validate_batch(&batch).unwrap();
+        assert!(header.is_log_append_time());
+        assert_eq!(header.max_timestamp.get(), 55);
+    }
+
+    #[test]
+    fn record_sets_split_into_their_batches() {
+        let mut joined = make_batch(1, 1, 1).to_vec();
+        joined.extend_from_slice(&make_batch(2, 2, 2));
+        let summaries = validate_record_set(&joined).unwrap();
+        assert_eq!(summaries.len(), 2);
+        assert_eq!(summaries[1].position, summaries[0].size);
+        assert_eq!(summaries[1].offset_count, 2);
+        let joined = Bytes::from(joined);
+        assert_eq!(split_batches(&joined).count(), 2);
+    }
+}
+
+/// Builders of valid batches for tests and benchmarks of this crate and the ones above it.
+#[doc(hidden)]
+pub mod testing {
     use super::*;
 
     /// Builds a valid uncompressed batch holding `record_count` records with `value_size`-byte values.
-    pub(crate) fn make_batch(record_count: i32, value_size: usize, timestamp: i64) -> Bytes {
+    pub fn make_batch(record_count: i32, value_size: usize, timestamp: i64) -> Bytes {
         let mut records = Vec::new();
         for index in 0..record_count {
             let mut record = Vec::new();
@@ -266,63 +348,5 @@ pub(crate) mod tests {
             zigzag >>= 7;
         }
         out.push(zigzag as u8);
-    }
-
-    #[test]
-    fn valid_batch_passes_and_reports_its_fields() {
-        let batch = make_batch(3, 10, 1_000);
-        let (header, size) = validate_batch(&batch).unwrap();
-        assert_eq!(size, batch.len());
-        assert_eq!(header.record_count.get(), 3);
-        assert_eq!(header.last_offset_delta.get(), 2);
-        assert_eq!(header.max_timestamp.get(), 1_000);
-    }
-
-    #[test]
-    fn every_kind_of_damage_is_a_typed_error() {
-        let good = make_batch(2, 5, 7);
-        let check = |mutate: &dyn Fn(&mut Vec<u8>), expected: &dyn Fn(&BatchError) -> bool| {
-            let mut bytes = good.to_vec();
-            mutate(&mut bytes);
-            let error = validate_batch(&bytes).unwrap_err();
-            assert!(expected(&error), "unexpected error {error:?}");
-        };
-        check(&|bytes| bytes.truncate(30), &|error| matches!(error, BatchError::Truncated { .. }));
-        check(&|bytes| bytes.truncate(bytes.len() - 1), &|error| matches!(error, BatchError::Truncated { .. }));
-        check(&|bytes| bytes[16] = 1, &|error| matches!(error, BatchError::BadMagic { magic: 1 }));
-        check(&|bytes| bytes[8..12].copy_from_slice(&10i32.to_be_bytes()), &|error| {
-            matches!(error, BatchError::BadLength { batch_length: 10 })
-        });
-        check(&|bytes| bytes[57..61].copy_from_slice(&0i32.to_be_bytes()), &|error| {
-            matches!(error, BatchError::BadRecordCount { .. })
-        });
-        check(&|bytes| *bytes.last_mut().unwrap() ^= 1, &|error| matches!(error, BatchError::BadCrc { .. }));
-        assert_eq!(validate_record_set(&[]), Err(BatchError::Empty));
-    }
-
-    #[test]
-    fn stamping_keeps_the_crc_valid() {
-        let mut batch = make_batch(4, 3, 9).to_vec();
-        stamp_batch(&mut batch, Offset(1234), 7);
-        let (header, _) = validate_batch(&batch).unwrap();
-        assert_eq!(header.base_offset(), Offset(1234));
-        assert_eq!(header.last_offset(), Offset(1237));
-        assert_eq!(header.partition_leader_epoch.get(), 7);
-        stamp_log_append_time(&mut batch, 55);
-        let (header, _) = validate_batch(&batch).unwrap();
-        assert!(header.is_log_append_time());
-        assert_eq!(header.max_timestamp.get(), 55);
-    }
-
-    #[test]
-    fn record_sets_split_into_their_batches() {
-        let mut joined = make_batch(1, 1, 1).to_vec();
-        joined.extend_from_slice(&make_batch(2, 2, 2));
-        let summaries = validate_record_set(&joined).unwrap();
-        assert_eq!(summaries.len(), 2);
-        assert_eq!(summaries[1].position, summaries[0].size);
-        assert_eq!(summaries[1].offset_count, 2);
-        let joined = Bytes::from(joined);
-        assert_eq!(split_batches(&joined).count(), 2);
     }
 }

@@ -75,7 +75,8 @@ impl BatchCache {
             return;
         }
         inner.size += bytes.len();
-        let previous = inner.logs.entry(log_id).or_default().insert(base_offset.0, CachedBatch { last_offset, bytes });
+        let previous =
+            inner.logs.entry(log_id).or_default().insert(base_offset.0, CachedBatch { last_offset, bytes });
         if let Some(previous) = previous {
             inner.size -= previous.bytes.len();
         }
@@ -103,7 +104,7 @@ impl BatchCache {
         let mut found = Vec::new();
         if let Some(batches) = inner.logs.get(&log_id) {
             let start = batches.range(..=offset.0).next_back();
-            if let Some((&base, batch)) = start.filter(|(_, batch)| batch.last_offset >= offset) {
+            if let Some((&base, _)) = start.filter(|(_, batch)| batch.last_offset >= offset) {
                 let mut expected = Offset(base);
                 for (&base, batch) in batches.range(base..) {
                     if Offset(base) != expected || !accept(Offset(base), &batch.bytes) {
@@ -126,9 +127,11 @@ impl BatchCache {
     pub(crate) fn remove_from(&self, log_id: u64, offset: Offset) {
         let mut inner = self.inner.borrow_mut();
         let doomed: Vec<i64> = match inner.logs.get(&log_id) {
-            Some(batches) => {
-                batches.iter().filter(|(_, batch)| batch.last_offset >= offset).map(|(base, _)| *base).collect()
-            }
+            Some(batches) => batches
+                .iter()
+                .filter(|(_, batch)| batch.last_offset >= offset)
+                .map(|(base, _)| *base)
+                .collect(),
             None => return,
         };
         for base in doomed {
@@ -140,9 +143,11 @@ impl BatchCache {
     pub(crate) fn remove_below(&self, log_id: u64, offset: Offset) {
         let mut inner = self.inner.borrow_mut();
         let doomed: Vec<i64> = match inner.logs.get(&log_id) {
-            Some(batches) => {
-                batches.iter().filter(|(_, batch)| batch.last_offset < offset).map(|(base, _)| *base).collect()
-            }
+            Some(batches) => batches
+                .iter()
+                .filter(|(_, batch)| batch.last_offset < offset)
+                .map(|(base, _)| *base)
+                .collect(),
             None => return,
         };
         for base in doomed {

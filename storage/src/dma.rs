@@ -106,7 +106,7 @@ impl StorageFile for DmaStorageFile {
     type Buffer = AlignedBuffer;
 
     fn alloc_buffer(&self, size: usize) -> AlignedBuffer {
-        assert!(size % BLOCK_SIZE == 0, "buffer size {size} is not block aligned");
+        assert!(size.is_multiple_of(BLOCK_SIZE), "buffer size {size} is not block aligned");
         let mut buffer = self.file.alloc_dma_buffer(size);
         buffer.as_bytes_mut().fill(0);
         AlignedBuffer(buffer)

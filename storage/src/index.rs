@@ -63,7 +63,7 @@ impl OffsetIndex {
     /// whole file was consumed that way (a closed segment's index must be).
     pub fn decode(bytes: &[u8], log_size: u64) -> (OffsetIndex, bool) {
         let mut index = OffsetIndex::default();
-        let mut complete = bytes.len() % OFFSET_INDEX_ENTRY_SIZE == 0;
+        let mut complete = bytes.len().is_multiple_of(OFFSET_INDEX_ENTRY_SIZE);
         for chunk in bytes.chunks_exact(OFFSET_INDEX_ENTRY_SIZE) {
             let entry = OffsetIndexEntry {
                 relative_offset: u32::from_be_bytes(chunk[0..4].try_into().expect("4 bytes")),
@@ -140,7 +140,10 @@ impl TimeIndex {
 
 pub(crate) fn relative(base_offset: Offset, offset: Offset) -> u32 {
     let delta = offset.0 - base_offset.0;
-    assert!((0..=u32::MAX as i64).contains(&delta), "offset {offset} is outside the segment at {base_offset}");
+    assert!(
+        (0..=u32::MAX as i64).contains(&delta),
+        "offset {offset} is outside the segment at {base_offset}"
+    );
     delta as u32
 }
 

@@ -151,7 +151,8 @@ impl SimStorage {
                     Operation::Write { position, data } if index + 1 == kept => {
                         let sectors = next_random(data.len().div_ceil(SECTOR_SIZE));
                         let size = (sectors * SECTOR_SIZE).min(data.len());
-                        Operation::Write { position: *position, data: data[..size].to_vec() }.apply(&mut image);
+                        Operation::Write { position: *position, data: data[..size].to_vec() }
+                            .apply(&mut image);
                     }
                     _ => operation.apply(&mut image),
                 }
@@ -237,12 +238,12 @@ impl StorageFile for SimFile {
     type Buffer = Vec<u8>;
 
     fn alloc_buffer(&self, size: usize) -> Vec<u8> {
-        assert!(size % crate::BLOCK_SIZE == 0, "buffer size {size} is not block aligned");
+        assert!(size.is_multiple_of(crate::BLOCK_SIZE), "buffer size {size} is not block aligned");
         vec![0; size]
     }
 
     async fn write_at(&self, buffer: Vec<u8>, position: u64) -> io::Result<()> {
-        assert!(position % crate::BLOCK_SIZE as u64 == 0, "unaligned direct write at {position}");
+        assert!(position.is_multiple_of(crate::BLOCK_SIZE as u64), "unaligned direct write at {position}");
         self.storage.check_halted()?;
         let (fail, tear) = {
             let mut state = self.storage.state.borrow_mut();
