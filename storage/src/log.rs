@@ -1172,14 +1172,20 @@ async fn truncate<S: Storage>(inner: &LogInner<S>, offset: Offset) -> Result<(),
     let new_end = segment.next_offset;
     inner.state.borrow_mut().segments.push(segment);
     result?;
-    let mut state = inner.state.borrow_mut();
-    state.next_offset = new_end;
-    state.flushed_offset = new_end;
-    state.durable_offset = state.durable_offset.min(new_end);
-    state.high_watermark = state.high_watermark.min(new_end);
-    state.log_start_offset = log_start.min(new_end);
-    drop(state);
+    {
+        let mut state = inner.state.borrow_mut();
+        state.next_offset = new_end;
+        state.flushed_offset = new_end;
+        state.durable_offset = state.durable_offset.min(new_end);
+        state.high_watermark = state.high_watermark.min(new_end);
+        state.log_start_offset = log_start.min(new_end);
+    }
     inner.cache.remove_from(inner.id, new_end);
+    if new_end < log_start {
+        // The cut went below the log start (a straddling batch, or a target below it): the log now starts at its
+        // new end, and the checkpoint must say so or a restart would resurrect the old start.
+        write_log_start_checkpoint(inner).await?;
+    }
     Ok(())
 }
 

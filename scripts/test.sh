@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need on a fresh machine, then runs every test suite.
+# Usage: scripts/test.sh            (everything)
+#        SLUICE_SKIP_INSTALL=1 scripts/test.sh   (when the system packages are known to be present)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
+
+if [ "${SLUICE_SKIP_INSTALL:-0}" != 1 ]; then
+  step "installing test dependencies"
+  scripts/install-test-deps.sh
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy -j2 --workspace --all-targets -- -D warnings
+
+step "cargo test (unit, property, crash-consistency, real-file and process tests)"
+cargo test -j2 --workspace --release -- --test-threads=2
+
+if [ -d broker/tests/clients ]; then
+  step "real-client tests"
+  cargo build -j2 --release -p sluice-broker
+  python3 -m pytest -q broker/tests/clients
+fi
+step "all tests passed"
