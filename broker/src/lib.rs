@@ -8,8 +8,15 @@
 
 pub mod codec;
 pub mod config;
+pub mod connection;
+pub mod errors;
+pub mod handlers;
 pub mod logging;
+pub mod mesh;
+pub mod partition;
 pub mod placement;
+pub mod records;
 pub mod server;
+pub mod shard;
 pub mod sync;
 pub mod topics;

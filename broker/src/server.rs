@@ -1,7 +1,300 @@
-//! Start-up and shutdown of the shards.
+//! Start-up and shutdown: checks the configuration against the machine (port, data directory), loads the topic
+//! table, starts one pinned glommio executor per shard, and on SIGTERM/SIGINT stops accepting, lets in-flight
+//! requests finish, closes every log and returns.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::Config;
+use crate::connection;
+use crate::mesh::{Envelope, ShardReply, ShardRequest};
+use crate::partition::PartitionManager;
+use crate::shard::Shard;
+use crate::topics::TopicTable;
 
+/// How long shutdown waits for connections to finish their in-flight requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often each shard looks at the process-wide stop flag. Only shutdown uses this; request paths never poll.
+const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// How often retention runs.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A running broker (for tests and embedding): the bound address and a way to stop it.
+pub struct Broker {
+    pub address: SocketAddr,
+    stop: Arc<AtomicBool>,
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    running: Arc<AtomicUsize>,
+}
+
+impl Broker {
+    /// Asks every shard to stop: stop accepting, finish in-flight requests, close the logs.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst) > 0
+    }
+
+    /// Waits for every shard to finish.
+    pub fn join(self) {
+        for handle in self.handles {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Runs a broker until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), String> {
-    Err(format!("not implemented yet: would listen on {}", config.listen))
+    let signals = block_stop_signals()?;
+    let broker = start(config)?;
+    log::info!("sluice listening on {}", broker.address);
+    loop {
+        if let Some(signal) = wait_for_signal(&signals, Duration::from_millis(200)) {
+            log::info!("signal {signal}: shutting down");
+            break;
+        }
+        if !broker.is_running() {
+            break;
+        }
+    }
+    broker.stop();
+    broker.join();
+    log::info!("sluice stopped");
+    Ok(())
+}
+
+/// Starts the shards and returns once every one listens (or the first start-up error).
+pub fn start(config: Config) -> Result<Broker, String> {
+    let address = probe_listen_address(config.listen)?;
+    let config = Config { listen: address, ..config };
+    prepare_data_dir(&config)?;
+    let table = Arc::new(TopicTable::load(&config.data_dir)?);
+    let shard_count = match config.shard_count {
+        Some(count) => count,
+        None => std::thread::available_parallelism().map(|count| count.get()).unwrap_or(1),
+    };
+    let cores = std::thread::available_parallelism().map(|count| count.get()).unwrap_or(1);
+    let config = Arc::new(config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = Arc::new(AtomicUsize::new(shard_count));
+    let drained = Arc::new(AtomicUsize::new(0));
+    let request_mesh =
+        MeshBuilder::<Envelope<ShardRequest>, _>::full(shard_count, config.shard_channel_capacity);
+    let reply_mesh = MeshBuilder::<Envelope<ShardReply>, _>::full(shard_count, config.shard_channel_capacity);
+    let (started_sender, started_receiver) = mpsc::channel::<Result<(), String>>();
+    let mut handles = Vec::with_capacity(shard_count);
+    for index in 0..shard_count {
+        let context = ShardContext {
+            config: config.clone(),
+            table: table.clone(),
+            stop: stop.clone(),
+            running: running.clone(),
+            drained: drained.clone(),
+            shard_count,
+            started: started_sender.clone(),
+        };
+        let request_mesh = request_mesh.clone();
+        let reply_mesh = reply_mesh.clone();
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(index % cores))
+            .name(&format!("shard-{index}"))
+            .spawn(move || async move {
+                let running = context.running.clone();
+                let started = context.started.clone();
+                if let Err(error) = run_shard(context, request_mesh, reply_mesh).await {
+                    let _ = started.send(Err(error));
+                }
+                running.fetch_sub(1, Ordering::SeqCst);
+            })
+            .map_err(|error| format!("cannot start shard {index}: {error}"))?;
+        handles.push(handle);
+    }
+    drop(started_sender);
+    let broker = Broker { address, stop, handles, running };
+    for _ in 0..shard_count {
+        match started_receiver.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                broker.stop();
+                broker.join();
+                return Err(error);
+            }
+            Err(_) => {
+                broker.stop();
+                broker.join();
+                return Err("a shard stopped during start-up".into());
+            }
+        }
+    }
+    Ok(broker)
+}
+
+struct ShardContext {
+    config: Arc<Config>,
+    table: Arc<TopicTable>,
+    stop: Arc<AtomicBool>,
+    running: Arc<AtomicUsize>,
+    drained: Arc<AtomicUsize>,
+    shard_count: usize,
+    started: mpsc::Sender<Result<(), String>>,
+}
+
+async fn run_shard(
+    context: ShardContext,
+    request_mesh: MeshBuilder<Envelope<ShardRequest>, glommio::channels::channel_mesh::Full>,
+    reply_mesh: MeshBuilder<Envelope<ShardReply>, glommio::channels::channel_mesh::Full>,
+) -> Result<(), String> {
+    // The mesh is joined first and unconditionally: a shard that failed before joining would hang the others.
+    let (request_senders, request_receivers) =
+        request_mesh.join().await.map_err(|_| "cannot join the shard request mesh".to_string())?;
+    let (reply_senders, reply_receivers) =
+        reply_mesh.join().await.map_err(|_| "cannot join the shard reply mesh".to_string())?;
+    let shard_id = request_senders.peer_id();
+    let executor = glommio::executor();
+    // Connections get a latency-sensitive queue so that a busy one is preempted often; the mesh gets its own.
+    let connection_queue = executor.create_task_queue(
+        glommio::Shares::Static(1000),
+        glommio::Latency::Matters(Duration::from_millis(1)),
+        "connections",
+    );
+    let mesh_queue = executor.create_task_queue(
+        glommio::Shares::Static(1000),
+        glommio::Latency::Matters(Duration::from_millis(1)),
+        "mesh",
+    );
+    let partitions = PartitionManager::new(context.config.clone(), shard_id, context.shard_count).await?;
+    let shard = Rc::new(Shard::new(
+        context.config.clone(),
+        context.table.clone(),
+        partitions,
+        request_senders,
+        reply_senders,
+    ));
+    shard.serve_mesh(request_receivers, reply_receivers, mesh_queue);
+    shard.partitions.apply(&context.table).await?;
+    let listener = glommio::net::TcpListener::bind(context.config.listen)
+        .map_err(|error| format!("cannot listen on {}: {error}", context.config.listen))?;
+    let _ = context.started.send(Ok(()));
+    log::debug!("shard {shard_id} serving {} partitions", shard.partitions.partition_count());
+
+    let watcher = {
+        let shard = shard.clone();
+        let stop = context.stop.clone();
+        glommio::spawn_local(async move {
+            let mut since_retention = Duration::ZERO;
+            while !stop.load(Ordering::SeqCst) {
+                glommio::timer::sleep(STOP_CHECK_INTERVAL).await;
+                since_retention += STOP_CHECK_INTERVAL;
+                if since_retention >= RETENTION_INTERVAL {
+                    since_retention = Duration::ZERO;
+                    shard.partitions.enforce_retention().await;
+                }
+            }
+            shard.request_shutdown();
+        })
+    };
+
+    // Accept until shutdown.
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            if !shard.is_shutting_down() {
+                shard.shutdown.notified().await;
+            }
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => {
+                let task = connection::serve(shard.clone(), stream, connection_queue);
+                if let Err(error) =
+                    glommio::spawn_local_into(task, connection_queue).map(|task| task.detach())
+                {
+                    log::error!("shard {shard_id}: cannot spawn a connection task: {error}");
+                }
+            }
+            Some(Err(error)) => {
+                log::warn!("shard {shard_id}: accept failed: {error}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    drop(listener);
+    watcher.await;
+
+    // Drain: connections finish what they read, then close.
+    let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
+    while shard.connection_count() > 0 && std::time::Instant::now() < deadline {
+        futures_lite::future::or(shard.connections_changed.notified(), async {
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+        })
+        .await;
+    }
+    // Every shard must stop sending to the others before any closes its logs.
+    context.drained.fetch_add(1, Ordering::SeqCst);
+    while context.drained.load(Ordering::SeqCst) < context.shard_count && std::time::Instant::now() < deadline
+    {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    shard.partitions.close_all().await;
+    Ok(())
+}
+
+/// Fails with one clear line if the address is taken; resolves port 0 to a concrete port.
+/// The probe binds without SO_REUSEPORT, so it also fails when another SO_REUSEPORT listener (a second
+/// broker) holds the port, which the shards' own SO_REUSEPORT binds would silently share.
+fn probe_listen_address(address: SocketAddr) -> Result<SocketAddr, String> {
+    let probe = std::net::TcpListener::bind(address)
+        .map_err(|error| format!("cannot listen on {address}: {error}"))?;
+    probe.local_addr().map_err(|error| format!("cannot listen on {address}: {error}"))
+}
+
+fn prepare_data_dir(config: &Config) -> Result<(), String> {
+    let directory = &config.data_dir;
+    let problem =
+        |error: std::io::Error| format!("data directory {} is not writable: {error}", directory.display());
+    std::fs::create_dir_all(directory).map_err(problem)?;
+    let probe = directory.join(".sluice-write-probe");
+    std::fs::write(&probe, b"probe").map_err(problem)?;
+    std::fs::remove_file(&probe).map_err(problem)?;
+    // Written here, once, so that shards starting together only ever read it (see storage's DmaStorage::new).
+    let dma_probe = directory.join(sluice_storage::dma::PROBE_FILE_NAME);
+    if std::fs::metadata(&dma_probe).map(|metadata| metadata.len()).unwrap_or(0)
+        < sluice_storage::BLOCK_SIZE as u64
+    {
+        std::fs::write(&dma_probe, vec![0u8; sluice_storage::BLOCK_SIZE]).map_err(problem)?;
+    }
+    Ok(())
+}
+
+/// Blocks SIGTERM and SIGINT in this thread and every thread it starts later, so that only `wait_for_signal`
+/// sees them.
+fn block_stop_signals() -> Result<libc::sigset_t, String> {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use, and pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let result = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if result != 0 {
+            return Err(format!("cannot block signals: error {result}"));
+        }
+        Ok(set)
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
+    let timeout =
+        libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as _ };
+    // SAFETY: `set` was initialised by block_stop_signals; a null siginfo pointer is allowed.
+    let signal = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &timeout) };
+    (signal > 0).then_some(signal)
 }

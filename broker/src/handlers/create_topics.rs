@@ -1,0 +1,84 @@
+//! CreateTopics (key 19), v2–7. Changes go to shard 0, which persists the table and opens the logs on every
+//! owner before answering.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
+
+use super::{str_bytes, HandlerResult, RequestContext};
+use crate::errors::{ErrorCode, KafkaError};
+use crate::mesh::TopicChange;
+use crate::shard::Shard;
+
+pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: CreateTopicsRequest) -> HandlerResult {
+    let version = context.api_version;
+    let mut changes = Vec::with_capacity(body.topics.len());
+    let mut early: Vec<Option<KafkaError>> = Vec::with_capacity(body.topics.len());
+    for topic in &body.topics {
+        let mut configs = BTreeMap::new();
+        for config in &topic.configs {
+            if let Some(value) = &config.value {
+                configs.insert(config.name.to_string(), value.to_string());
+            }
+        }
+        if !topic.assignments.is_empty() {
+            early.push(Some(KafkaError::with_message(
+                ErrorCode::INVALID_REQUEST,
+                "manual replica assignment is not supported on a single node",
+            )));
+        } else {
+            early.push(None);
+        }
+        changes.push(TopicChange::Create {
+            name: topic.name.0.to_string(),
+            partition_count: topic.num_partitions,
+            replication_factor: topic.replication_factor,
+            configs,
+        });
+    }
+    let accepted: Vec<TopicChange> = changes
+        .iter()
+        .zip(&early)
+        .filter(|(_, error)| error.is_none())
+        .map(|(change, _)| change.clone())
+        .collect();
+    let mut results = shard.admin(accepted, body.validate_only).await.into_iter();
+    let table = shard.topics();
+    let mut topics = Vec::with_capacity(body.topics.len());
+    for (topic, error) in body.topics.iter().zip(early) {
+        let result = match error {
+            Some(error) => Err(error),
+            None => results.next().unwrap_or(Err(KafkaError::new(ErrorCode::UNKNOWN_SERVER_ERROR))),
+        };
+        let mut response = CreatableTopicResult::default();
+        response.name = topic.name.clone();
+        match result {
+            Ok(()) => {
+                if version >= 5 {
+                    let partition_count = table
+                        .get(topic.name.0.as_str())
+                        .map_or(topic.num_partitions.max(shard.config.partition_count_default), |entry| {
+                            entry.partition_count
+                        });
+                    response.num_partitions = partition_count;
+                    response.replication_factor = 1;
+                }
+                if version >= 7 {
+                    if let Some(entry) = table.get(topic.name.0.as_str()) {
+                        response.topic_id = uuid::Uuid::from_bytes(entry.topic_uuid());
+                    }
+                }
+            }
+            Err(error) => {
+                response.error_code = error.code.code();
+                response.error_message = error.message.as_deref().map(str_bytes);
+            }
+        }
+        topics.push(response);
+    }
+    let mut response = CreateTopicsResponse::default();
+    response.topics = topics;
+    context.respond(&response)
+}

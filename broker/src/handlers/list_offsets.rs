@@ -1,0 +1,56 @@
+//! ListOffsets (key 2), v1–8: earliest (-2), latest (-1, the high watermark), max timestamp (-3) and by
+//! timestamp (the first record at or after it, found inside its batch).
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+
+use super::{topic_name, HandlerResult, RequestContext};
+use crate::errors::ErrorCode;
+use crate::partition::{PartitionOp, PartitionReply};
+use crate::shard::Shard;
+
+pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: ListOffsetsRequest) -> HandlerResult {
+    let table = shard.topics();
+    let mut topics = Vec::with_capacity(body.topics.len());
+    for topic in body.topics {
+        let name = topic.name.0.to_string();
+        let entry = table.get(&name);
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for partition in topic.partitions {
+            let mut response = ListOffsetsPartitionResponse::default();
+            response.partition_index = partition.partition_index;
+            response.timestamp = -1;
+            response.offset = -1;
+            let known =
+                entry.is_some_and(|entry| (0..entry.partition_count).contains(&partition.partition_index));
+            if !known {
+                response.error_code = ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.code();
+            } else {
+                let op = PartitionOp::ListOffset { timestamp: partition.timestamp };
+                match shard.partition_call(&name, partition.partition_index, op).await {
+                    Ok(PartitionReply::Offset { offset, timestamp, leader_epoch }) => {
+                        response.offset = offset;
+                        response.timestamp = timestamp;
+                        if context.api_version >= 4 {
+                            response.leader_epoch = leader_epoch;
+                        }
+                    }
+                    Ok(_) => response.error_code = ErrorCode::UNKNOWN_SERVER_ERROR.code(),
+                    Err(error) => response.error_code = error.code.code(),
+                }
+            }
+            partitions.push(response);
+        }
+        let mut result = ListOffsetsTopicResponse::default();
+        result.name = topic_name(&name);
+        result.partitions = partitions;
+        topics.push(result);
+    }
+    let mut response = ListOffsetsResponse::default();
+    response.topics = topics;
+    context.respond(&response)
+}

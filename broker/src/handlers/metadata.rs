@@ -1,0 +1,104 @@
+//! Metadata (key 3), v0–12: this broker, and for each topic its partitions led by this node (ISR = [node]).
+//! Missing topics are auto-created when the request and `auto.create.topics.enable` allow.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
+
+use super::{auto_create, node, str_bytes, topic_name, HandlerResult, RequestContext};
+use crate::errors::ErrorCode;
+use crate::handlers::describe_cluster::CLUSTER_ID;
+use crate::shard::Shard;
+use crate::topics::validate_topic_name;
+
+pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: MetadataRequest) -> HandlerResult {
+    let version = context.api_version;
+    // v0: an empty list means all topics; v1+: null means all, empty means none.
+    let requested: Option<Vec<(Option<String>, [u8; 16])>> = match body.topics {
+        Some(topics) if !(version == 0 && topics.is_empty()) => Some(
+            topics
+                .into_iter()
+                .map(|topic| (topic.name.map(|name| name.0.to_string()), *topic.topic_id.as_bytes()))
+                .collect(),
+        ),
+        _ => None,
+    };
+    let allow_create = version < 4 || body.allow_auto_topic_creation;
+    if let (Some(requested), true) = (&requested, allow_create) {
+        let names: Vec<String> = requested.iter().filter_map(|(name, _)| name.clone()).collect();
+        auto_create(shard, &names).await;
+    }
+    let table = shard.topics();
+    let (host, port) = shard.config.advertised();
+    let mut broker = MetadataResponseBroker::default();
+    broker.node_id = node(shard);
+    broker.host = str_bytes(&host);
+    broker.port = i32::from(port);
+
+    let describe = |entry: &crate::topics::TopicEntry| {
+        let mut topic = MetadataResponseTopic::default();
+        topic.name = Some(topic_name(&entry.name));
+        if version >= 10 {
+            topic.topic_id = uuid::Uuid::from_bytes(entry.topic_uuid());
+        }
+        topic.partitions = (0..entry.partition_count)
+            .map(|index| {
+                let mut partition = MetadataResponsePartition::default();
+                partition.partition_index = index;
+                partition.leader_id = node(shard);
+                if version >= 7 {
+                    partition.leader_epoch = entry.leader_epoch;
+                }
+                partition.replica_nodes = vec![node(shard)];
+                partition.isr_nodes = vec![node(shard)];
+                partition
+            })
+            .collect();
+        if version >= 8 {
+            topic.topic_authorized_operations = i32::MIN;
+        }
+        topic
+    };
+    let topics = match requested {
+        None => table.topics.values().map(describe).collect(),
+        Some(requested) => requested
+            .into_iter()
+            .map(|(name, topic_id)| {
+                let entry = match &name {
+                    Some(name) => table.get(name),
+                    None => table.find_by_id(&topic_id),
+                };
+                match entry {
+                    Some(entry) => describe(entry),
+                    None => {
+                        let mut topic = MetadataResponseTopic::default();
+                        let invalid = name.as_deref().is_some_and(|name| validate_topic_name(name).is_err());
+                        topic.error_code = match (&name, invalid) {
+                            (None, _) => ErrorCode::UNKNOWN_TOPIC_ID.code(),
+                            (Some(_), true) => ErrorCode::INVALID_TOPIC_EXCEPTION.code(),
+                            (Some(_), false) => ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.code(),
+                        };
+                        topic.name = name.as_deref().map(topic_name);
+                        if version >= 10 && name.is_none() {
+                            topic.topic_id = uuid::Uuid::from_bytes(topic_id);
+                        }
+                        topic
+                    }
+                }
+            })
+            .collect(),
+    };
+    let mut response = MetadataResponse::default();
+    response.brokers = vec![broker];
+    if version >= 2 {
+        response.cluster_id = Some(str_bytes(CLUSTER_ID));
+    }
+    if version >= 1 {
+        response.controller_id = node(shard);
+    }
+    response.topics = topics;
+    context.respond(&response)
+}

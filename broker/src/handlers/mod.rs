@@ -1,0 +1,117 @@
+//! One file per Kafka API, as Redpanda's `kafka/server/handlers/`. Each handler takes the decoded request and
+//! returns the encoded response frame (or none: acks=0 produce).
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::{ApiKey, BrokerId, RequestKind, TopicName};
+use kafka_protocol::protocol::{Encodable, StrBytes};
+
+use crate::codec::{self, CodecError, Request};
+use crate::shard::Shard;
+use crate::sync::OneshotSender;
+
+pub mod alter_configs;
+pub mod api_versions;
+pub mod create_partitions;
+pub mod create_topics;
+pub mod delete_records;
+pub mod delete_topics;
+pub mod describe_cluster;
+pub mod describe_configs;
+pub mod describe_log_dirs;
+pub mod fetch;
+pub mod incremental_alter_configs;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+
+/// An encoded response frame as chunks (size prefix included) for one vectored write.
+#[derive(Debug)]
+pub struct Response {
+    pub chunks: Vec<Bytes>,
+}
+
+pub type HandlerResult = Result<Option<Response>, CodecError>;
+
+/// The request header fields a handler needs to answer.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    pub api_key: ApiKey,
+    pub api_version: i16,
+    pub correlation_id: i32,
+}
+
+impl RequestContext {
+    /// Encodes `body` as this request's response.
+    pub fn respond<M: Encodable>(&self, body: &M) -> HandlerResult {
+        let frame = codec::encode_response(self.api_key, self.api_version, self.correlation_id, body)?;
+        Ok(Some(Response { chunks: vec![frame] }))
+    }
+}
+
+/// Runs the handler for `request`. `sequenced` is signalled (dropped or sent) once a produce's offsets are fixed.
+pub async fn handle(shard: &Rc<Shard>, request: Request, sequenced: OneshotSender<()>) -> HandlerResult {
+    let context = RequestContext {
+        api_key: request.api_key,
+        api_version: request.api_version,
+        correlation_id: request.correlation_id,
+    };
+    match request.body {
+        RequestKind::Produce(body) => produce::handle(shard, &context, body, sequenced).await,
+        RequestKind::Fetch(body) => fetch::handle(shard, &context, body).await,
+        RequestKind::ListOffsets(body) => list_offsets::handle(shard, &context, body).await,
+        RequestKind::Metadata(body) => metadata::handle(shard, &context, body).await,
+        RequestKind::ApiVersions(body) => api_versions::handle(&context, body),
+        RequestKind::CreateTopics(body) => create_topics::handle(shard, &context, body).await,
+        RequestKind::DeleteTopics(body) => delete_topics::handle(shard, &context, body).await,
+        RequestKind::DeleteRecords(body) => delete_records::handle(shard, &context, body).await,
+        RequestKind::DescribeConfigs(body) => describe_configs::handle(shard, &context, body),
+        RequestKind::AlterConfigs(body) => alter_configs::handle(shard, &context, body).await,
+        RequestKind::DescribeLogDirs(body) => describe_log_dirs::handle(shard, &context, body).await,
+        RequestKind::CreatePartitions(body) => create_partitions::handle(shard, &context, body).await,
+        RequestKind::IncrementalAlterConfigs(body) => {
+            incremental_alter_configs::handle(shard, &context, body).await
+        }
+        RequestKind::DescribeCluster(body) => describe_cluster::handle(shard, &context, body),
+        _ => Err(CodecError::Malformed {
+            api_key: context.api_key as i16,
+            api_version: context.api_version,
+            reason: "no handler for this API".into(),
+        }),
+    }
+}
+
+pub fn topic_name(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_string()))
+}
+
+pub fn str_bytes(text: &str) -> StrBytes {
+    StrBytes::from_string(text.to_string())
+}
+
+pub fn node(shard: &Shard) -> BrokerId {
+    BrokerId(shard.config.node_id)
+}
+
+/// Auto-creates the topics in `names` that do not exist, when `auto.create.topics.enable` allows.
+pub async fn auto_create(shard: &Rc<Shard>, names: &[String]) {
+    if !shard.config.auto_create_topics || names.is_empty() {
+        return;
+    }
+    let table = shard.topics();
+    let changes: Vec<_> = names
+        .iter()
+        .filter(|name| table.get(name).is_none() && crate::topics::validate_topic_name(name).is_ok())
+        .map(|name| crate::mesh::TopicChange::Create {
+            name: name.clone(),
+            partition_count: -1,
+            replication_factor: -1,
+            configs: Default::default(),
+        })
+        .collect();
+    if !changes.is_empty() {
+        // TOPIC_ALREADY_EXISTS from a concurrent creation is fine: the topic exists either way.
+        let _ = shard.admin(changes, false).await;
+    }
+}

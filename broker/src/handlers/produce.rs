@@ -1,0 +1,121 @@
+//! Produce (key 0), v3–11 (advertised from 0, see KAFKA-18659). Two completions per partition: *sequenced*
+//! (offsets fixed; the connection may start its next request) and *acknowledged* (durable per `acks` and the
+//! flush policy). Record sets are `Bytes` slices of the request frame and reach the owning shard uncopied.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+
+use super::{auto_create, str_bytes, topic_name, HandlerResult, RequestContext};
+use crate::errors::{ErrorCode, KafkaError};
+use crate::mesh::{ShardReply, ShardRequest};
+use crate::partition::{PartitionOp, PartitionReply, PartitionResult};
+use crate::shard::Shard;
+use crate::sync::OneshotSender;
+
+type Pending = Pin<Box<dyn Future<Output = PartitionResult>>>;
+
+pub async fn handle(
+    shard: &Rc<Shard>,
+    context: &RequestContext,
+    body: ProduceRequest,
+    sequenced: OneshotSender<()>,
+) -> HandlerResult {
+    let acks = body.acks;
+    let names: Vec<String> = body.topic_data.iter().map(|topic| topic.name.0.to_string()).collect();
+    auto_create(shard, &names).await;
+    let table = shard.topics();
+    let valid_acks = matches!(acks, -1..=1);
+    let mut pending: Vec<(String, Vec<(i32, Pending)>)> = Vec::with_capacity(body.topic_data.len());
+    for topic in body.topic_data {
+        let name = topic.name.0.to_string();
+        let entry = table.get(&name);
+        let mut partitions = Vec::with_capacity(topic.partition_data.len());
+        for partition in topic.partition_data {
+            let index = partition.index;
+            let ready = |result: PartitionResult| -> Pending { Box::pin(std::future::ready(result)) };
+            let future: Pending = match (entry, partition.records) {
+                _ if !valid_acks => ready(Err(KafkaError::new(ErrorCode::INVALID_REQUIRED_ACKS))),
+                (None, _) => ready(Err(KafkaError::new(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION))),
+                (Some(entry), _) if index < 0 || index >= entry.partition_count => {
+                    ready(Err(KafkaError::new(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION)))
+                }
+                (Some(_), None) => ready(Err(KafkaError::new(ErrorCode::CORRUPT_MESSAGE))),
+                (Some(_), Some(records)) => {
+                    let owner = shard.owner(&name, index);
+                    if owner == shard.id {
+                        match shard.partitions.get(&name, index) {
+                            None => ready(Err(KafkaError::new(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION))),
+                            Some(owned) => match owned.append(records).await {
+                                Ok(info) => Box::pin(owned.acknowledge(info, acks)),
+                                Err(error) => ready(Err(error)),
+                            },
+                        }
+                    } else {
+                        let request = ShardRequest::Partition {
+                            topic: name.clone(),
+                            partition: index,
+                            op: PartitionOp::Append { records, acks },
+                        };
+                        match shard.send(owner, request).await {
+                            Ok(receiver) => Box::pin(async move {
+                                match receiver.await {
+                                    Some(ShardReply::Partition(result)) => result,
+                                    _ => Err(KafkaError::new(ErrorCode::NOT_LEADER_OR_FOLLOWER)),
+                                }
+                            }),
+                            Err(error) => ready(Err(error)),
+                        }
+                    }
+                }
+            };
+            partitions.push((index, future));
+        }
+        pending.push((name, partitions));
+    }
+    // Every partition is sequenced (local) or queued in order to its owner (remote).
+    let _ = sequenced.send(());
+
+    let mut responses = Vec::with_capacity(pending.len());
+    for (name, partitions) in pending {
+        let mut partition_responses = Vec::with_capacity(partitions.len());
+        for (index, future) in partitions {
+            let mut response = PartitionProduceResponse::default();
+            response.index = index;
+            response.base_offset = -1;
+            response.log_append_time_ms = -1;
+            response.log_start_offset = -1;
+            match future.await {
+                Ok(PartitionReply::Appended { base_offset, log_append_time_ms, log_start_offset }) => {
+                    response.base_offset = base_offset;
+                    response.log_append_time_ms = log_append_time_ms;
+                    response.log_start_offset = log_start_offset;
+                }
+                Ok(_) => response.error_code = ErrorCode::UNKNOWN_SERVER_ERROR.code(),
+                Err(error) => {
+                    response.error_code = error.code.code();
+                    if context.api_version >= 8 {
+                        response.error_message = error.message.as_deref().map(str_bytes);
+                    }
+                }
+            }
+            if context.api_version < 5 {
+                response.log_start_offset = -1;
+            }
+            partition_responses.push(response);
+        }
+        let mut topic = TopicProduceResponse::default();
+        topic.name = topic_name(&name);
+        topic.partition_responses = partition_responses;
+        responses.push(topic);
+    }
+    if acks == 0 {
+        return Ok(None);
+    }
+    let mut response = ProduceResponse::default();
+    response.responses = responses;
+    context.respond(&response)
+}
