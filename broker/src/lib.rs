@@ -6,6 +6,7 @@
 //! **Architecture invariant:** storage errors become Kafka error codes only in [`errors`].
 //! **Architecture invariant:** only the shard that owns a partition (see [`placement`]) touches its log.
 
+pub mod alloc;
 pub mod codec;
 pub mod config;
 pub mod connection;
