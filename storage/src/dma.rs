@@ -107,9 +107,7 @@ impl StorageFile for DmaStorageFile {
 
     fn alloc_buffer(&self, size: usize) -> AlignedBuffer {
         assert!(size.is_multiple_of(BLOCK_SIZE), "buffer size {size} is not block aligned");
-        let mut buffer = self.file.alloc_dma_buffer(size);
-        buffer.as_bytes_mut().fill(0);
-        AlignedBuffer(buffer)
+        AlignedBuffer(self.file.alloc_dma_buffer(size))
     }
 
     async fn write_at(&self, buffer: AlignedBuffer, position: u64) -> io::Result<()> {

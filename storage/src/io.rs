@@ -27,9 +27,10 @@ pub trait Storage: Clone + 'static {
 /// One open file. Writes take block-aligned buffers at block-aligned positions (direct I/O rules).
 pub trait StorageFile: 'static {
     /// A block-aligned buffer that `write_at` consumes.
-    type Buffer: AsRef<[u8]> + AsMut<[u8]>;
+    type Buffer: AsRef<[u8]> + AsMut<[u8]> + 'static;
 
-    /// A zeroed buffer of `size` bytes; `size` is a multiple of [`crate::BLOCK_SIZE`].
+    /// A buffer of `size` bytes (contents unspecified: the caller fills all of it); `size` is a multiple of
+    /// [`crate::BLOCK_SIZE`].
     fn alloc_buffer(&self, size: usize) -> Self::Buffer;
     async fn write_at(&self, buffer: Self::Buffer, position: u64) -> io::Result<()>;
     /// Reads up to `size` bytes at any position; fewer are returned at the end of the file.

@@ -22,6 +22,6 @@ pub use batch::{BatchError, BatchHeader, BATCH_HEADER_SIZE};
 pub use cache::{BatchCache, CacheStats};
 pub use dma::DmaStorage;
 pub use io::{Storage, StorageFile};
-pub use log::{AppendInfo, Durability, Log, LogConfig, LogError, ReadBound, TimestampType};
+pub use log::{AppendInfo, Durability, Log, LogConfig, LogError, ReadBound, SegmentSpace, TimestampType};
 pub use sim::SimStorage;
 pub use types::{now_ms, FilePosition, Offset, BLOCK_SIZE};

@@ -11,6 +11,7 @@ use crate::batch::{validate_batch, BatchError, BatchHeader};
 use crate::index::{relative, OffsetIndex, OffsetIndexEntry, TimeIndex, TimeIndexEntry};
 use crate::index::{OFFSET_INDEX_ENTRY_SIZE, TIME_INDEX_ENTRY_SIZE};
 use crate::io::{Storage, StorageFile};
+use crate::log::SegmentSpace;
 use crate::types::{align_down, align_up, Offset, BLOCK_SIZE};
 
 pub(crate) const LOG_SUFFIX: &str = ".log";
@@ -21,6 +22,8 @@ pub(crate) const TIME_INDEX_SUFFIX: &str = ".timeindex";
 const SCAN_CHUNK_SIZE: usize = 1 << 20;
 /// Index entries are written behind the log once this many are new: one block's worth, so each index write is
 /// a whole block and recovery never scans more than about `512 × index.interval.bytes` (2 MiB by default).
+/// Concurrent direct-I/O writes per flush: enough to keep the disk busy while the next buffer is copied.
+const WRITES_IN_FLIGHT: usize = 4;
 pub(crate) const INDEX_WRITE_BATCH_COUNT: usize = BLOCK_SIZE / OFFSET_INDEX_ENTRY_SIZE;
 
 pub(crate) fn segment_file_name(base_offset: Offset, suffix: &str) -> String {
@@ -77,7 +80,7 @@ pub(crate) struct ScanOutcome {
 pub(crate) struct WriteSettings {
     pub(crate) index_interval_size: u32,
     pub(crate) write_size_max: usize,
-    pub(crate) preallocate_size: u64,
+    pub(crate) segment_space: crate::log::SegmentSpace,
 }
 
 impl<S: Storage> Segment<S> {
@@ -353,7 +356,7 @@ impl<S: Storage> SegmentWriter<S> {
     /// aligned buffers of at most `write_size_max` bytes. The new partial last block is kept for the next call.
     pub(crate) async fn write(
         &mut self,
-        file: &S::File,
+        file: &Rc<S::File>,
         size: u64,
         batches: &[Bytes],
         settings: &WriteSettings,
@@ -370,15 +373,17 @@ impl<S: Storage> SegmentWriter<S> {
             return Ok(());
         }
         if align_up(end_position) > self.allocated_size {
-            let target = align_up(end_position).max(self.allocated_size + settings.preallocate_size);
-            file.allocate(target).await?;
-            self.allocated_size = target;
+            self.prepare_space(file, align_up(end_position), settings).await?;
         }
         let mut sources = std::iter::once(&self.tail[..]).chain(batches.iter().map(|batch| &batch[..]));
         let mut source: &[u8] = &[];
         let mut position = start_position;
         let mut remaining = (end_position - start_position) as usize;
         let mut new_tail = Vec::new();
+        // Up to WRITES_IN_FLIGHT writes run while the next buffer is being filled, so copying overlaps the disk.
+        let mut in_flight: std::collections::VecDeque<glommio::Task<io::Result<()>>> =
+            std::collections::VecDeque::new();
+        let mut result = Ok(());
         // Bounded: each pass writes at least one block.
         while remaining > 0 {
             let buffer_size = align_up(remaining.min(settings.write_size_max) as u64) as usize;
@@ -396,15 +401,59 @@ impl<S: Storage> SegmentWriter<S> {
                 filled += take;
                 source = &source[take..];
             }
+            target[fill_size..].fill(0);
             if fill_size == remaining {
                 let tail_start = align_down(fill_size as u64) as usize;
                 new_tail = buffer.as_ref()[tail_start..fill_size].to_vec();
             }
-            file.write_at(buffer, position).await?;
+            if in_flight.len() >= WRITES_IN_FLIGHT {
+                let oldest = in_flight.pop_front().expect("non-empty");
+                result = result.and(oldest.await);
+            }
+            let task_file = file.clone();
+            in_flight
+                .push_back(glommio::spawn_local(async move { task_file.write_at(buffer, position).await }));
             position += buffer_size as u64;
             remaining -= fill_size;
         }
+        for task in in_flight {
+            result = result.and(task.await);
+        }
+        result?;
         self.tail = new_tail;
+        Ok(())
+    }
+
+    /// Makes room up to at least `end` per the segment-space policy.
+    async fn prepare_space(
+        &mut self,
+        file: &Rc<S::File>,
+        end: u64,
+        settings: &WriteSettings,
+    ) -> io::Result<()> {
+        match settings.segment_space {
+            SegmentSpace::Grow => self.allocated_size = end,
+            SegmentSpace::Fallocate { step } => {
+                let target = end.max(self.allocated_size + step);
+                file.allocate(target).await?;
+                self.allocated_size = target;
+            }
+            SegmentSpace::Prewrite { step } => {
+                // Zeros from the first block past the data: the tail block itself is always rewritten with data.
+                let mut position = align_up(self.allocated_size);
+                let target = align_up(end.max(self.allocated_size + step));
+                // Bounded: each pass writes at least one block.
+                while position < target {
+                    let size = ((target - position) as usize).min(settings.write_size_max);
+                    let mut buffer = file.alloc_buffer(size);
+                    buffer.as_mut().fill(0);
+                    file.write_at(buffer, position).await?;
+                    position += size as u64;
+                }
+                file.sync().await?;
+                self.allocated_size = target;
+            }
+        }
         Ok(())
     }
 
@@ -451,5 +500,6 @@ async fn write_block_range<F: StorageFile>(file: &F, (position, bytes): (u64, Ve
     }
     let mut buffer = file.alloc_buffer(align_up(bytes.len() as u64) as usize);
     buffer.as_mut()[..bytes.len()].copy_from_slice(&bytes);
+    buffer.as_mut()[bytes.len()..].fill(0);
     file.write_at(buffer, position).await
 }

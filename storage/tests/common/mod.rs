@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
-use sluice_storage::{BatchCache, Durability, Log, LogConfig, Offset, ReadBound, Storage};
+use sluice_storage::{BatchCache, Durability, Log, LogConfig, Offset, ReadBound, SegmentSpace, Storage};
 
 /// Runs `body` to completion on a fresh glommio executor (every test gets its own reactor).
 pub fn run<T, F>(body: impl FnOnce() -> F + Send + 'static) -> T
@@ -28,7 +28,7 @@ pub fn small_config() -> LogConfig {
         segment_size_max: 16 * 1024,
         index_interval_size: 512,
         retention_age_max: None,
-        preallocate_size: 8 * 1024,
+        segment_space: SegmentSpace::Fallocate { step: 8 * 1024 },
         write_size_max: 8 * 1024,
         durability: Durability::Fsync,
         ..LogConfig::default()
