@@ -185,7 +185,7 @@ pub struct RecoveryReport {
 }
 
 /// A flush round writes at most this many `write_size_max` buffers.
-const FLUSH_ROUND_WRITE_COUNT: usize = 8;
+const FLUSH_ROUND_WRITE_COUNT: usize = 32;
 
 const LOG_START_CHECKPOINT: &str = "log-start-offset.checkpoint";
 

@@ -23,7 +23,7 @@ const SCAN_CHUNK_SIZE: usize = 1 << 20;
 /// Index entries are written behind the log once this many are new: one block's worth, so each index write is
 /// a whole block and recovery never scans more than about `512 × index.interval.bytes` (2 MiB by default).
 /// Concurrent direct-I/O writes per flush: enough to keep the disk busy while the next buffer is copied.
-const WRITES_IN_FLIGHT: usize = 4;
+const WRITES_IN_FLIGHT: usize = 8;
 pub(crate) const INDEX_WRITE_BATCH_COUNT: usize = BLOCK_SIZE / OFFSET_INDEX_ENTRY_SIZE;
 
 pub(crate) fn segment_file_name(base_offset: Offset, suffix: &str) -> String {
