@@ -9,8 +9,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-python3 - <<'PY' || pip install -q pytest confluent-kafka kafka-python
+# kafka-python compresses with optional packages: python-snappy (snappy), lz4 (lz4), zstandard (zstd).
+python3 - <<'PY' || pip install -q pytest confluent-kafka kafka-python python-snappy lz4 zstandard
 import importlib.util, sys
-missing = [name for name in ("pytest", "confluent_kafka", "kafka") if importlib.util.find_spec(name) is None]
+modules = ("pytest", "confluent_kafka", "kafka", "snappy", "lz4", "zstandard")
+missing = [name for name in modules if importlib.util.find_spec(name) is None]
 sys.exit(1 if missing else 0)
 PY

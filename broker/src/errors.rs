@@ -18,6 +18,7 @@ impl ErrorCode {
     pub const NOT_LEADER_OR_FOLLOWER: ErrorCode = ErrorCode(6);
     pub const REQUEST_TIMED_OUT: ErrorCode = ErrorCode(7);
     pub const MESSAGE_TOO_LARGE: ErrorCode = ErrorCode(10);
+    pub const COORDINATOR_NOT_AVAILABLE: ErrorCode = ErrorCode(15);
     pub const INVALID_TOPIC_EXCEPTION: ErrorCode = ErrorCode(17);
     pub const RECORD_LIST_TOO_LARGE: ErrorCode = ErrorCode(18);
     pub const INVALID_REQUIRED_ACKS: ErrorCode = ErrorCode(21);

@@ -21,6 +21,7 @@ pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_log_dirs;
 pub mod fetch;
+pub mod find_coordinator;
 pub mod incremental_alter_configs;
 pub mod list_offsets;
 pub mod metadata;
@@ -60,6 +61,7 @@ pub async fn handle(shard: &Rc<Shard>, request: Request, sequenced: OneshotSende
     match request.body {
         RequestKind::Produce(body) => produce::handle(shard, &context, body, sequenced).await,
         RequestKind::Fetch(body) => fetch::handle(shard, &context, body).await,
+        RequestKind::FindCoordinator(body) => find_coordinator::handle(&context, body),
         RequestKind::ListOffsets(body) => list_offsets::handle(shard, &context, body).await,
         RequestKind::Metadata(body) => metadata::handle(shard, &context, body).await,
         RequestKind::ApiVersions(body) => api_versions::handle(&context, body),
