@@ -413,6 +413,8 @@ impl<S: Storage> SegmentWriter<S> {
             let task_file = file.clone();
             in_flight
                 .push_back(glommio::spawn_local(async move { task_file.write_at(buffer, position).await }));
+            // Let the write task run now so its I/O is submitted before the next buffer is copied.
+            futures_lite::future::yield_now().await;
             position += buffer_size as u64;
             remaining -= fill_size;
         }
