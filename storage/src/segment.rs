@@ -386,7 +386,9 @@ impl<S: Storage> SegmentWriter<S> {
         let mut result = Ok(());
         // Bounded: each pass writes at least one block.
         while remaining > 0 {
-            let buffer_size = align_up(remaining.min(settings.write_size_max) as u64) as usize;
+            // Writes end on multiples of write_size_max in the file, as a plain sequential writer's would.
+            let to_boundary = settings.write_size_max - (position % settings.write_size_max as u64) as usize;
+            let buffer_size = align_up(remaining.min(to_boundary) as u64) as usize;
             let fill_size = buffer_size.min(remaining);
             let mut buffer = file.alloc_buffer(buffer_size);
             let target = buffer.as_mut();
