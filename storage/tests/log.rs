@@ -298,3 +298,24 @@ fn concurrent_appenders_share_syncs() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn segments_roll_when_older_than_segment_ms() {
+    run(|| async {
+        let storage = SimStorage::new();
+        let mut config = small_config();
+        config.segment_age_max = Duration::from_millis(30);
+        let log = open(&storage, config).await;
+        log.append(make_batch(1, 10, 1), 0).await.unwrap();
+        log.wait_durable(Offset(1)).await.unwrap();
+        log.append(make_batch(1, 10, 1), 0).await.unwrap();
+        log.wait_durable(Offset(2)).await.unwrap();
+        assert_eq!(log.segment_count(), 1, "a young segment is not rolled");
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        log.append(make_batch(1, 10, 1), 0).await.unwrap();
+        log.wait_durable(Offset(3)).await.unwrap();
+        assert_eq!(log.segment_count(), 2, "the next append after segment.ms rolls");
+        assert_eq!(read_all(&log, Offset(0)).await.len(), 3);
+        log.close().await.unwrap();
+    });
+}
