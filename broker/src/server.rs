@@ -22,6 +22,8 @@ use crate::topics::TopicTable;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often each shard looks at the process-wide stop flag. Only shutdown uses this; request paths never poll.
 const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// Pending connections per shard listener (glommio's own choice for its bind).
+const LISTEN_BACKLOG: i32 = 1024;
 /// How often retention runs.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -179,7 +181,7 @@ async fn run_shard(
     ));
     shard.serve_mesh(request_receivers, reply_receivers, mesh_queue);
     shard.partitions.apply(&context.table).await?;
-    let listener = glommio::net::TcpListener::bind(context.config.listen)
+    let listener = bind_shard_listener(context.config.listen)
         .map_err(|error| format!("cannot listen on {}: {error}", context.config.listen))?;
     let _ = context.started.send(Ok(()));
     log::debug!("shard {shard_id} serving {} partitions", shard.partitions.partition_count());
@@ -247,9 +249,27 @@ async fn run_shard(
     Ok(())
 }
 
+/// A shard's listening socket: SO_REUSEPORT so that every shard listens on the same port (the kernel spreads
+/// connections), and SO_REUSEADDR as well. Accepted connections inherit both; the second is what lets a restarted
+/// broker bind while the connections the old process closed wait out TIME_WAIT on this port (60 s). Without it,
+/// [`probe_listen_address`] (SO_REUSEADDR, no SO_REUSEPORT) conflicted with those TIME_WAIT sockets and a broker
+/// stopped under connected clients could not start again for a minute.
+fn bind_shard_listener(address: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let domain = if address.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    // SAFETY: the descriptor is a listening TCP socket that this function owns and hands over whole.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
 /// Fails with one clear line if the address is taken; resolves port 0 to a concrete port.
 /// The probe binds without SO_REUSEPORT, so it also fails when another SO_REUSEPORT listener (a second
-/// broker) holds the port, which the shards' own SO_REUSEPORT binds would silently share.
+/// broker) holds the port, which the shards' own SO_REUSEPORT binds would silently share. It has SO_REUSEADDR
+/// (Rust's std sets it), as the shards' sockets do, so a previous run's TIME_WAIT connections do not count.
 fn probe_listen_address(address: SocketAddr) -> Result<SocketAddr, String> {
     let probe = std::net::TcpListener::bind(address)
         .map_err(|error| format!("cannot listen on {address}: {error}"))?;

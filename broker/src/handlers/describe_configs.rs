@@ -1,5 +1,6 @@
 //! DescribeConfigs (key 32), v1–4: every topic-level key with its effective value and where it comes from
-//! (topic override, broker configuration), and a few broker keys for broker resources.
+//! (topic override, the operator's broker configuration, or the built-in default), and a few broker keys for
+//! broker resources.
 
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
@@ -7,18 +8,38 @@ use kafka_protocol::messages::describe_configs_response::{
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 
 use super::{str_bytes, HandlerResult, RequestContext};
+use std::sync::OnceLock;
+
+use crate::config::{Config, ConfigOverrides};
 use crate::errors::ErrorCode;
 use crate::shard::Shard;
-use crate::topics::TOPIC_CONFIG_KEYS;
+use crate::topics::{TopicConfigKey, TOPIC_CONFIG_KEYS};
 
 pub const RESOURCE_TOPIC: i8 = 2;
 pub const RESOURCE_BROKER: i8 = 4;
 /// Kafka's ConfigSource values.
 const SOURCE_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
+const SOURCE_DEFAULT: i8 = 5;
 /// Kafka's ConfigType values (v3+).
 const TYPE_STRING: i8 = 2;
 const TYPE_LONG: i8 = 5;
+
+/// The configuration built from the embedded default alone: what "default" means for a broker-level value.
+fn builtin_config() -> Option<&'static Config> {
+    static BUILTIN: OnceLock<Option<Config>> = OnceLock::new();
+    BUILTIN.get_or_init(|| Config::from_toml("", &ConfigOverrides::default()).ok()).as_ref()
+}
+
+/// Where a topic key's value comes from when the topic does not override it: Kafka's DEFAULT_CONFIG when the
+/// broker runs with the built-in value (clients show it as "default"), STATIC_BROKER_CONFIG when the operator's
+/// configuration changed it.
+fn broker_source(key: &TopicConfigKey, config: &Config) -> i8 {
+    match builtin_config() {
+        Some(builtin) if (key.default)(builtin) == (key.default)(config) => SOURCE_DEFAULT,
+        _ => SOURCE_STATIC_BROKER,
+    }
+}
 
 pub fn handle(shard: &Shard, context: &RequestContext, body: DescribeConfigsRequest) -> HandlerResult {
     let version = context.api_version;
@@ -54,9 +75,12 @@ pub fn handle(shard: &Shard, context: &RequestContext, body: DescribeConfigsRequ
                         .filter(|key| wanted(key.name))
                         .map(|key| match topic.configs.get(key.name) {
                             Some(value) => entry(key.name, value.clone(), SOURCE_TOPIC, false),
-                            None => {
-                                entry(key.name, (key.default)(&shard.config), SOURCE_STATIC_BROKER, false)
-                            }
+                            None => entry(
+                                key.name,
+                                (key.default)(&shard.config),
+                                broker_source(key, &shard.config),
+                                false,
+                            ),
                         })
                         .collect();
                 }
@@ -66,7 +90,8 @@ pub fn handle(shard: &Shard, context: &RequestContext, body: DescribeConfigsRequ
                     .iter()
                     .filter(|key| wanted(key.broker_name))
                     .map(|key| {
-                        entry(key.broker_name, (key.default)(&shard.config), SOURCE_STATIC_BROKER, true)
+                        let source = broker_source(key, &shard.config);
+                        entry(key.broker_name, (key.default)(&shard.config), source, true)
                     })
                     .collect();
             }
@@ -80,4 +105,23 @@ pub fn handle(shard: &Shard, context: &RequestContext, body: DescribeConfigsRequ
     let mut response = DescribeConfigsResponse::default();
     response.results = results;
     context.respond(&response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topics::topic_config_key;
+
+    /// A key the operator left alone is DEFAULT_CONFIG; one the operator's file changed is STATIC_BROKER_CONFIG.
+    #[test]
+    fn source_tells_built_in_defaults_from_operator_values() {
+        let key = topic_config_key("max.message.bytes").unwrap();
+        let builtin = Config::from_toml("", &ConfigOverrides::default()).unwrap();
+        assert_eq!(broker_source(key, &builtin), SOURCE_DEFAULT);
+        let changed =
+            Config::from_toml("\"message.max.bytes\" = 2000000", &ConfigOverrides::default()).unwrap();
+        assert_eq!(broker_source(key, &changed), SOURCE_STATIC_BROKER);
+        let other = topic_config_key("retention.ms").unwrap();
+        assert_eq!(broker_source(other, &changed), SOURCE_DEFAULT);
+    }
 }
