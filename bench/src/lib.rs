@@ -1,4 +1,20 @@
 //! Sluice bench: an OpenMessaging-Benchmark-style load generator (`sluice-bench`) that talks to any broker over the
 //! Kafka wire protocol only — it never links the broker crate — so that one run can measure Sluice and a peer side
-//! by side. It will report publish/consume rates, publish latency, publish delay and end-to-end latency
-//! percentiles from HdrHistogram. The storage micro-benchmarks live in `storage/benches` meanwhile.
+//! by side. It reports publish/consume rates, publish latency, publish delay and end-to-end latency percentiles from
+//! HdrHistogram, and the broker's CPU use. The storage micro-benchmarks live in `storage/benches`.
+//!
+//! Code map: `batch` builds and reads v2 record batches; `client` frames requests over TCP and negotiates versions;
+//! `clock` is the monotonic clock and the open-loop rate clock; `workload` holds the options, payloads and the
+//! partitioner; `producer` and `consumer` are the worker threads; `stats` the shared counters and histograms;
+//! `run` drives a run's phases; `report` prints and writes results; `cpu` reads /proc.
+
+pub mod batch;
+pub mod client;
+pub mod clock;
+pub mod consumer;
+pub mod cpu;
+pub mod producer;
+pub mod report;
+pub mod run;
+pub mod stats;
+pub mod workload;

@@ -1,0 +1,235 @@
+//! `sluice-bench`: offer a workload to any Kafka-compatible broker and report throughput and latency percentiles.
+//! Options follow the OpenMessaging Benchmark's workload and driver settings; see `sluice-bench --help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use sluice_bench::batch::Compression;
+use sluice_bench::report::write_file;
+use sluice_bench::run::{run, RunOptions};
+use sluice_bench::workload::{KeyDistribution, StartOffset, Workload};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice-bench",
+    version,
+    about = "An OpenMessaging-style load generator for Kafka-compatible brokers"
+)]
+struct Cli {
+    /// Broker address, HOST:PORT. All partitions are produced to and fetched from this broker.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    /// Number of topics; each gets its own producers and consumers.
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
+    /// Partitions per topic.
+    #[arg(long, default_value_t = 16)]
+    partitions: i32,
+    /// Topic names are PREFIX-<run id>-<index>, fresh for every run.
+    #[arg(long, default_value = "sluice-bench")]
+    topic_prefix: String,
+    /// Payload bytes per message (the first 8 carry the send timestamp).
+    #[arg(long, default_value_t = 1024)]
+    message_size: usize,
+    /// Share of each payload that is random bytes; the rest is zeros (sets how well it compresses).
+    #[arg(long, default_value_t = 1.0)]
+    random_ratio: f64,
+    /// Key distribution: none (sticky partitioner), round-robin or random keys (murmur2 partitioner).
+    #[arg(long, value_enum, default_value_t = KeyDistribution::None)]
+    keys: KeyDistribution,
+    /// Producers per topic (one connection each).
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    /// Consumers per topic (one connection each; the topic's partitions are dealt among them).
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
+    /// Messages per second over all producers; 0 = as fast as possible. Otherwise open loop: each message has an
+    /// intended send time and any lateness is reported as publish delay.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Alternative to --rate: megabytes (10^6) of payload per second over all producers.
+    #[arg(long)]
+    rate_mb: Option<f64>,
+    /// Seconds of warm-up whose measurements are discarded.
+    #[arg(long, default_value_t = 5.0)]
+    warmup: f64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 60.0)]
+    duration: f64,
+    /// Produce acks: 0, 1 or -1 (all).
+    #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
+    acks: i16,
+    #[arg(long, value_enum, default_value_t = Compression::None)]
+    compression: Compression,
+    /// How long a partition's batch may wait for more messages (Kafka linger.ms).
+    #[arg(long, default_value_t = 1.0)]
+    linger_ms: f64,
+    /// Bytes per partition batch before it is sent (Kafka batch.size). At most message.max.bytes of the broker.
+    #[arg(long, default_value_t = 1 << 20)]
+    batch_size: usize,
+    /// Bytes of batches combined into one Produce request when several partitions are ready.
+    #[arg(long, default_value_t = 4 << 20)]
+    request_size_max: usize,
+    /// Produce requests in flight per producer connection.
+    #[arg(long, default_value_t = 5)]
+    in_flight_max: usize,
+    #[arg(long, default_value_t = 30_000)]
+    request_timeout_ms: i32,
+    /// Fetch max_bytes for the whole response.
+    #[arg(long, default_value_t = 50 << 20)]
+    fetch_size_max: i32,
+    /// Fetch partition_max_bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    fetch_partition_size_max: i32,
+    /// Fetch max_wait_ms: how long the broker may hold a fetch that has less than --fetch-size-min.
+    #[arg(long, default_value_t = 500)]
+    fetch_wait_ms_max: i32,
+    #[arg(long, default_value_t = 1)]
+    fetch_size_min: i32,
+    /// Where consumers start: earliest or latest offset.
+    #[arg(long, value_enum, default_value_t = StartOffset::Latest)]
+    consume_from: StartOffset,
+    /// Catch-up mode: write this many payload bytes with no consumer running, then read them all from the earliest
+    /// offset and report the consume rate of that read.
+    #[arg(long, default_value_t = 0)]
+    backlog_size: u64,
+    /// In catch-up mode, drop the page cache (root only) between writing and reading the backlog.
+    #[arg(long)]
+    drop_caches: bool,
+    /// Skip CRC-32C checks of fetched batches.
+    #[arg(long)]
+    no_verify_crc: bool,
+    /// Broker process id, to report its CPU use from /proc.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Name printed in reports and charts.
+    #[arg(long, default_value = "sluice-bench")]
+    label: String,
+    /// Write results as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write a latency-percentile chart (SVG).
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(problem) = validate(&cli) {
+        eprintln!("sluice-bench: error: {problem}");
+        return ExitCode::from(2);
+    }
+    let rate_per_s = match cli.rate_mb {
+        Some(megabytes) => megabytes * 1e6 / cli.message_size as f64,
+        None => cli.rate,
+    };
+    let run_id = format!("{:x}", sluice_bench::clock::now_ns() / 1_000_000 % 0xff_ffff);
+    let topics = (0..cli.topics).map(|index| format!("{}-{run_id}-{index}", cli.topic_prefix)).collect();
+    let workload = Workload {
+        bootstrap: cli.bootstrap.clone(),
+        topics,
+        partition_count: cli.partitions,
+        message_size: cli.message_size,
+        random_ratio: cli.random_ratio,
+        key_distribution: cli.keys,
+        producers_per_topic: cli.producers,
+        consumers_per_topic: cli.consumers,
+        rate_per_s,
+        acks: cli.acks,
+        compression: cli.compression,
+        linger: Duration::from_secs_f64(cli.linger_ms / 1000.0),
+        batch_size: cli.batch_size,
+        request_size_max: cli.request_size_max,
+        in_flight_max: cli.in_flight_max,
+        request_timeout_ms: cli.request_timeout_ms,
+        fetch_size_max: cli.fetch_size_max,
+        fetch_partition_size_max: cli.fetch_partition_size_max,
+        fetch_wait_ms_max: cli.fetch_wait_ms_max,
+        fetch_size_min: cli.fetch_size_min,
+        start_offset: cli.consume_from,
+        verify_crc: !cli.no_verify_crc,
+    };
+    let rate_text = if rate_per_s > 0.0 {
+        format!("{:.0} msg/s ({:.1} MB/s)", rate_per_s, rate_per_s * cli.message_size as f64 / 1e6)
+    } else {
+        "max rate".to_owned()
+    };
+    let description = format!(
+        "{} topic(s) × {} partitions, {} B messages, {} producers, {} consumers, {}, acks={}, {:?}, linger {} ms, batch {} B{}",
+        cli.topics,
+        cli.partitions,
+        cli.message_size,
+        cli.producers * cli.topics,
+        cli.consumers * cli.topics,
+        rate_text,
+        cli.acks,
+        cli.compression,
+        cli.linger_ms,
+        cli.batch_size,
+        if cli.backlog_size > 0 { format!(", catch-up of {} MB", cli.backlog_size / 1_000_000) } else { String::new() }
+    );
+    let options = RunOptions {
+        workload,
+        warmup: Duration::from_secs_f64(cli.warmup),
+        duration: Duration::from_secs_f64(cli.duration),
+        backlog_size: cli.backlog_size,
+        drop_caches: cli.drop_caches,
+        broker_pid: cli.broker_pid,
+        label: cli.label.clone(),
+        description,
+    };
+    let summary = match run(options) {
+        Ok(summary) => summary,
+        Err(error) => {
+            eprintln!("sluice-bench: error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    summary.print();
+    if let Some(path) = &cli.json {
+        if let Err(error) = write_file(path, &summary.to_json()) {
+            eprintln!("sluice-bench: error: cannot write {}: {error}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(path) = &cli.plot {
+        if let Err(error) = write_file(path, &summary.to_svg()) {
+            eprintln!("sluice-bench: error: cannot write {}: {error}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if summary.counters.acked_messages == 0 {
+        eprintln!("sluice-bench: error: no message was acknowledged");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn validate(cli: &Cli) -> Result<(), String> {
+    if cli.topics == 0 || cli.partitions <= 0 || cli.producers == 0 {
+        return Err("--topics, --partitions and --producers must be at least 1".into());
+    }
+    if !(0.0..=1.0).contains(&cli.random_ratio) {
+        return Err(format!("--random-ratio {} is outside 0..=1", cli.random_ratio));
+    }
+    if ![0, 1, -1].contains(&cli.acks) {
+        return Err(format!("--acks {} is not 0, 1 or -1", cli.acks));
+    }
+    if cli.in_flight_max == 0 || cli.in_flight_max > 1024 {
+        return Err(format!("--in-flight-max {} is outside 1..=1024", cli.in_flight_max));
+    }
+    if cli.batch_size < 1024 || cli.request_size_max < cli.batch_size {
+        return Err(format!(
+            "--batch-size {} must be at least 1024 and at most --request-size-max {}",
+            cli.batch_size, cli.request_size_max
+        ));
+    }
+    if cli.rate < 0.0 || cli.warmup < 0.0 || cli.duration <= 0.0 || cli.linger_ms < 0.0 {
+        return Err(
+            "--rate, --warmup and --linger-ms must not be negative, --duration must be positive".into()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,417 @@
+//! A run's phases. Steady state: consumers positioned, producers started, a warm-up whose numbers are discarded, then
+//! the measured period, a progress line each second. Catch-up (`backlog_size > 0`): producers alone write the
+//! backlog, stop, and consumers then read it from the earliest offset; the consume rate is over the catch-up only.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::client::{ensure_topic, ClientError, Connection, Versions};
+use crate::clock::now_ns;
+use crate::cpu::cpu_seconds;
+use crate::report::{progress_line, Summary};
+use crate::stats::{CounterSnapshot, Latencies, Stats};
+use crate::workload::{Payloads, StartOffset, Workload};
+use crate::{consumer, producer};
+
+/// What every producer and consumer thread of a run shares.
+#[derive(Clone)]
+pub struct WorkerContext {
+    pub workload: Arc<Workload>,
+    pub versions: Versions,
+    pub stats: Arc<Stats>,
+    pub stop: Arc<AtomicBool>,
+}
+
+pub struct RunOptions {
+    pub workload: Workload,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub backlog_size: u64,
+    pub drop_caches: bool,
+    pub broker_pid: Option<u32>,
+    pub label: String,
+    pub description: String,
+}
+
+/// CPU seconds of the broker and of this process at one instant.
+struct CpuSample {
+    at: Instant,
+    broker_s: Option<f64>,
+    own_s: Option<f64>,
+}
+
+impl CpuSample {
+    fn take(broker_pid: Option<u32>) -> Self {
+        CpuSample {
+            at: Instant::now(),
+            broker_s: broker_pid.and_then(|pid| cpu_seconds(Some(pid))),
+            own_s: cpu_seconds(None),
+        }
+    }
+
+    /// (broker, own) cores used between `self` and `later`.
+    fn cores_until(&self, later: &CpuSample) -> (Option<f64>, Option<f64>) {
+        let seconds = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
+        let cores = |before: Option<f64>, after: Option<f64>| Some((after? - before?) / seconds);
+        (cores(self.broker_s, later.broker_s), cores(self.own_s, later.own_s))
+    }
+}
+
+pub fn run(options: RunOptions) -> Result<Summary, ClientError> {
+    let workload = Arc::new(options.workload.clone());
+    let mut admin = Connection::connect(&workload.bootstrap)?;
+    let versions = admin.negotiate_versions()?;
+    eprintln!(
+        "sluice-bench: {} speaks Produce v{}, Fetch v{}, Metadata v{}, CreateTopics v{}, ListOffsets v{}",
+        workload.bootstrap,
+        versions.produce,
+        versions.fetch,
+        versions.metadata,
+        versions.create_topics,
+        versions.list_offsets
+    );
+    for topic in &workload.topics {
+        ensure_topic(&mut admin, &versions, topic, workload.partition_count)?;
+    }
+    drop(admin);
+    let payloads = Arc::new(Payloads::new(workload.message_size, workload.random_ratio, 0xbe4c4));
+    let stats = Stats::new();
+    if options.backlog_size > 0 {
+        run_catch_up(&options, &workload, versions, &payloads, &stats)
+    } else {
+        run_steady(&options, &workload, versions, &payloads, &stats)
+    }
+}
+
+struct Workers {
+    producers: Vec<producer::ProducerHandle>,
+    consumers: Vec<JoinHandle<()>>,
+}
+
+fn start_consumers(
+    workload: &Arc<Workload>,
+    versions: Versions,
+    stats: &Arc<Stats>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<JoinHandle<()>> {
+    let ready = Arc::new(AtomicUsize::new(0));
+    let mut consumers = Vec::new();
+    for topic in &workload.topics {
+        for consumer_index in 0..workload.consumers_per_topic {
+            // Partitions dealt round-robin, as a group's round-robin assignor would.
+            let partitions: Vec<i32> = (0..workload.partition_count)
+                .filter(|partition| *partition as usize % workload.consumers_per_topic == consumer_index)
+                .collect();
+            if partitions.is_empty() {
+                continue;
+            }
+            let context = WorkerContext {
+                workload: Arc::clone(workload),
+                versions,
+                stats: Arc::clone(stats),
+                stop: Arc::clone(stop),
+            };
+            consumers.push(consumer::start(
+                context,
+                topic.clone(),
+                consumers.len(),
+                partitions,
+                Arc::clone(&ready),
+            ));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready.load(Ordering::SeqCst) < consumers.len() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    consumers
+}
+
+fn start_producers(
+    workload: &Arc<Workload>,
+    versions: Versions,
+    payloads: &Arc<Payloads>,
+    stats: &Arc<Stats>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<producer::ProducerHandle> {
+    let producer_count = workload.topics.len() * workload.producers_per_topic;
+    let rate_each = workload.rate_per_s / producer_count as f64;
+    // Every producer's rate clock starts at the same instant, a little ahead so that connecting does not count.
+    let start_ns = now_ns() + 20_000_000;
+    let mut producers = Vec::new();
+    for topic in &workload.topics {
+        for _ in 0..workload.producers_per_topic {
+            let context = WorkerContext {
+                workload: Arc::clone(workload),
+                versions,
+                stats: Arc::clone(stats),
+                stop: Arc::clone(stop),
+            };
+            producers.push(producer::start(
+                context,
+                topic.clone(),
+                producers.len(),
+                rate_each,
+                start_ns,
+                Arc::clone(payloads),
+            ));
+        }
+    }
+    producers
+}
+
+fn join(workers: Workers) {
+    for producer in workers.producers {
+        let _ = producer.writer.join();
+    }
+    for consumer in workers.consumers {
+        let _ = consumer.join();
+    }
+}
+
+fn backlog(snapshot: &CounterSnapshot) -> i64 {
+    snapshot.acked_messages as i64 - snapshot.consumed_messages as i64
+}
+
+fn run_steady(
+    options: &RunOptions,
+    workload: &Arc<Workload>,
+    versions: Versions,
+    payloads: &Arc<Payloads>,
+    stats: &Arc<Stats>,
+) -> Result<Summary, ClientError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let consumers = start_consumers(workload, versions, stats, &stop);
+    let producers = start_producers(workload, versions, payloads, stats, &stop);
+    let started = Instant::now();
+    let measure_from = started + options.warmup;
+    let measure_until = measure_from + options.duration;
+    let mut totals = Latencies::new();
+    let mut interval = Latencies::new();
+    let mut measuring = false;
+    let mut baseline = stats.snapshot();
+    let mut cpu_start = CpuSample::take(options.broker_pid);
+    let mut previous = stats.snapshot();
+    let mut previous_cpu = CpuSample::take(options.broker_pid);
+    let mut next_tick = started + Duration::from_secs(1);
+    loop {
+        let now = Instant::now();
+        let wake = next_tick.min(if measuring { measure_until } else { measure_from });
+        if wake > now {
+            thread::sleep(wake - now);
+        }
+        let now = Instant::now();
+        if !measuring && now >= measure_from {
+            // Warm-up over: discard its histograms, start counting from here.
+            stats.drain(&mut interval);
+            interval.reset();
+            baseline = stats.snapshot();
+            cpu_start = CpuSample::take(options.broker_pid);
+            measuring = true;
+        }
+        if now >= next_tick || now >= measure_until {
+            let snapshot = stats.snapshot();
+            let cpu = CpuSample::take(options.broker_pid);
+            stats.drain(&mut interval);
+            let (broker_cores, _) = previous_cpu.cores_until(&cpu);
+            let phase = if measuring { "measure" } else { "warm-up" };
+            eprintln!(
+                "{}",
+                progress_line(
+                    now.duration_since(started).as_secs_f64(),
+                    phase,
+                    &snapshot.since(&previous),
+                    cpu.at.duration_since(previous_cpu.at).as_secs_f64(),
+                    backlog(&snapshot),
+                    &interval,
+                    broker_cores
+                )
+            );
+            if measuring {
+                totals.add(&interval);
+            }
+            interval.reset();
+            previous = snapshot;
+            previous_cpu = cpu;
+            next_tick += Duration::from_secs(1);
+        }
+        if measuring && now >= measure_until {
+            break;
+        }
+        if workers_all_finished(&producers, &consumers) {
+            stats.error("every producer and consumer stopped early".to_owned());
+            break;
+        }
+    }
+    let end = stats.snapshot();
+    let cpu_end = CpuSample::take(options.broker_pid);
+    stop.store(true, Ordering::Relaxed);
+    join(Workers { producers, consumers });
+    // Acknowledgements and reads of messages sent during the measured period arrive after it; keep their latencies.
+    stats.drain(&mut interval);
+    if measuring {
+        totals.add(&interval);
+    }
+    let measured = end.since(&baseline);
+    let seconds = cpu_end.at.duration_since(cpu_start.at).as_secs_f64();
+    let (broker_cpu_cores, generator_cpu_cores) = cpu_start.cores_until(&cpu_end);
+    let (error_count, errors) = stats.errors();
+    Ok(Summary {
+        label: options.label.clone(),
+        description: options.description.clone(),
+        publish_seconds: seconds,
+        consume_seconds: seconds,
+        counters: measured,
+        backlog_messages: backlog(&end),
+        latencies: totals,
+        broker_cpu_cores,
+        generator_cpu_cores,
+        error_count,
+        errors,
+        message_size: workload.message_size,
+    })
+}
+
+fn workers_all_finished(producers: &[producer::ProducerHandle], consumers: &[JoinHandle<()>]) -> bool {
+    producers.iter().all(|producer| producer.writer.is_finished())
+        && consumers.iter().all(JoinHandle::is_finished)
+}
+
+fn run_catch_up(
+    options: &RunOptions,
+    workload: &Arc<Workload>,
+    versions: Versions,
+    payloads: &Arc<Payloads>,
+    stats: &Arc<Stats>,
+) -> Result<Summary, ClientError> {
+    // Phase 1: producers alone write the backlog.
+    let stop_producers = Arc::new(AtomicBool::new(false));
+    let producers = start_producers(workload, versions, payloads, stats, &stop_producers);
+    let started = Instant::now();
+    let cpu_publish_start = CpuSample::take(options.broker_pid);
+    let mut totals = Latencies::new();
+    let mut interval = Latencies::new();
+    let mut previous = stats.snapshot();
+    let mut previous_cpu = CpuSample::take(options.broker_pid);
+    let time_limit = options.warmup + options.duration.max(Duration::from_secs(10)) * 4;
+    loop {
+        thread::sleep(Duration::from_secs(1));
+        let snapshot = stats.snapshot();
+        let cpu = CpuSample::take(options.broker_pid);
+        stats.drain(&mut interval);
+        eprintln!(
+            "{}",
+            progress_line(
+                started.elapsed().as_secs_f64(),
+                "backlog",
+                &snapshot.since(&previous),
+                cpu.at.duration_since(previous_cpu.at).as_secs_f64(),
+                backlog(&snapshot),
+                &interval,
+                previous_cpu.cores_until(&cpu).0
+            )
+        );
+        totals.add(&interval);
+        interval.reset();
+        previous = snapshot;
+        previous_cpu = cpu;
+        if snapshot.acked_bytes >= options.backlog_size {
+            break;
+        }
+        if started.elapsed() > time_limit || producers.iter().all(|producer| producer.writer.is_finished()) {
+            stats.error(format!(
+                "backlog of {} bytes not written within {:?}",
+                options.backlog_size, time_limit
+            ));
+            break;
+        }
+    }
+    stop_producers.store(true, Ordering::Relaxed);
+    join(Workers { producers, consumers: Vec::new() });
+    stats.drain(&mut interval);
+    totals.add(&interval);
+    let published = stats.snapshot();
+    let cpu_publish_end = CpuSample::take(options.broker_pid);
+    let publish_seconds = cpu_publish_end.at.duration_since(cpu_publish_start.at).as_secs_f64();
+    if options.drop_caches {
+        drop_page_cache(stats);
+    }
+    // Phase 2: consumers read the whole backlog from the start.
+    let mut consume_workload = (**workload).clone();
+    consume_workload.start_offset = StartOffset::Earliest;
+    let consume_workload = Arc::new(consume_workload);
+    let stop_consumers = Arc::new(AtomicBool::new(false));
+    let consume_started = Instant::now();
+    let cpu_consume_start = CpuSample::take(options.broker_pid);
+    let consumers = start_consumers(&consume_workload, versions, stats, &stop_consumers);
+    let consume_limit = options.duration.max(Duration::from_secs(10)) * 4;
+    loop {
+        thread::sleep(Duration::from_millis(200));
+        let snapshot = stats.snapshot();
+        if snapshot.consumed_messages >= published.acked_messages {
+            break;
+        }
+        if consume_started.elapsed() > consume_limit || consumers.iter().all(JoinHandle::is_finished) {
+            stats.error(format!(
+                "catch-up read {} of {} messages within {:?}",
+                snapshot.consumed_messages, published.acked_messages, consume_limit
+            ));
+            break;
+        }
+        if previous_cpu.at.elapsed() >= Duration::from_secs(1) {
+            let cpu = CpuSample::take(options.broker_pid);
+            eprintln!(
+                "{}",
+                progress_line(
+                    started.elapsed().as_secs_f64(),
+                    "catch-up",
+                    &snapshot.since(&previous),
+                    cpu.at.duration_since(previous_cpu.at).as_secs_f64(),
+                    backlog(&snapshot),
+                    &Latencies::new(),
+                    previous_cpu.cores_until(&cpu).0
+                )
+            );
+            previous = snapshot;
+            previous_cpu = cpu;
+        }
+    }
+    let end = stats.snapshot();
+    let cpu_consume_end = CpuSample::take(options.broker_pid);
+    let consume_seconds = consume_started.elapsed().as_secs_f64();
+    stop_consumers.store(true, Ordering::Relaxed);
+    join(Workers { producers: Vec::new(), consumers });
+    // End-to-end latency of a backlog is its age, not a latency; drop it.
+    stats.drain(&mut interval);
+    let mut counters = end;
+    counters.acked_messages = published.acked_messages;
+    counters.acked_bytes = published.acked_bytes;
+    let (broker_cpu_cores, generator_cpu_cores) = cpu_consume_start.cores_until(&cpu_consume_end);
+    let (error_count, errors) = stats.errors();
+    Ok(Summary {
+        label: options.label.clone(),
+        description: options.description.clone(),
+        publish_seconds,
+        consume_seconds,
+        counters,
+        backlog_messages: backlog(&end),
+        latencies: totals,
+        broker_cpu_cores,
+        generator_cpu_cores,
+        error_count,
+        errors,
+        message_size: workload.message_size,
+    })
+}
+
+/// Empties the page cache so that a catch-up read comes from the disk for brokers that read through it (Sluice
+/// reads with O_DIRECT and needs this less). Needs root; failure is reported, not fatal.
+fn drop_page_cache(stats: &Stats) {
+    // SAFETY: sync() takes no arguments and only schedules dirty pages for writing.
+    unsafe { libc::sync() };
+    if let Err(error) = std::fs::write("/proc/sys/vm/drop_caches", "1\n") {
+        stats.error(format!("cannot drop the page cache: {error}"));
+    }
+}
