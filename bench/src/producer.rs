@@ -298,6 +298,7 @@ impl<'a> Producer<'a> {
             partitions: Vec::with_capacity(sealed.len()),
             send_times_ns: Vec::new(),
         };
+        let borrowed: Vec<Bytes> = sealed.iter().map(|batch| batch.batch.clone()).collect();
         for batch in sealed {
             let mut partition_data = PartitionProduceData::default();
             partition_data.index = batch.partition;
@@ -325,11 +326,11 @@ impl<'a> Producer<'a> {
             if sender.send(in_flight).is_err() {
                 return Err(ClientError::Io(std::io::Error::other("the acknowledgement reader stopped")));
             }
-            self.connection_writer.send(&request, self.versions.produce)?;
+            self.connection_writer.send_borrowing(&request, self.versions.produce, &borrowed)?;
         } else {
             // acks=0: no response will come; count the messages as acknowledged once written.
             let (messages, bytes) = totals(&in_flight);
-            self.connection_writer.send(&request, self.versions.produce)?;
+            self.connection_writer.send_borrowing(&request, self.versions.produce, &borrowed)?;
             add(&counters.acked_messages, messages);
             add(&counters.acked_bytes, bytes);
         }

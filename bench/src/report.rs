@@ -147,11 +147,11 @@ impl Summary {
     /// A percentile chart of the three latencies: x is the percentile on the usual 1/(1-p) log scale (so the tail
     /// gets room), y is milliseconds on a log scale (so p50 and max both stay readable).
     pub fn to_svg(&self) -> String {
-        const WIDTH: f64 = 900.0;
+        const WIDTH: f64 = 1040.0;
         const HEIGHT: f64 = 520.0;
         const LEFT: f64 = 80.0;
-        const RIGHT: f64 = 200.0;
-        const TOP: f64 = 60.0;
+        const RIGHT: f64 = 250.0;
+        const TOP: f64 = 76.0;
         const BOTTOM: f64 = 60.0;
         /// Up to 99.9999%: 10^6 on the 1/(1-p) axis.
         const X_DECADES: f64 = 6.0;
@@ -182,13 +182,21 @@ impl Summary {
             r#"<text x="{LEFT}" y="24" font-size="16" font-weight="bold">{}</text>"#,
             xml_escape(&self.label)
         );
-        let subtitle = format!(
-            "{} — publish {:.1} MB/s, {:.0} msg/s",
-            self.description,
+        let rates = format!(
+            "publish {:.1} MB/s ({:.0} msg/s), consume {:.1} MB/s, broker CPU {}",
             self.publish_mb_per_s(),
-            self.publish_messages_per_s()
+            self.publish_messages_per_s(),
+            self.consume_mb_per_s(),
+            self.broker_cpu_cores.map_or("n/a".to_owned(), |cores| format!("{:.0}%", cores * 100.0))
         );
-        let _ = writeln!(svg, r##"<text x="{LEFT}" y="44" fill="#555">{}</text>"##, xml_escape(&subtitle));
+        for (index, line) in [self.description.as_str(), rates.as_str()].iter().enumerate() {
+            let _ = writeln!(
+                svg,
+                r##"<text x="{LEFT}" y="{}" fill="#555" font-size="11">{}</text>"##,
+                42 + 15 * index,
+                xml_escape(line)
+            );
+        }
         for decade in 0..=(X_DECADES as i32) {
             let x = x_at(decade as f64);
             let label = match decade {
@@ -247,7 +255,13 @@ impl Summary {
             for step in 0..=(X_DECADES as i32 * 20) {
                 let decades = step as f64 / 20.0;
                 let quantile = 1.0 - 10f64.powf(-decades);
-                let ms = histogram.value_at_quantile(quantile) as f64 / 1000.0;
+                // The right edge is the maximum, so the chart and the legend agree on it.
+                let value_us = if step == X_DECADES as i32 * 20 {
+                    histogram.max()
+                } else {
+                    histogram.value_at_quantile(quantile)
+                };
+                let ms = value_us as f64 / 1000.0;
                 let _ = write!(points, "{:.1},{:.1} ", x_at(decades), y_at(ms));
             }
             let _ = writeln!(
