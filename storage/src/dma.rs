@@ -1,7 +1,9 @@
 //! glommio direct-I/O files: the production implementation of the I/O seam.
 
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
@@ -58,7 +60,11 @@ impl Storage for DmaStorage {
             .dma_open(path)
             .await
             .map_err(io::Error::from)?;
-        Ok(DmaStorageFile { file, path: path.to_path_buf() })
+        // A second descriptor of the same O_DIRECT open file, owned here, for reads into our own memory.
+        // SAFETY: the descriptor is valid for as long as `file` lives, and dup'ing it borrows nothing.
+        let read_descriptor =
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(file.as_raw_fd()) }.try_clone_to_owned()?;
+        Ok(DmaStorageFile { file, read_descriptor: Arc::new(read_descriptor), path: path.to_path_buf() })
     }
 
     async fn remove(&self, path: &Path) -> io::Result<()> {
@@ -84,7 +90,83 @@ impl Storage for DmaStorage {
 
 pub struct DmaStorageFile {
     file: DmaFile,
+    read_descriptor: Arc<OwnedFd>,
     path: PathBuf,
+}
+
+/// Block-aligned heap memory for direct-I/O reads; owned, so `Bytes` can share it across threads.
+struct AlignedMemory {
+    pointer: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: the memory is uniquely owned heap memory with no thread affinity.
+unsafe impl Send for AlignedMemory {}
+// SAFETY: shared access is read-only (`AsRef`); the only mutable access takes `&mut self`.
+unsafe impl Sync for AlignedMemory {}
+
+impl AlignedMemory {
+    fn new(size: usize) -> AlignedMemory {
+        let layout = std::alloc::Layout::from_size_align(size.max(BLOCK_SIZE), BLOCK_SIZE)
+            .expect("block-aligned layout is valid");
+        // SAFETY: the layout has a non-zero size. Zeroed, so no uninitialised byte is ever exposed.
+        let pointer = unsafe { std::alloc::alloc_zeroed(layout) };
+        let pointer =
+            std::ptr::NonNull::new(pointer).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedMemory { pointer, layout }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `pointer` owns `layout.size()` initialised bytes, borrowed mutably through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.pointer.as_ptr(), self.layout.size()) }
+    }
+}
+
+impl AsRef<[u8]> for AlignedMemory {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `pointer` owns `layout.size()` initialised bytes for the lifetime of `self`.
+        unsafe { std::slice::from_raw_parts(self.pointer.as_ptr(), self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedMemory {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this very layout.
+        unsafe { std::alloc::dealloc(self.pointer.as_ptr(), self.layout) }
+    }
+}
+
+/// pread until `buffer` is full or the end of the file; returns the bytes read.
+fn pread_full(descriptor: &OwnedFd, buffer: &mut [u8], position: u64) -> io::Result<usize> {
+    let mut done = 0;
+    // Bounded: every pass reads at least one byte or returns.
+    while done < buffer.len() {
+        let remaining = &mut buffer[done..];
+        // SAFETY: `remaining` is valid writable memory of the given length for the duration of the call.
+        let count = unsafe {
+            libc::pread(
+                descriptor.as_raw_fd(),
+                remaining.as_mut_ptr().cast(),
+                remaining.len(),
+                (position + done as u64) as libc::off_t,
+            )
+        };
+        match count {
+            0 => break,
+            count if count > 0 => done += count as usize,
+            _ => {
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
+        }
+        // O_DIRECT reads stop at block granularity; a short read means the end of the file.
+        if done % BLOCK_SIZE != 0 {
+            break;
+        }
+    }
+    Ok(done)
 }
 
 /// A glommio DMA buffer, aligned for direct I/O.
@@ -123,10 +205,28 @@ impl StorageFile for DmaStorageFile {
     }
 
     async fn read_at(&self, position: u64, size: usize) -> io::Result<Bytes> {
-        let result = self.file.read_at(position, size).await.map_err(io::Error::from)?;
-        // glommio's ReadResult is tied to this executor (it is !Send), while batches cross shards as `Bytes`; this
-        // one copy on the cold-read path is the price until the seam can read into caller-owned aligned memory.
-        Ok(Bytes::copy_from_slice(&result))
+        // glommio's own reads land in executor-bound (`!Send`) buffers, while batches must cross shards as
+        // `Bytes`; so the read goes into memory this crate owns, on glommio's blocking-thread pool, and the
+        // batches are then sliced out of it without a copy.
+        if size == 0 {
+            return Ok(Bytes::new());
+        }
+        let start = position - position % BLOCK_SIZE as u64;
+        let lead = (position - start) as usize;
+        let aligned_size = (lead + size).div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+        let descriptor = self.read_descriptor.clone();
+        let (buffer, result) = glommio::executor()
+            .spawn_blocking(move || {
+                let mut buffer = AlignedMemory::new(aligned_size);
+                let result = pread_full(&descriptor, buffer.as_mut_slice(), start);
+                (buffer, result)
+            })
+            .await;
+        let read_size = result.map_err(|error| {
+            io::Error::new(error.kind(), format!("reading {} at {position}: {error}", self.path.display()))
+        })?;
+        let available = read_size.saturating_sub(lead).min(size);
+        Ok(Bytes::from_owner(buffer).slice(lead..lead + available))
     }
 
     async fn sync(&self) -> io::Result<()> {

@@ -15,13 +15,14 @@ fn scratch_directory() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch directory")
 }
 
-/// Opens an empty file read+write first (as a brand-new segment is), then reads a non-empty one.
+/// Opens an empty file read+write first (as a brand-new segment is), then reads a non-empty one with glommio's
+/// own DMA read.
 async fn read_after_opening_an_empty_file(storage: DmaStorage, directory: &Path) -> std::io::Result<usize> {
     let data_path = directory.join("data");
     std::fs::write(&data_path, vec![7u8; 8192]).unwrap();
     let empty = storage.open(&directory.join("empty"), true).await?;
-    let data = storage.open(&data_path, false).await?;
-    let result = data.read_at(0, 4096).await.map(|bytes| bytes.len());
+    let data = glommio::io::OpenOptions::new().read(true).dma_open(&data_path).await?;
+    let result = data.read_at_aligned(0, 4096).await.map(|bytes| bytes.len()).map_err(std::io::Error::from);
     let _ = empty.close().await;
     let _ = data.close().await;
     result
@@ -119,5 +120,27 @@ fn real_files_recover_after_an_unclean_stop_damage_and_a_lost_index() {
         assert_eq!(std::fs::read(&indexes[0]).unwrap(), original, "rebuilt index matches the original");
         assert_eq!(read_all(&log, Offset(0)).await.len(), sent.len() - 1);
         log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn unaligned_reads_return_exactly_the_bytes_asked_for_and_stop_at_the_end() {
+    let scratch = scratch_directory();
+    let directory = scratch.path().to_path_buf();
+    run(move || async move {
+        let storage = DmaStorage::new(&directory).await.unwrap();
+        let pattern: Vec<u8> = (0..10_000u32).map(|index| (index % 251) as u8).collect();
+        let path = directory.join("pattern");
+        std::fs::write(&path, &pattern).unwrap();
+        let file = storage.open(&path, false).await.unwrap();
+        for (position, size) in
+            [(0usize, 10usize), (5000, 3000), (4095, 2), (8191, 1809), (9000, 4000), (12_000, 10)]
+        {
+            let read = file.read_at(position as u64, size).await.unwrap();
+            let end = (position + size).min(pattern.len());
+            let expected = if position < pattern.len() { &pattern[position..end] } else { &[][..] };
+            assert_eq!(&read[..], expected, "read_at({position}, {size})");
+        }
+        file.close().await.unwrap();
     });
 }
