@@ -78,6 +78,7 @@ pub fn from_log_error(error: &LogError) -> KafkaError {
         LogError::Poisoned(_) | LogError::Io { .. } => ErrorCode::KAFKA_STORAGE_ERROR,
         // A closed log is a partition that is going away (shutdown or deletion).
         LogError::Closed => ErrorCode::NOT_LEADER_OR_FOLLOWER,
+        LogError::InvalidConfig(_) => ErrorCode::INVALID_CONFIG,
     };
     KafkaError::with_message(code, error.to_string())
 }

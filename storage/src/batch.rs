@@ -166,12 +166,20 @@ pub struct BatchSummary {
     pub base_sequence: i32,
 }
 
-/// Validates every batch of a record set (one or more batches back to back) without changing anything.
+/// Validates every batch of a record set (one or more batches back to back) without changing anything. A
+/// producer's batch must also number its records densely (`lastOffsetDelta == recordCount - 1`, as Kafka's
+/// validator requires); only compaction may leave gaps, and only in batches already in a log.
 pub fn validate_record_set(bytes: &[u8]) -> Result<Vec<BatchSummary>, BatchError> {
     let mut summaries = Vec::new();
     let mut position = 0;
     while position < bytes.len() {
         let (header, size) = validate_batch(&bytes[position..])?;
+        if header.last_offset_delta.get() != header.record_count.get() - 1 {
+            return Err(BatchError::BadRecordCount {
+                record_count: header.record_count.get(),
+                last_offset_delta: header.last_offset_delta.get(),
+            });
+        }
         summaries.push(BatchSummary {
             position,
             size,

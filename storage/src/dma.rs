@@ -86,6 +86,10 @@ impl Storage for DmaStorage {
     async fn exists(&self, path: &Path) -> bool {
         path.exists()
     }
+
+    async fn sync_directory(&self, directory: &Path) -> io::Result<()> {
+        std::fs::File::open(directory)?.sync_all()
+    }
 }
 
 pub struct DmaStorageFile {

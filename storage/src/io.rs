@@ -22,6 +22,8 @@ pub trait Storage: Clone + 'static {
     async fn list(&self, directory: &Path) -> io::Result<Vec<String>>;
     async fn create_dir_all(&self, directory: &Path) -> io::Result<()>;
     async fn exists(&self, path: &Path) -> bool;
+    /// fsync of the directory itself, so that files created in it survive a crash.
+    async fn sync_directory(&self, directory: &Path) -> io::Result<()>;
 }
 
 /// One open file. Writes take block-aligned buffers at block-aligned positions (direct I/O rules).

@@ -67,6 +67,29 @@ pub struct LogConfig {
     pub segment_space: SegmentSpace,
 }
 
+impl LogConfig {
+    /// Checks the limits the log relies on; the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.segment_size_max < 4096 || self.segment_size_max > i32::MAX as u64 {
+            return Err(format!(
+                "segment.bytes {} must be between 4096 and {}",
+                self.segment_size_max,
+                i32::MAX
+            ));
+        }
+        if self.write_size_max < crate::BLOCK_SIZE || !self.write_size_max.is_multiple_of(crate::BLOCK_SIZE) {
+            return Err(format!("write size {} must be a positive multiple of 4096", self.write_size_max));
+        }
+        if self.index_interval_size == 0 {
+            return Err("index.interval.bytes must be positive".into());
+        }
+        if self.batch_size_max == 0 || self.unflushed_size_max == 0 {
+            return Err("max.message.bytes and the unflushed bound must be positive".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -130,6 +153,7 @@ pub enum LogError {
         log_start: Offset,
         log_end: Offset,
     },
+    InvalidConfig(String),
     /// A write or sync failed earlier; the log accepts no more appends until it is reopened.
     Poisoned(String),
     Io {
@@ -157,6 +181,7 @@ impl fmt::Display for LogError {
                 write!(formatter, "{operation} {} failed: {source}", path.display())
             }
             LogError::Closed => write!(formatter, "log is closed"),
+            LogError::InvalidConfig(reason) => write!(formatter, "invalid log configuration: {reason}"),
         }
     }
 }
@@ -233,6 +258,8 @@ struct LogState<S: Storage> {
     sync_requested: bool,
     commands: VecDeque<(Command, Rc<CommandSlot>)>,
     poisoned: Option<String>,
+    /// `close` was called: no more appends.
+    closing: bool,
     closed: bool,
 }
 
@@ -252,6 +279,12 @@ enum Command {
     Close,
 }
 
+impl Command {
+    fn needs_drained_log(&self) -> bool {
+        matches!(self, Command::TruncateTo(_) | Command::Close)
+    }
+}
+
 #[derive(Default)]
 struct CommandSlot {
     result: RefCell<Option<Result<(), String>>>,
@@ -269,14 +302,34 @@ impl<S: Storage> Log<S> {
         config: LogConfig,
         cache: BatchCache,
     ) -> Result<Log<S>, LogError> {
+        config.validate().map_err(LogError::InvalidConfig)?;
         storage.create_dir_all(&directory).await.map_err(io_error("creating", &directory))?;
         let (mut segments, recovery) = recover(&storage, &directory, &config).await?;
         let checkpoint = read_log_start_checkpoint(&storage, &directory).await;
+        let recovered_end = segments.last().map(|segment| segment.next_offset);
+        if let (Some(start), Some(end)) = (checkpoint, recovered_end) {
+            if start > end {
+                // Everything below the recorded log start is deleted, and what lay above it was never synced:
+                // start empty at the log start so that no offset below it is ever handed out again.
+                log::warn!(
+                    "{}: log ends at {end} below its start {start}; starting empty",
+                    directory.display()
+                );
+                for segment in segments.drain(..) {
+                    for path in Segment::<S>::paths(&directory, segment.base_offset) {
+                        if storage.exists(&path).await {
+                            storage.remove(&path).await.map_err(io_error("removing", &path))?;
+                        }
+                    }
+                }
+            }
+        }
         if segments.is_empty() {
             let base = checkpoint.unwrap_or(Offset(0));
             let segment = Segment::create(&storage, &directory, base, now_ms())
                 .await
                 .map_err(io_error("creating a segment in", &directory))?;
+            storage.sync_directory(&directory).await.map_err(io_error("syncing", &directory))?;
             segments.push(segment);
         }
         let active = segments.last_mut().expect("at least one segment");
@@ -310,6 +363,7 @@ impl<S: Storage> Log<S> {
                 sync_requested: false,
                 commands: VecDeque::new(),
                 poisoned: None,
+                closing: false,
                 closed: false,
             }),
             flusher_wakeup: Notify::default(),
@@ -335,8 +389,10 @@ impl<S: Storage> Log<S> {
     }
 
     /// New settings apply from the next append, roll or retention pass.
-    pub fn update_config(&self, config: LogConfig) {
+    pub fn update_config(&self, config: LogConfig) -> Result<(), LogError> {
+        config.validate().map_err(LogError::InvalidConfig)?;
         *self.inner.config.borrow_mut() = config;
+        Ok(())
     }
 
     pub fn log_start_offset(&self) -> Offset {
@@ -448,6 +504,14 @@ impl<S: Storage> Log<S> {
         loop {
             {
                 let mut state = self.inner.state.borrow_mut();
+                if offset_end > state.next_offset {
+                    // Never appended, or removed by a truncation while waiting.
+                    return Err(LogError::OffsetOutOfRange {
+                        offset: offset_end,
+                        log_start: state.log_start_offset,
+                        log_end: state.next_offset,
+                    });
+                }
                 if state.durable_offset >= offset_end {
                     return Ok(());
                 }
@@ -479,7 +543,7 @@ impl<S: Storage> Log<S> {
                 ReadBound::HighWatermark => state.high_watermark,
                 ReadBound::LogEnd => state.next_offset,
             };
-            if offset < state.log_start_offset || offset > upper {
+            if offset < state.log_start_offset || offset > state.next_offset {
                 return Err(LogError::OffsetOutOfRange {
                     offset,
                     log_start: state.log_start_offset,
@@ -489,7 +553,7 @@ impl<S: Storage> Log<S> {
             (upper, state.log_start_offset)
         };
         let _ = log_start;
-        if offset == upper {
+        if offset >= upper {
             return Ok(Vec::new());
         }
         let mut budget = Budget { size_max, min_one, used: 0, upper };
@@ -575,26 +639,25 @@ impl<S: Storage> Log<S> {
     /// The first batch whose max timestamp is ≥ `timestamp` (ListOffsets by time); the caller finds the exact
     /// record inside it.
     pub async fn find_batch_by_timestamp(&self, timestamp: i64) -> Result<Option<Bytes>, LogError> {
-        let found = {
+        let candidates: Vec<(ReadOnlySegment<S>, FilePosition, PathBuf)> = {
             let state = self.inner.state.borrow();
             state
                 .segments
                 .iter()
-                .find(|segment| {
+                .filter(|segment| {
                     segment.max_timestamp >= timestamp && segment.next_offset > state.log_start_offset
                 })
                 .map(|segment| {
                     let start = segment.time_index.scan_start(timestamp);
                     let (_, position) = segment.index.lookup(start);
-                    (
-                        ReadOnlySegment::<S> { file: segment.file.clone(), size: segment.size },
-                        position,
-                        segment.path.clone(),
-                    )
+                    let reader = ReadOnlySegment::<S> { file: segment.file.clone(), size: segment.size };
+                    (reader, position, segment.path.clone())
                 })
+                .collect()
         };
-        if let Some((segment, position, path)) = found {
-            let log_start = self.log_start_offset();
+        let log_start = self.log_start_offset();
+        // Bounded by the segment count.
+        for (segment, position, path) in candidates {
             let batches = segment
                 .read_batches(position, 64 * 1024, |header| {
                     if header.max_timestamp.get() >= timestamp && header.last_offset() >= log_start {
@@ -666,8 +729,12 @@ impl<S: Storage> Log<S> {
 
     /// Flushes and syncs everything, seals the active segment and stops the flusher. Reads keep working.
     pub async fn close(&self) -> Result<(), LogError> {
-        if self.inner.state.borrow().closed {
-            return Ok(());
+        {
+            let mut state = self.inner.state.borrow_mut();
+            if state.closed || state.closing {
+                return Ok(());
+            }
+            state.closing = true;
         }
         let result = self.run_command(Command::Close).await;
         let task = self.inner.flusher.borrow_mut().take();
@@ -845,7 +912,7 @@ impl<S: Storage> LogState<S> {
         if let Some(reason) = &self.poisoned {
             return Err(LogError::Poisoned(reason.clone()));
         }
-        if self.closed {
+        if self.closing || self.closed {
             return Err(LogError::Closed);
         }
         Ok(())
@@ -889,7 +956,10 @@ async fn run_flusher<S: Storage>(inner: Rc<LogInner<S>>) {
             FlusherAction::Command(command, slot) => {
                 let result = run_flusher_command(&inner, command).await;
                 if let Err(error) = &result {
-                    log::error!("log {}: {error}", inner.directory.display());
+                    // A command that failed half-way may have left files and memory apart: stop writing.
+                    let reason = error.to_string();
+                    log::error!("log {} poisoned: {reason}", inner.directory.display());
+                    inner.state.borrow_mut().poisoned.get_or_insert(reason);
                 }
                 *slot.result.borrow_mut() = Some(result.map_err(|error| error.to_string()));
                 inner.progress.notify_all();
@@ -912,8 +982,11 @@ fn next_flusher_action<S: Storage>(inner: &LogInner<S>) -> FlusherAction {
     let config = inner.config.borrow();
     let mut state = inner.state.borrow_mut();
     if state.poisoned.is_some() {
-        // Nothing more is written; commands still get an answer.
-        if let Some((_, slot)) = state.commands.pop_front() {
+        // Nothing more is written; commands still get an answer, and a close still closes.
+        if let Some((command, slot)) = state.commands.pop_front() {
+            if matches!(command, Command::Close) {
+                state.closed = true;
+            }
             *slot.result.borrow_mut() = Some(Err(state.poisoned.clone().unwrap_or_default()));
             inner.progress.notify_all();
             return FlusherAction::Wait(Some(Duration::ZERO));
@@ -922,39 +995,46 @@ fn next_flusher_action<S: Storage>(inner: &LogInner<S>) -> FlusherAction {
     }
     let has_unflushed = !state.unflushed.is_empty();
     let unsynced = state.durable_offset < state.flushed_offset;
+    // Truncation and close need everything written and synced first; the other commands run between flushes,
+    // so a steady stream of appends cannot starve them.
+    let command_drains = state.commands.front().map(|(command, _)| command.needs_drained_log());
+    let draining = command_drains == Some(true);
     if has_unflushed {
-        let flush_now = match config.durability {
-            Durability::Fsync => true,
-            Durability::Interval { interval, .. } => {
-                state.sync_requested
-                    || !state.commands.is_empty()
-                    || state.unflushed_size >= config.write_size_max
-                    || state.last_sync.elapsed() >= interval
-            }
-        };
+        let flush_now = draining
+            || match config.durability {
+                Durability::Fsync => true,
+                Durability::Interval { interval, .. } => {
+                    state.sync_requested
+                        || state.closing
+                        || state.unflushed_size >= config.write_size_max
+                        || state.last_sync.elapsed() >= interval
+                }
+            };
         if flush_now {
             return FlusherAction::Flush;
         }
     }
     if unsynced {
-        let sync_now = match config.durability {
-            Durability::Fsync => true,
-            Durability::Interval { bytes, interval } => {
-                state.sync_requested
-                    || !state.commands.is_empty()
-                    || state.unsynced_size >= bytes
-                    || state.last_sync.elapsed() >= interval
-            }
-        };
+        let sync_now = draining
+            || match config.durability {
+                Durability::Fsync => true,
+                Durability::Interval { bytes, interval } => {
+                    state.sync_requested
+                        || state.closing
+                        || state.unsynced_size >= bytes
+                        || state.last_sync.elapsed() >= interval
+                }
+            };
         if sync_now {
             return FlusherAction::Sync;
         }
     }
+    if command_drains == Some(false) || (draining && !has_unflushed && !unsynced) {
+        let (command, slot) = state.commands.pop_front().expect("checked above");
+        return FlusherAction::Command(command, slot);
+    }
     if !has_unflushed && !unsynced {
         state.sync_requested = false;
-        if let Some((command, slot)) = state.commands.pop_front() {
-            return FlusherAction::Command(command, slot);
-        }
         if state.closed {
             return FlusherAction::Exit;
         }
@@ -1002,6 +1082,7 @@ async fn flush_unflushed<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError
             let size = active.size + group_size;
             size > 0
                 && (size + batch.bytes.len() as u64 > config.segment_size_max
+                    || batch.last_offset.0 - active.base_offset.0 > i32::MAX as i64
                     || now_ms() - active.created_ms >= config.segment_age_max.as_millis() as i64)
         };
         if needs_roll {
@@ -1112,6 +1193,8 @@ async fn roll<S: Storage>(inner: &LogInner<S>, base_offset: Offset) -> Result<()
     let segment = Segment::create(&inner.storage, &inner.directory, base_offset, now_ms())
         .await
         .map_err(io_error("creating a segment in", &inner.directory))?;
+    // The new files' directory entries must be durable before anything in them is acknowledged.
+    inner.storage.sync_directory(&inner.directory).await.map_err(io_error("syncing", &inner.directory))?;
     inner.state.borrow_mut().segments.push(segment);
     Ok(())
 }
@@ -1125,15 +1208,16 @@ async fn run_flusher_command<S: Storage>(inner: &LogInner<S>, command: Command) 
         }
         Command::TruncateTo(offset) => truncate(inner, offset).await,
         Command::Roll => {
-            let (next_offset, empty) = {
+            let (flushed_offset, empty) = {
                 let mut state = inner.state.borrow_mut();
-                let next_offset = state.next_offset;
-                (next_offset, state.active().size == 0)
+                let flushed_offset = state.flushed_offset;
+                (flushed_offset, state.active().size == 0)
             };
             if empty {
                 return Ok(());
             }
-            roll(inner, next_offset).await
+            // Batches still queued go to the new segment, which starts after the last written one.
+            roll(inner, flushed_offset).await
         }
         Command::DeleteBefore(offset) => {
             {
@@ -1193,6 +1277,16 @@ async fn truncate<S: Storage>(inner: &LogInner<S>, offset: Offset) -> Result<(),
             debug_assert!(batches.is_empty());
             if let Some((position, base)) = cut {
                 segment.truncate_at(position, base).await?;
+                // The time index bounds the maximum only up to its last entry; rescan the rest for the rest.
+                let from =
+                    FilePosition(segment.index.entries.last().map_or(0, |entry| entry.position as u64));
+                let mut max_timestamp = segment.max_timestamp;
+                read_segment_batches(&*segment.file, segment.size, from, 1 << 20, |header| {
+                    max_timestamp = max_timestamp.max(header.max_timestamp.get());
+                    Accept::Skip
+                })
+                .await?;
+                segment.max_timestamp = max_timestamp;
             }
         }
         segment.file.sync().await?;
@@ -1357,11 +1451,11 @@ async fn recover<S: Storage>(
                     let matches = BatchHeader::parse(&header_bytes).is_ok_and(|header| {
                         header.base_offset() == Offset(base_offset.0 + entry.relative_offset as i64)
                     });
-                    if matches {
+                    // A missing time index makes the whole index suspect: rebuild both from the log.
+                    let time_index_bytes = read_whole(storage, &time_index_path).await;
+                    if let (true, Some(time_index_bytes)) = (matches, time_index_bytes) {
                         scan_from =
                             (entry.position as u64, Offset(base_offset.0 + entry.relative_offset as i64));
-                        let time_index_bytes =
-                            read_whole(storage, &time_index_path).await.unwrap_or_default();
                         segment.time_index = TimeIndex::decode(&time_index_bytes, entry.relative_offset + 1);
                         segment.index = index;
                     } else {
@@ -1397,6 +1491,12 @@ async fn recover<S: Storage>(
                 outcome.end_position,
                 outcome.next_offset
             );
+        }
+        if is_last && outcome.corruption.is_none() && outcome.end_position < file_size {
+            // A clean end before the file's end: preallocated zeros, or a hole left by unsynced writes with
+            // stale bytes after it. Cut them so that later writes are never followed by old data.
+            segment.file.truncate(outcome.end_position).await.map_err(io_error("truncating", &path))?;
+            segment.file.sync().await.map_err(io_error("syncing", &path))?;
         }
         let continuous = segments.last().is_none_or(|previous| previous.next_offset <= base_offset);
         if !continuous {

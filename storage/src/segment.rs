@@ -138,8 +138,11 @@ impl<S: Storage> Segment<S> {
         }
         let allocated_size = self.file.size().await?;
         let index_file = storage.open(&index_path, true).await?;
+        index_file.truncate(0).await?;
         let time_index_file = storage.open(&time_index_path, true).await?;
-        // The index files are rewritten from the in-memory entries, which recovery validated.
+        time_index_file.truncate(0).await?;
+        // The index files are rewritten from the in-memory entries, which recovery validated; emptied first so
+        // that no stale entry survives past the rewritten ones.
         self.writer = Some(SegmentWriter {
             tail: tail.to_vec(),
             allocated_size,
@@ -281,11 +284,15 @@ impl<S: Storage> Segment<S> {
                     {
                         break; // the batch continues in the next chunk
                     }
-                    Err(BatchError::Truncated { needed, .. }) if cursor == 0 && needed > SCAN_CHUNK_SIZE => {
+                    Err(BatchError::Truncated { needed, .. })
+                        if cursor == 0
+                            && needed > SCAN_CHUNK_SIZE
+                            && position + needed as u64 <= file_size =>
+                    {
                         // A batch larger than a chunk: read it whole.
                         let whole = self.file.read_at(position, needed).await?;
                         match validate_batch(&whole) {
-                            Ok((header, size)) if header.base_offset() >= expected_offset => {
+                            Ok((header, size)) if header.base_offset() == expected_offset => {
                                 let header = *header;
                                 self.record_batch(&header, size as u64, index_interval_size);
                                 expected_offset = header.last_offset().next();
@@ -310,8 +317,9 @@ impl<S: Storage> Segment<S> {
                         break 'chunks;
                     }
                 };
-                if header.base_offset() < expected_offset {
-                    // A batch from before a truncation, left in space that was never rewritten.
+                if header.base_offset() != expected_offset {
+                    // A batch from before a truncation left in space never rewritten, or a damaged baseOffset
+                    // (it sits outside the CRC): either way the log cannot continue here.
                     corruption = Some(BatchError::BadRecordCount {
                         record_count: header.record_count.get(),
                         last_offset_delta: header.last_offset_delta.get(),
@@ -462,10 +470,11 @@ impl<S: Storage> SegmentWriter<S> {
     }
 
     pub(crate) async fn write_indexes(&mut self, writes: IndexWrites) -> io::Result<()> {
-        write_block_range(&self.index_file, writes.index).await?;
-        self.index_persisted_count = writes.index_count;
+        // Time index first: an offset-index entry on disk then implies the time entries before it are too.
         write_block_range(&self.time_index_file, writes.time_index).await?;
         self.time_index_persisted_count = writes.time_index_count;
+        write_block_range(&self.index_file, writes.index).await?;
+        self.index_persisted_count = writes.index_count;
         Ok(())
     }
 

@@ -130,8 +130,8 @@ impl SimStorage {
         self.state.borrow().halted
     }
 
-    /// Power loss and reboot: each file keeps its durable image plus a random prefix (from `seed`) of its unsynced
-    /// operations, the last of which may be torn at a sector boundary. Clears faults and the halt.
+    /// Power loss and reboot: each file keeps its durable image plus, independently for each unsynced write
+    /// (chosen from `seed`), the whole write, a sector-torn part of it, or nothing. Clears faults and the halt.
     pub fn crash(&self, seed: u64) {
         let mut random = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let mut next_random = move |bound: usize| -> usize {
@@ -145,16 +145,21 @@ impl SimStorage {
             let mut images = file.borrow_mut();
             let mut image = images.durable.clone();
             let operations = std::mem::take(&mut images.unsynced);
-            let kept = next_random(operations.len());
-            for (index, operation) in operations.iter().take(kept).enumerate() {
+            // Unsynced writes may reach the disk in any order: each is kept whole, torn at a sector boundary, or
+            // lost, independently (holes included). Truncations apply in order.
+            for operation in &operations {
                 match operation {
-                    Operation::Write { position, data } if index + 1 == kept => {
-                        let sectors = next_random(data.len().div_ceil(SECTOR_SIZE));
-                        let size = (sectors * SECTOR_SIZE).min(data.len());
-                        Operation::Write { position: *position, data: data[..size].to_vec() }
-                            .apply(&mut image);
-                    }
-                    _ => operation.apply(&mut image),
+                    Operation::Write { position, data } => match next_random(2) {
+                        0 => {}
+                        1 => operation.apply(&mut image),
+                        _ => {
+                            let sectors = next_random(data.len().div_ceil(SECTOR_SIZE));
+                            let size = (sectors * SECTOR_SIZE).min(data.len());
+                            Operation::Write { position: *position, data: data[..size].to_vec() }
+                                .apply(&mut image);
+                        }
+                    },
+                    Operation::Truncate { .. } => operation.apply(&mut image),
                 }
             }
             images.live = image.clone();
@@ -225,6 +230,10 @@ impl Storage for SimStorage {
 
     async fn exists(&self, path: &Path) -> bool {
         self.state.borrow().files.contains_key(path)
+    }
+
+    async fn sync_directory(&self, _directory: &Path) -> io::Result<()> {
+        self.check_halted()
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use common::*;
 use sluice_storage::batch::testing::make_batch;
-use sluice_storage::{Offset, SimStorage};
+use sluice_storage::{Offset, SegmentSpace, SimStorage};
 
 fn workload_batch(index: usize) -> Bytes {
     make_batch(1 + (index % 3) as i32, 50 + (index * 37) % 700, index as i64)
@@ -22,11 +22,13 @@ const WORKLOAD_SIZE: usize = 60;
 /// Runs the workload: sequential appends, each acknowledged after `wait_durable`, plus a burst of concurrent
 /// ones so that group commit is crossed too. Returns the acknowledged end offset and the batches sent in
 /// offset order.
-async fn workload(storage: &SimStorage) -> (Offset, Vec<(Offset, Bytes)>) {
+async fn workload(storage: &SimStorage, space: SegmentSpace) -> (Offset, Vec<(Offset, Bytes)>) {
+    let mut config = small_config();
+    config.segment_space = space;
     let opened = sluice_storage::Log::open(
         storage.clone(),
         directory(),
-        small_config(),
+        config,
         sluice_storage::BatchCache::new(1 << 20),
     )
     .await;
@@ -83,28 +85,25 @@ async fn verify_prefix(storage: &SimStorage, acknowledged: Offset, sent: &[(Offs
 
 #[test]
 fn crash_at_every_sync_point_keeps_a_prefix_with_everything_acknowledged() {
-    run(|| async {
-        let dry = SimStorage::new();
-        let (full_end, _) = workload(&dry).await;
-        let sync_points = dry.sync_count();
-        assert!(full_end.0 > WORKLOAD_SIZE as i64);
-        eprintln!("crash consistency: {sync_points} sync points");
-        for sync_point in 0..=sync_points {
-            for seed in 0..3u64 {
-                let storage = SimStorage::new();
-                storage.halt_after_syncs(sync_point);
-                let (acknowledged, sent) = workload(&storage).await;
-                storage.crash(sync_point * 7 + seed);
-                verify_prefix(
-                    &storage,
-                    acknowledged,
-                    &sent,
-                    &format!("crash after sync {sync_point}, seed {seed}"),
-                )
-                .await;
+    for space in SEGMENT_SPACES {
+        run(move || async move {
+            let dry = SimStorage::new();
+            let (full_end, _) = workload(&dry, space).await;
+            let sync_points = dry.sync_count();
+            assert!(full_end.0 > WORKLOAD_SIZE as i64);
+            eprintln!("crash consistency, {space:?}: {sync_points} sync points");
+            for sync_point in 0..=sync_points {
+                for seed in 0..3u64 {
+                    let storage = SimStorage::new();
+                    storage.halt_after_syncs(sync_point);
+                    let (acknowledged, sent) = workload(&storage, space).await;
+                    storage.crash(sync_point * 7 + seed);
+                    let context = format!("{space:?}: crash after sync {sync_point}, seed {seed}");
+                    verify_prefix(&storage, acknowledged, &sent, &context).await;
+                }
             }
-        }
-    });
+        });
+    }
 }
 
 fn segment_path(base: i64, suffix: &str) -> PathBuf {
@@ -153,6 +152,7 @@ fn a_torn_tail_write_is_cut_off_and_reported() {
         storage.crash(1);
         let log = open(&storage, small_config()).await;
         assert_eq!(log.log_end_offset(), acknowledged);
+        assert!(log.recovery_report().scanned_size > 0);
         log.close().await.unwrap();
     });
 }

@@ -164,7 +164,7 @@ fn delete_before_and_retention_delete_whole_old_segments() {
         // Retention by size keeps the newest data within the bound, never deleting the active segment.
         let mut config = small_config();
         config.retention_size_max = Some(4 * 1024);
-        log.update_config(config);
+        log.update_config(config).unwrap();
         log.enforce_retention(sluice_storage::now_ms()).await.unwrap();
         assert!(log.size() <= 4 * 1024 + 16 * 1024, "size {} after retention", log.size());
         assert!(log.log_start_offset() > Offset(70));
@@ -172,7 +172,7 @@ fn delete_before_and_retention_delete_whole_old_segments() {
         // Retention by time: batches stamped at t=1000 ms are far older than a week.
         let mut config = small_config();
         config.retention_age_max = Some(Duration::from_secs(7 * 24 * 3600));
-        log.update_config(config);
+        log.update_config(config).unwrap();
         log.enforce_retention(sluice_storage::now_ms()).await.unwrap();
         assert_eq!(log.segment_count(), 1, "only the active segment remains");
         let start = log.log_start_offset();
@@ -316,6 +316,59 @@ fn segments_roll_when_older_than_segment_ms() {
         log.wait_durable(Offset(3)).await.unwrap();
         assert_eq!(log.segment_count(), 2, "the next append after segment.ms rolls");
         assert_eq!(read_all(&log, Offset(0)).await.len(), 3);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_poisoned_log_still_closes_and_a_failed_roll_poisons_without_panicking() {
+    run(|| async {
+        let storage = SimStorage::new();
+        let log = open(&storage, small_config()).await;
+        log.append(make_batch(1, 10, 1), 0).await.unwrap();
+        log.wait_durable(Offset(1)).await.unwrap();
+        // The roll's first sync fails: the command reports it and the log refuses further appends.
+        storage.fail_next_sync();
+        assert!(log.roll().await.is_err());
+        assert!(matches!(log.append(make_batch(1, 10, 1), 0).await, Err(LogError::Poisoned(_))));
+        assert_eq!(log.read(Offset(0), 1 << 20, ReadBound::LogEnd, true).await.unwrap().len(), 1);
+        // Closing a poisoned log returns (with the reason) instead of hanging.
+        let closed = futures_lite::future::or(async { Some(log.close().await) }, async {
+            glommio::timer::sleep(Duration::from_secs(5)).await;
+            None
+        })
+        .await;
+        assert!(closed.expect("close of a poisoned log hung").is_err());
+    });
+}
+
+#[test]
+fn sparse_offset_deltas_from_a_producer_are_refused() {
+    run(|| async {
+        let storage = SimStorage::new();
+        let log = open(&storage, small_config()).await;
+        let mut batch = make_batch(1, 10, 1).to_vec();
+        // last_offset_delta = i32::MAX on a one-record batch: would overflow the segment's relative offsets.
+        batch[23..27].copy_from_slice(&i32::MAX.to_be_bytes());
+        let crc = crc32c::crc32c(&batch[21..]);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(log.append(batch.into(), 0).await, Err(LogError::InvalidBatch(_))));
+        assert_eq!(log.log_end_offset(), Offset(0));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_durability_wait_for_truncated_offsets_fails_instead_of_hanging() {
+    run(|| async {
+        let storage = SimStorage::new();
+        let log = open(&storage, relaxed(small_config())).await;
+        for _ in 0..10 {
+            log.append(make_batch(1, 10, 1), 0).await.unwrap();
+        }
+        log.wait_durable(Offset(10)).await.unwrap();
+        log.truncate_to(Offset(5)).await.unwrap();
+        assert!(matches!(log.wait_durable(Offset(8)).await, Err(LogError::OffsetOutOfRange { .. })));
         log.close().await.unwrap();
     });
 }

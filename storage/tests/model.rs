@@ -88,6 +88,7 @@ async fn run_case(seed: u64) -> Result<(), String> {
     let mut random = SmallRng::seed_from_u64(seed);
     let storage = SimStorage::new();
     let mut config = small_config();
+    config.segment_space = SEGMENT_SPACES[random.random_range(0..SEGMENT_SPACES.len())];
     if random.random_bool(0.5) {
         config = relaxed(config);
     }
@@ -131,35 +132,23 @@ async fn run_case(seed: u64) -> Result<(), String> {
                 70..=74 => {
                     let offset = Offset(random.random_range(model.log_start.0..=model.end.0));
                     log.truncate_to(offset).await.map_err(|error| error.to_string())?;
-                    let kept = model
-                        .batches
-                        .iter()
-                        .position(|batch| batch.last >= offset)
-                        .unwrap_or(model.batches.len());
-                    model.batches.truncate(kept);
-                    model.end = model.batches.last().map_or(model.log_start, |batch| batch.last.next());
-                    if model.end < offset.min(model.end) {
-                        return Err("truncation below the model".into());
-                    }
-                    let expected_end =
-                        if kept == 0 { offset.min(model.log_start.max(offset)) } else { model.end };
-                    if kept == 0 {
-                        model.end = log.log_end_offset();
-                        if model.end > expected_end {
-                            return Err(format!("truncate_to({offset}) left end {}", model.end));
-                        }
-                        model.log_start = log.log_start_offset();
+                    // Whole batches go: the first one holding an offset at or above the target and all after it.
+                    if let Some(cut) = model.batches.iter().position(|batch| batch.last >= offset) {
+                        let new_end = model.batches[cut].base;
+                        model.batches.truncate(cut);
+                        model.end = new_end;
+                        model.log_start = model.log_start.min(new_end);
                     }
                     Ok(())
                 }
                 75..=79 => {
                     let mut config = config.clone();
                     config.retention_size_max = Some(random.random_range(0..64 * 1024));
-                    log.update_config(config.clone());
+                    log.update_config(config.clone()).map_err(|error| error.to_string())?;
                     log.enforce_retention(sluice_storage::now_ms())
                         .await
                         .map_err(|error| error.to_string())?;
-                    log.update_config(small_config_like(&config));
+                    log.update_config(small_config_like(&config)).map_err(|error| error.to_string())?;
                     model.drop_below(log.log_start_offset())
                 }
                 80..=84 => {
@@ -185,12 +174,23 @@ async fn run_case(seed: u64) -> Result<(), String> {
                         ));
                     }
                     let end = log.log_end_offset();
-                    let kept = model
-                        .batches
-                        .iter()
-                        .position(|batch| batch.last >= end)
-                        .unwrap_or(model.batches.len());
-                    if kept < model.batches.len() && model.batches[kept].base != end {
+                    if end < model.log_start {
+                        return Err(format!(
+                            "recovered end {end} is below the log start {}",
+                            model.log_start
+                        ));
+                    }
+                    let kept = if end == model.log_start {
+                        0 // empty from the log start (which may lie inside a batch)
+                    } else {
+                        model
+                            .batches
+                            .iter()
+                            .position(|batch| batch.last >= end)
+                            .unwrap_or(model.batches.len())
+                    };
+                    if end != model.log_start && kept < model.batches.len() && model.batches[kept].base != end
+                    {
                         return Err(format!("recovered end {end} is not a batch boundary"));
                     }
                     model.batches.truncate(kept);

@@ -28,12 +28,19 @@ pub fn small_config() -> LogConfig {
         segment_size_max: 16 * 1024,
         index_interval_size: 512,
         retention_age_max: None,
-        segment_space: SegmentSpace::Fallocate { step: 8 * 1024 },
+        segment_space: SegmentSpace::Grow,
         write_size_max: 8 * 1024,
         durability: Durability::Fsync,
         ..LogConfig::default()
     }
 }
+
+/// The three ways of preparing segment space, for tests that must hold under each.
+pub const SEGMENT_SPACES: [SegmentSpace; 3] = [
+    SegmentSpace::Grow,
+    SegmentSpace::Fallocate { step: 8 * 1024 },
+    SegmentSpace::Prewrite { step: 8 * 1024 },
+];
 
 pub fn relaxed(mut config: LogConfig) -> LogConfig {
     config.durability = Durability::Interval { bytes: 1 << 20, interval: Duration::from_secs(3600) };
