@@ -29,12 +29,13 @@ def free_port():
 class Broker:
     """One `sluice` process; `bootstrap` is what clients connect to."""
 
-    def __init__(self, data_dir, log_path, extra_args=()):
+    def __init__(self, data_dir, log_path, extra_args=(), shard_count=2):
         self.data_dir = Path(data_dir)
         self.log_path = Path(log_path)
         self.port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.extra_args = list(extra_args)
+        self.shard_count = shard_count  # None: the broker's default, one shard per core
         self.process = None
         self.start_count = 0
 
@@ -45,7 +46,7 @@ class Broker:
             str(BINARY),
             "--listen", self.bootstrap,
             "--data-dir", str(self.data_dir),
-            "--shards", "2",
+            *(["--shards", str(self.shard_count)] if self.shard_count else []),
             *self.extra_args,
         ]
         log = open(self.log_path, "ab")
