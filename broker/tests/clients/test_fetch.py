@@ -75,8 +75,9 @@ def test_idle_long_polls_cost_no_cpu(broker):
                 reader.poll(0.05)
         used = process_cpu_s(broker.process.pid) - before
         elapsed = time.monotonic() - start
-        # ~40 fetches a second each are answered after their 100 ms wait; well under a tenth of one core.
-        assert used / elapsed < 0.10, f"broker used {used:.2f} CPU s in {elapsed:.1f} s while idle"
+        # Each consumer's fetch is answered after its 100 ms wait: ~40 cheap requests a second in all. A broker
+        # that polled instead of parking would burn a core per shard; 0.25 leaves room for a loaded machine.
+        assert used / elapsed < 0.25, f"broker used {used:.2f} CPU s in {elapsed:.1f} s while idle"
     finally:
         for reader in readers:
             reader.close()
