@@ -62,6 +62,8 @@ pub struct Config {
     pub shard_channel_capacity: usize,
     /// Requests one connection may have in flight before the broker stops reading from it.
     pub connection_inflight_max: usize,
+    /// `producer.id.expiration.ms`: a partition forgets an idempotent producer that has not written for this long.
+    pub producer_id_expiration: Duration,
 }
 
 /// The file's shape, with Kafka's names. Every field is optional so that a file may set only what it changes.
@@ -111,6 +113,8 @@ struct ConfigFile {
     shard_channel_capacity: Option<i64>,
     #[serde(rename = "connection.inflight.max")]
     connection_inflight_max: Option<i64>,
+    #[serde(rename = "producer.id.expiration.ms")]
+    producer_id_expiration_ms: Option<i64>,
 }
 
 /// Command-line values that override the file.
@@ -239,6 +243,10 @@ impl Config {
                 "connection.inflight.max",
                 file.connection_inflight_max.unwrap_or(1024),
             )?,
+            producer_id_expiration: Duration::from_millis(positive(
+                "producer.id.expiration.ms",
+                file.producer_id_expiration_ms.unwrap_or(DAY_MS),
+            )? as u64),
         };
         if config.partition_count_default < 1 {
             return Err(ConfigError(format!(
@@ -361,6 +369,7 @@ fn merge(base: ConfigFile, over: ConfigFile) -> ConfigFile {
         cache_size_max: over.cache_size_max.or(base.cache_size_max),
         shard_channel_capacity: over.shard_channel_capacity.or(base.shard_channel_capacity),
         connection_inflight_max: over.connection_inflight_max.or(base.connection_inflight_max),
+        producer_id_expiration_ms: over.producer_id_expiration_ms.or(base.producer_id_expiration_ms),
     }
 }
 

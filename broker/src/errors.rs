@@ -29,7 +29,10 @@ impl ErrorCode {
     pub const INVALID_REQUEST: ErrorCode = ErrorCode(42);
     pub const INVALID_CONFIG: ErrorCode = ErrorCode(40);
     pub const POLICY_VIOLATION: ErrorCode = ErrorCode(44);
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: ErrorCode = ErrorCode(45);
+    pub const INVALID_PRODUCER_EPOCH: ErrorCode = ErrorCode(47);
     pub const KAFKA_STORAGE_ERROR: ErrorCode = ErrorCode(56);
+    pub const UNKNOWN_PRODUCER_ID: ErrorCode = ErrorCode(59);
     pub const INVALID_RECORD: ErrorCode = ErrorCode(87);
     pub const UNKNOWN_TOPIC_ID: ErrorCode = ErrorCode(100);
     pub const RESOURCE_NOT_FOUND: ErrorCode = ErrorCode(91);

@@ -16,6 +16,8 @@ pub mod logging;
 pub mod mesh;
 pub mod partition;
 pub mod placement;
+pub mod producer_ids;
+pub mod producer_state;
 pub mod records;
 pub mod server;
 pub mod shard;

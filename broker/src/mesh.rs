@@ -38,6 +38,8 @@ pub enum ShardRequest {
     },
     /// Shard 0 hands every shard the new table; the reply says the shard has opened or removed its logs.
     ApplyTopics(Arc<TopicTable>),
+    /// A new producer id; only shard 0 serves these (it owns the allocator).
+    AllocateProducerId,
 }
 
 #[derive(Debug)]
@@ -46,6 +48,7 @@ pub enum ShardReply {
     DataArrived,
     Admin(Vec<Result<(), KafkaError>>),
     Applied(Result<(), String>),
+    ProducerId(Result<i64, KafkaError>),
 }
 
 /// One change to the topic table.

@@ -328,7 +328,9 @@ impl PartitionManager {
                     continue;
                 }
                 if let Some(partition) = self.get(&entry.name, index) {
-                    partition.log.update_config(self.log_config(entry));
+                    if let Err(error) = partition.log.update_config(self.log_config(entry)) {
+                        log::warn!("config of {}-{index}: {error}", entry.name);
+                    }
                     continue;
                 }
                 let directory = self.directory(&entry.name, index);

@@ -22,6 +22,7 @@ use crate::errors::{ErrorCode, KafkaError};
 use crate::mesh::{Envelope, ShardReply, ShardRequest, TopicChange};
 use crate::partition::{Partition, PartitionManager, PartitionOp, PartitionResult};
 use crate::placement::shard_for;
+use crate::producer_ids::ProducerIdAllocator;
 use crate::sync::{oneshot, Notify, OneshotReceiver, OneshotSender};
 use crate::topics::{
     validate_topic_configs, validate_topic_name, TopicEntry, TopicTable, PARTITION_COUNT_MAX,
@@ -48,6 +49,8 @@ pub struct Shard {
     pub shutdown: Notify,
     connection_count: Cell<usize>,
     pub connections_changed: Notify,
+    /// Shard 0 only: opened on first use.
+    producer_ids: RefCell<Option<ProducerIdAllocator>>,
 }
 
 impl Shard {
@@ -73,6 +76,7 @@ impl Shard {
             shutdown: Notify::default(),
             connection_count: Cell::new(0),
             connections_changed: Notify::default(),
+            producer_ids: RefCell::new(None),
         }
     }
 
@@ -193,6 +197,7 @@ impl Shard {
                 ShardReply::Admin(admin.await)
             }
             ShardRequest::ApplyTopics(table) => ShardReply::Applied(self.apply_topics(table).await),
+            ShardRequest::AllocateProducerId => ShardReply::ProducerId(self.allocate_producer_id_local()),
         }
     }
 
@@ -343,6 +348,30 @@ impl Shard {
             return results.into_iter().map(|result| result.and(Err(failure.clone()))).collect();
         }
         results
+    }
+
+    /// A producer id unique for the life of the data directory, from shard 0's allocator.
+    pub async fn allocate_producer_id(self: &Rc<Self>) -> Result<i64, KafkaError> {
+        match self.call(0, ShardRequest::AllocateProducerId).await? {
+            ShardReply::ProducerId(result) => result,
+            other => Err(unexpected_reply(&other)),
+        }
+    }
+
+    fn allocate_producer_id_local(&self) -> Result<i64, KafkaError> {
+        assert_eq!(self.id, 0, "only shard 0 allocates producer ids");
+        let storage_error = |error: String| {
+            log::error!("{error}");
+            KafkaError::with_message(ErrorCode::KAFKA_STORAGE_ERROR, error)
+        };
+        let mut allocator = self.producer_ids.borrow_mut();
+        if allocator.is_none() {
+            *allocator = Some(ProducerIdAllocator::open(&self.config.data_dir).map_err(storage_error)?);
+        }
+        match allocator.as_ref() {
+            Some(allocator) => allocator.allocate().map_err(storage_error),
+            None => Err(KafkaError::new(ErrorCode::UNKNOWN_SERVER_ERROR)),
+        }
     }
 
     /// Installs a newer table and opens or removes this shard's logs to match.

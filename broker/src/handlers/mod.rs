@@ -23,6 +23,7 @@ pub mod describe_log_dirs;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod incremental_alter_configs;
+pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
@@ -76,6 +77,7 @@ pub async fn handle(shard: &Rc<Shard>, request: Request, sequenced: OneshotSende
             incremental_alter_configs::handle(shard, &context, body).await
         }
         RequestKind::DescribeCluster(body) => describe_cluster::handle(shard, &context, body),
+        RequestKind::InitProducerId(body) => init_producer_id::handle(shard, &context, body).await,
         _ => Err(CodecError::Malformed {
             api_key: context.api_key as i16,
             api_version: context.api_version,
