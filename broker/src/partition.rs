@@ -17,12 +17,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use sluice_storage::{
-    AppendInfo, BatchCache, DmaStorage, Durability, Log, LogConfig, Offset, ReadBound, TimestampType,
+    AppendInfo, BatchCache, BatchHeader, DmaStorage, Durability, Log, LogConfig, Offset, ReadBound,
+    TimestampType,
 };
 
 use crate::config::{Config, FlushPolicy};
 use crate::errors::{from_log_error, ErrorCode, KafkaError};
 use crate::placement::shard_for;
+use crate::producer_state::{ProducerBatch, ProducerStateTable, SequenceCheck};
 use crate::records;
 use crate::sync::Notify;
 use crate::topics::{TimestampKind, TopicEntry, TopicSettings, TopicTable};
@@ -83,11 +85,77 @@ pub struct Partition {
     /// Woken whenever the high watermark moves: Fetch long polling waits here.
     pub data_arrived: Notify,
     flush_policy: FlushPolicy,
+    /// Idempotent producers' sequence state (see [`crate::producer_state`]).
+    producers: RefCell<ProducerStateTable>,
+    /// Held by an idempotent append from its sequence check until the producer state records it, so that a
+    /// producer's pipelined batches are checked against each other in order even when the log makes an append
+    /// wait (back-pressure). Appends without a producer id do not take it.
+    producer_lock: glommio::sync::Semaphore,
+}
+
+/// Attribute bit 5: a control batch (transaction markers), which carries no producer sequence.
+const ATTRIBUTE_CONTROL: i16 = 1 << 5;
+
+/// The producer fields of a produce's record set, when it is idempotent (producer id ≥ 0). Malformed input is
+/// left for the log's validation to refuse; an idempotent record set must be a single batch, as in Kafka.
+fn idempotent_batch(records: &[u8]) -> Result<Option<ProducerBatch>, KafkaError> {
+    let Ok(header) = BatchHeader::parse(records) else {
+        return Ok(None);
+    };
+    if header.producer_id.get() < 0 {
+        return Ok(None);
+    }
+    if header.total_size() < records.len() {
+        return Err(KafkaError::with_message(
+            ErrorCode::INVALID_RECORD,
+            "an idempotent produce must carry exactly one batch per partition",
+        ));
+    }
+    Ok(Some(ProducerBatch {
+        producer_id: header.producer_id.get(),
+        producer_epoch: header.producer_epoch.get(),
+        first_sequence: header.base_sequence.get(),
+        record_count: header.last_offset_delta.get().saturating_add(1),
+    }))
 }
 
 impl Partition {
-    /// Phase one of a produce: validate and sequence. Returns once the offsets are fixed.
+    /// Phase one of a produce: validate and sequence. Returns once the offsets are fixed. An idempotent
+    /// producer's retry of a batch already written returns the offsets it was first given and writes nothing.
     pub async fn append(&self, records: Bytes) -> Result<AppendInfo, KafkaError> {
+        let Some(batch) = idempotent_batch(&records)? else {
+            return self.append_to_log(records).await;
+        };
+        let Ok(_permit) = self.producer_lock.acquire_permit(1).await else {
+            return Err(KafkaError::new(ErrorCode::NOT_LEADER_OR_FOLLOWER));
+        };
+        let now_ms = sluice_storage::now_ms();
+        let check = self.producers.borrow().check(&batch, now_ms);
+        match check.map_err(|code| {
+            KafkaError::with_message(
+                code,
+                format!(
+                    "producer {} epoch {} sequence {} refused",
+                    batch.producer_id, batch.producer_epoch, batch.first_sequence
+                ),
+            )
+        })? {
+            SequenceCheck::Duplicate(known) => {
+                return Ok(AppendInfo {
+                    base_offset: Offset(known.first_offset),
+                    last_offset: Offset(known.last_offset),
+                    append_time_ms: -1,
+                    log_start_offset: self.log.log_start_offset(),
+                });
+            }
+            SequenceCheck::Append => {}
+        }
+        let info = self.append_to_log(records).await?;
+        self.producers.borrow_mut().record(&batch, info.base_offset.0, info.last_offset.0, now_ms);
+        Ok(info)
+    }
+
+    async fn append_to_log(&self, records: Bytes) -> Result<AppendInfo, KafkaError> {
         let info = self
             .log
             .append(records, self.leader_epoch.get())
@@ -173,6 +241,83 @@ impl Partition {
                 size: self.log.size(),
                 offset_lag: self.log.log_end_offset().0 - self.log.high_watermark().0,
             }),
+        }
+    }
+
+    /// Rebuilds the producer state from the batch headers of the whole log (at open). Bounded by the log's size;
+    /// progress is logged every few seconds. A read error stops the scan with what was found so far.
+    async fn load_producer_state(&self) {
+        let started = std::time::Instant::now();
+        let mut reported = started;
+        let mut offset = self.log.log_start_offset();
+        let end = self.log.log_end_offset();
+        let mut scanned_size: u64 = 0;
+        let now_ms = sluice_storage::now_ms();
+        while offset < end {
+            let batches = match self.log.read(offset, 4 << 20, ReadBound::LogEnd, true).await {
+                Ok(batches) => batches,
+                Err(error) => {
+                    log::error!(
+                        "{}-{}: producer state scan stopped at offset {}: {error}",
+                        self.topic,
+                        self.index,
+                        offset.0
+                    );
+                    break;
+                }
+            };
+            if batches.is_empty() {
+                break;
+            }
+            {
+                let mut producers = self.producers.borrow_mut();
+                for bytes in &batches {
+                    let Ok(header) = BatchHeader::parse(bytes) else {
+                        continue;
+                    };
+                    let last_offset = header.last_offset();
+                    if last_offset < offset {
+                        continue;
+                    }
+                    scanned_size += bytes.len() as u64;
+                    offset = last_offset.next();
+                    if header.producer_id.get() < 0 || header.attributes.get() & ATTRIBUTE_CONTROL != 0 {
+                        continue;
+                    }
+                    let batch = ProducerBatch {
+                        producer_id: header.producer_id.get(),
+                        producer_epoch: header.producer_epoch.get(),
+                        first_sequence: header.base_sequence.get(),
+                        record_count: header.last_offset_delta.get().saturating_add(1),
+                    };
+                    let written_ms = header.max_timestamp.get().min(now_ms);
+                    producers.record(&batch, header.base_offset.get(), last_offset.0, written_ms);
+                }
+            }
+            if reported.elapsed() >= std::time::Duration::from_secs(5) {
+                reported = std::time::Instant::now();
+                log::info!(
+                    "{}-{}: producer state scan at offset {} of {} ({} MiB)",
+                    self.topic,
+                    self.index,
+                    offset.0,
+                    end.0,
+                    scanned_size >> 20
+                );
+            }
+            glommio::yield_if_needed().await;
+        }
+        let mut producers = self.producers.borrow_mut();
+        producers.expire(now_ms);
+        if !producers.is_empty() {
+            log::info!(
+                "{}-{}: {} producers loaded from {} MiB of batch headers in {:?}",
+                self.topic,
+                self.index,
+                producers.len(),
+                scanned_size >> 20,
+                started.elapsed()
+            );
         }
     }
 
@@ -350,7 +495,12 @@ impl PartitionManager {
                     leader_epoch: Cell::new(entry.leader_epoch),
                     data_arrived: Notify::default(),
                     flush_policy: self.config.flush_policy,
+                    producers: RefCell::new(ProducerStateTable::new(
+                        self.config.producer_id_expiration.as_millis().min(i64::MAX as u128) as i64,
+                    )),
+                    producer_lock: glommio::sync::Semaphore::new(1),
                 });
+                partition.load_producer_state().await;
                 self.partitions.borrow_mut().insert((entry.name.clone(), index), partition);
             }
         }
@@ -362,6 +512,7 @@ impl PartitionManager {
         let logs: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
         let now_ms = sluice_storage::now_ms();
         for partition in logs {
+            partition.producers.borrow_mut().expire(now_ms);
             if let Err(error) = partition.log.enforce_retention(now_ms).await {
                 log::warn!("retention on {}-{}: {error}", partition.topic, partition.index);
             }

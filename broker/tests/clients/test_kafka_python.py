@@ -43,10 +43,8 @@ def create_topic(broker, name, partitions=PARTITION_COUNT, config=None):
 def producer(broker, **settings):
     config = dict(
         bootstrap_servers=broker.bootstrap,
-        # kafka-python 3 enables idempotence by default and then needs InitProducerId, which this broker does
-        # not implement yet (idempotent producers are their own issue): without this line every send fails with
-        # IncompatibleBrokerVersion.
-        enable_idempotence=False,
+        # kafka-python 3 enables idempotence by default (InitProducerId + sequence numbers): left on, so that
+        # every test here also runs the broker's idempotent path.
         acks="all",
         linger_ms=50,
         batch_size=512 * 1024,
