@@ -141,6 +141,17 @@ impl Partition {
             )
         })? {
             SequenceCheck::Duplicate(known) => {
+                log::debug!(
+                    "{}-{}: producer {} epoch {} sequences {}..={} already at offsets {}..={}: not written again",
+                    self.topic,
+                    self.index,
+                    batch.producer_id,
+                    batch.producer_epoch,
+                    known.first_sequence,
+                    known.last_sequence,
+                    known.first_offset,
+                    known.last_offset
+                );
                 return Ok(AppendInfo {
                     base_offset: Offset(known.first_offset),
                     last_offset: Offset(known.last_offset),

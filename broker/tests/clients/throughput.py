@@ -3,6 +3,9 @@
 log.flush.policy = fsync), with acks=1 and acks=all, three runs each; prints every run and the medians.
 
     python3 broker/tests/clients/throughput.py [--messages N] [--runs N]
+    python3 broker/tests/clients/throughput.py --idempotence [--messages N] [--runs N]
+
+`--idempotence` instead compares acks=all with `enable.idempotence` off and on, runs interleaved on one broker.
 
 The producer is one Python process on the same two cores as the broker, so the figure is bounded by both.
 """
@@ -33,8 +36,9 @@ def cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(broker, topic, acks, count):
+def run(broker, topic, acks, count, idempotent=False):
     producer = Producer({
+        "enable.idempotence": idempotent,
         "bootstrap.servers": broker.bootstrap,
         "acks": acks,
         "linger.ms": 5,
@@ -73,7 +77,11 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--idempotence", action="store_true")
     arguments = parser.parse_args()
+    if arguments.idempotence:
+        compare_idempotence(arguments)
+        return
     with tempfile.TemporaryDirectory() as directory:
         broker = Broker(Path(directory) / "data", Path(directory) / "broker.log", shard_count=None)
         broker.start()
@@ -90,6 +98,27 @@ def main():
                 print(f"acks={acks} median: {statistics.median(r[0] for r in results):,.0f} msg/s, "
                       f"{statistics.median(r[1] for r in results):.1f} MB/s (payload), "
                       f"broker {statistics.median(r[2] for r in results):.2f} cores", flush=True)
+        finally:
+            broker.stop()
+
+
+def compare_idempotence(arguments):
+    with tempfile.TemporaryDirectory() as directory:
+        broker = Broker(Path(directory) / "data", Path(directory) / "broker.log", shard_count=None)
+        broker.start()
+        try:
+            results = {False: [], True: []}
+            for index in range(arguments.runs):
+                for idempotent in (False, True):
+                    topic = f"throughput-idempotent{int(idempotent)}-{index}"
+                    create_topic(broker, topic, partitions=PARTITION_COUNT)
+                    result = run(broker, topic, "all", arguments.messages, idempotent)
+                    results[idempotent].append(result)
+                    print(f"idempotence={idempotent} run {index + 1}: {result[0]:,.0f} msg/s, "
+                          f"broker {result[2]:.2f} cores", flush=True)
+            off, on = (statistics.median(r[0] for r in results[key]) for key in (False, True))
+            print(f"acks=all median: idempotence off {off:,.0f} msg/s, on {on:,.0f} msg/s "
+                  f"({(on - off) / off * 100:+.1f}%)", flush=True)
         finally:
             broker.stop()
 
