@@ -29,6 +29,9 @@ use crate::records;
 use crate::sync::Notify;
 use crate::topics::{TimestampKind, TopicEntry, TopicSettings, TopicTable};
 
+/// Per partition directory: the idempotent producers' state at the last clean shutdown.
+const PRODUCER_SNAPSHOT_FILE: &str = "producer-state.snapshot";
+
 /// ListOffsets' special timestamps.
 pub const OFFSET_LATEST: i64 = -1;
 pub const OFFSET_EARLIEST: i64 = -2;
@@ -255,13 +258,51 @@ impl Partition {
         }
     }
 
-    /// Rebuilds the producer state from the batch headers of the whole log (at open). Bounded by the log's size;
+    /// Writes the producer state at the (closed) log's end, atomically: temp file, fsync, rename, directory fsync.
+    fn write_producer_snapshot(&self) -> std::io::Result<()> {
+        let directory = self.log.directory();
+        let path = directory.join(PRODUCER_SNAPSHOT_FILE);
+        if self.producers.borrow().is_empty() {
+            return match std::fs::remove_file(&path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+                _ => Ok(()),
+            };
+        }
+        let bytes = self.producers.borrow().encode_snapshot(self.log.log_end_offset().0);
+        let temporary = directory.join(format!("{PRODUCER_SNAPSHOT_FILE}.tmp"));
+        {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&temporary)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&temporary, &path)?;
+        std::fs::File::open(directory)?.sync_all()
+    }
+
+    /// Rebuilds the producer state at open: from the last clean shutdown's snapshot plus the batches after it, or
+    /// from the batch headers of the whole log when there is none. Bounded by the log's size;
     /// progress is logged every few seconds. A read error stops the scan with what was found so far.
     async fn load_producer_state(&self) {
         let started = std::time::Instant::now();
         let mut reported = started;
         let mut offset = self.log.log_start_offset();
         let end = self.log.log_end_offset();
+        // A snapshot from the last clean shutdown covers everything below its end offset: scan only the rest.
+        let snapshot_path = self.log.directory().join(PRODUCER_SNAPSHOT_FILE);
+        if let Ok(bytes) = std::fs::read(&snapshot_path) {
+            let mut loaded = ProducerStateTable::new(self.producers.borrow().expiration_ms());
+            match loaded.load_snapshot(&bytes) {
+                Some(snapshot_end) if snapshot_end <= end.0 => {
+                    offset = offset.max(sluice_storage::Offset(snapshot_end));
+                    *self.producers.borrow_mut() = loaded;
+                }
+                _ => log::warn!(
+                    "{}: unusable producer snapshot ignored; scanning the log",
+                    snapshot_path.display()
+                ),
+            }
+        }
         let mut scanned_size: u64 = 0;
         let now_ms = sluice_storage::now_ms();
         while offset < end {
@@ -537,6 +578,8 @@ impl PartitionManager {
         for partition in logs {
             if let Err(error) = partition.log.close().await {
                 log::error!("closing {}-{}: {error}", partition.topic, partition.index);
+            } else if let Err(error) = partition.write_producer_snapshot() {
+                log::warn!("{}-{}: producer snapshot not written: {error}", partition.topic, partition.index);
             }
             partition.data_arrived.notify_all();
         }
