@@ -1424,19 +1424,7 @@ async fn recover<S: Storage>(
         let [path, index_path, time_index_path] = Segment::<S>::paths(directory, base_offset);
         let file = storage.open(&path, false).await.map_err(io_error("opening", &path))?;
         let file_size = file.size().await.map_err(io_error("sizing", &path))?;
-        let mut segment: Segment<S> = Segment {
-            base_offset,
-            path: path.clone(),
-            file: Rc::new(file),
-            size: 0,
-            next_offset: base_offset,
-            index: OffsetIndex::default(),
-            time_index: TimeIndex::default(),
-            bytes_since_index_entry: 0,
-            max_timestamp: -1,
-            created_ms: now_ms(),
-            writer: None,
-        };
+        let mut segment: Segment<S> = Segment::empty(base_offset, path.clone(), file, now_ms());
         let is_last = position_in_log + 1 == bases.len();
         let index = read_index(storage, &index_path, file_size).await;
         let mut scan_from = (0u64, base_offset);

@@ -89,6 +89,23 @@ impl<S: Storage> Segment<S> {
             .map(|suffix| directory.join(segment_file_name(base_offset, suffix)))
     }
 
+    /// A segment with no batches and no writer, over an open `.log` file.
+    pub(crate) fn empty(base_offset: Offset, path: PathBuf, file: S::File, created_ms: i64) -> Self {
+        Segment {
+            base_offset,
+            path,
+            file: Rc::new(file),
+            size: 0,
+            next_offset: base_offset,
+            index: OffsetIndex::default(),
+            time_index: TimeIndex::default(),
+            bytes_since_index_entry: 0,
+            max_timestamp: -1,
+            created_ms,
+            writer: None,
+        }
+    }
+
     /// Creates a new, empty active segment.
     pub(crate) async fn create(
         storage: &S,
@@ -103,26 +120,16 @@ impl<S: Storage> Segment<S> {
         index_file.truncate(0).await?;
         let time_index_file = storage.open(&time_index_path, true).await?;
         time_index_file.truncate(0).await?;
-        Ok(Segment {
-            base_offset,
-            path,
-            file: Rc::new(file),
-            size: 0,
-            next_offset: base_offset,
-            index: OffsetIndex::default(),
-            time_index: TimeIndex::default(),
-            bytes_since_index_entry: 0,
-            max_timestamp: -1,
-            created_ms: now_ms,
-            writer: Some(SegmentWriter {
-                tail: Vec::new(),
-                allocated_size: 0,
-                index_file,
-                time_index_file,
-                index_persisted_count: 0,
-                time_index_persisted_count: 0,
-            }),
-        })
+        let mut segment = Segment::empty(base_offset, path, file, now_ms);
+        segment.writer = Some(SegmentWriter {
+            tail: Vec::new(),
+            allocated_size: 0,
+            index_file,
+            time_index_file,
+            index_persisted_count: 0,
+            time_index_persisted_count: 0,
+        });
+        Ok(segment)
     }
 
     /// Makes a recovered segment the active one again: reloads its tail block and reopens its index files.
