@@ -64,6 +64,28 @@ pub struct Config {
     pub connection_inflight_max: usize,
     /// `producer.id.expiration.ms`: a partition forgets an idempotent producer that has not written for this long.
     pub producer_id_expiration: Duration,
+    /// Consumer groups: see [`crate::group`]. Kafka's names and defaults.
+    pub groups: GroupConfig,
+}
+
+/// The group coordinator's settings (Kafka's `group.*` and `offsets.*` keys).
+#[derive(Clone, Debug)]
+pub struct GroupConfig {
+    /// `group.initial.rebalance.delay.ms`: how long the first rebalance of an empty group waits for more members.
+    pub initial_rebalance_delay: Duration,
+    /// `group.min.session.timeout.ms` / `group.max.session.timeout.ms`: the session timeouts a member may ask for.
+    pub session_timeout_min: Duration,
+    pub session_timeout_max: Duration,
+    /// `group.max.size`: members per group.
+    pub size_max: usize,
+    /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets`, fixed when the topic is created.
+    pub offsets_partition_count: i32,
+    /// `offsets.retention.minutes`: committed offsets of an empty group expire this long after their commit.
+    pub offsets_retention: Duration,
+    /// `offsets.retention.check.interval.ms`.
+    pub offsets_retention_check_interval: Duration,
+    /// `offset.metadata.max.bytes`: the largest metadata string a commit may carry.
+    pub offset_metadata_size_max: usize,
 }
 
 /// The file's shape, with Kafka's names. Every field is optional so that a file may set only what it changes.
@@ -115,6 +137,22 @@ struct ConfigFile {
     connection_inflight_max: Option<i64>,
     #[serde(rename = "producer.id.expiration.ms")]
     producer_id_expiration_ms: Option<i64>,
+    #[serde(rename = "group.initial.rebalance.delay.ms")]
+    group_initial_rebalance_delay_ms: Option<i64>,
+    #[serde(rename = "group.min.session.timeout.ms")]
+    group_session_timeout_min_ms: Option<i64>,
+    #[serde(rename = "group.max.session.timeout.ms")]
+    group_session_timeout_max_ms: Option<i64>,
+    #[serde(rename = "group.max.size")]
+    group_size_max: Option<i64>,
+    #[serde(rename = "offsets.topic.num.partitions")]
+    offsets_partition_count: Option<i64>,
+    #[serde(rename = "offsets.retention.minutes")]
+    offsets_retention_minutes: Option<i64>,
+    #[serde(rename = "offsets.retention.check.interval.ms")]
+    offsets_retention_check_interval_ms: Option<i64>,
+    #[serde(rename = "offset.metadata.max.bytes")]
+    offset_metadata_size_max: Option<i64>,
 }
 
 /// Command-line values that override the file.
@@ -161,6 +199,7 @@ impl Config {
     }
 
     fn build(file: ConfigFile, overrides: &ConfigOverrides) -> Result<Config, ConfigError> {
+        let groups = GroupConfig::build(&file)?;
         let listen_text = overrides.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:9092".into());
         let listen = parse_listen(&listen_text)?;
         let advertised_listener = match overrides.advertised_listener.clone().or(file.advertised_listener) {
@@ -247,6 +286,7 @@ impl Config {
                 "producer.id.expiration.ms",
                 file.producer_id_expiration_ms.unwrap_or(DAY_MS),
             )? as u64),
+            groups,
         };
         if config.partition_count_default < 1 {
             return Err(ConfigError(format!(
@@ -269,6 +309,53 @@ impl Config {
             Some((host, port)) => (host.clone(), *port),
             None => (self.listen.ip().to_string(), self.listen.port()),
         }
+    }
+}
+
+impl GroupConfig {
+    fn build(file: &ConfigFile) -> Result<GroupConfig, ConfigError> {
+        let millis = |value: usize| Duration::from_millis(value as u64);
+        let delay = file.group_initial_rebalance_delay_ms.unwrap_or(3000);
+        if delay < 0 {
+            return Err(ConfigError(format!(
+                "group.initial.rebalance.delay.ms = {delay} must be at least 0"
+            )));
+        }
+        let config = GroupConfig {
+            initial_rebalance_delay: Duration::from_millis(delay as u64),
+            session_timeout_min: millis(positive(
+                "group.min.session.timeout.ms",
+                file.group_session_timeout_min_ms.unwrap_or(6000),
+            )?),
+            session_timeout_max: millis(positive(
+                "group.max.session.timeout.ms",
+                file.group_session_timeout_max_ms.unwrap_or(1_800_000),
+            )?),
+            size_max: positive("group.max.size", file.group_size_max.unwrap_or(10_000))?,
+            offsets_partition_count: positive(
+                "offsets.topic.num.partitions",
+                file.offsets_partition_count.unwrap_or(50),
+            )?
+            .min(1000) as i32,
+            offsets_retention: Duration::from_secs(
+                60 * positive("offsets.retention.minutes", file.offsets_retention_minutes.unwrap_or(10_080))?
+                    as u64,
+            ),
+            offsets_retention_check_interval: millis(positive(
+                "offsets.retention.check.interval.ms",
+                file.offsets_retention_check_interval_ms.unwrap_or(600_000),
+            )?),
+            offset_metadata_size_max: positive(
+                "offset.metadata.max.bytes",
+                file.offset_metadata_size_max.unwrap_or(4096),
+            )?,
+        };
+        if config.session_timeout_min > config.session_timeout_max {
+            return Err(ConfigError(
+                "group.min.session.timeout.ms exceeds group.max.session.timeout.ms".to_string(),
+            ));
+        }
+        Ok(config)
     }
 }
 
@@ -370,6 +457,18 @@ fn merge(base: ConfigFile, over: ConfigFile) -> ConfigFile {
         shard_channel_capacity: over.shard_channel_capacity.or(base.shard_channel_capacity),
         connection_inflight_max: over.connection_inflight_max.or(base.connection_inflight_max),
         producer_id_expiration_ms: over.producer_id_expiration_ms.or(base.producer_id_expiration_ms),
+        group_initial_rebalance_delay_ms: over
+            .group_initial_rebalance_delay_ms
+            .or(base.group_initial_rebalance_delay_ms),
+        group_session_timeout_min_ms: over.group_session_timeout_min_ms.or(base.group_session_timeout_min_ms),
+        group_session_timeout_max_ms: over.group_session_timeout_max_ms.or(base.group_session_timeout_max_ms),
+        group_size_max: over.group_size_max.or(base.group_size_max),
+        offsets_partition_count: over.offsets_partition_count.or(base.offsets_partition_count),
+        offsets_retention_minutes: over.offsets_retention_minutes.or(base.offsets_retention_minutes),
+        offsets_retention_check_interval_ms: over
+            .offsets_retention_check_interval_ms
+            .or(base.offsets_retention_check_interval_ms),
+        offset_metadata_size_max: over.offset_metadata_size_max.or(base.offset_metadata_size_max),
     }
 }
 

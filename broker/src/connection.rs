@@ -32,6 +32,12 @@ pub type ResponseTask = glommio::Task<Result<Option<Response>, CodecError>>;
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, queue: glommio::TaskQueueHandle) {
     shard.connection_opened();
     let peer = stream.peer_addr().map(|address| address.to_string()).unwrap_or_else(|_| "?".into());
+    // Kafka's spelling of a member's host in DescribeGroups: "/" and the address.
+    let client_host: Rc<str> = stream
+        .peer_addr()
+        .map(|address| format!("/{}", address.ip()))
+        .unwrap_or_else(|_| "/unknown".into())
+        .into();
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
     let (mut reader, writer) = futures_lite::io::split(stream);
@@ -84,8 +90,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, queue: glommio::TaskQueu
         let is_produce = request.api_key == ApiKey::Produce;
         let (sequenced_sender, sequenced_receiver) = oneshot::<()>();
         let handler_shard = shard.clone();
+        let host = client_host.clone();
         let task = glommio::spawn_local_into(
-            async move { handlers::handle(&handler_shard, request, sequenced_sender).await },
+            async move { handlers::handle(&handler_shard, request, sequenced_sender, &host).await },
             queue,
         );
         let Ok(task) = task else { break };

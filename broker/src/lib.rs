@@ -1,7 +1,8 @@
 //! Sluice's broker: the only crate that touches the network or names glommio executors.
 //!
 //! Entry points: [`server::run`] starts the shards for a [`config::Config`]; [`connection`] frames requests and
-//! keeps responses in order; [`handlers`] holds one file per Kafka API; [`shard::Shard`] is the per-core state.
+//! keeps responses in order; [`handlers`] holds one file per Kafka API; [`shard::Shard`] is the per-core state;
+//! [`group`] is the consumer-group coordinator.
 //!
 //! **Architecture invariant:** storage errors become Kafka error codes only in [`errors`].
 //! **Architecture invariant:** only the shard that owns a partition (see [`placement`]) touches its log.
@@ -11,6 +12,7 @@ pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod errors;
+pub mod group;
 pub mod handlers;
 pub mod logging;
 pub mod mesh;

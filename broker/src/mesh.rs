@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::errors::KafkaError;
+use crate::group::{GroupReply, GroupRequest};
 use crate::partition::{PartitionOp, PartitionResult};
 use crate::topics::TopicTable;
 
@@ -40,6 +41,8 @@ pub enum ShardRequest {
     ApplyTopics(Arc<TopicTable>),
     /// A new producer id; only shard 0 serves these (it owns the allocator).
     AllocateProducerId,
+    /// A consumer-group call, served by the shard that coordinates the group.
+    Group(GroupRequest),
 }
 
 #[derive(Debug)]
@@ -49,6 +52,7 @@ pub enum ShardReply {
     Admin(Vec<Result<(), KafkaError>>),
     Applied(Result<(), String>),
     ProducerId(Result<i64, KafkaError>),
+    Group(GroupReply),
 }
 
 /// One change to the topic table.

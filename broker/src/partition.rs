@@ -212,6 +212,15 @@ impl Partition {
         }
     }
 
+    /// Phase two for the coordinator's own records: durable (fsynced) before the answer, whatever the flush
+    /// policy, then visible.
+    pub async fn acknowledge_durable(self: Rc<Self>, info: AppendInfo) -> Result<(), KafkaError> {
+        let end = info.last_offset.next();
+        self.log.wait_durable(end).await.map_err(|error| from_log_error(&error))?;
+        self.advance_high_watermark(end);
+        Ok(())
+    }
+
     fn advance_high_watermark(&self, end: Offset) {
         if end > self.log.high_watermark() && end <= self.log.log_end_offset() {
             self.log.set_high_watermark(end);

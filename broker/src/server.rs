@@ -181,6 +181,15 @@ async fn run_shard(
     ));
     shard.serve_mesh(request_receivers, reply_receivers, mesh_queue);
     shard.partitions.apply(&context.table).await?;
+    // Consumer groups: replay this shard's __consumer_offsets partitions (group calls answer
+    // COORDINATOR_LOAD_IN_PROGRESS until done), then run the group timers until shutdown.
+    let group_timers = {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            shard.groups.load(&shard).await;
+            shard.groups.run_timers(shard.clone()).await;
+        })
+    };
     let listener = bind_shard_listener(context.config.listen)
         .map_err(|error| format!("cannot listen on {}: {error}", context.config.listen))?;
     let _ = context.started.send(Ok(()));
@@ -230,6 +239,7 @@ async fn run_shard(
     }
     drop(listener);
     watcher.await;
+    group_timers.await;
 
     // Drain: connections finish what they read, then close.
     let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;

@@ -19,6 +19,7 @@ use glommio::channels::shared_channel::ConnectedReceiver;
 
 use crate::config::Config;
 use crate::errors::{ErrorCode, KafkaError};
+use crate::group::{GroupCoordinator, GroupReply, OFFSETS_TOPIC};
 use crate::mesh::{Envelope, ShardReply, ShardRequest, TopicChange};
 use crate::partition::{Partition, PartitionManager, PartitionOp, PartitionResult};
 use crate::placement::shard_for;
@@ -51,6 +52,8 @@ pub struct Shard {
     pub connections_changed: Notify,
     /// Shard 0 only: opened on first use.
     producer_ids: RefCell<Option<ProducerIdAllocator>>,
+    /// The consumer groups this shard coordinates.
+    pub groups: GroupCoordinator,
 }
 
 impl Shard {
@@ -77,6 +80,7 @@ impl Shard {
             connection_count: Cell::new(0),
             connections_changed: Notify::default(),
             producer_ids: RefCell::new(None),
+            groups: GroupCoordinator::default(),
         }
     }
 
@@ -198,6 +202,12 @@ impl Shard {
             }
             ShardRequest::ApplyTopics(table) => ShardReply::Applied(self.apply_topics(table).await),
             ShardRequest::AllocateProducerId => ShardReply::ProducerId(self.allocate_producer_id_local()),
+            ShardRequest::Group(request) => {
+                // Boxed for the same reason as admin: a group call may create __consumer_offsets.
+                let serve: Pin<Box<dyn Future<Output = GroupReply> + '_>> =
+                    Box::pin(self.groups.serve(self, request));
+                ShardReply::Group(serve.await)
+            }
         }
     }
 
@@ -418,6 +428,12 @@ fn apply_change(config: &Config, table: &mut TopicTable, change: TopicChange) ->
                 .map_err(|error| KafkaError::with_message(ErrorCode::INVALID_CONFIG, error))?;
             table.topics.insert(name.clone(), TopicEntry::new(&name, partition_count, configs));
             Ok(())
+        }
+        TopicChange::Delete { name } | TopicChange::AddPartitions { name, .. } if name == OFFSETS_TOPIC => {
+            Err(KafkaError::with_message(
+                ErrorCode::INVALID_TOPIC_EXCEPTION,
+                format!("{OFFSETS_TOPIC} is internal: its partitions place the consumer groups"),
+            ))
         }
         TopicChange::Delete { name } => match table.topics.remove(&name) {
             Some(_) => Ok(()),

@@ -1,48 +1,81 @@
-//! FindCoordinator (key 10), v0–4: answered, always, with COORDINATOR_NOT_AVAILABLE, because this broker has no
-//! group or transaction coordinator yet (consumer groups are their own issue).
+//! FindCoordinator (key 10), v0–4: for a group (key type 0) this node is the coordinator — every group lives on
+//! some shard of it, and a request reaching any shard is forwarded there ([`crate::group`]). Answering also
+//! creates `__consumer_offsets` if needed, as Kafka does. Transactions (key type 1) are not supported: their keys
+//! get COORDINATOR_NOT_AVAILABLE with a message saying so. v4 batches keys.
 //!
-//! Why advertise an API that only says "not available": librdkafka enables LZ4 only when the broker advertises
-//! FindCoordinator v0 (`rdkafka_feature.c`: the LZ4 feature "depends" on it, a proxy for brokers ≥ 0.8.2), so
-//! without it every librdkafka producer asked for lz4 silently sends uncompressed batches — the same kind of
-//! quirk as KAFKA-18659 for Produce v0. The answer is a well-formed error that clients retry on, not a lie: no
-//! node is named as a coordinator that would then be asked for JoinGroup or OffsetCommit.
+//! Advertised even before groups existed because librdkafka enables LZ4 only when the broker advertises
+//! FindCoordinator (`rdkafka_feature.c`, a proxy for brokers ≥ 0.8.2).
+
+use std::rc::Rc;
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 
 use super::{str_bytes, HandlerResult, RequestContext};
-use crate::errors::ErrorCode;
+use crate::errors::{ErrorCode, KafkaError};
+use crate::group;
+use crate::shard::Shard;
 
-const NOT_AVAILABLE_MESSAGE: &str = "this broker has no group or transaction coordinator yet";
+const KEY_TYPE_GROUP: i8 = 0;
 
-pub fn handle(context: &RequestContext, body: FindCoordinatorRequest) -> HandlerResult {
+/// Where a key's coordinator is: (node id, host, port), or why there is none.
+type Located = Result<(i32, String, u16), KafkaError>;
+
+pub async fn handle(
+    shard: &Rc<Shard>,
+    context: &RequestContext,
+    body: FindCoordinatorRequest,
+) -> HandlerResult {
+    let key_type = if context.api_version >= 1 { body.key_type } else { KEY_TYPE_GROUP };
+    let located: Located = if key_type != KEY_TYPE_GROUP {
+        Err(KafkaError::with_message(
+            ErrorCode::COORDINATOR_NOT_AVAILABLE,
+            "transactions are not supported by this broker",
+        ))
+    } else {
+        group::ensure_offsets_topic(shard).await.map(|()| {
+            let (host, port) = shard.config.advertised();
+            (shard.config.node_id, host, port)
+        })
+    };
+    let keys: Vec<String> = if context.api_version >= 4 {
+        body.coordinator_keys.iter().map(|key| key.to_string()).collect()
+    } else {
+        vec![body.key.to_string()]
+    };
+    context.respond(&encode(context.api_version, &keys, &located))
+}
+
+fn encode(version: i16, keys: &[String], located: &Located) -> FindCoordinatorResponse {
     let mut response = FindCoordinatorResponse::default();
-    if context.api_version >= 4 {
-        // v4 batches keys: one entry per key asked for.
-        response.coordinators = body
-            .coordinator_keys
-            .into_iter()
+    let (node_id, host, port, error, message) = match located {
+        Ok((node, host, port)) => (*node, host.clone(), i32::from(*port), ErrorCode::NONE, None),
+        Err(error) => (-1, String::new(), -1, error.code, error.message.clone()),
+    };
+    if version >= 4 {
+        response.coordinators = keys
+            .iter()
             .map(|key| {
                 let mut coordinator = Coordinator::default();
-                coordinator.key = key;
-                coordinator.node_id = BrokerId(-1);
-                coordinator.host = str_bytes("");
-                coordinator.port = -1;
-                coordinator.error_code = ErrorCode::COORDINATOR_NOT_AVAILABLE.code();
-                coordinator.error_message = Some(str_bytes(NOT_AVAILABLE_MESSAGE));
+                coordinator.key = str_bytes(key);
+                coordinator.node_id = BrokerId(node_id);
+                coordinator.host = str_bytes(&host);
+                coordinator.port = port;
+                coordinator.error_code = error.code();
+                coordinator.error_message = message.as_deref().map(str_bytes);
                 coordinator
             })
             .collect();
     } else {
-        response.error_code = ErrorCode::COORDINATOR_NOT_AVAILABLE.code();
-        if context.api_version >= 1 {
-            response.error_message = Some(str_bytes(NOT_AVAILABLE_MESSAGE));
+        response.error_code = error.code();
+        if version >= 1 {
+            response.error_message = message.as_deref().map(str_bytes);
         }
-        response.node_id = BrokerId(-1);
-        response.host = str_bytes("");
-        response.port = -1;
+        response.node_id = BrokerId(node_id);
+        response.host = str_bytes(&host);
+        response.port = port;
     }
-    context.respond(&response)
+    response
 }
 
 #[cfg(test)]
@@ -52,30 +85,41 @@ mod tests {
     use kafka_protocol::messages::ApiKey;
     use kafka_protocol::protocol::Decodable;
 
-    /// Every advertised version encodes and decodes back to COORDINATOR_NOT_AVAILABLE for every key.
+    /// Every advertised version encodes and decodes back, found or not, one answer per key in v4.
     #[test]
-    fn every_version_says_not_available() {
+    fn every_version_round_trips() {
+        let keys = vec!["group-a".to_string(), "group-b".to_string()];
+        let cases: [Located; 2] = [
+            Ok((7, "127.0.0.1".to_string(), 9092)),
+            Err(KafkaError::with_message(ErrorCode::COORDINATOR_NOT_AVAILABLE, "no")),
+        ];
         for version in 0..=4 {
-            let context =
-                RequestContext { api_key: ApiKey::FindCoordinator, api_version: version, correlation_id: 3 };
-            let mut request = FindCoordinatorRequest::default();
-            request.key = str_bytes("group-a");
-            request.coordinator_keys = vec![str_bytes("group-a"), str_bytes("group-b")];
-            let response = handle(&context, request).unwrap().unwrap();
-            let mut frame: Bytes = response.chunks.concat().into();
-            let _ = frame.split_to(4);
-            let header =
-                crate::codec::decode_response_header(&mut frame, ApiKey::FindCoordinator, version).unwrap();
-            assert_eq!(header.correlation_id, 3);
-            let decoded = FindCoordinatorResponse::decode(&mut frame, version).unwrap();
-            assert!(frame.is_empty(), "v{version}: trailing bytes");
-            if version >= 4 {
-                assert_eq!(decoded.coordinators.len(), 2);
-                for coordinator in decoded.coordinators {
-                    assert_eq!(coordinator.error_code, ErrorCode::COORDINATOR_NOT_AVAILABLE.code());
+            for located in &cases {
+                let context = RequestContext {
+                    api_key: ApiKey::FindCoordinator,
+                    api_version: version,
+                    correlation_id: 3,
+                };
+                let response = context.respond(&encode(version, &keys, located)).unwrap().unwrap();
+                let mut frame: Bytes = response.chunks.concat().into();
+                let _ = frame.split_to(4);
+                let header =
+                    crate::codec::decode_response_header(&mut frame, ApiKey::FindCoordinator, version)
+                        .unwrap();
+                assert_eq!(header.correlation_id, 3);
+                let decoded = FindCoordinatorResponse::decode(&mut frame, version).unwrap();
+                assert!(frame.is_empty(), "v{version}: trailing bytes");
+                let expected = if located.is_ok() { 0 } else { ErrorCode::COORDINATOR_NOT_AVAILABLE.code() };
+                if version >= 4 {
+                    assert_eq!(decoded.coordinators.len(), 2);
+                    for coordinator in decoded.coordinators {
+                        assert_eq!(coordinator.error_code, expected);
+                        assert_eq!(coordinator.port, if located.is_ok() { 9092 } else { -1 });
+                    }
+                } else {
+                    assert_eq!(decoded.error_code, expected);
+                    assert_eq!(decoded.node_id.0, if located.is_ok() { 7 } else { -1 });
                 }
-            } else {
-                assert_eq!(decoded.error_code, ErrorCode::COORDINATOR_NOT_AVAILABLE.code());
             }
         }
     }

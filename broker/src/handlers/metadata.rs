@@ -60,6 +60,9 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: MetadataR
         if version >= 8 {
             topic.topic_authorized_operations = i32::MIN;
         }
+        if version >= 1 {
+            topic.is_internal = entry.name == crate::group::OFFSETS_TOPIC;
+        }
         topic
     };
     let topics = match requested {

@@ -15,18 +15,29 @@ pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_groups;
 pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
+pub mod describe_groups;
 pub mod describe_log_dirs;
 pub mod fetch;
 pub mod find_coordinator;
+pub mod heartbeat;
 pub mod incremental_alter_configs;
 pub mod init_producer_id;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_commit;
+pub mod offset_delete;
+pub mod offset_fetch;
+pub mod offset_for_leader_epoch;
 pub mod produce;
+pub mod sync_group;
 
 /// An encoded response frame as chunks (size prefix included) for one vectored write.
 #[derive(Debug)]
@@ -52,17 +63,44 @@ impl RequestContext {
     }
 }
 
+/// Who sent a request, for the group coordinator's member records (DescribeGroups shows them).
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub id: String,
+    pub host: String,
+}
+
 /// Runs the handler for `request`. `sequenced` is signalled (dropped or sent) once a produce's offsets are fixed.
-pub async fn handle(shard: &Rc<Shard>, request: Request, sequenced: OneshotSender<()>) -> HandlerResult {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    request: Request,
+    sequenced: OneshotSender<()>,
+    client_host: &str,
+) -> HandlerResult {
     let context = RequestContext {
         api_key: request.api_key,
         api_version: request.api_version,
         correlation_id: request.correlation_id,
     };
+    let client =
+        || Client { id: request.client_id.clone().unwrap_or_default(), host: client_host.to_string() };
     match request.body {
         RequestKind::Produce(body) => produce::handle(shard, &context, body, sequenced).await,
         RequestKind::Fetch(body) => fetch::handle(shard, &context, body).await,
-        RequestKind::FindCoordinator(body) => find_coordinator::handle(&context, body),
+        RequestKind::FindCoordinator(body) => find_coordinator::handle(shard, &context, body).await,
+        RequestKind::JoinGroup(body) => join_group::handle(shard, &context, body, client()).await,
+        RequestKind::SyncGroup(body) => sync_group::handle(shard, &context, body).await,
+        RequestKind::Heartbeat(body) => heartbeat::handle(shard, &context, body).await,
+        RequestKind::LeaveGroup(body) => leave_group::handle(shard, &context, body).await,
+        RequestKind::OffsetCommit(body) => offset_commit::handle(shard, &context, body).await,
+        RequestKind::OffsetFetch(body) => offset_fetch::handle(shard, &context, body).await,
+        RequestKind::ListGroups(body) => list_groups::handle(shard, &context, body).await,
+        RequestKind::DescribeGroups(body) => describe_groups::handle(shard, &context, body).await,
+        RequestKind::DeleteGroups(body) => delete_groups::handle(shard, &context, body).await,
+        RequestKind::OffsetDelete(body) => offset_delete::handle(shard, &context, body).await,
+        RequestKind::OffsetForLeaderEpoch(body) => {
+            offset_for_leader_epoch::handle(shard, &context, body).await
+        }
         RequestKind::ListOffsets(body) => list_offsets::handle(shard, &context, body).await,
         RequestKind::Metadata(body) => metadata::handle(shard, &context, body).await,
         RequestKind::ApiVersions(body) => api_versions::handle(&context, body),

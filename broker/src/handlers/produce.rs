@@ -44,6 +44,13 @@ pub async fn handle(
                     ready(Err(KafkaError::new(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION)))
                 }
                 (Some(_), None) => ready(Err(KafkaError::new(ErrorCode::CORRUPT_MESSAGE))),
+                // Only the group coordinator writes the internal topic (Kafka refuses it the same way).
+                (Some(entry), _) if entry.name == crate::group::OFFSETS_TOPIC => {
+                    ready(Err(KafkaError::with_message(
+                        ErrorCode::INVALID_TOPIC_EXCEPTION,
+                        "clients cannot produce to the internal topic __consumer_offsets",
+                    )))
+                }
                 (Some(_), Some(records)) => {
                     let owner = shard.owner(&name, index);
                     if owner == shard.id {

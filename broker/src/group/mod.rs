@@ -1,0 +1,1008 @@
+//! The group coordinator: consumer groups (Kafka's classic protocol) and their committed offsets.
+//!
+//! Placement: a group belongs to partition `abs(java_hash(group)) % N` of the internal topic `__consumer_offsets`
+//! (Kafka's formula, N = `offsets.topic.num.partitions`), and so to the shard that owns that partition. Its state
+//! lives only there ([`GroupCoordinator`], one per shard); every group API is forwarded to that shard over the mesh
+//! as a [`GroupRequest`], so a group never needs a lock.
+//!
+//! Durability: an OffsetCommit is answered only after its records are in the partition's log and fsynced (acks=all
+//! semantics, whatever `log.flush.policy` says for produce); a SyncGroup is answered after the group's metadata
+//! record (members and assignments) is. At start every shard replays its `__consumer_offsets` partitions
+//! ([`GroupCoordinator::load`]) before it serves group requests (COORDINATOR_LOAD_IN_PROGRESS until then). The
+//! records use Kafka's layout ([`store`]). The topic is created on first use, with no time or size retention:
+//! offsets expire by `offsets.retention.minutes` instead, written as tombstones. Kafka compacts this topic; Sluice
+//! does not compact yet, so the log grows with every commit and a restart replays all of it.
+//!
+//! Timers: one task per shard ([`GroupCoordinator::run_timers`]) sleeps until the earliest session, join or delay
+//! deadline of its groups (or until woken by a change), then expires members and completes joins.
+
+pub mod state;
+pub mod store;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::errors::{ErrorCode, KafkaError};
+use crate::mesh::{ShardReply, ShardRequest, TopicChange};
+use crate::shard::Shard;
+use crate::sync::Notify;
+use state::{CommittedOffset, Group, GroupState, JoinOutcome, JoinParams, JoinReply, SyncOutcome, SyncReply};
+use store::{StoredOffset, StoredRecord};
+
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Batches read per step when replaying a partition at start.
+const LOAD_READ_SIZE: usize = 4 << 20;
+/// The timer task wakes at least this often (to notice shutdown and retention checks).
+const TIMER_PERIOD_MAX: Duration = Duration::from_secs(1);
+
+/// Java's `String.hashCode` over UTF-16 code units, as Kafka uses to place a group.
+pub fn java_hash(text: &str) -> i32 {
+    text.encode_utf16().fold(0i32, |hash, unit| hash.wrapping_mul(31).wrapping_add(i32::from(unit)))
+}
+
+/// The `__consumer_offsets` partition of `group` (Kafka's `Utils.abs(hashCode) % count`).
+pub fn offsets_partition(group: &str, partition_count: i32) -> i32 {
+    let hash = java_hash(group);
+    let positive = if hash == i32::MIN { 0 } else { hash.abs() };
+    positive % partition_count.max(1)
+}
+
+/// A group API call, decoded from any version, sent to the group's shard.
+#[derive(Debug)]
+pub enum GroupRequest {
+    Join {
+        group: String,
+        params: JoinParams,
+    },
+    Sync {
+        group: String,
+        member_id: String,
+        instance_id: Option<String>,
+        generation: i32,
+        protocol_type: Option<String>,
+        protocol: Option<String>,
+        assignments: Vec<(String, Bytes)>,
+    },
+    Heartbeat {
+        group: String,
+        member_id: String,
+        instance_id: Option<String>,
+        generation: i32,
+    },
+    /// (member id, instance id) per leaving member.
+    Leave {
+        group: String,
+        members: Vec<(String, Option<String>)>,
+    },
+    Commit {
+        group: String,
+        member_id: String,
+        instance_id: Option<String>,
+        generation: i32,
+        offsets: Vec<OffsetToCommit>,
+    },
+    /// `None`: every partition the group has committed.
+    FetchOffsets {
+        group: String,
+        partitions: Option<Vec<(String, i32)>>,
+    },
+    Describe {
+        group: String,
+    },
+    /// This shard's groups.
+    List,
+    Delete {
+        group: String,
+    },
+    DeleteOffsets {
+        group: String,
+        partitions: Vec<(String, i32)>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct OffsetToCommit {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DescribedMember {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub metadata: Bytes,
+    pub assignment: Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub struct DescribedGroup {
+    pub state: &'static str,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub members: Vec<DescribedMember>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListedGroup {
+    pub group: String,
+    pub protocol_type: String,
+    pub state: &'static str,
+}
+
+/// A committed offset as OffsetFetch returns it.
+#[derive(Debug, Clone)]
+pub struct FetchedOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+}
+
+#[derive(Debug)]
+pub enum GroupReply {
+    Join(JoinOutcome),
+    Sync(SyncOutcome),
+    /// Heartbeat, DeleteGroups, or any request refused as a whole (COORDINATOR_LOAD_IN_PROGRESS, ...).
+    Error(ErrorCode),
+    Leave(Vec<ErrorCode>),
+    /// One error per (topic, partition), in request order.
+    Commit(Vec<ErrorCode>),
+    Offsets(Vec<FetchedOffset>),
+    Described(Option<DescribedGroup>),
+    Listed(Vec<ListedGroup>),
+    /// OffsetDelete: a group-level error, then one per partition.
+    OffsetsDeleted(ErrorCode, Vec<ErrorCode>),
+}
+
+/// Sends `request` to the shard that coordinates `group` and waits for the answer.
+pub async fn call(shard: &Rc<Shard>, group: &str, request: GroupRequest) -> GroupReply {
+    let target = coordinator_shard(shard, group);
+    if target == shard.id {
+        return shard.groups.serve(shard, request).await;
+    }
+    match shard.call(target, ShardRequest::Group(request)).await {
+        Ok(ShardReply::Group(reply)) => reply,
+        Ok(other) => {
+            log::error!("shard {}: unexpected reply to a group request: {other:?}", shard.id);
+            GroupReply::Error(ErrorCode::COORDINATOR_NOT_AVAILABLE)
+        }
+        Err(_) => GroupReply::Error(ErrorCode::COORDINATOR_NOT_AVAILABLE),
+    }
+}
+
+/// The `__consumer_offsets` partition count in use: the topic's, once it exists.
+pub fn offsets_partition_count(shard: &Shard) -> i32 {
+    shard
+        .topics()
+        .get(OFFSETS_TOPIC)
+        .map_or(shard.config.groups.offsets_partition_count, |entry| entry.partition_count)
+}
+
+pub fn coordinator_shard(shard: &Shard, group: &str) -> usize {
+    shard.owner(OFFSETS_TOPIC, offsets_partition(group, offsets_partition_count(shard)))
+}
+
+/// Creates `__consumer_offsets` if it does not exist yet (whatever `auto.create.topics.enable` says).
+pub async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<(), KafkaError> {
+    if shard.topics().get(OFFSETS_TOPIC).is_some() {
+        return Ok(());
+    }
+    let configs: BTreeMap<String, String> = [
+        // Offsets expire by offsets.retention.minutes, never by the log's time or size retention.
+        ("retention.ms", "-1"),
+        ("retention.bytes", "-1"),
+        ("segment.bytes", "104857600"),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_string(), value.to_string()))
+    .collect();
+    let change = TopicChange::Create {
+        name: OFFSETS_TOPIC.to_string(),
+        partition_count: shard.config.groups.offsets_partition_count,
+        replication_factor: -1,
+        configs,
+    };
+    match shard.admin(vec![change], false).await.pop() {
+        Some(Ok(())) => Ok(()),
+        Some(Err(error)) if error.code == ErrorCode::TOPIC_ALREADY_EXISTS => Ok(()),
+        Some(Err(error)) => Err(error),
+        None => Err(KafkaError::new(ErrorCode::COORDINATOR_NOT_AVAILABLE)),
+    }
+}
+
+/// One shard's groups.
+pub struct GroupCoordinator {
+    groups: RefCell<HashMap<String, Group>>,
+    /// True until this shard's `__consumer_offsets` partitions are replayed.
+    loading: Cell<bool>,
+    /// Wakes the timer task when a deadline may have moved earlier.
+    changed: Notify,
+}
+
+impl Default for GroupCoordinator {
+    fn default() -> Self {
+        GroupCoordinator {
+            groups: RefCell::new(HashMap::new()),
+            loading: Cell::new(true),
+            changed: Notify::default(),
+        }
+    }
+}
+
+impl GroupCoordinator {
+    pub async fn serve(&self, shard: &Rc<Shard>, request: GroupRequest) -> GroupReply {
+        if self.loading.get() {
+            return match request {
+                GroupRequest::List => GroupReply::Listed(Vec::new()),
+                _ => GroupReply::Error(ErrorCode::COORDINATOR_LOAD_IN_PROGRESS),
+            };
+        }
+        if shard.is_shutting_down() {
+            return GroupReply::Error(ErrorCode::NOT_COORDINATOR);
+        }
+        let reply = match request {
+            GroupRequest::Join { group, params } => GroupReply::Join(self.join(shard, &group, params).await),
+            GroupRequest::Sync {
+                group,
+                member_id,
+                instance_id,
+                generation,
+                protocol_type,
+                protocol,
+                assignments,
+            } => {
+                let sync =
+                    SyncCall { member_id, instance_id, generation, protocol_type, protocol, assignments };
+                GroupReply::Sync(self.sync(shard, &group, sync).await)
+            }
+            GroupRequest::Heartbeat { group, member_id, instance_id, generation } => {
+                let now = Instant::now();
+                let mut groups = self.groups.borrow_mut();
+                GroupReply::Error(match groups.get_mut(&group) {
+                    None => ErrorCode::UNKNOWN_MEMBER_ID,
+                    Some(entry) => entry.heartbeat(&member_id, instance_id.as_deref(), generation, now),
+                })
+            }
+            GroupRequest::Leave { group, members } => {
+                let now = Instant::now();
+                let delay = shard.config.groups.initial_rebalance_delay;
+                let mut groups = self.groups.borrow_mut();
+                GroupReply::Leave(match groups.get_mut(&group) {
+                    None => vec![ErrorCode::UNKNOWN_MEMBER_ID; members.len()],
+                    Some(entry) => members
+                        .iter()
+                        .map(|(member_id, instance)| entry.leave(member_id, instance.as_deref(), now, delay))
+                        .collect(),
+                })
+            }
+            GroupRequest::Commit { group, member_id, instance_id, generation, offsets } => {
+                self.commit(shard, &group, &member_id, instance_id.as_deref(), generation, offsets).await
+            }
+            GroupRequest::FetchOffsets { group, partitions } => {
+                GroupReply::Offsets(self.fetch_offsets(&group, partitions))
+            }
+            GroupRequest::Describe { group } => GroupReply::Described(self.describe(&group)),
+            GroupRequest::List => GroupReply::Listed(self.list()),
+            GroupRequest::Delete { group } => GroupReply::Error(self.delete(shard, &group).await),
+            GroupRequest::DeleteOffsets { group, partitions } => {
+                self.delete_offsets(shard, &group, partitions).await
+            }
+        };
+        self.after_change(shard);
+        reply
+    }
+
+    /// Wakes the timers and writes the metadata of groups that became empty.
+    fn after_change(&self, shard: &Rc<Shard>) {
+        self.changed.notify_all();
+        let dirty: Vec<(String, store::StoredGroup, bool)> = self
+            .groups
+            .borrow_mut()
+            .values_mut()
+            .filter(|group| group.metadata_dirty)
+            .map(|group| {
+                group.metadata_dirty = false;
+                // An empty group with no offsets is forgotten: a tombstone instead of an empty record.
+                let gone = group.state == GroupState::Empty && group.offsets.is_empty();
+                (group.id.clone(), group.stored(), gone)
+            })
+            .collect();
+        for (group, stored, gone) in dirty {
+            if gone {
+                self.groups.borrow_mut().remove(&group);
+            }
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let value = (!gone).then(|| store::group_value(&stored));
+                match write_records(&shard, &group, vec![(store::group_key(&group), value)]).await {
+                    Ok(base) => {
+                        if let Some(entry) = shard.groups.groups.borrow_mut().get_mut(&group) {
+                            entry.metadata_log_offset = entry.metadata_log_offset.max(base);
+                        }
+                    }
+                    Err(error) => log::warn!("group {group}: writing its metadata failed: {error:?}"),
+                }
+            })
+            .detach();
+        }
+    }
+
+    async fn join(&self, shard: &Rc<Shard>, group_id: &str, params: JoinParams) -> JoinOutcome {
+        let config = &shard.config.groups;
+        if params.session_timeout < config.session_timeout_min
+            || params.session_timeout > config.session_timeout_max
+        {
+            return JoinOutcome::error(ErrorCode::INVALID_SESSION_TIMEOUT, &params.member_id);
+        }
+        if group_id.is_empty() {
+            return JoinOutcome::error(ErrorCode::INVALID_GROUP_ID, &params.member_id);
+        }
+        if let Err(error) = ensure_offsets_topic(shard).await {
+            log::warn!("group {group_id}: cannot create {OFFSETS_TOPIC}: {error:?}");
+            return JoinOutcome::error(ErrorCode::COORDINATOR_NOT_AVAILABLE, &params.member_id);
+        }
+        let reply = {
+            let mut groups = self.groups.borrow_mut();
+            let group = groups
+                .entry(group_id.to_string())
+                .or_insert_with(|| Group::new(group_id, sluice_storage::now_ms()));
+            let member_id = params.member_id.clone();
+            let reply = group.join(params, Instant::now(), config.size_max, config.initial_rebalance_delay);
+            if let JoinReply::Now(outcome) = &reply {
+                if outcome.error != ErrorCode::NONE && outcome.error != ErrorCode::MEMBER_ID_REQUIRED {
+                    log::debug!("group {group_id}: join of {member_id:?} refused: {:?}", outcome.error);
+                }
+            }
+            reply
+        };
+        self.after_change(shard);
+        match reply {
+            JoinReply::Now(outcome) => outcome,
+            JoinReply::Later(receiver) => {
+                receiver.await.unwrap_or_else(|| JoinOutcome::error(ErrorCode::COORDINATOR_NOT_AVAILABLE, ""))
+            }
+        }
+    }
+
+    async fn sync(&self, shard: &Rc<Shard>, group_id: &str, call: SyncCall) -> SyncOutcome {
+        let reply = {
+            let mut groups = self.groups.borrow_mut();
+            let Some(group) = groups.get_mut(group_id) else {
+                return SyncOutcome::error(ErrorCode::UNKNOWN_MEMBER_ID);
+            };
+            group.sync(
+                &call.member_id,
+                call.instance_id.as_deref(),
+                call.generation,
+                call.protocol_type.as_deref(),
+                call.protocol.as_deref(),
+                call.assignments,
+                Instant::now(),
+            )
+        };
+        let receiver = match reply {
+            SyncReply::Now(outcome) => return outcome,
+            SyncReply::Later(receiver) => receiver,
+            SyncReply::Persist { generation, receiver } => {
+                let stored = self.groups.borrow().get(group_id).map(Group::stored);
+                let written = match stored {
+                    Some(stored) => {
+                        let value = Some(store::group_value(&stored));
+                        write_records(shard, group_id, vec![(store::group_key(group_id), value)]).await
+                    }
+                    None => Err(KafkaError::new(ErrorCode::COORDINATOR_NOT_AVAILABLE)),
+                };
+                let mut groups = self.groups.borrow_mut();
+                if let Some(group) = groups.get_mut(group_id) {
+                    match written {
+                        Ok(base) => {
+                            group.metadata_log_offset = group.metadata_log_offset.max(base);
+                            group.finish_sync(generation);
+                        }
+                        Err(error) => {
+                            log::warn!("group {group_id}: writing the assignment failed: {error:?}");
+                            let delay = shard.config.groups.initial_rebalance_delay;
+                            group.fail_sync(
+                                generation,
+                                ErrorCode::COORDINATOR_NOT_AVAILABLE,
+                                Instant::now(),
+                                delay,
+                            );
+                        }
+                    }
+                }
+                receiver
+            }
+        };
+        receiver.await.unwrap_or_else(|| SyncOutcome::error(ErrorCode::REBALANCE_IN_PROGRESS))
+    }
+
+    async fn commit(
+        &self,
+        shard: &Rc<Shard>,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        offsets: Vec<OffsetToCommit>,
+    ) -> GroupReply {
+        if group_id.is_empty() {
+            return GroupReply::Commit(vec![ErrorCode::INVALID_GROUP_ID; offsets.len()]);
+        }
+        let check = {
+            let groups = self.groups.borrow();
+            match groups.get(group_id) {
+                None if generation < 0 => ErrorCode::NONE,
+                None => ErrorCode::ILLEGAL_GENERATION,
+                Some(group) => group.check_commit(member_id, instance_id, generation),
+            }
+        };
+        if check != ErrorCode::NONE {
+            return GroupReply::Commit(vec![check; offsets.len()]);
+        }
+        let table = shard.topics();
+        let metadata_max = shard.config.groups.offset_metadata_size_max;
+        let now_ms = sluice_storage::now_ms();
+        let mut errors = Vec::with_capacity(offsets.len());
+        let mut records = Vec::new();
+        let mut accepted = Vec::new();
+        for offset in &offsets {
+            let known = table
+                .get(&offset.topic)
+                .is_some_and(|entry| (0..entry.partition_count).contains(&offset.partition));
+            let metadata = offset.metadata.clone().unwrap_or_default();
+            let error = if !known {
+                ErrorCode::UNKNOWN_TOPIC_OR_PARTITION
+            } else if metadata.len() > metadata_max {
+                ErrorCode::OFFSET_METADATA_TOO_LARGE
+            } else {
+                ErrorCode::NONE
+            };
+            errors.push(error);
+            if error == ErrorCode::NONE {
+                let value = StoredOffset {
+                    offset: offset.offset,
+                    leader_epoch: offset.leader_epoch,
+                    metadata,
+                    commit_timestamp_ms: now_ms,
+                };
+                records.push((
+                    store::offset_key(group_id, &offset.topic, offset.partition),
+                    Some(store::offset_value(&value)),
+                ));
+                accepted.push((offset.topic.clone(), offset.partition, value));
+            }
+        }
+        if records.is_empty() {
+            return GroupReply::Commit(errors);
+        }
+        if let Err(error) = ensure_offsets_topic(shard).await {
+            log::warn!("group {group_id}: cannot create {OFFSETS_TOPIC}: {error:?}");
+            return GroupReply::Commit(vec![ErrorCode::COORDINATOR_NOT_AVAILABLE; offsets.len()]);
+        }
+        match write_records(shard, group_id, records).await {
+            Ok(base) => {
+                let mut groups = self.groups.borrow_mut();
+                let group =
+                    groups.entry(group_id.to_string()).or_insert_with(|| Group::new(group_id, now_ms));
+                group.touch(member_id, Instant::now());
+                for (index, (topic, partition, value)) in accepted.into_iter().enumerate() {
+                    group.apply_commit(
+                        &topic,
+                        partition,
+                        CommittedOffset {
+                            offset: value.offset,
+                            leader_epoch: value.leader_epoch,
+                            metadata: value.metadata,
+                            commit_timestamp_ms: value.commit_timestamp_ms,
+                            log_offset: base + index as i64,
+                        },
+                    );
+                }
+                GroupReply::Commit(errors)
+            }
+            Err(error) => {
+                log::warn!("group {group_id}: commit not written: {error:?}");
+                let failed = if error.code == ErrorCode::KAFKA_STORAGE_ERROR {
+                    ErrorCode::COORDINATOR_NOT_AVAILABLE
+                } else {
+                    error.code
+                };
+                GroupReply::Commit(
+                    errors
+                        .into_iter()
+                        .map(|code| if code == ErrorCode::NONE { failed } else { code })
+                        .collect(),
+                )
+            }
+        }
+    }
+
+    fn fetch_offsets(&self, group_id: &str, partitions: Option<Vec<(String, i32)>>) -> Vec<FetchedOffset> {
+        let groups = self.groups.borrow();
+        let offsets = groups.get(group_id).map(|group| &group.offsets);
+        let fetched = |topic: &str, partition: i32, committed: Option<&CommittedOffset>| FetchedOffset {
+            topic: topic.to_string(),
+            partition,
+            offset: committed.map_or(-1, |c| c.offset),
+            leader_epoch: committed.map_or(-1, |c| c.leader_epoch),
+            metadata: committed.map(|c| c.metadata.clone()).unwrap_or_default(),
+        };
+        match partitions {
+            Some(partitions) => partitions
+                .iter()
+                .map(|(topic, partition)| {
+                    fetched(topic, *partition, offsets.and_then(|o| o.get(&(topic.clone(), *partition))))
+                })
+                .collect(),
+            None => {
+                let mut all: Vec<FetchedOffset> = offsets
+                    .into_iter()
+                    .flatten()
+                    .map(|((topic, partition), committed)| fetched(topic, *partition, Some(committed)))
+                    .collect();
+                all.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+                all
+            }
+        }
+    }
+
+    fn describe(&self, group_id: &str) -> Option<DescribedGroup> {
+        let groups = self.groups.borrow();
+        let group = groups.get(group_id)?;
+        let stable = group.state == GroupState::Stable;
+        let protocol = group.protocol.clone().unwrap_or_default();
+        Some(DescribedGroup {
+            state: group.state.name(),
+            protocol_type: group.protocol_type.clone().unwrap_or_default(),
+            protocol: if stable { protocol.clone() } else { String::new() },
+            members: group
+                .members
+                .values()
+                .map(|member| DescribedMember {
+                    member_id: member.id.clone(),
+                    instance_id: member.instance_id.clone(),
+                    client_id: member.client_id.clone(),
+                    client_host: member.client_host.clone(),
+                    metadata: if stable {
+                        member
+                            .protocols
+                            .iter()
+                            .find(|(name, _)| *name == protocol)
+                            .map(|(_, bytes)| bytes.clone())
+                            .unwrap_or_default()
+                    } else {
+                        Bytes::new()
+                    },
+                    assignment: if stable { member.assignment.clone() } else { Bytes::new() },
+                })
+                .collect(),
+        })
+    }
+
+    fn list(&self) -> Vec<ListedGroup> {
+        let groups = self.groups.borrow();
+        let mut listed: Vec<ListedGroup> = groups
+            .values()
+            .map(|group| ListedGroup {
+                group: group.id.clone(),
+                protocol_type: group.protocol_type.clone().unwrap_or_default(),
+                state: group.state.name(),
+            })
+            .collect();
+        listed.sort_by(|a, b| a.group.cmp(&b.group));
+        listed
+    }
+
+    async fn delete(&self, shard: &Rc<Shard>, group_id: &str) -> ErrorCode {
+        let records = {
+            let groups = self.groups.borrow();
+            let Some(group) = groups.get(group_id) else {
+                return ErrorCode::GROUP_ID_NOT_FOUND;
+            };
+            if group.state != GroupState::Empty {
+                return ErrorCode::NON_EMPTY_GROUP;
+            }
+            let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = group
+                .offsets
+                .keys()
+                .map(|(topic, partition)| (store::offset_key(group_id, topic, *partition), None))
+                .collect();
+            records.push((store::group_key(group_id), None));
+            records
+        };
+        match write_records(shard, group_id, records).await {
+            Ok(_) => {
+                let mut groups = self.groups.borrow_mut();
+                if groups.get(group_id).is_some_and(|group| group.state == GroupState::Empty) {
+                    groups.remove(group_id);
+                }
+                ErrorCode::NONE
+            }
+            Err(error) => {
+                log::warn!("group {group_id}: delete not written: {error:?}");
+                ErrorCode::COORDINATOR_NOT_AVAILABLE
+            }
+        }
+    }
+
+    async fn delete_offsets(
+        &self,
+        shard: &Rc<Shard>,
+        group_id: &str,
+        partitions: Vec<(String, i32)>,
+    ) -> GroupReply {
+        let (errors, records) = {
+            let groups = self.groups.borrow();
+            let Some(group) = groups.get(group_id) else {
+                return GroupReply::OffsetsDeleted(ErrorCode::GROUP_ID_NOT_FOUND, Vec::new());
+            };
+            let subscribed = subscribed_topics(group);
+            let mut records = Vec::new();
+            let errors: Vec<ErrorCode> = partitions
+                .iter()
+                .map(|(topic, partition)| {
+                    if subscribed.iter().any(|name| name == topic) {
+                        ErrorCode::GROUP_SUBSCRIBED_TO_TOPIC
+                    } else {
+                        if group.offsets.contains_key(&(topic.clone(), *partition)) {
+                            records.push((store::offset_key(group_id, topic, *partition), None));
+                        }
+                        ErrorCode::NONE
+                    }
+                })
+                .collect();
+            (errors, records)
+        };
+        if !records.is_empty() {
+            if let Err(error) = write_records(shard, group_id, records).await {
+                log::warn!("group {group_id}: offset delete not written: {error:?}");
+                return GroupReply::OffsetsDeleted(ErrorCode::COORDINATOR_NOT_AVAILABLE, Vec::new());
+            }
+            let mut groups = self.groups.borrow_mut();
+            if let Some(group) = groups.get_mut(group_id) {
+                for ((topic, partition), error) in partitions.iter().zip(&errors) {
+                    if *error == ErrorCode::NONE {
+                        group.offsets.remove(&(topic.clone(), *partition));
+                    }
+                }
+            }
+        }
+        GroupReply::OffsetsDeleted(ErrorCode::NONE, errors)
+    }
+
+    /// Replays this shard's `__consumer_offsets` partitions, then starts serving group requests.
+    pub async fn load(&self, shard: &Rc<Shard>) {
+        let started = std::time::Instant::now();
+        let mut record_count: u64 = 0;
+        if let Some(entry) = shard.topics().get(OFFSETS_TOPIC).cloned() {
+            for index in 0..entry.partition_count {
+                if shard.owner(OFFSETS_TOPIC, index) != shard.id {
+                    continue;
+                }
+                let Some(partition) = shard.partitions.get(OFFSETS_TOPIC, index) else {
+                    continue;
+                };
+                record_count += self.load_partition(&partition).await;
+            }
+        }
+        // Groups with neither members nor offsets (all deleted) are not kept.
+        self.groups.borrow_mut().retain(|_, group| {
+            !(group.state == GroupState::Empty && group.offsets.is_empty() && group.generation == 0)
+        });
+        let group_count = self.groups.borrow().len();
+        if record_count > 0 {
+            log::info!(
+                "shard {}: {group_count} consumer groups loaded from {record_count} records of {OFFSETS_TOPIC} in {:?}",
+                shard.id,
+                started.elapsed()
+            );
+        }
+        self.loading.set(false);
+    }
+
+    async fn load_partition(&self, partition: &crate::partition::Partition) -> u64 {
+        let log = &partition.log;
+        let mut offset = log.log_start_offset();
+        let end = log.log_end_offset();
+        let now = Instant::now();
+        let mut count = 0u64;
+        let mut reported = std::time::Instant::now();
+        while offset < end {
+            let batches =
+                match log.read(offset, LOAD_READ_SIZE, sluice_storage::ReadBound::LogEnd, true).await {
+                    Ok(batches) if !batches.is_empty() => batches,
+                    Ok(_) => break,
+                    Err(error) => {
+                        log::error!(
+                            "{OFFSETS_TOPIC}-{}: replay stopped at offset {}: {error}",
+                            partition.index,
+                            offset.0
+                        );
+                        break;
+                    }
+                };
+            {
+                let mut groups = self.groups.borrow_mut();
+                for batch in &batches {
+                    let Ok(header) = sluice_storage::BatchHeader::parse(batch) else { continue };
+                    offset = header.last_offset().next();
+                    let result = crate::records::for_each_record(batch, |record| {
+                        count += 1;
+                        let Some(key) = record.key else { return true };
+                        match store::decode(key, record.value) {
+                            Ok(Some(decoded)) => replay(&mut groups, decoded, record.offset, now),
+                            Ok(None) => {}
+                            Err(error) => log::warn!(
+                                "{OFFSETS_TOPIC}-{}: record at offset {} skipped: {error}",
+                                partition.index,
+                                record.offset
+                            ),
+                        }
+                        true
+                    });
+                    if let Err(error) = result {
+                        log::warn!("{OFFSETS_TOPIC}-{}: batch skipped: {error}", partition.index);
+                    }
+                }
+            }
+            if reported.elapsed() > Duration::from_secs(5) {
+                reported = std::time::Instant::now();
+                log::info!(
+                    "{OFFSETS_TOPIC}-{}: replaying, at offset {} of {}",
+                    partition.index,
+                    offset.0,
+                    end.0
+                );
+            }
+            glommio::yield_if_needed().await;
+        }
+        count
+    }
+
+    /// The timer task: expires sessions, completes joins and delays, expires old offsets. Ends at shutdown,
+    /// answering every parked JoinGroup/SyncGroup with NOT_COORDINATOR so that clients look again.
+    pub async fn run_timers(&self, shard: Rc<Shard>) {
+        let mut next_retention_check = Instant::now() + shard.config.groups.offsets_retention_check_interval;
+        while !shard.is_shutting_down() {
+            let now = Instant::now();
+            let next = self
+                .groups
+                .borrow()
+                .values()
+                .filter_map(Group::next_deadline)
+                .min()
+                .unwrap_or(now + TIMER_PERIOD_MAX)
+                .min(now + TIMER_PERIOD_MAX)
+                .max(now + Duration::from_millis(1));
+            let changed = self.changed.notified();
+            let shutdown = shard.shutdown.notified();
+            futures_lite::future::or(futures_lite::future::or(changed, shutdown), async {
+                glommio::timer::sleep(next - now).await;
+            })
+            .await;
+            let now = Instant::now();
+            let delay = shard.config.groups.initial_rebalance_delay;
+            let mut any = false;
+            for group in self.groups.borrow_mut().values_mut() {
+                any |= group.tick(now, delay);
+            }
+            if now >= next_retention_check {
+                next_retention_check = now + shard.config.groups.offsets_retention_check_interval;
+                self.expire_offsets(&shard).await;
+            }
+            if any {
+                self.write_dirty(&shard);
+            }
+        }
+        for group in self.groups.borrow_mut().values_mut() {
+            group.abandon_waiters(ErrorCode::NOT_COORDINATOR);
+        }
+    }
+
+    fn write_dirty(&self, shard: &Rc<Shard>) {
+        self.after_change(shard);
+    }
+
+    /// Offsets of groups without members expire `offsets.retention.minutes` after their commit (Kafka's rule
+    /// since KIP-211); an empty group left with no offsets is deleted.
+    async fn expire_offsets(&self, shard: &Rc<Shard>) {
+        let retention_ms = shard.config.groups.offsets_retention.as_millis() as i64;
+        let now_ms = sluice_storage::now_ms();
+        let expired: Vec<(String, Vec<(String, i32)>)> = self
+            .groups
+            .borrow()
+            .values()
+            .filter(|group| group.state == GroupState::Empty)
+            .map(|group| {
+                let old: Vec<(String, i32)> = group
+                    .offsets
+                    .iter()
+                    .filter(|(_, committed)| committed.commit_timestamp_ms + retention_ms <= now_ms)
+                    .map(|(key, _)| key.clone())
+                    .collect();
+                (group.id.clone(), old)
+            })
+            .filter(|(_, old)| !old.is_empty())
+            .collect();
+        for (group_id, partitions) in expired {
+            let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = partitions
+                .iter()
+                .map(|(topic, partition)| (store::offset_key(&group_id, topic, *partition), None))
+                .collect();
+            let empties = self
+                .groups
+                .borrow()
+                .get(&group_id)
+                .is_some_and(|group| group.offsets.len() == partitions.len());
+            if empties {
+                records.push((store::group_key(&group_id), None));
+            }
+            if let Err(error) = write_records(shard, &group_id, records).await {
+                log::warn!("group {group_id}: offset expiry not written: {error:?}");
+                continue;
+            }
+            log::info!("group {group_id}: {} committed offsets expired", partitions.len());
+            let mut groups = self.groups.borrow_mut();
+            if let Some(group) = groups.get_mut(&group_id) {
+                for key in &partitions {
+                    group.offsets.remove(key);
+                }
+                if group.state == GroupState::Empty && group.offsets.is_empty() {
+                    groups.remove(&group_id);
+                }
+            }
+        }
+    }
+}
+
+struct SyncCall {
+    member_id: String,
+    instance_id: Option<String>,
+    generation: i32,
+    protocol_type: Option<String>,
+    protocol: Option<String>,
+    assignments: Vec<(String, Bytes)>,
+}
+
+/// Applies one replayed record.
+fn replay(groups: &mut HashMap<String, Group>, record: StoredRecord, log_offset: i64, now: Instant) {
+    match record {
+        StoredRecord::Offset { group, topic, partition, value } => {
+            let entry =
+                groups.entry(group.clone()).or_insert_with(|| Group::new(&group, sluice_storage::now_ms()));
+            match value {
+                Some(value) => entry.apply_commit(
+                    &topic,
+                    partition,
+                    CommittedOffset {
+                        offset: value.offset,
+                        leader_epoch: value.leader_epoch,
+                        metadata: value.metadata,
+                        commit_timestamp_ms: value.commit_timestamp_ms,
+                        log_offset,
+                    },
+                ),
+                None => {
+                    entry.offsets.remove(&(topic, partition));
+                }
+            }
+        }
+        StoredRecord::Group { group, value: Some(value) } => {
+            let entry =
+                groups.entry(group.clone()).or_insert_with(|| Group::new(&group, sluice_storage::now_ms()));
+            entry.restore(value, log_offset, now);
+        }
+        StoredRecord::Group { group, value: None } => {
+            if groups.get(&group).is_some_and(|entry| entry.offsets.is_empty()) {
+                groups.remove(&group);
+            } else if let Some(entry) = groups.get_mut(&group) {
+                entry.restore(store::StoredGroup::default(), log_offset, now);
+                entry.generation = 0;
+            }
+        }
+    }
+}
+
+/// The topics a group's members subscribe to (consumer protocol), for OffsetDelete's check.
+fn subscribed_topics(group: &Group) -> Vec<String> {
+    if group.protocol_type.as_deref() != Some("consumer") || group.state == GroupState::Empty {
+        return Vec::new();
+    }
+    let mut topics = Vec::new();
+    for member in group.members.values() {
+        for (_, metadata) in &member.protocols {
+            topics.extend(consumer_subscription(metadata));
+        }
+    }
+    topics.sort();
+    topics.dedup();
+    topics
+}
+
+/// The topic names of a ConsumerProtocolSubscription (version i16, then an i16-counted... i32-counted array of
+/// i16-length strings in every version); malformed metadata yields what was read before the fault.
+fn consumer_subscription(metadata: &[u8]) -> Vec<String> {
+    let mut topics = Vec::new();
+    if metadata.len() < 6 {
+        return topics;
+    }
+    let count = i32::from_be_bytes([metadata[2], metadata[3], metadata[4], metadata[5]]);
+    let mut position = 6;
+    for _ in 0..count.max(0) {
+        let Some(length) = metadata.get(position..position + 2).map(|b| i16::from_be_bytes([b[0], b[1]]))
+        else {
+            break;
+        };
+        position += 2;
+        let Some(name) = metadata.get(position..position + length.max(0) as usize) else { break };
+        topics.push(String::from_utf8_lossy(name).into_owned());
+        position += length.max(0) as usize;
+    }
+    topics
+}
+
+/// Appends records to the group's `__consumer_offsets` partition and waits until they are durable. Returns the
+/// offset of the first record.
+async fn write_records(
+    shard: &Rc<Shard>,
+    group: &str,
+    records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+) -> Result<i64, KafkaError> {
+    let index = offsets_partition(group, offsets_partition_count(shard));
+    let Some(partition) = shard.partitions.get(OFFSETS_TOPIC, index) else {
+        return Err(KafkaError::with_message(
+            ErrorCode::NOT_COORDINATOR,
+            format!("{OFFSETS_TOPIC}-{index} is not on shard {}", shard.id),
+        ));
+    };
+    let views: Vec<crate::records::KeyValue<'_>> =
+        records.iter().map(|(key, value)| (Some(key.as_slice()), value.as_deref())).collect();
+    let batch = crate::records::encode_batch(&views, sluice_storage::now_ms());
+    let info = partition.append(batch).await?;
+    let base = info.base_offset.0;
+    partition.clone().acknowledge_durable(info).await?;
+    Ok(base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_matches_kafkas_formula() {
+        // Values of Java's "...".hashCode().
+        assert_eq!(java_hash(""), 0);
+        assert_eq!(java_hash("a"), 97);
+        assert_eq!(java_hash("group"), 98_629_247);
+        assert_eq!(java_hash("polygenelubricants"), i32::MIN);
+        assert_eq!(offsets_partition("polygenelubricants", 50), 0);
+        assert_eq!(offsets_partition("group", 50), 98_629_247 % 50);
+        for group in ["x", "consumer-group-1", "日本"] {
+            assert!((0..50).contains(&offsets_partition(group, 50)));
+        }
+    }
+
+    #[test]
+    fn subscriptions_are_read_from_consumer_metadata() {
+        let mut metadata = vec![0, 1, 0, 0, 0, 2];
+        for topic in ["orders", "payments"] {
+            metadata.extend_from_slice(&(topic.len() as i16).to_be_bytes());
+            metadata.extend_from_slice(topic.as_bytes());
+        }
+        metadata.extend_from_slice(&[0, 0, 0, 0]); // user data
+        assert_eq!(consumer_subscription(&metadata), vec!["orders".to_string(), "payments".to_string()]);
+        assert!(consumer_subscription(&metadata[..9]).is_empty());
+        assert!(consumer_subscription(&[0, 1, 0x7f, 0xff, 0xff, 0xff]).is_empty());
+    }
+}
