@@ -302,28 +302,24 @@ impl GroupCoordinator {
         reply
     }
 
-    /// Wakes the timers and writes the metadata of groups that became empty.
+    /// Wakes the timers and writes the metadata of groups whose membership the log must record (they became
+    /// empty).
     fn after_change(&self, shard: &Rc<Shard>) {
         self.changed.notify_all();
-        let dirty: Vec<(String, store::StoredGroup, bool)> = self
+        let dirty: Vec<(String, store::StoredGroup)> = self
             .groups
             .borrow_mut()
             .values_mut()
             .filter(|group| group.metadata_dirty)
             .map(|group| {
                 group.metadata_dirty = false;
-                // An empty group with no offsets is forgotten: a tombstone instead of an empty record.
-                let gone = group.state == GroupState::Empty && group.offsets.is_empty();
-                (group.id.clone(), group.stored(), gone)
+                (group.id.clone(), group.stored())
             })
             .collect();
-        for (group, stored, gone) in dirty {
-            if gone {
-                self.groups.borrow_mut().remove(&group);
-            }
+        for (group, stored) in dirty {
             let shard = shard.clone();
             glommio::spawn_local(async move {
-                let value = (!gone).then(|| store::group_value(&stored));
+                let value = Some(store::group_value(&stored));
                 match write_records(&shard, &group, vec![(store::group_key(&group), value)]).await {
                     Ok(base) => {
                         if let Some(entry) = shard.groups.groups.borrow_mut().get_mut(&group) {
@@ -835,6 +831,24 @@ impl GroupCoordinator {
             })
             .filter(|(_, old)| !old.is_empty())
             .collect();
+        // Empty groups without offsets (members left, nothing committed) are forgotten at the same check, as
+        // in Kafka: a tombstone for the group.
+        let forgotten: Vec<String> = self
+            .groups
+            .borrow()
+            .values()
+            .filter(|group| group.state == GroupState::Empty && group.offsets.is_empty())
+            .map(|group| group.id.clone())
+            .collect();
+        for group_id in forgotten {
+            if write_records(shard, &group_id, vec![(store::group_key(&group_id), None)]).await.is_ok() {
+                let mut groups = self.groups.borrow_mut();
+                if groups.get(&group_id).is_some_and(|g| g.state == GroupState::Empty && g.offsets.is_empty())
+                {
+                    groups.remove(&group_id);
+                }
+            }
+        }
         for (group_id, partitions) in expired {
             let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = partitions
                 .iter()

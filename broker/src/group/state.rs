@@ -333,7 +333,11 @@ impl Group {
             _ => {
                 let receiver = self.update_member(params, now);
                 if self.state != GroupState::PreparingRebalance {
-                    self.prepare_rebalance(now, initial_delay);
+                    self.prepare_rebalance(
+                        "a member rejoined with new protocols (or is the leader)",
+                        now,
+                        initial_delay,
+                    );
                 }
                 self.maybe_complete_join(now);
                 JoinReply::Later(receiver)
@@ -366,7 +370,6 @@ impl Group {
         if let Some(waiting) = member.awaiting_sync.take() {
             let _ = waiting.send(SyncOutcome::error(ErrorCode::FENCED_INSTANCE_ID));
         }
-        let changed = member.protocols != params.protocols;
         member.id = new_id.clone();
         member.client_id = params.client_id.clone();
         member.client_host = params.client_host.clone();
@@ -382,21 +385,35 @@ impl Group {
             self.leader = Some(new_id.clone());
         }
         self.metadata_dirty = true;
-        match self.state {
-            GroupState::Stable if !changed && (!was_leader || params.supports_skip_assignment) => {
-                JoinReply::Now(self.outcome_for(&new_id, was_leader))
+        if self.state == GroupState::Stable {
+            // As Kafka: take the new protocols; if the group would still choose the same protocol, the member
+            // keeps its assignment and nobody rebalances. (Its metadata bytes may differ: a consumer's
+            // subscription lists the partitions it owned, which a restarted process no longer knows.)
+            let previous =
+                self.members.get(&new_id).map(|member| member.protocols.clone()).unwrap_or_default();
+            if let Some(member) = self.members.get_mut(&new_id) {
+                member.protocols = params.protocols.clone();
+                member.protocol_type = params.protocol_type.clone();
             }
-            _ => {
-                let mut params = params;
-                params.member_id = new_id;
-                let receiver = self.update_member(params, now);
-                if self.state != GroupState::PreparingRebalance {
-                    self.prepare_rebalance(now, initial_delay);
-                }
-                self.maybe_complete_join(now);
-                JoinReply::Later(receiver)
+            if self.select_protocol() == self.protocol {
+                // A leader that cannot be told to skip the assignment (JoinGroup < v9) gets the members and
+                // syncs; in the Stable state its SyncGroup just returns its current assignment.
+                return JoinReply::Now(
+                    self.outcome_for(&new_id, was_leader && params.supports_skip_assignment),
+                );
+            }
+            if let Some(member) = self.members.get_mut(&new_id) {
+                member.protocols = previous;
             }
         }
+        let mut params = params;
+        params.member_id = new_id;
+        let receiver = self.update_member(params, now);
+        if self.state != GroupState::PreparingRebalance {
+            self.prepare_rebalance("a static member rejoined with other protocols", now, initial_delay);
+        }
+        self.maybe_complete_join(now);
+        JoinReply::Later(receiver)
     }
 
     fn add_member(
@@ -437,7 +454,7 @@ impl Group {
                     self.initial_delay = Some(((now + initial_delay).max(end).min(cap), cap));
                 }
             }
-            _ => self.prepare_rebalance(now, initial_delay),
+            _ => self.prepare_rebalance("a new member joined", now, initial_delay),
         }
         self.maybe_complete_join(now);
         JoinReply::Later(receiver)
@@ -467,7 +484,13 @@ impl Group {
 
     /// Starts a rebalance: members must rejoin (their heartbeats say REBALANCE_IN_PROGRESS) within the largest
     /// rebalance timeout.
-    pub fn prepare_rebalance(&mut self, now: Instant, initial_delay: Duration) {
+    pub fn prepare_rebalance(&mut self, reason: &str, now: Instant, initial_delay: Duration) {
+        log::info!(
+            "group {}: preparing to rebalance in state {} with generation {} ({reason})",
+            self.id,
+            self.state.name(),
+            self.generation
+        );
         if self.state == GroupState::CompletingRebalance {
             for member in self.members.values_mut() {
                 member.assignment = Bytes::new();
@@ -526,6 +549,13 @@ impl Group {
             self.leader = self.members.keys().next().cloned();
         }
         self.transition(GroupState::CompletingRebalance);
+        log::info!(
+            "group {}: generation {} with {} members, protocol {:?}",
+            self.id,
+            self.generation,
+            self.members.len(),
+            self.protocol
+        );
         let member_ids: Vec<String> = self.members.keys().cloned().collect();
         for member_id in member_ids {
             let outcome = self.outcome_for(&member_id, false);
@@ -614,7 +644,7 @@ impl Group {
         }
         match self.state {
             GroupState::Stable | GroupState::CompletingRebalance => {
-                self.prepare_rebalance(now, initial_delay);
+                self.prepare_rebalance("a member left", now, initial_delay);
                 self.maybe_complete_join(now);
             }
             GroupState::PreparingRebalance => self.maybe_complete_join(now),
@@ -776,7 +806,7 @@ impl Group {
                 let _ = waiting.send(SyncOutcome::error(error));
             }
         }
-        self.prepare_rebalance(now, delay);
+        self.prepare_rebalance("the assignment could not be written", now, delay);
     }
 
     /// Whether an OffsetCommit from this member may be written: NONE or the error to return. A commit with
