@@ -6,7 +6,8 @@
 //! Code map: `batch` builds and reads v2 record batches; `client` frames requests over TCP and negotiates versions; `frame` lets requests carry batches without copying;
 //! `clock` is the monotonic clock and the open-loop rate clock; `workload` holds the options, payloads and the
 //! partitioner; `producer` and `consumer` are the worker threads; `stats` the shared counters and histograms;
-//! `run` drives a run's phases; `report` prints and writes results; `cpu` reads /proc.
+//! `run` drives a run's phases; `report` prints and writes results; `cpu` reads /proc; `groups` measures the
+//! group coordinator (`sluice-group-bench`).
 
 pub mod batch;
 pub mod client;
@@ -14,6 +15,7 @@ pub mod clock;
 pub mod consumer;
 pub mod cpu;
 pub mod frame;
+pub mod groups;
 pub mod producer;
 pub mod report;
 pub mod run;

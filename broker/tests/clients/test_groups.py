@@ -78,8 +78,17 @@ class Member:
         return [(at, parse_partitions(fields[0])) for at, fields in self.events("A")]
 
     def current(self):
-        assigned = self.assignments()
-        return assigned[-1][1] if assigned else None
+        """The partitions owned now: assignments add, revocations remove (eager protocols revoke everything
+        before each assignment; cooperative ones add and revoke only what moves). None before any assignment."""
+        with self.lock:
+            changes = [(kind, fields) for _, kind, fields in self.lines if kind in ("A", "R")]
+        if not any(kind == "A" for kind, _ in changes):
+            return None
+        owned = set()
+        for kind, fields in changes:
+            partitions = parse_partitions(fields[0])
+            owned = owned | partitions if kind == "A" else owned - partitions
+        return owned
 
     def processed(self):
         return [(int(fields[0]), int(fields[1])) for _, fields in self.events("P")]
@@ -346,6 +355,31 @@ def test_static_member_restart_causes_no_rebalance(broker):
         for member in (first, second, replacement):
             if member is not None and member.process.poll() is None:
                 member.stop()
+
+
+def test_cooperative_rebalance_moves_only_what_it_must(broker):
+    fill(broker, "cooperative", 240)
+    settings = ["--assignor", "cooperative-sticky"]
+    members = [Member(broker, "cooperative", "cooperative-group", *settings) for _ in range(2)]
+    try:
+        wait_for(lambda: stable_split(members), "a two-way cooperative split")
+        before = [member.current() for member in members]
+        joined_at = time.monotonic()
+        members.append(Member(broker, "cooperative", "cooperative-group", *settings))
+        wait_for(lambda: stable_split(members) and all(len(m.current()) == 4 for m in members),
+                 "a three-way split after the third member joined")
+        for member, owned_before in zip(members, before):
+            revoked = set()
+            for at, fields in member.events("R"):
+                if at > joined_at:
+                    revoked |= parse_partitions(fields[0])
+            assert revoked and len(revoked) < len(owned_before), (
+                f"cooperative rebalance revoked {sorted(revoked)} of {sorted(owned_before)}"
+            )
+            assert member.current() <= owned_before, "a member gained partitions it did not own"
+    finally:
+        for member in members:
+            member.stop()
 
 
 def test_kafka_python_group_members_split_partitions_and_commit(broker):
