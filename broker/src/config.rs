@@ -86,6 +86,10 @@ pub struct GroupConfig {
     pub offsets_retention_check_interval: Duration,
     /// `offset.metadata.max.bytes`: the largest metadata string a commit may carry.
     pub offset_metadata_size_max: usize,
+    /// `offsets.checkpoint.records` (Sluice's own): a `__consumer_offsets` partition that has grown by this many
+    /// records (and by more than twice its live state) since its last checkpoint is checkpointed — its live state
+    /// rewritten at the end, everything before deleted. Stands in for Kafka's compaction of the topic.
+    pub offsets_checkpoint_records: usize,
 }
 
 /// The file's shape, with Kafka's names. Every field is optional so that a file may set only what it changes.
@@ -153,6 +157,8 @@ struct ConfigFile {
     offsets_retention_check_interval_ms: Option<i64>,
     #[serde(rename = "offset.metadata.max.bytes")]
     offset_metadata_size_max: Option<i64>,
+    #[serde(rename = "offsets.checkpoint.records")]
+    offsets_checkpoint_records: Option<i64>,
 }
 
 /// Command-line values that override the file.
@@ -349,6 +355,10 @@ impl GroupConfig {
                 "offset.metadata.max.bytes",
                 file.offset_metadata_size_max.unwrap_or(4096),
             )?,
+            offsets_checkpoint_records: positive(
+                "offsets.checkpoint.records",
+                file.offsets_checkpoint_records.unwrap_or(100_000),
+            )?,
         };
         if config.session_timeout_min > config.session_timeout_max {
             return Err(ConfigError(
@@ -469,6 +479,7 @@ fn merge(base: ConfigFile, over: ConfigFile) -> ConfigFile {
             .offsets_retention_check_interval_ms
             .or(base.offsets_retention_check_interval_ms),
         offset_metadata_size_max: over.offset_metadata_size_max.or(base.offset_metadata_size_max),
+        offsets_checkpoint_records: over.offsets_checkpoint_records.or(base.offsets_checkpoint_records),
     }
 }
 

@@ -202,6 +202,8 @@ pub async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<(), KafkaError> {
         ("retention.ms", "-1"),
         ("retention.bytes", "-1"),
         ("segment.bytes", "104857600"),
+        // A commit of many partitions is one batch.
+        ("max.message.bytes", "10485760"),
     ]
     .into_iter()
     .map(|(key, value)| (key.to_string(), value.to_string()))
@@ -227,6 +229,8 @@ pub struct GroupCoordinator {
     loading: Cell<bool>,
     /// Wakes the timer task when a deadline may have moved earlier.
     changed: Notify,
+    /// Per `__consumer_offsets` partition of this shard: its write barrier and checkpoint position.
+    logs: RefCell<HashMap<i32, Rc<OffsetsLog>>>,
 }
 
 impl Default for GroupCoordinator {
@@ -235,6 +239,32 @@ impl Default for GroupCoordinator {
             groups: RefCell::new(HashMap::new()),
             loading: Cell::new(true),
             changed: Notify::default(),
+            logs: RefCell::new(HashMap::new()),
+        }
+    }
+}
+
+/// Writers of one `__consumer_offsets` partition take one permit from append until their change is applied in
+/// memory; a checkpoint takes them all, so that what it copies from memory includes every record before it.
+const WRITER_PERMITS: u64 = 1 << 20;
+
+/// Records per checkpoint batch (well under the topic's `max.message.bytes`).
+const CHECKPOINT_BATCH_RECORDS: usize = 2000;
+
+/// One `__consumer_offsets` partition's bookkeeping (Sluice's stand-in for Kafka's log compaction).
+struct OffsetsLog {
+    writers: glommio::sync::Semaphore,
+    /// Offset where the newest checkpoint begins: everything the partition holds is at or after it.
+    checkpoint_start: Cell<i64>,
+    checkpointing: Cell<bool>,
+}
+
+impl OffsetsLog {
+    fn new(start: i64) -> OffsetsLog {
+        OffsetsLog {
+            writers: glommio::sync::Semaphore::new(WRITER_PERMITS),
+            checkpoint_start: Cell::new(start),
+            checkpointing: Cell::new(false),
         }
     }
 }
@@ -677,6 +707,104 @@ impl GroupCoordinator {
         GroupReply::OffsetsDeleted(ErrorCode::NONE, errors)
     }
 
+    fn offsets_log(&self, index: i32, start: i64) -> Rc<OffsetsLog> {
+        self.logs.borrow_mut().entry(index).or_insert_with(|| Rc::new(OffsetsLog::new(start))).clone()
+    }
+
+    /// Starts a checkpoint of partition `index` when it holds more than `offsets.checkpoint.records` records
+    /// since the last one and more than twice the live state.
+    fn maybe_checkpoint(&self, shard: &Rc<Shard>, index: i32) {
+        let Some(partition) = shard.partitions.get(OFFSETS_TOPIC, index) else { return };
+        let state = self.offsets_log(index, partition.log.log_start_offset().0);
+        let written = partition.log.log_end_offset().0 - state.checkpoint_start.get();
+        if state.checkpointing.get() || written <= shard.config.groups.offsets_checkpoint_records as i64 {
+            return;
+        }
+        let count = offsets_partition_count(shard);
+        let live: usize = self
+            .groups
+            .borrow()
+            .values()
+            .filter(|group| offsets_partition(&group.id, count) == index)
+            .map(|group| 1 + group.offsets.len())
+            .sum();
+        if written <= 2 * live as i64 {
+            return;
+        }
+        state.checkpointing.set(true);
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            if let Err(error) = shard.groups.checkpoint(&shard, index, &state).await {
+                log::warn!("{OFFSETS_TOPIC}-{index}: checkpoint failed: {error:?}");
+            }
+            state.checkpointing.set(false);
+        })
+        .detach();
+    }
+
+    /// Rewrites partition `index`'s live state (every group's metadata and committed offsets) at its end, then
+    /// deletes everything before it: replay at start then reads only live records, and whole old segments are
+    /// removed. Kafka compacts this topic instead; the effect on what a restart replays is the same.
+    async fn checkpoint(&self, shard: &Rc<Shard>, index: i32, state: &OffsetsLog) -> Result<(), KafkaError> {
+        let Some(partition) = shard.partitions.get(OFFSETS_TOPIC, index) else { return Ok(()) };
+        let Ok(_all_writers) = state.writers.acquire_permit(WRITER_PERMITS).await else {
+            return Err(KafkaError::new(ErrorCode::NOT_COORDINATOR));
+        };
+        let started = Instant::now();
+        let count = offsets_partition_count(shard);
+        let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = {
+            let groups = self.groups.borrow();
+            let mut records = Vec::new();
+            for group in groups.values().filter(|group| offsets_partition(&group.id, count) == index) {
+                if group.generation > 0 || !group.members.is_empty() {
+                    records.push((store::group_key(&group.id), Some(store::group_value(&group.stored()))));
+                }
+                for ((topic, partition_index), committed) in &group.offsets {
+                    let value = StoredOffset {
+                        offset: committed.offset,
+                        leader_epoch: committed.leader_epoch,
+                        metadata: committed.metadata.clone(),
+                        commit_timestamp_ms: committed.commit_timestamp_ms,
+                    };
+                    records.push((
+                        store::offset_key(&group.id, topic, *partition_index),
+                        Some(store::offset_value(&value)),
+                    ));
+                }
+            }
+            records
+        };
+        let before = partition.log.log_start_offset().0;
+        let mut start = partition.log.log_end_offset().0;
+        let mut last = None;
+        for (chunk_index, chunk) in records.chunks(CHECKPOINT_BATCH_RECORDS).enumerate() {
+            let views: Vec<crate::records::KeyValue<'_>> =
+                chunk.iter().map(|(key, value)| (Some(key.as_slice()), value.as_deref())).collect();
+            let info =
+                partition.append(crate::records::encode_batch(&views, sluice_storage::now_ms())).await?;
+            if chunk_index == 0 {
+                start = info.base_offset.0;
+            }
+            last = Some(info);
+        }
+        if let Some(info) = last {
+            partition.clone().acknowledge_durable(info).await?;
+        }
+        partition
+            .log
+            .delete_before(sluice_storage::Offset(start))
+            .await
+            .map_err(|error| crate::errors::from_log_error(&error))?;
+        state.checkpoint_start.set(start);
+        log::info!(
+            "{OFFSETS_TOPIC}-{index}: checkpoint of {} live records at offset {start} replaced {} older ones in {:?}",
+            records.len(),
+            start - before,
+            started.elapsed()
+        );
+        Ok(())
+    }
+
     /// Replays this shard's `__consumer_offsets` partitions, then starts serving group requests.
     pub async fn load(&self, shard: &Rc<Shard>) {
         let started = std::time::Instant::now();
@@ -690,6 +818,7 @@ impl GroupCoordinator {
                     continue;
                 };
                 record_count += self.load_partition(&partition).await;
+                self.offsets_log(index, partition.log.log_start_offset().0);
             }
         }
         // Groups with neither members nor offsets (all deleted) are not kept.
@@ -705,6 +834,10 @@ impl GroupCoordinator {
             );
         }
         self.loading.set(false);
+        let indexes: Vec<i32> = self.logs.borrow().keys().copied().collect();
+        for index in indexes {
+            self.maybe_checkpoint(shard, index);
+        }
     }
 
     async fn load_partition(&self, partition: &crate::partition::Partition) -> u64 {
@@ -980,12 +1113,24 @@ async fn write_records(
             format!("{OFFSETS_TOPIC}-{index} is not on shard {}", shard.id),
         ));
     };
+    let state = shard.groups.offsets_log(index, partition.log.log_start_offset().0);
+    // Held until this function returns; the caller applies the change in memory before it next yields, so a
+    // checkpoint (which waits for every permit) always sees it.
+    let Ok(_permit) = state.writers.acquire_permit(1).await else {
+        return Err(KafkaError::new(ErrorCode::NOT_COORDINATOR));
+    };
     let views: Vec<crate::records::KeyValue<'_>> =
         records.iter().map(|(key, value)| (Some(key.as_slice()), value.as_deref())).collect();
     let batch = crate::records::encode_batch(&views, sluice_storage::now_ms());
     let info = partition.append(batch).await?;
     let base = info.base_offset.0;
     partition.clone().acknowledge_durable(info).await?;
+    if partition.log.log_end_offset().0 - state.checkpoint_start.get()
+        > shard.config.groups.offsets_checkpoint_records as i64
+    {
+        // After the caller's update: a spawned task runs only once this one yields.
+        shard.groups.maybe_checkpoint(shard, index);
+    }
     Ok(base)
 }
 

@@ -32,7 +32,8 @@ TIMEOUT_S = 90
 def broker(tmp_path_factory):
     directory = tmp_path_factory.mktemp("groups")
     config = directory / "sluice.toml"
-    config.write_text('"group.initial.rebalance.delay.ms" = 300\n')
+    # Checkpoints of __consumer_offsets every 2,000 records, so that the tests below run across many of them.
+    config.write_text('"group.initial.rebalance.delay.ms" = 300\n"offsets.checkpoint.records" = 2000\n')
     broker = Broker(directory / "data", directory / "broker.log", ["--config", str(config)])
     broker.start()
     try:
@@ -260,6 +261,34 @@ def test_committed_offsets_survive_a_broker_restart(broker):
             assert offsets[0] == max(committed[partition], 0), "did not resume at the committed offset"
     seen = {(m.partition(), m.offset()) for m in first + rest}
     assert len(seen) == sum(counts), "messages lost or repeated across the restart"
+    client.close()
+
+
+def java_hash(text):
+    value = 0
+    encoded = text.encode("utf-16-be")
+    for index in range(0, len(encoded), 2):
+        value = (value * 31 + int.from_bytes(encoded[index:index + 2], "big")) & 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def test_offsets_log_is_checkpointed_and_survives_restart(broker):
+    """Thousands of commits to one group: its __consumer_offsets partition keeps only about one checkpoint's
+    worth of records (older ones deleted), and the newest commit survives a restart."""
+    create_topic(broker, "checkpointed", 2)
+    group = "checkpoint-group"
+    client = group_consumer(broker, group)
+    for value in range(1, 6001):
+        client.commit(offsets=[TopicPartition("checkpointed", value % 2, value)], asynchronous=False)
+    partition = abs(java_hash(group)) % 50
+    low, high = client.get_watermark_offsets(TopicPartition("__consumer_offsets", partition), timeout=30)
+    assert high >= 6000, (low, high)
+    assert low > 0 and high - low <= 2000 + 10, f"the offsets log was not checkpointed: {(low, high)}"
+    client.close()
+    broker.restart()
+    client = group_consumer(broker, group)
+    committed = client.committed([TopicPartition("checkpointed", 0), TopicPartition("checkpointed", 1)], timeout=30)
+    assert [tp.offset for tp in committed] == [6000, 5999]
     client.close()
 
 
