@@ -29,8 +29,29 @@ use crate::records;
 use crate::sync::Notify;
 use crate::topics::{TimestampKind, TopicEntry, TopicSettings, TopicTable};
 
-/// Per partition directory: the idempotent producers' state at the last clean shutdown.
+X
 const PRODUCER_SNAPSHOT_FILE: &str = "producer-state.snapshot";
+
+/// Writes a producer snapshot atomically (temp file, fsync, rename, directory fsync); `None` removes it.
+/// Blocking: called at shutdown, or on the blocking pool at a roll.
+fn write_snapshot_file(directory: &std::path::Path, bytes: Option<Vec<u8>>) -> std::io::Result<()> {
+    let path = directory.join(PRODUCER_SNAPSHOT_FILE);
+    let Some(bytes) = bytes else {
+        return match std::fs::remove_file(&path) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        };
+    };
+    let temporary = directory.join(format!("{PRODUCER_SNAPSHOT_FILE}.tmp"));
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temporary, &path)?;
+    std::fs::File::open(directory)?.sync_all()
+}
 
 /// ListOffsets' special timestamps.
 pub const OFFSET_LATEST: i64 = -1;
@@ -94,6 +115,10 @@ pub struct Partition {
     /// producer's pipelined batches are checked against each other in order even when the log makes an append
     /// wait (back-pressure). Appends without a producer id do not take it.
     producer_lock: glommio::sync::Semaphore,
+    /// The active segment's base offset when the producer state was last snapshotted: a roll past it writes a
+    /// new snapshot, so that recovery after a crash scans at most about one segment.
+    snapshot_segment_base: Cell<Offset>,
+    snapshot_running: Cell<bool>,
 }
 
 /// Attribute bit 5: a control batch (transaction markers), which carries no producer sequence.
@@ -182,6 +207,7 @@ impl Partition {
 
     /// Phase two: make the append visible (high watermark) and, for acks=all under the fsync policy, durable.
     pub async fn acknowledge(self: Rc<Self>, info: AppendInfo, acks: i16) -> PartitionResult {
+        self.clone().snapshot_after_roll();
         let end = info.last_offset.next();
         let reply = PartitionReply::Appended {
             base_offset: info.base_offset.0,
@@ -267,37 +293,55 @@ impl Partition {
         }
     }
 
-    /// Writes the producer state at the (closed) log's end, atomically: temp file, fsync, rename, directory fsync.
+    /// Writes the producer state at the (closed) log's end (shutdown).
     fn write_producer_snapshot(&self) -> std::io::Result<()> {
-        let directory = self.log.directory();
-        let path = directory.join(PRODUCER_SNAPSHOT_FILE);
-        if self.producers.borrow().is_empty() {
-            return match std::fs::remove_file(&path) {
-                Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
-                _ => Ok(()),
-            };
-        }
-        let bytes = self.producers.borrow().encode_snapshot(self.log.log_end_offset().0);
-        let temporary = directory.join(format!("{PRODUCER_SNAPSHOT_FILE}.tmp"));
-        {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&temporary)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&temporary, &path)?;
-        std::fs::File::open(directory)?.sync_all()
+        let bytes = (!self.producers.borrow().is_empty())
+            .then(|| self.producers.borrow().encode_snapshot(self.log.log_end_offset().0));
+        write_snapshot_file(self.log.directory(), bytes)
     }
 
-    /// Rebuilds the producer state at open: from the last clean shutdown's snapshot plus the batches after it, or
-    /// from the batch headers of the whole log when there is none. Bounded by the log's size;
+    /// When the log has rolled since the last snapshot and idempotent producers are known, snapshots their state
+    /// in the background: encoded under the producer lock (so it matches the log end exactly: no idempotent
+    /// append is between its sequence check and its record), written on the blocking pool.
+    fn snapshot_after_roll(self: Rc<Self>) {
+        let active = self.log.active_segment_base();
+        if active == self.snapshot_segment_base.get() || self.snapshot_running.get() {
+            return;
+        }
+        self.snapshot_segment_base.set(active);
+        if self.producers.borrow().is_empty() {
+            return;
+        }
+        self.snapshot_running.set(true);
+        glommio::spawn_local(async move {
+            let bytes = match self.producer_lock.acquire_permit(1).await {
+                Ok(_permit) => Some(self.producers.borrow().encode_snapshot(self.log.log_end_offset().0)),
+                Err(_) => None,
+            };
+            if let Some(bytes) = bytes {
+                let directory = self.log.directory().to_path_buf();
+                let written = glommio::executor()
+                    .spawn_blocking(move || write_snapshot_file(&directory, Some(bytes)))
+                    .await;
+                if let Err(error) = written {
+                    log::warn!("{}-{}: producer snapshot at roll not written: {error}", self.topic, self.index);
+                }
+            }
+            self.snapshot_running.set(false);
+        })
+        .detach();
+    }
+
+    /// Rebuilds the producer state at open: from the last snapshot (written at each segment roll and at clean
+    /// shutdown) plus the batches after it, or from the batch headers of the whole log when there is none or it
+    /// lies past the recovered log end (a crash lost records it had counted). Bounded by the log's size;
     /// progress is logged every few seconds. A read error stops the scan with what was found so far.
     async fn load_producer_state(&self) {
         let started = std::time::Instant::now();
         let mut reported = started;
         let mut offset = self.log.log_start_offset();
         let end = self.log.log_end_offset();
-        // A snapshot from the last clean shutdown covers everything below its end offset: scan only the rest.
+        // A snapshot covers everything below its end offset: scan only the rest.
         let snapshot_path = self.log.directory().join(PRODUCER_SNAPSHOT_FILE);
         if let Ok(bytes) = std::fs::read(&snapshot_path) {
             let mut loaded = ProducerStateTable::new(self.producers.borrow().expiration_ms());
@@ -560,7 +604,10 @@ impl PartitionManager {
                         self.config.producer_id_expiration.as_millis().min(i64::MAX as u128) as i64,
                     )),
                     producer_lock: glommio::sync::Semaphore::new(1),
+                    snapshot_segment_base: Cell::new(Offset(0)),
+                    snapshot_running: Cell::new(false),
                 });
+                partition.snapshot_segment_base.set(partition.log.active_segment_base());
                 partition.load_producer_state().await;
                 self.partitions.borrow_mut().insert((entry.name.clone(), index), partition);
             }

@@ -425,6 +425,11 @@ impl<S: Storage> Log<S> {
         state.segments.iter().map(|segment| segment.size).sum::<u64>() + state.unflushed_size as u64
     }
 
+    /// Base offset of the active (newest) segment: it changes when the log rolls.
+    pub fn active_segment_base(&self) -> Offset {
+        self.inner.state.borrow().segments.last().map_or(Offset(0), |segment| segment.base_offset)
+    }
+
     pub fn segment_count(&self) -> usize {
         self.inner.state.borrow().segments.len()
     }

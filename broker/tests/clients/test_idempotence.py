@@ -45,7 +45,9 @@ def read_values(broker, topic, partitions, expected):
 def test_idempotent_producer_survives_sigkill_without_duplicates(fresh_broker):
     broker = fresh_broker
     topic = "idempotent-sigkill"
-    create_topic(broker, topic, partitions=PARTITIONS)
+    # Small segments: the log rolls every few hundred batches, and each roll snapshots the producer state, so the
+    # restart after SIGKILL loads a snapshot written at a roll (there is no clean shutdown to write one).
+    create_topic(broker, topic, partitions=PARTITIONS, config={"segment.bytes": "65536"})
     client = producer(
         broker,
         **{
@@ -87,6 +89,8 @@ def test_idempotent_producer_survives_sigkill_without_duplicates(fresh_broker):
             killed_at = (index, delivered_count[0])
             broker.kill()
             killed = True
+            snapshots = [broker.data_dir / f"{topic}-{p}" / "producer-state.snapshot" for p in range(PARTITIONS)]
+            assert all(path.exists() for path in snapshots), "no producer snapshot was written at a segment roll"
             time.sleep(0.5)
             broker.start()
     remaining = client.flush(120)
