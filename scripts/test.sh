@@ -26,4 +26,9 @@ if [ -d broker/tests/clients ]; then
   cargo build -j2 --release -p sluice-broker
   python3 -m pytest -q broker/tests/clients
 fi
+
+# Each client's basic scenarios and librdkafka's smoke set; the first run also builds librdkafka's test suite
+# (~100 s, cached in target/compat/). The whole set is scripts/compat.sh --full.
+step "compatibility: other people's clients and tests (scripts/compat.sh --fast)"
+scripts/compat.sh --fast
 step "all tests passed"

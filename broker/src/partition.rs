@@ -29,7 +29,7 @@ use crate::records;
 use crate::sync::Notify;
 use crate::topics::{TimestampKind, TopicEntry, TopicSettings, TopicTable};
 
-X
+/// Per partition directory: the idempotent producers' state at the last segment roll or clean shutdown.
 const PRODUCER_SNAPSHOT_FILE: &str = "producer-state.snapshot";
 
 /// Writes a producer snapshot atomically (temp file, fsync, rename, directory fsync); `None` removes it.
@@ -324,7 +324,11 @@ impl Partition {
                     .spawn_blocking(move || write_snapshot_file(&directory, Some(bytes)))
                     .await;
                 if let Err(error) = written {
-                    log::warn!("{}-{}: producer snapshot at roll not written: {error}", self.topic, self.index);
+                    log::warn!(
+                        "{}-{}: producer snapshot at roll not written: {error}",
+                        self.topic,
+                        self.index
+                    );
                 }
             }
             self.snapshot_running.set(false);

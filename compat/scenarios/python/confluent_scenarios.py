@@ -2,8 +2,9 @@
 
 import time
 
+import confluent_kafka
 from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicCollection,
-                             TopicPartition, libversion, version)
+                             TopicPartition, libversion)
 from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions,
                                    NewTopic, OffsetSpec)
 
@@ -269,5 +270,5 @@ def transactions(bootstrap):
 
 
 if __name__ == "__main__":
-    print(f"confluent-kafka {version()[0]} on librdkafka {libversion()[0]}", flush=True)
+    print(f"confluent-kafka {confluent_kafka.__version__} on librdkafka {libversion()[0]}", flush=True)
     main("confluent-kafka")
