@@ -235,11 +235,67 @@ def test_exactly_once_when_responses_are_dropped_and_delayed(tmp_path):
         assert not errors, f"delivery errors: {errors[:5]}"
         assert proxy.fault_count >= 1, "no connection lost its responses"
         values = read_values(broker, topic, PARTITIONS, per_partition)
-        for partition in range(PARTITIONS):
-            got = values[partition]
-            assert got == list(range(per_partition)), (
-                f"partition {partition}: {len(got)} values, {len(got) - len(set(got))} duplicates"
-            )
+        if idempotent:
+            for partition in range(PARTITIONS):
+                got = values[partition]
+                assert got == list(range(per_partition)), (
+                    f"partition {partition}: {len(got)} values, {len(got) - len(set(got))} duplicates"
+                )
+        else:
+            duplicates = sum(len(got) - len(set(got)) for got in values.values())
+            assert duplicates > 0, "no duplicates without idempotence: the faults did not hit in-flight requests"
+        assert broker.alive(), broker.log_tail()
+        broker.stop()
+    finally:
+        proxy.stop()
+        broker.kill()
+
+
+@pytest.mark.parametrize("idempotent", [True, False], ids=["idempotent", "at-least-once"])
+def test_kafka_python_idempotent_producer_through_cut_connections(tmp_path, idempotent):
+    """kafka-python's own idempotent producer (its protocol code, not librdkafka's) through the same proxy:
+    exactly 0..n-1 per partition; with idempotence off (retries on) the same faults leave duplicates."""
+    from kafka import KafkaProducer
+
+    proxy_port = free_port()
+    broker = Broker(tmp_path / "data", tmp_path / "broker.log",
+                    ["--advertised-listener", f"127.0.0.1:{proxy_port}"])
+    broker.start()
+    proxy = FaultProxy(broker.port, proxy_port, seed=23, cut_after=(20_000, 80_000), max_faults=6)
+    try:
+        topic = "kafka-python-idempotent"
+        create_topic(broker, topic, partitions=PARTITIONS)
+        per_partition = 5_000
+        client = KafkaProducer(
+            bootstrap_servers=f"127.0.0.1:{proxy_port}",
+            enable_idempotence=idempotent,
+            acks="all",
+            retries=100,
+            max_in_flight_requests_per_connection=5,
+            linger_ms=2,
+            retry_backoff_ms=50,
+            request_timeout_ms=5000,
+        )
+        futures = []
+        for number in range(per_partition):
+            for partition in range(PARTITIONS):
+                futures.append(client.send(topic, value=b"%d" % number, partition=partition))
+        client.flush(timeout=120)
+        failures = [future.exception for future in futures if future.failed()]
+        assert not failures, f"delivery errors: {failures[:5]}"
+        assert all(future.succeeded() for future in futures)
+        client.close(timeout=30)
+        assert proxy.fault_count >= 1, "the proxy cut no connection"
+        values = read_values(broker, topic, PARTITIONS, per_partition)
+        if idempotent:
+            for partition in range(PARTITIONS):
+                got = values[partition]
+                assert got == list(range(per_partition)), (
+                    f"partition {partition}: {len(got)} values, {len(got) - len(set(got))} duplicates"
+                )
+        else:
+            duplicates = sum(len(got) - len(set(got)) for got in values.values())
+            assert duplicates > 0, "no duplicates without idempotence: the faults did not hit in-flight requests"
         assert broker.alive(), broker.log_tail()
         broker.stop()
     finally:
