@@ -66,6 +66,10 @@ pub struct Config {
     pub producer_id_expiration: Duration,
     /// Consumer groups: see [`crate::group`]. Kafka's names and defaults.
     pub groups: GroupConfig,
+    /// `log.segment.space.policy` (Sluice's own): how segment files get their space ahead of the data — "grow" (every
+    /// write extends the file), "fallocate" or "prewrite" (zeros written and synced ahead, so that data writes
+    /// overwrite and an fdatasync needs no ext4 journal commit), in steps of `log.segment.space.step.bytes`.
+    pub segment_space: sluice_storage::SegmentSpace,
 }
 
 /// The group coordinator's settings (Kafka's `group.*` and `offsets.*` keys).
@@ -141,6 +145,10 @@ struct ConfigFile {
     connection_inflight_max: Option<i64>,
     #[serde(rename = "producer.id.expiration.ms")]
     producer_id_expiration_ms: Option<i64>,
+    #[serde(rename = "log.segment.space.policy")]
+    segment_space: Option<String>,
+    #[serde(rename = "log.segment.space.step.bytes")]
+    segment_space_step: Option<i64>,
     #[serde(rename = "group.initial.rebalance.delay.ms")]
     group_initial_rebalance_delay_ms: Option<i64>,
     #[serde(rename = "group.min.session.timeout.ms")]
@@ -206,6 +214,16 @@ impl Config {
 
     fn build(file: ConfigFile, overrides: &ConfigOverrides) -> Result<Config, ConfigError> {
         let groups = GroupConfig::build(&file)?;
+        let step =
+            positive("log.segment.space.step.bytes", file.segment_space_step.unwrap_or(16 << 20))? as u64;
+        let segment_space = match file.segment_space.as_deref().unwrap_or("grow") {
+            "grow" => sluice_storage::SegmentSpace::Grow,
+            "fallocate" => sluice_storage::SegmentSpace::Fallocate { step },
+            "prewrite" => sluice_storage::SegmentSpace::Prewrite { step },
+            other => return Err(ConfigError(format!(
+                "log.segment.space.policy = \"{other}\" is not one of \"grow\", \"fallocate\", \"prewrite\""
+            ))),
+        };
         let listen_text = overrides.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:9092".into());
         let listen = parse_listen(&listen_text)?;
         let advertised_listener = match overrides.advertised_listener.clone().or(file.advertised_listener) {
@@ -293,6 +311,7 @@ impl Config {
                 file.producer_id_expiration_ms.unwrap_or(DAY_MS),
             )? as u64),
             groups,
+            segment_space,
         };
         if config.partition_count_default < 1 {
             return Err(ConfigError(format!(
@@ -467,6 +486,8 @@ fn merge(base: ConfigFile, over: ConfigFile) -> ConfigFile {
         shard_channel_capacity: over.shard_channel_capacity.or(base.shard_channel_capacity),
         connection_inflight_max: over.connection_inflight_max.or(base.connection_inflight_max),
         producer_id_expiration_ms: over.producer_id_expiration_ms.or(base.producer_id_expiration_ms),
+        segment_space: over.segment_space.or(base.segment_space),
+        segment_space_step: over.segment_space_step.or(base.segment_space_step),
         group_initial_rebalance_delay_ms: over
             .group_initial_rebalance_delay_ms
             .or(base.group_initial_rebalance_delay_ms),
@@ -507,6 +528,19 @@ mod tests {
     }
 
     #[test]
+    fn segment_space_and_group_settings_are_read() {
+        let config =
+            load("log.segment.space.policy = \"prewrite\"\nlog.segment.space.step.bytes = 1048576").unwrap();
+        assert_eq!(config.segment_space, sluice_storage::SegmentSpace::Prewrite { step: 1 << 20 });
+        assert_eq!(load("").unwrap().segment_space, sluice_storage::SegmentSpace::Grow);
+        let config =
+            load("\"group.initial.rebalance.delay.ms\" = 0\n\"offsets.topic.num.partitions\" = 8").unwrap();
+        assert_eq!(config.groups.initial_rebalance_delay, Duration::ZERO);
+        assert_eq!(config.groups.offsets_partition_count, 8);
+        assert_eq!(load("").unwrap().groups.initial_rebalance_delay, Duration::from_secs(3));
+    }
+
+    #[test]
     fn dotted_keys_quoted_and_unquoted_are_the_same() {
         let unquoted = load("log.segment.bytes = 4096\nnum.partitions = 8").unwrap();
         let quoted = load("\"log.segment.bytes\" = 4096\n\"num.partitions\" = 8").unwrap();
@@ -536,6 +570,8 @@ mod tests {
             ("log.retention.ms = -5", "log.retention.ms"),
             ("listen = \"nonsense\"", "nonsense"),
             ("message.max.bytes = 200000000", "message.max.bytes"),
+            ("log.segment.space.policy = \"reserve\"", "log.segment.space.policy"),
+            ("group.min.session.timeout.ms = 0", "group.min.session.timeout.ms"),
         ];
         for (text, expected) in cases {
             let error = load(text).unwrap_err();

@@ -546,6 +546,7 @@ impl PartitionManager {
                 TimestampKind::LogAppendTime => TimestampType::LogAppendTime,
             },
             batch_size_max: settings.message_size_max,
+            segment_space: self.config.segment_space,
             ..LogConfig::default()
         }
     }
