@@ -138,12 +138,23 @@ stop_broker() {  # returns non-zero if the broker died or did not exit 0 on SIGT
   local deadline=$((SECONDS + 30))
   while kill -0 "$BROKER_PID" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
   if kill -0 "$BROKER_PID" 2>/dev/null; then
-    echo "FAIL $suite: the broker did not stop within 30 s of SIGTERM"; kill -9 "$BROKER_PID"; code=1
+    echo "FAIL $suite: the broker did not stop within 30 s of SIGTERM; its threads (name, state, wait channel):"
+    local task
+    for task in /proc/"$BROKER_PID"/task/*; do
+      printf '    %s %s %s\n' "$(cat "$task/comm" 2>/dev/null)" "$(awk '{print $3}' "$task/stat" 2>/dev/null)" \
+        "$(cat "$task/wchan" 2>/dev/null)"
+    done
+    if command -v gdb >/dev/null; then
+      timeout -k 5 60 gdb -batch -p "$BROKER_PID" -ex "thread apply all bt 20" \
+        >"$LOGS/$suite.broker-hang-backtraces.txt" 2>&1 || true
+      echo "    backtraces of every thread: $LOGS/$suite.broker-hang-backtraces.txt"
+    fi
+    kill -9 "$BROKER_PID"; code=1
   fi
   wait "$BROKER_PID" || code=$?
   [ "$code" = 0 ] || { echo "FAIL $suite: the broker exited $code after SIGTERM"; tail -20 "$LOGS/$suite.broker.log"; }
   BROKER_PID=
-  rm -rf "$BROKER_DIR"
+  if [ "$code" = 0 ]; then rm -rf "$BROKER_DIR"; else echo "    its data directory is kept: $BROKER_DIR"; fi
   return "$code"
 }
 
