@@ -9,7 +9,12 @@
 //! broker is this large: frames are capped by `socket.request.max.bytes` (100 MiB by default).
 //! Remove this once the codec bounds preallocation by the bytes remaining.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+/// The allocator behind the guard: mimalloc. Under workload (a) glibc's malloc/free were ~13% of the broker's
+/// CPU (perf, call graphs through task spawns and batch copies); with mimalloc the same run published 7% more
+/// (medians of 3, side by side: 858 vs 800 MB/s).
+static INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// From this size up, memory is reserved lazily.
 const RESERVED_SIZE_MIN: usize = 1 << 30;
@@ -29,7 +34,7 @@ unsafe impl GlobalAlloc for GuardedAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if !is_reserved(&layout) {
             // SAFETY: the caller's contract (non-zero size) is passed through unchanged.
-            return unsafe { System.alloc(layout) };
+            return unsafe { INNER.alloc(layout) };
         }
         // SAFETY: an anonymous private mapping of `size` bytes; no existing memory is touched.
         let pointer = unsafe {
@@ -55,7 +60,7 @@ unsafe impl GlobalAlloc for GuardedAllocator {
             unsafe { self.alloc(layout) }
         } else {
             // SAFETY: the caller's contract is passed through unchanged.
-            unsafe { System.alloc_zeroed(layout) }
+            unsafe { INNER.alloc_zeroed(layout) }
         }
     }
 
@@ -64,8 +69,8 @@ unsafe impl GlobalAlloc for GuardedAllocator {
             // SAFETY: `pointer` came from the mmap in `alloc` with this same size.
             unsafe { libc::munmap(pointer as *mut libc::c_void, layout.size()) };
         } else {
-            // SAFETY: `pointer` came from System.alloc with this layout.
-            unsafe { System.dealloc(pointer, layout) }
+            // SAFETY: `pointer` came from INNER.alloc with this layout.
+            unsafe { INNER.dealloc(pointer, layout) }
         }
     }
 
@@ -74,7 +79,7 @@ unsafe impl GlobalAlloc for GuardedAllocator {
         let layout_new = unsafe { Layout::from_size_align_unchecked(size_new, layout.align()) };
         if !is_reserved(&layout) && !is_reserved(&layout_new) {
             // SAFETY: both blocks belong to the system allocator.
-            return unsafe { System.realloc(pointer, layout, size_new) };
+            return unsafe { INNER.realloc(pointer, layout, size_new) };
         }
         // SAFETY: a fresh block, a copy of the bytes both blocks hold, then the old block freed as it was made.
         unsafe {
