@@ -206,6 +206,7 @@ run_suite() {  # $1: suite name, rest: command
 }
 
 step "compat $MODE run $RUN_ID: broker $SLUICE_BIN, Kafka version claimed $KAFKA_VERSION_CLAIMED, logs $LOGS"
+echo "broker: $("$SLUICE_BIN" --version) built $(date -u -r "$SLUICE_BIN" +%Y-%m-%dT%H:%M:%SZ); repository at $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 for suite in "${SUITES[@]}"; do
   case "$suite" in
     librdkafka) prepare_librdkafka && run_suite librdkafka run_librdkafka ;;
