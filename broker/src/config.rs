@@ -220,9 +220,11 @@ impl Config {
             "grow" => sluice_storage::SegmentSpace::Grow,
             "fallocate" => sluice_storage::SegmentSpace::Fallocate { step },
             "prewrite" => sluice_storage::SegmentSpace::Prewrite { step },
-            other => return Err(ConfigError(format!(
+            other => {
+                return Err(ConfigError(format!(
                 "log.segment.space.policy = \"{other}\" is not one of \"grow\", \"fallocate\", \"prewrite\""
-            ))),
+            )))
+            }
         };
         let listen_text = overrides.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:9092".into());
         let listen = parse_listen(&listen_text)?;

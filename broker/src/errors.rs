@@ -54,6 +54,7 @@ impl ErrorCode {
     pub const FENCED_INSTANCE_ID: ErrorCode = ErrorCode(82);
     pub const GROUP_MAX_SIZE_REACHED: ErrorCode = ErrorCode(81);
     pub const GROUP_SUBSCRIBED_TO_TOPIC: ErrorCode = ErrorCode(86);
+    pub const INVALID_REPLICA_ASSIGNMENT: ErrorCode = ErrorCode(39);
 
     pub fn code(self) -> i16 {
         self.0

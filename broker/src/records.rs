@@ -112,6 +112,27 @@ pub fn for_each_record(
     Ok(())
 }
 
+/// Indexes (within their batch, as Kafka's `record_errors` count) of the records without a key in a record set
+/// of one or more batches; a compacted topic refuses them.
+pub fn keyless_records(record_set: &[u8]) -> Result<Vec<i32>, RecordError> {
+    let mut keyless = Vec::new();
+    let mut position = 0;
+    while position < record_set.len() {
+        let batch = &record_set[position..];
+        let header = BatchHeader::parse(batch).map_err(|error| RecordError(error.to_string()))?;
+        let size = header.total_size().min(batch.len());
+        let base = header.base_offset.get();
+        for_each_record(&batch[..size], |record| {
+            if record.key.is_none() {
+                keyless.push((record.offset - base) as i32);
+            }
+            true
+        })?;
+        position += size.max(1);
+    }
+    Ok(keyless)
+}
+
 /// An uncompressed v2 batch of `records` (key, value), CreateTime `timestamp_ms`, no producer id, base offset 0
 /// (the log stamps the real one), CRC-32C set. Used for the coordinator's own records.
 /// A record's key and value (either may be null).

@@ -174,15 +174,45 @@ fn millis(duration: Option<Duration>) -> String {
     duration.map_or("-1".to_string(), |duration| duration.as_millis().to_string())
 }
 
+/// A topic key accepted for compatibility with no effect: its Kafka default, and a check that a value is a
+/// non-negative number (`number`) or anything (`text`).
+macro_rules! accepted {
+    ($name:expr, $broker_name:expr, $default:expr, number) => {
+        TopicConfigKey {
+            name: $name,
+            broker_name: $broker_name,
+            default: |_| $default.into(),
+            validate: |text| match text.trim().parse::<f64>() {
+                Ok(value) if value >= 0.0 => Ok(()),
+                _ => Err(format!("\"{text}\" is not a non-negative number")),
+            },
+        }
+    };
+    ($name:expr, $broker_name:expr, $default:expr, text) => {
+        TopicConfigKey {
+            name: $name,
+            broker_name: $broker_name,
+            default: |_| $default.into(),
+            validate: |_| Ok(()),
+        }
+    };
+}
+
 /// Every topic-level key the broker understands; DescribeConfigs lists these and AlterConfigs accepts only these.
 pub const TOPIC_CONFIG_KEYS: &[TopicConfigKey] = &[
     TopicConfigKey {
         name: "cleanup.policy",
         broker_name: "log.cleanup.policy",
         default: |_| "delete".into(),
-        validate: |text| match text {
-            "delete" => Ok(()),
-            other => Err(format!("cleanup.policy \"{other}\" is not supported (only \"delete\")")),
+        // "compact" is accepted and keeps its contract for producers (every record needs a key) and for
+        // retention (a compact-only topic is not deleted by time or size), but the log is not compacted.
+        validate: |text| {
+            let policies: Vec<&str> = text.split(',').map(str::trim).collect();
+            if !policies.is_empty() && policies.iter().all(|policy| matches!(*policy, "delete" | "compact")) {
+                Ok(())
+            } else {
+                Err(format!("cleanup.policy \"{text}\" is not a list of \"delete\" and \"compact\""))
+            }
         },
     },
     TopicConfigKey {
@@ -240,14 +270,46 @@ pub const TOPIC_CONFIG_KEYS: &[TopicConfigKey] = &[
         name: "compression.type",
         broker_name: "compression.type",
         default: |_| "producer".into(),
+        // Accepted and reported, but batches are stored as the producer sent them (no recompression).
         validate: |text| match text {
-            "producer" => Ok(()),
-            other => {
-                Err(format!("compression.type \"{other}\" is not supported (batches are stored as sent)"))
-            }
+            "producer" | "uncompressed" | "gzip" | "snappy" | "lz4" | "zstd" => Ok(()),
+            other => Err(format!("compression.type \"{other}\" is not a codec")),
         },
     },
+    // Kafka topic configs accepted for compatibility that change nothing here: message formats are always v2,
+    // there is no compaction to tune, one replica, and flushing follows log.flush.policy.
+    accepted!("message.format.version", "log.message.format.version", "3.0-IV1", text),
+    accepted!("message.downconversion.enable", "log.message.downconversion.enable", "true", text),
+    accepted!("delete.retention.ms", "log.cleaner.delete.retention.ms", "86400000", number),
+    accepted!("min.compaction.lag.ms", "log.cleaner.min.compaction.lag.ms", "0", number),
+    accepted!("max.compaction.lag.ms", "log.cleaner.max.compaction.lag.ms", "9223372036854775807", number),
+    accepted!("min.cleanable.dirty.ratio", "log.cleaner.min.cleanable.ratio", "0.5", text),
+    accepted!("file.delete.delay.ms", "log.segment.delete.delay.ms", "60000", number),
+    accepted!("flush.messages", "log.flush.interval.messages", "9223372036854775807", number),
+    accepted!("flush.ms", "log.flush.interval.ms", "9223372036854775807", number),
+    accepted!("preallocate", "log.preallocate", "false", text),
+    accepted!("segment.index.bytes", "log.index.size.max.bytes", "10485760", number),
+    accepted!("segment.jitter.ms", "log.roll.jitter.ms", "0", number),
+    accepted!("unclean.leader.election.enable", "unclean.leader.election.enable", "false", text),
+    accepted!(
+        "message.timestamp.difference.max.ms",
+        "log.message.timestamp.difference.max.ms",
+        "9223372036854775807",
+        number
+    ),
 ];
+
+/// Whether `cleanup.policy` includes "compact": every record produced must then carry a key.
+pub fn is_compacted(configs: &BTreeMap<String, String>) -> bool {
+    configs.get("cleanup.policy").is_some_and(|policy| policy.split(',').any(|p| p.trim() == "compact"))
+}
+
+fn is_compact_only(configs: &BTreeMap<String, String>) -> bool {
+    is_compacted(configs)
+        && configs
+            .get("cleanup.policy")
+            .is_some_and(|policy| policy.split(',').all(|p| p.trim() == "compact"))
+}
 
 pub fn topic_config_key(name: &str) -> Option<&'static TopicConfigKey> {
     TOPIC_CONFIG_KEYS.iter().find(|key| key.name == name)
@@ -266,14 +328,19 @@ impl TopicSettings {
     pub fn resolve(config: &Config, configs: &BTreeMap<String, String>) -> TopicSettings {
         let number = |name: &str| configs.get(name).and_then(|text| text.trim().parse::<i64>().ok());
         let limit = |value: i64| if value < 0 { None } else { Some(value as u64) };
+        // A compact-only topic keeps everything (Kafka never deletes it by time or size; Sluice does not compact).
+        let compact_only = is_compact_only(configs);
         TopicSettings {
             segment_size_max: number("segment.bytes")
                 .map_or(config.segment_size_max, |value| value.max(14) as u64),
             segment_age_max: number("segment.ms")
                 .map_or(config.segment_age_max, |value| Duration::from_millis(value.max(1) as u64)),
             retention_age_max: number("retention.ms")
-                .map_or(config.retention_age_max, |value| limit(value).map(Duration::from_millis)),
-            retention_size_max: number("retention.bytes").map_or(config.retention_size_max, limit),
+                .map_or(config.retention_age_max, |value| limit(value).map(Duration::from_millis))
+                .filter(|_| !compact_only),
+            retention_size_max: number("retention.bytes")
+                .map_or(config.retention_size_max, limit)
+                .filter(|_| !compact_only),
             index_interval_size: number("index.interval.bytes")
                 .map_or(config.index_interval_size, |value| value.clamp(0, u32::MAX as i64) as u32),
             message_size_max: number("max.message.bytes")

@@ -23,18 +23,46 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: CreateTop
                 configs.insert(config.name.to_string(), value.to_string());
             }
         }
-        if !topic.assignments.is_empty() {
+        // A manual assignment is valid when it places every replica on this node, one replica per partition
+        // (librdkafka's admin tests assign [[0], [0], ...]); it then sets the partition count.
+        let node = shard.config.node_id;
+        let mut partition_count = topic.num_partitions;
+        let mut replication_factor = topic.replication_factor;
+        if topic.assignments.is_empty() {
+            early.push(None);
+        } else if topic.num_partitions != -1 || topic.replication_factor != -1 {
             early.push(Some(KafkaError::with_message(
                 ErrorCode::INVALID_REQUEST,
-                "manual replica assignment is not supported on a single node",
+                "a replica assignment goes with num_partitions and replication_factor -1",
+            )));
+        } else if topic
+            .assignments
+            .iter()
+            .any(|assignment| assignment.broker_ids.iter().map(|id| id.0).ne([node]))
+        {
+            early.push(Some(KafkaError::with_message(
+                ErrorCode::INVALID_REPLICA_ASSIGNMENT,
+                format!("this cluster has one broker: every partition's replicas must be [{node}]"),
             )));
         } else {
-            early.push(None);
+            let mut indexes: Vec<i32> =
+                topic.assignments.iter().map(|assignment| assignment.partition_index).collect();
+            indexes.sort_unstable();
+            if indexes.iter().enumerate().any(|(position, index)| *index != position as i32) {
+                early.push(Some(KafkaError::with_message(
+                    ErrorCode::INVALID_REPLICA_ASSIGNMENT,
+                    "the assignment must name partitions 0..n-1 once each",
+                )));
+            } else {
+                early.push(None);
+                partition_count = indexes.len() as i32;
+                replication_factor = 1;
+            }
         }
         changes.push(TopicChange::Create {
             name: topic.name.0.to_string(),
-            partition_count: topic.num_partitions,
-            replication_factor: topic.replication_factor,
+            partition_count,
+            replication_factor,
             configs,
         });
     }

@@ -1,5 +1,5 @@
-//! IncrementalAlterConfigs (key 44), v0–1: SET (0) and DELETE (1) of topic configs. APPEND and SUBTRACT apply
-//! to list-valued keys, which no supported topic key is, so they are refused with INVALID_CONFIG.
+//! IncrementalAlterConfigs (key 44), v0–1: SET (0), DELETE (1), and APPEND (2) / SUBTRACT (3) on list-valued
+//! topic keys (`cleanup.policy`), which start from the topic's current value (its override, else the default).
 
 use std::rc::Rc;
 
@@ -14,6 +14,10 @@ use crate::shard::Shard;
 
 const OPERATION_SET: i8 = 0;
 const OPERATION_DELETE: i8 = 1;
+const OPERATION_APPEND: i8 = 2;
+const OPERATION_SUBTRACT: i8 = 3;
+/// Topic keys whose values are comma-separated lists.
+const LIST_KEYS: &[&str] = &["cleanup.policy"];
 
 pub async fn handle(
     shard: &Rc<Shard>,
@@ -31,6 +35,38 @@ pub async fn handle(
                     Some(config.value.as_ref().map_or(String::new(), |v| v.to_string())),
                 )),
                 OPERATION_DELETE => configs.push((config.name.to_string(), None)),
+                OPERATION_APPEND | OPERATION_SUBTRACT if LIST_KEYS.contains(&config.name.as_str()) => {
+                    let name = config.name.to_string();
+                    // Earlier operations of this request on the same key count (Kafka applies them in order).
+                    let current = match configs.iter().rev().find(|(key, _)| *key == name) {
+                        Some((_, value)) => value.clone(),
+                        None => shard
+                            .topics()
+                            .get(resource.resource_name.as_str())
+                            .and_then(|entry| entry.configs.get(&name).cloned()),
+                    }
+                    .or_else(|| {
+                        crate::topics::topic_config_key(&name).map(|key| (key.default)(&shard.config))
+                    })
+                    .unwrap_or_default();
+                    let mut items: Vec<String> = current
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|item| !item.is_empty())
+                        .map(String::from)
+                        .collect();
+                    let given = config.value.as_ref().map_or(String::new(), |v| v.to_string());
+                    for item in given.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+                        if config.config_operation == OPERATION_APPEND {
+                            if !items.iter().any(|existing| existing == item) {
+                                items.push(item.to_string());
+                            }
+                        } else {
+                            items.retain(|existing| existing != item);
+                        }
+                    }
+                    configs.push((name, Some(items.join(","))));
+                }
                 other => {
                     refused = Some(KafkaError::with_message(
                         ErrorCode::INVALID_CONFIG,

@@ -6,7 +6,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::{auto_create, str_bytes, topic_name, HandlerResult, RequestContext};
@@ -30,15 +32,30 @@ pub async fn handle(
     let table = shard.topics();
     let valid_acks = matches!(acks, -1..=1);
     let mut pending: Vec<(String, Vec<(i32, Pending)>)> = Vec::with_capacity(body.topic_data.len());
+    let mut record_errors: std::collections::HashMap<(String, i32), Vec<i32>> = Default::default();
     for topic in body.topic_data {
         let name = topic.name.0.to_string();
         let entry = table.get(&name);
         let mut partitions = Vec::with_capacity(topic.partition_data.len());
         for partition in topic.partition_data {
             let index = partition.index;
+            // A compacted topic refuses records without a key (the batch fails; record_errors name them).
+            let mut keyless = match (entry, &partition.records) {
+                (Some(entry), Some(records)) if crate::topics::is_compacted(&entry.configs) => {
+                    crate::records::keyless_records(records).ok().filter(|found| !found.is_empty())
+                }
+                _ => None,
+            };
             let ready = |result: PartitionResult| -> Pending { Box::pin(std::future::ready(result)) };
             let future: Pending = match (entry, partition.records) {
                 _ if !valid_acks => ready(Err(KafkaError::new(ErrorCode::INVALID_REQUIRED_ACKS))),
+                _ if keyless.is_some() => {
+                    record_errors.insert((name.clone(), index), keyless.take().unwrap_or_default());
+                    ready(Err(KafkaError::with_message(
+                        ErrorCode::INVALID_RECORD,
+                        format!("compacted topic {name} cannot accept records without a key"),
+                    )))
+                }
                 (None, _) => ready(Err(KafkaError::new(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION))),
                 (Some(entry), _) if index < 0 || index >= entry.partition_count => {
                     ready(Err(KafkaError::new(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION)))
@@ -106,6 +123,18 @@ pub async fn handle(
                     response.error_code = error.code.code();
                     if context.api_version >= 8 {
                         response.error_message = error.message.as_deref().map(str_bytes);
+                        if let Some(indexes) = record_errors.remove(&(name.clone(), index)) {
+                            response.record_errors = indexes
+                                .into_iter()
+                                .map(|batch_index| {
+                                    let mut record_error = BatchIndexAndErrorMessage::default();
+                                    record_error.batch_index = batch_index;
+                                    record_error.batch_index_error_message =
+                                        Some(str_bytes("Compacted topic cannot accept message without key."));
+                                    record_error
+                                })
+                                .collect();
+                        }
                     }
                 }
             }

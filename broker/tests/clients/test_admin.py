@@ -1,5 +1,6 @@
 """Admin APIs through confluent-kafka's AdminClient (librdkafka 2.16) and kafka-python's KafkaAdminClient."""
 
+import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import (
     AlterConfigOpType,
@@ -211,3 +212,55 @@ def test_kafka_python_admin(broker):
         assert "kp-admin" not in client.list_topics()
     finally:
         client.close()
+
+
+def test_compatibility_topic_configs_and_replica_assignment(broker):
+    """What librdkafka's admin and produce tests (0011, 0081, 0092) ask of a broker: a replica assignment that
+    places every partition on this node, compression.type and message.format.version as topic configs,
+    APPEND/SUBTRACT on cleanup.policy, and a compacted topic that refuses records without a key."""
+    # confluent-kafka's Python wrapper refuses replica assignments client-side; kafka-python sends them.
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic as KafkaNewTopic
+    from kafka.errors import InvalidReplicationAssignmentError
+
+    kafka_python = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        kafka_python.create_topics([KafkaNewTopic("assigned", -1, -1, replica_assignments={0: [0], 1: [0], 2: [0]},
+                                                  topic_configs={"compression.type": "lz4"})])
+        with pytest.raises(InvalidReplicationAssignmentError):
+            kafka_python.create_topics([KafkaNewTopic("assigned-elsewhere", -1, -1,
+                                                      replica_assignments={0: [0], 1: [1]})])
+    finally:
+        kafka_python.close()
+    client = admin(broker)
+    assert len(client.list_topics(timeout=TIMEOUT_S).topics["assigned"].partitions) == 3
+    assert topic_configs(client, "assigned")["compression.type"].value == "lz4"
+
+    resource_alter = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        "assigned",
+        incremental_configs=[
+            ConfigEntry("message.format.version", "0.10.0.0", incremental_operation=AlterConfigOpType.SET),
+            ConfigEntry("cleanup.policy", "compact", incremental_operation=AlterConfigOpType.APPEND),
+        ],
+    )
+    assert wait(client.incremental_alter_configs([resource_alter]))[resource_alter] is None
+    assert topic_configs(client, "assigned")["cleanup.policy"].value == "delete,compact"
+
+    # Compacted: a batch with a keyless record fails as a whole with INVALID_RECORD; keyed records go in.
+    client_producer = producer(broker, **{"linger.ms": 100})
+    errors = produce_all(client_producer, "assigned",
+                         [(0, b"k1", b"v", None, 0), (0, None, b"keyless", None, 0), (0, b"k2", b"v", None, 0)])
+    assert errors and all(error.code() == KafkaError.INVALID_RECORD for error in errors), errors
+    assert not produce_all(producer(broker), "assigned", [(1, b"key", b"value", None, 0)])
+
+    subtract = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        "assigned",
+        incremental_configs=[
+            ConfigEntry("cleanup.policy", "compact", incremental_operation=AlterConfigOpType.SUBTRACT),
+        ],
+    )
+    assert wait(client.incremental_alter_configs([subtract]))[subtract] is None
+    assert topic_configs(client, "assigned")["cleanup.policy"].value == "delete"
+    assert not produce_all(producer(broker), "assigned", [(2, None, b"keyless again", None, 0)])
