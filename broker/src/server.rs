@@ -11,6 +11,9 @@ use std::time::Duration;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
+/// Threads in each shard's blocking pool (cold reads, file removal).
+const BLOCKING_THREADS: usize = 4;
+
 use crate::config::Config;
 use crate::connection;
 use crate::mesh::{Envelope, ShardReply, ShardRequest};
@@ -107,6 +110,9 @@ pub fn start(config: Config) -> Result<Broker, String> {
         let reply_mesh = reply_mesh.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(index % cores))
             .name(&format!("shard-{index}"))
+            // Cold reads (O_DIRECT pread) run on the blocking pool: several threads let a fetch's partitions be
+            // read from disk in parallel (glommio's default is one thread, pinned to the shard's core).
+            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(BLOCKING_THREADS))
             .spawn(move || async move {
                 let running = context.running.clone();
                 let started = context.started.clone();

@@ -98,6 +98,24 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: FetchRequ
     let deadline = Instant::now() + wait;
 
     loop {
+        // Every partition is read at once (its owner's cache, its disk, or across the mesh), each within a budget
+        // fixed up front: its own limit, and what the response limit leaves after the partitions before it. A
+        // partition with a budget returns at least one batch even when that batch is larger (which partition is
+        // the first non-empty one is not known before the reads finish, and a consumer must never be stuck behind
+        // a batch larger than its fetch size), so the response may pass max_bytes by that much.
+        let mut reads = Vec::new();
+        let mut planned = 0usize;
+        for topic in topics.iter() {
+            for partition in topic.partitions.iter().filter(|partition| !partition.unknown) {
+                let budget = response_size_max.saturating_sub(planned).min(partition.size_max);
+                let op =
+                    PartitionOp::Read { offset: partition.offset, size_max: budget, min_one: budget > 0 };
+                planned = planned.saturating_add(budget.max(1));
+                let (shard, name, index) = (shard.clone(), topic.name.clone(), partition.index);
+                reads.push(glommio::spawn_local(async move { shard.partition_call(&name, index, op).await }));
+            }
+        }
+        let mut reads = reads.into_iter();
         let mut total = 0usize;
         let mut any_error = false;
         for topic in topics.iter_mut() {
@@ -106,10 +124,8 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: FetchRequ
                     any_error = true;
                     continue;
                 }
-                let budget = response_size_max.saturating_sub(total).min(partition.size_max);
-                let op =
-                    PartitionOp::Read { offset: partition.offset, size_max: budget, min_one: total == 0 };
-                match shard.partition_call(&topic.name, partition.index, op).await {
+                let Some(read) = reads.next() else { break };
+                match read.await {
                     Ok(PartitionReply::Read { batches, high_watermark, log_start_offset, error }) => {
                         total += batches.iter().map(Bytes::len).sum::<usize>();
                         partition.batches = batches;
@@ -128,7 +144,6 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: FetchRequ
                     }
                 }
             }
-            glommio::yield_if_needed().await;
         }
         let now = Instant::now();
         if total >= min_bytes || any_error || now >= deadline || shard.is_shutting_down() {
