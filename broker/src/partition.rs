@@ -53,6 +53,9 @@ fn write_snapshot_file(directory: &std::path::Path, bytes: Option<Vec<u8>>) -> s
     std::fs::File::open(directory)?.sync_all()
 }
 
+/// How long shutdown waits for one log to flush, sync and close.
+const LOG_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// ListOffsets' special timestamps.
 pub const OFFSET_LATEST: i64 = -1;
 pub const OFFSET_EARLIEST: i64 = -2;
@@ -637,7 +640,22 @@ impl PartitionManager {
     pub async fn close_all(&self) {
         let logs: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
         for partition in logs {
-            if let Err(error) = partition.log.close().await {
+            // Bounded: a log whose close does not finish is reported and left (its acknowledged data is already
+            // durable under the fsync policy; recovery handles the rest) instead of keeping the broker up.
+            let closed = futures_lite::future::or(async { Some(partition.log.close().await) }, async {
+                glommio::timer::sleep(LOG_CLOSE_TIMEOUT).await;
+                None
+            })
+            .await;
+            let Some(closed) = closed else {
+                log::error!(
+                    "closing {}-{}: not done after {LOG_CLOSE_TIMEOUT:?}; left",
+                    partition.topic,
+                    partition.index
+                );
+                continue;
+            };
+            if let Err(error) = closed {
                 log::error!("closing {}-{}: {error}", partition.topic, partition.index);
             } else if let Err(error) = partition.write_producer_snapshot() {
                 log::warn!("{}-{}: producer snapshot not written: {error}", partition.topic, partition.index);

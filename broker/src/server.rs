@@ -23,6 +23,8 @@ use crate::topics::TopicTable;
 
 /// How long shutdown waits for connections to finish their in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for a shard's background loops (group timers, retention) to notice it.
+const BACKGROUND_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often each shard looks at the process-wide stop flag. Only shutdown uses this; request paths never poll.
 const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// Pending connections per shard listener (glommio's own choice for its bind).
@@ -205,16 +207,26 @@ async fn run_shard(
         let shard = shard.clone();
         let stop = context.stop.clone();
         glommio::spawn_local(async move {
-            let mut since_retention = Duration::ZERO;
             while !stop.load(Ordering::SeqCst) {
                 glommio::timer::sleep(STOP_CHECK_INTERVAL).await;
-                since_retention += STOP_CHECK_INTERVAL;
-                if since_retention >= RETENTION_INTERVAL {
-                    since_retention = Duration::ZERO;
+            }
+            shard.request_shutdown();
+        })
+    };
+    // Retention runs in its own task: however long a pass takes, it never delays noticing the stop signal.
+    let retention = {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while !shard.is_shutting_down() {
+                futures_lite::future::or(
+                    shard.shutdown.notified(),
+                    glommio::timer::sleep(RETENTION_INTERVAL),
+                )
+                .await;
+                if !shard.is_shutting_down() {
                     shard.partitions.enforce_retention().await;
                 }
             }
-            shard.request_shutdown();
         })
     };
 
@@ -244,8 +256,27 @@ async fn run_shard(
         }
     }
     drop(listener);
+    log::info!("shard {shard_id}: stopped accepting");
     watcher.await;
-    group_timers.await;
+    // Background loops end at the shutdown signal; one that does not (a wedged operation) is abandoned after a
+    // bound, named in the log, rather than holding the broker up.
+    for (name, task) in [("group timers", group_timers), ("retention", retention)] {
+        let ended = futures_lite::future::or(
+            async {
+                task.await;
+                true
+            },
+            async {
+                glommio::timer::sleep(BACKGROUND_STOP_TIMEOUT).await;
+                false
+            },
+        )
+        .await;
+        if !ended {
+            log::warn!("shard {shard_id}: {name} did not stop within {BACKGROUND_STOP_TIMEOUT:?}; abandoned");
+        }
+    }
+    log::info!("shard {shard_id}: draining {} connections", shard.connection_count());
 
     // Drain: connections finish what they read, then close.
     let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
@@ -255,13 +286,21 @@ async fn run_shard(
         })
         .await;
     }
+    if shard.connection_count() > 0 {
+        log::warn!(
+            "shard {shard_id}: {} connections still busy after {DRAIN_TIMEOUT:?}; closing anyway",
+            shard.connection_count()
+        );
+    }
     // Every shard must stop sending to the others before any closes its logs.
     context.drained.fetch_add(1, Ordering::SeqCst);
     while context.drained.load(Ordering::SeqCst) < context.shard_count && std::time::Instant::now() < deadline
     {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+    log::info!("shard {shard_id}: closing {} logs", shard.partitions.partition_count());
     shard.partitions.close_all().await;
+    log::info!("shard {shard_id}: stopped");
     Ok(())
 }
 

@@ -250,7 +250,26 @@ impl Shard {
         request: ShardRequest,
     ) -> Result<ShardReply, KafkaError> {
         if target == self.id {
-            return Ok(self.serve(request).await);
+            return match request {
+                // Reads and waits may stop with their caller.
+                request @ (ShardRequest::Partition { .. } | ShardRequest::WaitForData { .. }) => {
+                    Ok(self.serve(request).await)
+                }
+                // Topic changes, producer ids and group operations change shared state: they run in their own task,
+                // so a caller dropped half-way (its client vanished) cannot stop them half-done, just as a request
+                // served for another shard runs to its end.
+                request => {
+                    let shard = self.clone();
+                    glommio::spawn_local(async move { shard.serve(request).await }).detach().await.ok_or_else(
+                        || {
+                            KafkaError::with_message(
+                                ErrorCode::UNKNOWN_SERVER_ERROR,
+                                "shard task ended early",
+                            )
+                        },
+                    )
+                }
+            };
         }
         let receiver = self.send(target, request).await?;
         receiver.await.ok_or_else(|| {

@@ -742,9 +742,10 @@ impl<S: Storage> Log<S> {
             state.closing = true;
         }
         let result = self.run_command(Command::Close).await;
+        // Joined through a detached handle, so that dropping this future can never cancel the flusher.
         let task = self.inner.flusher.borrow_mut().take();
         if let Some(task) = task {
-            task.await;
+            task.detach().await;
         }
         self.inner.cache.remove_log(self.inner.id);
         result
@@ -760,7 +761,7 @@ impl<S: Storage> Log<S> {
         self.inner.flusher_wakeup.notify_all();
         let task = self.inner.flusher.borrow_mut().take();
         if let Some(task) = task {
-            task.await;
+            task.detach().await;
         }
         self.inner.cache.remove_log(self.inner.id);
     }

@@ -167,9 +167,7 @@ pub enum GroupReply {
 /// Sends `request` to the shard that coordinates `group` and waits for the answer.
 pub async fn call(shard: &Rc<Shard>, group: &str, request: GroupRequest) -> GroupReply {
     let target = coordinator_shard(shard, group);
-    if target == shard.id {
-        return shard.groups.serve(shard, request).await;
-    }
+    // `Shard::call` runs a local group request in its own task too (never cancelled half-way by a vanished client).
     match shard.call(target, ShardRequest::Group(request)).await {
         Ok(ShardReply::Group(reply)) => reply,
         Ok(other) => {
