@@ -131,6 +131,6 @@ run query-offsets-by-time - - scenario_query_offsets_by_time
 run idempotent-producer - - scenario_idempotent
 run rdkafka_performance-lz4 basic - scenario_rdkafka_performance lz4
 run rdkafka_performance-zstd - - scenario_rdkafka_performance zstd
-run consumer-group "-" "issue 6" scenario_consumer_group
+run consumer-group - - scenario_consumer_group
 echo "$SUITE: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" = 0 ]

@@ -2,8 +2,8 @@
 //
 // The same markers and output as compat/scenarios/python/harness.py: `basic` scenarios form the fast set (CI),
 // `pending` ones wait for a feature (run by the full set only; a failure counts as skipped), `unsupported` ones are
-// never run. KafkaJS has no manual partition assignment: every consumer joins a group, so every scenario that
-// consumes waits for consumer groups (issue 6); until then the produce path is checked through ListOffsets.
+// never run. KafkaJS has no manual partition assignment: every consumer joins a group, so the scenarios that
+// consume read through a consumer group; the produce-only ones check the produce path through ListOffsets.
 // The last line is `kafkajs: N passed, N failed, N skipped`; the exit status is 1 if a required scenario failed.
 'use strict'
 
@@ -104,7 +104,7 @@ async function checkOffsets (admin, topic, partitions, count = RECORD_COUNT) {
   assert.deepStrictEqual(got, want, `topic ${topic}: [low, high] per partition`)
 }
 
-// Reads `count` records through a group consumer (needs issue 6) and checks them byte for byte.
+// Reads `count` records through a group consumer and checks them byte for byte.
 async function consumeAndCheck (kafka, topic, partitions, count = RECORD_COUNT) {
   const consumer = kafka.consumer({ groupId: uniqueTopic('group'), maxWaitTimeInMs: 200 })
   await consumer.connect()
@@ -172,7 +172,7 @@ for (const codec of Object.keys(CODECS)) {
     await produce(kafka, topic, 3, { codec })
     await withAdmin(kafka, admin => checkOffsets(admin, topic, 3))
   })
-  scenario(`produce-consume-${codec}`, { pending: 'issue 6' }, async kafka => {
+  scenario(`produce-consume-${codec}`, {}, async kafka => {
     const topic = uniqueTopic(`codec-${codec}`)
     await withAdmin(kafka, admin => createTopic(admin, topic, 3))
     await produce(kafka, topic, 3, { codec })
@@ -256,7 +256,7 @@ scenario('idempotent-producer', {}, async kafka => {
   await withAdmin(kafka, admin => checkOffsets(admin, topic, 3))
 })
 
-scenario('consumer-group-commit', { pending: 'issue 6' }, async kafka => {
+scenario('consumer-group-commit', {}, async kafka => {
   const topic = uniqueTopic('group')
   await withAdmin(kafka, admin => createTopic(admin, topic, 3))
   await produce(kafka, topic, 3)

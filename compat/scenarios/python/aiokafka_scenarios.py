@@ -1,7 +1,6 @@
 """aiokafka (asyncio, its own protocol code) against Sluice: one scenario per feature of issue 5."""
 
 import asyncio
-import logging
 import time
 
 import aiokafka
@@ -230,7 +229,7 @@ async def idempotent_producer(bootstrap):
     model.check_consumed(await consume_partitions(bootstrap, topic, 3), 3)
 
 
-@scenario("consumer-group-commit", pending="issue 6")
+@scenario("consumer-group-commit")
 async def consumer_group_commit(bootstrap):
     topic = unique_topic("group")
     client = await admin(bootstrap)
@@ -264,7 +263,5 @@ def transactions(bootstrap):
 
 
 if __name__ == "__main__":
-    # Without a group coordinator (issue 6) aiokafka logs every FindCoordinator retry at ERROR: keep one run readable.
-    logging.getLogger("aiokafka.consumer.group_coordinator").setLevel(logging.CRITICAL)
     print(f"aiokafka {aiokafka.__version__}", flush=True)
     main("aiokafka")

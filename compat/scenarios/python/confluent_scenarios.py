@@ -239,7 +239,7 @@ def idempotent_producer(bootstrap):
     model.check_consumed(consume_partitions(bootstrap, topic, 3), 3)
 
 
-@scenario("consumer-group-commit", pending="issue 6")
+@scenario("consumer-group-commit")
 def consumer_group_commit(bootstrap):
     topic = unique_topic("group")
     create_topic(admin(bootstrap), topic, 3)

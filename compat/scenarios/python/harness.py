@@ -3,7 +3,7 @@
 A scenario is a function registered with `@scenario(...)`. It talks to the broker named by `--bootstrap` and proves
 something with asserts. Markers:
 - `basic=True`: part of the fast set that CI runs (`--fast`).
-- `pending="issue 6"`: waits for a feature Sluice has not built yet. Run only by the full set; a failure is
+- `pending="issue N"`: waits for a feature Sluice has not built yet. Run only by the full set; a failure is
   reported as skipped with its first error line, a pass is reported as passed with a note to delete the marker.
   Deleting the marker is all it takes to make the scenario required.
 - `unsupported="transactions"`: a feature Sluice does not plan; never run, reported as skipped.

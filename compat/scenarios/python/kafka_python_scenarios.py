@@ -209,7 +209,7 @@ def idempotent_producer(bootstrap):
     model.check_consumed(consume_partitions(bootstrap, topic, 3), 3, null_header=False)
 
 
-@scenario("consumer-group-commit", pending="issue 6")
+@scenario("consumer-group-commit")
 def consumer_group_commit(bootstrap):
     topic = unique_topic("group")
     client = admin(bootstrap)
