@@ -461,3 +461,35 @@ def test_kafka_python_group_members_split_partitions_and_commit(broker):
     finally:
         checker.close()
     assert committed == {p: counts[p] for p in range(PARTITIONS)}
+
+
+def test_offsets_of_an_empty_group_expire_after_the_retention(tmp_path):
+    """offsets.retention.minutes = 1 (the smallest Kafka allows), checked every second: an empty group's committed
+    offsets are gone a minute after the commit, and they stay gone after a restart (tombstones were written); an
+    offset committed later is kept meanwhile."""
+    config = tmp_path / "sluice.toml"
+    config.write_text('"offsets.retention.minutes" = 1\n"offsets.retention.check.interval.ms" = 1000\n')
+    broker = Broker(tmp_path / "data", tmp_path / "broker.log", ["--config", str(config)])
+    broker.start()
+    try:
+        create_topic(broker, "expiring", 2)
+        client = group_consumer(broker, "expiring-group")
+        client.commit(offsets=[TopicPartition("expiring", 0, 5)], asynchronous=False)
+        committed_at = time.monotonic()
+        partitions = [TopicPartition("expiring", 0), TopicPartition("expiring", 1)]
+        assert [tp.offset for tp in client.committed(partitions, timeout=30)] == [5, -1001]
+        time.sleep(40)
+        client.commit(offsets=[TopicPartition("expiring", 1, 7)], asynchronous=False)
+        wait_for(lambda: client.committed(partitions, timeout=30)[0].offset < 0,
+                 "the first offset to expire", timeout=60)
+        expired_after = time.monotonic() - committed_at
+        assert expired_after >= 59, f"expired after only {expired_after:.0f} s"
+        assert [tp.offset for tp in client.committed(partitions, timeout=30)] == [-1001, 7]
+        client.close()
+        broker.restart()
+        client = group_consumer(broker, "expiring-group")
+        assert [tp.offset for tp in client.committed(partitions, timeout=30)] == [-1001, 7]
+        client.close()
+        broker.stop()
+    finally:
+        broker.kill()
