@@ -524,13 +524,7 @@ impl GroupCoordinator {
                     group.apply_commit(
                         &topic,
                         partition,
-                        CommittedOffset {
-                            offset: value.offset,
-                            leader_epoch: value.leader_epoch,
-                            metadata: value.metadata,
-                            commit_timestamp_ms: value.commit_timestamp_ms,
-                            log_offset: base + index as i64,
-                        },
+                        CommittedOffset::from_stored(value, base + index as i64),
                     );
                 }
                 GroupReply::Commit(errors)
@@ -758,12 +752,7 @@ impl GroupCoordinator {
                     records.push((store::group_key(&group.id), Some(store::group_value(&group.stored()))));
                 }
                 for ((topic, partition_index), committed) in &group.offsets {
-                    let value = StoredOffset {
-                        offset: committed.offset,
-                        leader_epoch: committed.leader_epoch,
-                        metadata: committed.metadata.clone(),
-                        commit_timestamp_ms: committed.commit_timestamp_ms,
-                    };
+                    let value = committed.stored();
                     records.push((
                         store::offset_key(&group.id, topic, *partition_index),
                         Some(store::offset_value(&value)),
@@ -1027,17 +1016,9 @@ fn replay(groups: &mut HashMap<String, Group>, record: StoredRecord, log_offset:
             let entry =
                 groups.entry(group.clone()).or_insert_with(|| Group::new(&group, sluice_storage::now_ms()));
             match value {
-                Some(value) => entry.apply_commit(
-                    &topic,
-                    partition,
-                    CommittedOffset {
-                        offset: value.offset,
-                        leader_epoch: value.leader_epoch,
-                        metadata: value.metadata,
-                        commit_timestamp_ms: value.commit_timestamp_ms,
-                        log_offset,
-                    },
-                ),
+                Some(value) => {
+                    entry.apply_commit(&topic, partition, CommittedOffset::from_stored(value, log_offset))
+                }
                 None => {
                     entry.offsets.remove(&(topic, partition));
                 }

@@ -132,6 +132,29 @@ pub struct CommittedOffset {
     pub log_offset: i64,
 }
 
+impl CommittedOffset {
+    /// A commit as it was written at `log_offset` of `__consumer_offsets`.
+    pub fn from_stored(value: super::store::StoredOffset, log_offset: i64) -> CommittedOffset {
+        CommittedOffset {
+            offset: value.offset,
+            leader_epoch: value.leader_epoch,
+            metadata: value.metadata,
+            commit_timestamp_ms: value.commit_timestamp_ms,
+            log_offset,
+        }
+    }
+
+    /// The record value that writes this commit again (a checkpoint).
+    pub fn stored(&self) -> super::store::StoredOffset {
+        super::store::StoredOffset {
+            offset: self.offset,
+            leader_epoch: self.leader_epoch,
+            metadata: self.metadata.clone(),
+            commit_timestamp_ms: self.commit_timestamp_ms,
+        }
+    }
+}
+
 /// What a JoinGroup gets: an answer now, or a receiver that the rebalance answers.
 pub enum JoinReply {
     Now(JoinOutcome),
