@@ -918,16 +918,12 @@ impl GroupCoordinator {
                 self.expire_offsets(&shard).await;
             }
             if any {
-                self.write_dirty(&shard);
+                self.after_change(&shard);
             }
         }
         for group in self.groups.borrow_mut().values_mut() {
             group.abandon_waiters(ErrorCode::NOT_COORDINATOR);
         }
-    }
-
-    fn write_dirty(&self, shard: &Rc<Shard>) {
-        self.after_change(shard);
     }
 
     /// Offsets of groups without members expire `offsets.retention.minutes` after their commit (Kafka's rule
@@ -1056,8 +1052,8 @@ fn subscribed_topics(group: &Group) -> Vec<String> {
     topics
 }
 
-/// The topic names of a ConsumerProtocolSubscription (version i16, then an i16-counted... i32-counted array of
-/// i16-length strings in every version); malformed metadata yields what was read before the fault.
+/// The topic names of a ConsumerProtocolSubscription (version: i16, then an i32-counted array of i16-length
+/// strings, in every version); malformed metadata yields what was read before the fault.
 fn consumer_subscription(metadata: &[u8]) -> Vec<String> {
     let mut topics = Vec::new();
     if metadata.len() < 6 {
