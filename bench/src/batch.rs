@@ -365,6 +365,29 @@ pub fn read_batches(
     Ok(summaries)
 }
 
+/// The offset after the last complete batch at the front of `data`, from the batch headers alone (no record is
+/// parsed): where the next fetch of that partition starts. None when `data` holds no complete batch.
+pub fn next_offset_after(data: &[u8]) -> Option<i64> {
+    let mut rest = data;
+    let mut next = None;
+    // Bounded: every pass consumes one batch of at least a header's size, or stops.
+    while rest.len() >= BATCH_HEADER_SIZE {
+        let batch_length = i32::from_be_bytes(field(rest, BATCH_LENGTH_OFFSET).ok()?);
+        if batch_length < (BATCH_HEADER_SIZE - BATCH_LENGTH_EXCLUDED_SIZE) as i32 {
+            break;
+        }
+        let size = batch_length as usize + BATCH_LENGTH_EXCLUDED_SIZE;
+        if rest.len() < size {
+            break;
+        }
+        let base_offset = i64::from_be_bytes(field(rest, 0).ok()?);
+        let last_offset_delta = i32::from_be_bytes(field(rest, LAST_OFFSET_DELTA_OFFSET).ok()?);
+        next = Some(base_offset + last_offset_delta as i64 + 1);
+        rest = &rest[size..];
+    }
+    next
+}
+
 fn field<const N: usize>(data: &[u8], offset: usize) -> Result<[u8; N], BatchError> {
     data.get(offset..offset + N)
         .and_then(|bytes| bytes.try_into().ok())

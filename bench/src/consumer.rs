@@ -1,5 +1,6 @@
 //! One consumer: a thread that owns a fixed set of partitions (no consumer group yet), finds their start offsets with
-//! ListOffsets, and long-polls them with Fetch, one request in flight, as Kafka consumers do per broker. Every record
+//! ListOffsets, and long-polls them with Fetch, one request in flight, as Kafka consumers do per broker, each sent before the
+//! previous response's records are parsed. Every record
 //! whose payload starts with a send timestamp yields an end-to-end latency.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +11,7 @@ use std::time::Duration;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
 
-use crate::batch::read_batches;
+use crate::batch::{next_offset_after, read_batches};
 use crate::client::{
     list_offsets, topic_name, ClientError, Connection, Versions, OFFSET_EARLIEST, OFFSET_LATEST,
 };
@@ -66,20 +67,30 @@ fn run(
     let mut offsets = positioned?;
     let recorder = stats.recorder();
     let counters = &stats.counters;
-    while !stop.load(Ordering::Relaxed) {
-        let request = fetch_request(workload, topic, partitions, &offsets);
-        let response: FetchResponse = connection.call(&request, versions.fetch)?;
+    // Fetches are pipelined with processing, as the Java consumer does before it hands records to the application
+    // (and librdkafka with its prefetch queue): as soon as a response arrives, the next offsets are read from the
+    // batch headers and the next Fetch is sent; the records are parsed while the broker works on it. Still one
+    // request in flight.
+    let mut correlation_id =
+        connection.writer.send(&fetch_request(workload, topic, partitions, &offsets), versions.fetch)?;
+    loop {
+        let response: FetchResponse =
+            connection.reader.receive::<FetchRequest>(versions.fetch, correlation_id)?;
         add(&counters.fetch_requests, 1);
         let receive_ns = now_ns();
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         if response.error_code != 0 {
             stats.error(format!("fetch: error code {}", response.error_code));
             thread::sleep(Duration::from_millis(10));
+            correlation_id = connection
+                .writer
+                .send(&fetch_request(workload, topic, partitions, &offsets), versions.fetch)?;
             continue;
         }
-        let mut latencies = match recorder.lock() {
-            Ok(latencies) => latencies,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        // Where this response leaves each partition; errors are handled here, before the next request goes out.
+        let fetch_offsets = offsets.clone();
         for partition_data in response.responses.iter().flat_map(|topic| topic.partitions.iter()) {
             let Some(slot) =
                 partitions.iter().position(|&partition| partition == partition_data.partition_index)
@@ -104,13 +115,33 @@ fn run(
                 ));
                 continue;
             }
+            if let Some(next) = partition_data.records.as_deref().and_then(next_offset_after) {
+                offsets[slot] = offsets[slot].max(next);
+            }
+        }
+        correlation_id =
+            connection.writer.send(&fetch_request(workload, topic, partitions, &offsets), versions.fetch)?;
+
+        let mut latencies = match recorder.lock() {
+            Ok(latencies) => latencies,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for partition_data in response.responses.iter().flat_map(|topic| topic.partitions.iter()) {
+            let Some(slot) =
+                partitions.iter().position(|&partition| partition == partition_data.partition_index)
+            else {
+                continue;
+            };
+            if partition_data.error_code != 0 {
+                continue;
+            }
             let Some(records) = &partition_data.records else {
                 continue;
             };
-            let fetch_offset = offsets[slot];
+            let fetch_offset = fetch_offsets[slot];
             let mut message_count = 0u64;
             let mut byte_count = 0u64;
-            let summaries = read_batches(records, workload.verify_crc, |offset, value| {
+            read_batches(records, workload.verify_crc, |offset, value| {
                 // A broker may return the whole batch that contains the fetch offset; skip what came before it.
                 if offset < fetch_offset {
                     return;
@@ -125,9 +156,6 @@ fn run(
                 }
             })
             .map_err(|error| ClientError::Codec { api: "record batch", message: error.to_string() })?;
-            if let Some(last) = summaries.last() {
-                offsets[slot] = offsets[slot].max(last.next_offset());
-            }
             add(&counters.consumed_messages, message_count);
             add(&counters.consumed_bytes, byte_count);
         }

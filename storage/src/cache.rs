@@ -25,6 +25,8 @@ struct CacheInner {
     order: VecDeque<(u64, i64)>,
     hits: u64,
     misses: u64,
+    /// Bytes being read ahead from disk into the cache now; at most a quarter of `size_max`.
+    read_ahead_size: usize,
 }
 
 #[derive(Clone)]
@@ -54,6 +56,7 @@ impl BatchCache {
                 order: VecDeque::new(),
                 hits: 0,
                 misses: 0,
+                read_ahead_size: 0,
             })),
         }
     }
@@ -121,6 +124,29 @@ impl BatchCache {
             inner.hits += 1;
         }
         found
+    }
+
+    /// Whether the batch holding `offset` is cached (no hit or miss counted).
+    pub(crate) fn contains(&self, log_id: u64, offset: Offset) -> bool {
+        let inner = self.inner.borrow();
+        inner.logs.get(&log_id).is_some_and(|batches| {
+            batches.range(..=offset.0).next_back().is_some_and(|(_, batch)| batch.last_offset >= offset)
+        })
+    }
+
+    /// Reserves `size` bytes of the shard's read-ahead memory (a quarter of the cache); false when spent.
+    pub(crate) fn reserve_read_ahead(&self, size: usize) -> bool {
+        let mut inner = self.inner.borrow_mut();
+        if inner.read_ahead_size + size > inner.size_max / 4 {
+            return false;
+        }
+        inner.read_ahead_size += size;
+        true
+    }
+
+    pub(crate) fn release_read_ahead(&self, size: usize) {
+        let mut inner = self.inner.borrow_mut();
+        inner.read_ahead_size = inner.read_ahead_size.saturating_sub(size);
     }
 
     /// Drops every batch of the log that holds an offset at or above `offset` (truncation).

@@ -98,10 +98,13 @@ pub struct DmaStorageFile {
     path: PathBuf,
 }
 
-/// Block-aligned heap memory for direct-I/O reads; owned, so `Bytes` can share it across threads.
+/// Block-aligned heap memory for direct-I/O reads; owned, so `Bytes` can share it across threads. It is not
+/// zeroed (zeroing 4 MiB per read cost 15% of the broker's CPU in a catch-up read): only the first `filled`
+/// bytes, which a read wrote, are ever exposed.
 struct AlignedMemory {
     pointer: std::ptr::NonNull<u8>,
     layout: std::alloc::Layout,
+    filled: usize,
 }
 
 // SAFETY: the memory is uniquely owned heap memory with no thread affinity.
@@ -113,23 +116,26 @@ impl AlignedMemory {
     fn new(size: usize) -> AlignedMemory {
         let layout = std::alloc::Layout::from_size_align(size.max(BLOCK_SIZE), BLOCK_SIZE)
             .expect("block-aligned layout is valid");
-        // SAFETY: the layout has a non-zero size. Zeroed, so no uninitialised byte is ever exposed.
-        let pointer = unsafe { std::alloc::alloc_zeroed(layout) };
+        // SAFETY: the layout has a non-zero size.
+        let pointer = unsafe { std::alloc::alloc(layout) };
         let pointer =
             std::ptr::NonNull::new(pointer).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        AlignedMemory { pointer, layout }
+        AlignedMemory { pointer, layout, filled: 0 }
     }
 
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: `pointer` owns `layout.size()` initialised bytes, borrowed mutably through `&mut self`.
-        unsafe { std::slice::from_raw_parts_mut(self.pointer.as_ptr(), self.layout.size()) }
+    /// preads into the memory from `position` until it is full or the file ends; the bytes read become visible.
+    fn fill_from(&mut self, descriptor: &OwnedFd, position: u64) -> io::Result<usize> {
+        // SAFETY: the pointer and length describe memory this value owns; pread only writes into it.
+        let read = unsafe { pread_full(descriptor, self.pointer.as_ptr(), self.layout.size(), position) }?;
+        self.filled = read;
+        Ok(read)
     }
 }
 
 impl AsRef<[u8]> for AlignedMemory {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: `pointer` owns `layout.size()` initialised bytes for the lifetime of `self`.
-        unsafe { std::slice::from_raw_parts(self.pointer.as_ptr(), self.layout.size()) }
+        // SAFETY: the first `filled` bytes were written by a read and are owned for the lifetime of `self`.
+        unsafe { std::slice::from_raw_parts(self.pointer.as_ptr(), self.filled) }
     }
 }
 
@@ -140,18 +146,20 @@ impl Drop for AlignedMemory {
     }
 }
 
-/// pread until `buffer` is full or the end of the file; returns the bytes read.
-fn pread_full(descriptor: &OwnedFd, buffer: &mut [u8], position: u64) -> io::Result<usize> {
+/// pread until `size` bytes at `buffer` are filled or the end of the file; returns the bytes read.
+///
+/// # Safety
+/// `buffer` must be valid for writes of `size` bytes for the duration of the call.
+unsafe fn pread_full(descriptor: &OwnedFd, buffer: *mut u8, size: usize, position: u64) -> io::Result<usize> {
     let mut done = 0;
     // Bounded: every pass reads at least one byte or returns.
-    while done < buffer.len() {
-        let remaining = &mut buffer[done..];
-        // SAFETY: `remaining` is valid writable memory of the given length for the duration of the call.
+    while done < size {
+        // SAFETY: `buffer + done .. buffer + size` is writable memory (the caller's promise).
         let count = unsafe {
             libc::pread(
                 descriptor.as_raw_fd(),
-                remaining.as_mut_ptr().cast(),
-                remaining.len(),
+                buffer.add(done).cast(),
+                size - done,
                 (position + done as u64) as libc::off_t,
             )
         };
@@ -222,7 +230,7 @@ impl StorageFile for DmaStorageFile {
         let (buffer, result) = glommio::executor()
             .spawn_blocking(move || {
                 let mut buffer = AlignedMemory::new(aligned_size);
-                let result = pread_full(&descriptor, buffer.as_mut_slice(), start);
+                let result = buffer.fill_from(&descriptor, start);
                 (buffer, result)
             })
             .await;
@@ -230,6 +238,9 @@ impl StorageFile for DmaStorageFile {
             io::Error::new(error.kind(), format!("reading {} at {position}: {error}", self.path.display()))
         })?;
         let available = read_size.saturating_sub(lead).min(size);
+        if available == 0 {
+            return Ok(Bytes::new());
+        }
         Ok(Bytes::from_owner(buffer).slice(lead..lead + available))
     }
 

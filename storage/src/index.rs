@@ -39,6 +39,14 @@ impl OffsetIndex {
         }
     }
 
+    /// The position of the last indexed batch that starts in `(above, at_most]`: a read of `[above, it)` ends on a
+    /// batch boundary.
+    pub fn boundary_in(&self, above: u64, at_most: u64) -> Option<u64> {
+        let index = self.entries.partition_point(|entry| entry.position as u64 <= at_most);
+        let position = self.entries[..index].last()?.position as u64;
+        (position > above).then_some(position)
+    }
+
     pub fn push(&mut self, entry: OffsetIndexEntry) {
         if let Some(last) = self.entries.last() {
             assert!(entry.relative_offset > last.relative_offset && entry.position > last.position);

@@ -209,6 +209,9 @@ pub struct RecoveryReport {
     pub rebuilt_index_count: usize,
 }
 
+/// A read from disk (and a read-ahead chunk) is at most this large.
+const READ_CHUNK_SIZE_MAX: usize = 4 << 20;
+
 /// A flush round writes at most this many `write_size_max` buffers.
 const FLUSH_ROUND_WRITE_COUNT: usize = 32;
 
@@ -238,6 +241,32 @@ struct LogInner<S: Storage> {
     progress: Notify,
     flusher: RefCell<Option<glommio::Task<()>>>,
     recovery: RecoveryReport,
+    read_ahead: RefCell<ReadAhead>,
+    /// Wakes readers waiting for a read-ahead to finish.
+    read_ahead_done: Notify,
+}
+
+/// Sequential read-ahead for a reader catching up from disk. A fetch that had to read the disk leaves a frontier
+/// (the offset and file position just past what it read); the log then reads the next chunk from there into the
+/// shard's batch cache while the fetch's response travels and the consumer works, and each later fetch that reaches
+/// the newest chunk starts the one after it. A fetch for an offset a running read-ahead covers waits for it instead
+/// of reading the same bytes itself.
+#[derive(Default)]
+struct ReadAhead {
+    frontier: Option<Frontier>,
+    /// The offset the running read-ahead starts at.
+    in_flight_from: Option<Offset>,
+    /// The offset the newest read-ahead started at: a reader past it has begun on the newest chunk.
+    newest_from: Option<Offset>,
+    /// Bumped by truncation, deletion and close: a read-ahead started before must not fill the cache.
+    generation: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Frontier {
+    offset: Offset,
+    segment_base: Offset,
+    position: u64,
 }
 
 struct LogState<S: Storage> {
@@ -370,6 +399,8 @@ impl<S: Storage> Log<S> {
             progress: Notify::default(),
             flusher: RefCell::new(None),
             recovery,
+            read_ahead: RefCell::new(ReadAhead::default()),
+            read_ahead_done: Notify::default(),
         });
         let task = glommio::spawn_local(run_flusher(inner.clone()));
         *inner.flusher.borrow_mut() = Some(task);
@@ -561,6 +592,11 @@ impl<S: Storage> Log<S> {
         if offset >= upper {
             return Ok(Vec::new());
         }
+        // 0. A running read-ahead from at or below `offset` is about to put it in the cache: wait for it rather than
+        //    read the same bytes twice. Bounded: every read-ahead ends, and its guard clears the slot and notifies.
+        while self.inner.read_ahead.borrow().in_flight_from.is_some_and(|from| from <= offset) {
+            self.inner.read_ahead_done.notified().await;
+        }
         let mut budget = Budget { size_max, min_one, used: 0, upper };
 
         // 1. The shard cache (written batches), continuing into the unflushed queue.
@@ -575,9 +611,26 @@ impl<S: Storage> Log<S> {
         }
         // 2. The unflushed queue.
         let from_memory = self.read_unflushed(next, &mut budget);
+        let chunk_size = size_max.min(READ_CHUNK_SIZE_MAX);
         if batches.is_empty() && from_memory.is_empty() {
             // 3. Disk.
-            return self.read_disk(offset, &mut budget).await;
+            let (batches, frontier) = self.read_disk(offset, &mut budget).await?;
+            if let Some(frontier) = frontier {
+                self.inner.read_ahead.borrow_mut().frontier = Some(frontier);
+                start_read_ahead(&self.inner, chunk_size);
+            }
+            return Ok(batches);
+        }
+        if from_memory.is_empty() {
+            // Served from the cache: a reader that has reached the newest read-ahead chunk gets the next one going.
+            let reached = {
+                let read_ahead = self.inner.read_ahead.borrow();
+                read_ahead.newest_from.is_some_and(|from| next > from)
+                    && read_ahead.frontier.is_some_and(|frontier| frontier.offset >= next)
+            };
+            if reached {
+                start_read_ahead(&self.inner, chunk_size);
+            }
         }
         batches.extend(from_memory);
         Ok(batches)
@@ -599,20 +652,38 @@ impl<S: Storage> Log<S> {
         batches
     }
 
-    async fn read_disk(&self, offset: Offset, budget: &mut Budget) -> Result<Vec<Bytes>, LogError> {
+    /// Batches from the disk, and the frontier just past them (none when nothing was read).
+    async fn read_disk(
+        &self,
+        offset: Offset,
+        budget: &mut Budget,
+    ) -> Result<(Vec<Bytes>, Option<Frontier>), LogError> {
         let mut target = offset;
         // Bounded by the segment count: each pass moves to a later segment.
         loop {
-            let (segment_file, position, path, segment_size, segment_next) = {
+            let (segment_base, segment_file, position, path, segment_size, segment_next) = {
                 let state = self.inner.state.borrow();
                 let index = state.segments.partition_point(|segment| segment.base_offset <= target);
                 if index == 0 {
-                    return Ok(Vec::new());
+                    return Ok((Vec::new(), None));
                 }
                 let segment = &state.segments[index - 1];
                 let (_, position) = segment.index.lookup(relative(segment.base_offset, target));
-                (segment.file.clone(), position, segment.path.clone(), segment.size, segment.next_offset)
+                let file = segment.file.clone();
+                (segment.base_offset, file, position, segment.path.clone(), segment.size, segment.next_offset)
             };
+            // End the chunk at a batch boundary the index knows, so that no partial batch is read and thrown away.
+            let size_hint = {
+                let size_hint = budget.size_max.saturating_sub(budget.used).min(READ_CHUNK_SIZE_MAX);
+                let state = self.inner.state.borrow();
+                state
+                    .segments
+                    .iter()
+                    .find(|segment| segment.base_offset == segment_base)
+                    .and_then(|segment| segment.index.boundary_in(position.0, position.0 + size_hint as u64))
+                    .map_or(size_hint, |boundary| (boundary - position.0) as usize)
+            };
+            let take_max = budget.size_max.saturating_sub(budget.used);
             if target >= segment_next {
                 let state = self.inner.state.borrow();
                 match state.segments.iter().find(|segment| segment.base_offset > target) {
@@ -620,24 +691,32 @@ impl<S: Storage> Log<S> {
                         target = next_segment.base_offset;
                         continue;
                     }
-                    _ => return Ok(Vec::new()),
+                    _ => return Ok((Vec::new(), None)),
                 }
             }
-            let reader = ReadOnlySegment::<S> { file: segment_file, size: segment_size };
-            let size_hint = budget.size_max.min(4 << 20);
-            let batches = reader
-                .read_batches(position, size_hint, |header| {
+            let mut next = target;
+            let (batches, end) = read_segment_batches_to(
+                &*segment_file,
+                segment_size,
+                position,
+                size_hint,
+                take_max,
+                |header| {
                     if header.last_offset() < target {
                         Accept::Skip
                     } else if budget.admit(header.base_offset(), header.total_size()) {
+                        next = header.last_offset().next();
                         Accept::Take
                     } else {
                         Accept::Stop
                     }
-                })
-                .await
-                .map_err(io_error("reading", &path))?;
-            return Ok(batches);
+                },
+            )
+            .await
+            .map_err(io_error("reading", &path))?;
+            let frontier =
+                (!batches.is_empty()).then_some(Frontier { offset: next, segment_base, position: end });
+            return Ok((batches, frontier));
         }
     }
 
@@ -747,6 +826,7 @@ impl<S: Storage> Log<S> {
         if let Some(task) = task {
             task.detach().await;
         }
+        forget_read_ahead(&self.inner);
         self.inner.cache.remove_log(self.inner.id);
         result
     }
@@ -763,6 +843,7 @@ impl<S: Storage> Log<S> {
         if let Some(task) = task {
             task.detach().await;
         }
+        forget_read_ahead(&self.inner);
         self.inner.cache.remove_log(self.inner.id);
     }
 
@@ -845,13 +926,33 @@ async fn read_segment_batches<F: StorageFile>(
     end: u64,
     position: FilePosition,
     size_hint: usize,
-    mut accept: impl FnMut(&BatchHeader) -> Accept,
+    accept: impl FnMut(&BatchHeader) -> Accept,
 ) -> io::Result<Vec<Bytes>> {
+    Ok(read_segment_batches_to(file, end, position, size_hint, usize::MAX, accept).await?.0)
+}
+
+/// [`read_segment_batches`] for a caller that takes at most `take_max` bytes of batches (its budget; `accept` still
+/// decides, and may let a first batch exceed it): no chunk is read past what could still be taken. Also returns the
+/// file position just past the last batch taken (`position` if none).
+async fn read_segment_batches_to<F: StorageFile>(
+    file: &F,
+    end: u64,
+    position: FilePosition,
+    size_hint: usize,
+    take_max: usize,
+    mut accept: impl FnMut(&BatchHeader) -> Accept,
+) -> io::Result<(Vec<Bytes>, u64)> {
     let mut batches = Vec::new();
     let mut position = position.0;
+    let mut taken_end = position;
+    let mut taken = 0usize;
     // Bounded: every pass consumes at least one batch or stops.
     'chunks: while position < end {
-        let chunk_size = (size_hint.max(64 * 1024) as u64).min(end - position) as usize;
+        let left = take_max.saturating_sub(taken);
+        if taken > 0 && left < batch::BATCH_HEADER_SIZE {
+            break; // nothing more could be taken: do not read a chunk only to find that out
+        }
+        let chunk_size = (size_hint.min(left).max(64 * 1024) as u64).min(end - position) as usize;
         let chunk = file.read_at(position, chunk_size).await?;
         let mut cursor = 0;
         while let Ok(header) = BatchHeader::parse(&chunk[cursor..]) {
@@ -873,6 +974,8 @@ async fn read_segment_batches<F: StorageFile>(
                         }
                         batches.push(whole);
                     }
+                    taken_end = position + (cursor + size) as u64;
+                    taken += size;
                     if decision == Accept::TakeLast {
                         break 'chunks;
                     }
@@ -900,6 +1003,8 @@ async fn read_segment_batches<F: StorageFile>(
                 Accept::Stop => break,
                 Accept::Take | Accept::TakeLast => {
                     batches.push(whole.clone());
+                    taken_end = position + whole.len() as u64;
+                    taken += whole.len();
                     if decision == Accept::TakeLast {
                         break;
                     }
@@ -910,7 +1015,7 @@ async fn read_segment_batches<F: StorageFile>(
         }
         position += cursor as u64;
     }
-    Ok(batches)
+    Ok((batches, taken_end))
 }
 
 impl<S: Storage> LogState<S> {
@@ -1312,6 +1417,7 @@ async fn truncate<S: Storage>(inner: &LogInner<S>, offset: Offset) -> Result<(),
         state.high_watermark = state.high_watermark.min(new_end);
         state.log_start_offset = log_start.min(new_end);
     }
+    forget_read_ahead(inner);
     inner.cache.remove_from(inner.id, new_end);
     if new_end < log_start {
         // The cut went below the log start (a straddling batch, or a target below it): the log now starts at its
@@ -1368,6 +1474,7 @@ async fn delete_segments_below_log_start<S: Storage>(inner: &LogInner<S>) -> Res
         remove_segment_files(inner, segment.base_offset).await?;
     }
     let log_start = inner.state.borrow().log_start_offset;
+    forget_read_ahead(inner);
     inner.cache.remove_below(inner.id, log_start);
     Ok(())
 }
@@ -1564,4 +1671,114 @@ async fn read_whole<S: Storage>(storage: &S, path: &Path) -> Option<Vec<u8>> {
     let bytes = file.read_at(0, size as usize).await.ok()?;
     let _ = file.close().await;
     Some(bytes.to_vec())
+}
+
+/// Starts reading the chunk at the read-ahead frontier into the shard's cache, unless one is running, the shard's
+/// read-ahead memory is spent, the frontier's data is already cached, or there is nothing written past it.
+/// glommio runs a spawned task at once, so no borrow of the read-ahead state may be held by the caller.
+fn start_read_ahead<S: Storage>(inner: &Rc<LogInner<S>>, chunk_size: usize) {
+    let mut read_ahead = inner.read_ahead.borrow_mut();
+    if read_ahead.in_flight_from.is_some() {
+        return;
+    }
+    let Some(mut frontier) = read_ahead.frontier else { return };
+    let (file, end) = {
+        let state = inner.state.borrow();
+        let Some(index) =
+            state.segments.iter().position(|segment| segment.base_offset == frontier.segment_base)
+        else {
+            read_ahead.frontier = None;
+            return;
+        };
+        let mut segment = &state.segments[index];
+        if frontier.position >= segment.size {
+            // Past this segment's written end: go on at the next segment's start, if the log goes on there.
+            match state.segments.get(index + 1) {
+                Some(next)
+                    if segment.next_offset <= frontier.offset || next.base_offset <= frontier.offset =>
+                {
+                    frontier =
+                        Frontier { offset: frontier.offset, segment_base: next.base_offset, position: 0 };
+                    segment = next;
+                }
+                _ => return,
+            }
+        }
+        if frontier.position >= segment.size {
+            return;
+        }
+        let chunk_end = frontier.position + chunk_size as u64;
+        let chunk_end = segment.index.boundary_in(frontier.position, chunk_end).unwrap_or(chunk_end);
+        (segment.file.clone(), segment.size.min(chunk_end))
+    };
+    if inner.cache.contains(inner.id, frontier.offset) {
+        return;
+    }
+    let size = chunk_size.min((end - frontier.position) as usize);
+    if !inner.cache.reserve_read_ahead(size) {
+        return;
+    }
+    read_ahead.frontier = Some(frontier);
+    read_ahead.in_flight_from = Some(frontier.offset);
+    read_ahead.newest_from = Some(frontier.offset);
+    let generation = read_ahead.generation;
+    drop(read_ahead);
+    glommio::spawn_local(run_read_ahead(inner.clone(), file, end, frontier, size, generation)).detach();
+}
+
+async fn run_read_ahead<S: Storage>(
+    inner: Rc<LogInner<S>>,
+    file: Rc<S::File>,
+    end: u64,
+    frontier: Frontier,
+    size: usize,
+    generation: u64,
+) {
+    /// Clears the running slot, returns the memory and wakes waiting readers however the read-ahead ends.
+    struct Done<'a, S: Storage> {
+        inner: &'a LogInner<S>,
+        size: usize,
+    }
+    impl<S: Storage> Drop for Done<'_, S> {
+        fn drop(&mut self) {
+            self.inner.read_ahead.borrow_mut().in_flight_from = None;
+            self.inner.cache.release_read_ahead(self.size);
+            self.inner.read_ahead_done.notify_all();
+        }
+    }
+    let _done = Done { inner: &inner, size };
+    let mut used = 0;
+    let result =
+        read_segment_batches_to(&*file, end, FilePosition(frontier.position), size, size, |header| {
+            if used + header.total_size() <= size {
+                used += header.total_size();
+                Accept::Take
+            } else {
+                Accept::Stop
+            }
+        })
+        .await;
+    // A failed read-ahead leaves nothing behind: the reader's own read meets and reports the error.
+    let Ok((batches, taken_end)) = result else { return };
+    let mut read_ahead = inner.read_ahead.borrow_mut();
+    if read_ahead.generation != generation || batches.is_empty() {
+        return;
+    }
+    let mut next = frontier.offset;
+    for batch in batches {
+        let Ok(header) = BatchHeader::parse(&batch) else { break };
+        let (base, last) = (header.base_offset(), header.last_offset());
+        inner.cache.insert(inner.id, base, last, batch);
+        next = last.next();
+    }
+    read_ahead.frontier =
+        Some(Frontier { offset: next, segment_base: frontier.segment_base, position: taken_end });
+}
+
+/// Truncation, deletion or close: what the read-ahead knows of the files is stale.
+fn forget_read_ahead<S: Storage>(inner: &LogInner<S>) {
+    let mut read_ahead = inner.read_ahead.borrow_mut();
+    read_ahead.generation += 1;
+    read_ahead.frontier = None;
+    read_ahead.newest_from = None;
 }

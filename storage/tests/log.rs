@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use sluice_storage::batch::testing::make_batch;
-use sluice_storage::{LogError, Offset, ReadBound, SimStorage, TimestampType};
+use sluice_storage::{BatchCache, Log, LogConfig, LogError, Offset, ReadBound, SimStorage, TimestampType};
 
 #[test]
 fn appended_batches_read_back_with_their_offsets() {
@@ -369,6 +369,81 @@ fn a_durability_wait_for_truncated_offsets_fails_instead_of_hanging() {
         log.wait_durable(Offset(10)).await.unwrap();
         log.truncate_to(Offset(5)).await.unwrap();
         assert!(matches!(log.wait_durable(Offset(8)).await, Err(LogError::OffsetOutOfRange { .. })));
+        log.close().await.unwrap();
+    });
+}
+
+/// A reader catching up from disk: after its first disk read the log reads ahead into the shard cache, so later
+/// sequential reads are cache hits; every batch still comes back exactly once and in order, across segment rolls,
+/// and a truncation in the middle of the read-ahead never lets a stale batch be served.
+#[test]
+fn sequential_disk_reads_are_read_ahead_and_truncation_drops_what_was_read_ahead() {
+    run(|| async {
+        let storage = SimStorage::new();
+        let config = LogConfig { segment_size_max: 256 * 1024, ..small_config() };
+        let log = open(&storage, config.clone()).await;
+        let mut sent = Vec::new();
+        for index in 0..400 {
+            let batch = make_batch(1 + index % 2, 1000, index as i64);
+            log.append(batch.clone(), 0).await.unwrap();
+            sent.push(batch);
+        }
+        log.wait_durable(log.log_end_offset()).await.unwrap();
+        log.close().await.unwrap();
+        assert!(storage_names(&storage).iter().filter(|name| name.ends_with(".log")).count() > 2);
+
+        // Reopened: nothing is cached, so the first read goes to disk.
+        let cache = BatchCache::new(4 << 20);
+        let log = Log::open(storage.clone(), directory(), config.clone(), cache.clone()).await.unwrap();
+        let mut read = Vec::new();
+        let mut offset = Offset(0);
+        // Bounded: every read returns at least one batch.
+        while offset < log.log_end_offset() {
+            let batches = log.read(offset, 16 * 1024, ReadBound::LogEnd, true).await.unwrap();
+            assert!(!batches.is_empty(), "nothing read at {offset}");
+            assert_eq!(
+                base_offset(&batches[0]),
+                offset,
+                "a sequential reader gets the batch it asked for first"
+            );
+            offset = last_offset(batches.last().unwrap()).next();
+            read.extend(batches);
+        }
+        assert_eq!(read.len(), sent.len());
+        for (stored, original) in read.iter().zip(&sent) {
+            assert_eq!(unstamped(stored), unstamped(original));
+        }
+        let stats = cache.stats();
+        assert!(
+            stats.hits * 2 > stats.hits + stats.misses,
+            "most sequential reads must be served by read-ahead: {stats:?}"
+        );
+
+        // Read part of the way (starting a read-ahead past it), truncate below that, write different batches: the
+        // reader sees only the new ones.
+        let middle = Offset(300);
+        let batches = log.read(middle, 16 * 1024, ReadBound::LogEnd, true).await.unwrap();
+        let after = last_offset(batches.last().unwrap()).next();
+        let _ = log.read(after, 16 * 1024, ReadBound::LogEnd, true).await.unwrap();
+        log.truncate_to(middle).await.unwrap();
+        let mut replacement = Vec::new();
+        for index in 0..50 {
+            let batch = make_batch(3, 700, 10_000 + index);
+            log.append(batch.clone(), 0).await.unwrap();
+            replacement.push(batch);
+        }
+        log.wait_durable(log.log_end_offset()).await.unwrap();
+        let mut offset = middle;
+        let mut read = Vec::new();
+        while offset < log.log_end_offset() {
+            let batches = log.read(offset, 16 * 1024, ReadBound::LogEnd, true).await.unwrap();
+            offset = last_offset(batches.last().unwrap()).next();
+            read.extend(batches);
+        }
+        assert_eq!(read.len(), replacement.len());
+        for (stored, original) in read.iter().zip(&replacement) {
+            assert_eq!(unstamped(stored), unstamped(original));
+        }
         log.close().await.unwrap();
     });
 }
