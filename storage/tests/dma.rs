@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use common::*;
 use sluice_storage::batch::testing::make_batch;
 use sluice_storage::dma::DmaStorage;
-use sluice_storage::{BatchCache, Log, Offset, Storage, StorageFile};
+use sluice_storage::{BatchCache, Log, Offset, ReadBound, Storage, StorageFile};
 
 fn scratch_directory() -> tempfile::TempDir {
     // Under the target directory: on the same (ext4) device as the build, never tmpfs, which refuses O_DIRECT.
@@ -142,5 +142,65 @@ fn unaligned_reads_return_exactly_the_bytes_asked_for_and_stop_at_the_end() {
             assert_eq!(&read[..], expected, "read_at({position}, {size})");
         }
         file.close().await.unwrap();
+    });
+}
+
+/// Read-ahead on real files, where a read-ahead is really in flight on the blocking pool when the next read comes:
+/// two readers catching up at once, from the start and from the middle, each get every batch exactly once, in
+/// order, with the bytes that were written — whether a read waited for a read-ahead, hit the cache, or went to disk.
+#[test]
+fn concurrent_catch_up_readers_get_every_batch_once_with_read_ahead_in_flight() {
+    let scratch = scratch_directory();
+    let directory = scratch.path().to_path_buf();
+    run(move || async move {
+        let config = sluice_storage::LogConfig { segment_size_max: 1 << 20, ..small_config() };
+        let storage = DmaStorage::new(&directory).await.unwrap();
+        let log = Log::open(storage.clone(), directory.clone(), config.clone(), BatchCache::new(8 << 20))
+            .await
+            .unwrap();
+        let mut sent = Vec::new();
+        for index in 0..3000 {
+            let batch = make_batch(1 + index % 3, 200 + (index as usize * 37) % 900, index as i64);
+            let info = log.append(batch.clone(), 0).await.unwrap();
+            sent.push((info.base_offset, batch));
+        }
+        log.wait_durable(log.log_end_offset()).await.unwrap();
+        log.close().await.unwrap();
+
+        // Reopened with an empty cache: everything comes from disk or from read-ahead.
+        let cache = BatchCache::new(8 << 20);
+        let log = Log::open(storage, directory.clone(), config, cache.clone()).await.unwrap();
+        assert!(log.segment_count() > 2);
+        let end = log.log_end_offset();
+        let middle = sent[sent.len() / 2].0;
+        let reader = |from: Offset| {
+            let log = log.clone();
+            glommio::spawn_local(async move {
+                let mut batches = Vec::new();
+                let mut offset = from;
+                // Bounded: every read returns at least one batch.
+                while offset < end {
+                    let chunk = log.read(offset, 64 * 1024, ReadBound::LogEnd, true).await.unwrap();
+                    assert!(!chunk.is_empty(), "nothing read at {offset}");
+                    offset = last_offset(chunk.last().unwrap()).next();
+                    batches.extend(chunk);
+                }
+                batches
+            })
+        };
+        let (from_start, from_middle) = futures_lite::future::zip(reader(Offset(0)), reader(middle)).await;
+        for (read, expected) in [(from_start, &sent[..]), (from_middle, &sent[sent.len() / 2..])] {
+            assert_eq!(read.len(), expected.len());
+            for (stored, (offset, original)) in read.iter().zip(expected) {
+                assert_eq!(base_offset(stored), *offset);
+                assert_eq!(unstamped(stored), unstamped(original));
+            }
+        }
+        let stats = cache.stats();
+        assert!(
+            stats.hits > stats.misses,
+            "sequential readers should mostly be served by read-ahead: {stats:?}"
+        );
+        log.close().await.unwrap();
     });
 }
