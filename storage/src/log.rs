@@ -593,8 +593,11 @@ impl<S: Storage> Log<S> {
             return Ok(Vec::new());
         }
         // 0. A running read-ahead from at or below `offset` is about to put it in the cache: wait for it rather than
-        //    read the same bytes twice. Bounded: every read-ahead ends, and its guard clears the slot and notifies.
-        while self.inner.read_ahead.borrow().in_flight_from.is_some_and(|from| from <= offset) {
+        //    read the same bytes twice (a reader whose batch is cached already, such as one at the tail, goes on).
+        //    Bounded: every read-ahead ends, and its guard clears the slot and notifies.
+        while self.inner.read_ahead.borrow().in_flight_from.is_some_and(|from| from <= offset)
+            && !self.inner.cache.contains(self.inner.id, offset)
+        {
             self.inner.read_ahead_done.notified().await;
         }
         let mut budget = Budget { size_max, min_one, used: 0, upper };
