@@ -98,6 +98,10 @@ struct Cli {
     /// In catch-up mode, drop the page cache (root only) between writing and reading the backlog.
     #[arg(long)]
     drop_caches: bool,
+    /// In catch-up mode, after the backlog, write this many payload bytes to a second topic (`<topic>-evict`), so
+    /// that a broker's own memory of recent batches holds that data rather than the backlog's tail.
+    #[arg(long, default_value_t = 0)]
+    evict_size: u64,
     /// Skip CRC-32C checks of fetched batches.
     #[arg(long)]
     no_verify_crc: bool,
@@ -176,6 +180,7 @@ fn main() -> ExitCode {
         duration: Duration::from_secs_f64(cli.duration),
         backlog_size: cli.backlog_size,
         drop_caches: cli.drop_caches,
+        evict_size: cli.evict_size,
         broker_pid: cli.broker_pid,
         label: cli.label.clone(),
         description,

@@ -30,6 +30,8 @@ pub struct RunOptions {
     pub duration: Duration,
     pub backlog_size: u64,
     pub drop_caches: bool,
+    /// Payload bytes written to `<topic>-evict` between the backlog and its read (0 = none).
+    pub evict_size: u64,
     pub broker_pid: Option<u32>,
     pub label: String,
     pub description: String,
@@ -335,6 +337,9 @@ fn run_catch_up(
     let published = stats.snapshot();
     let cpu_publish_end = CpuSample::take(options.broker_pid);
     let publish_seconds = cpu_publish_end.at.duration_since(cpu_publish_start.at).as_secs_f64();
+    if options.evict_size > 0 {
+        evict(options, workload, versions, payloads, stats)?;
+    }
     if options.drop_caches {
         drop_page_cache(stats);
     }
@@ -408,6 +413,53 @@ fn run_catch_up(
 
 /// Empties the page cache so that a catch-up read comes from the disk for brokers that read through it (Sluice
 /// reads with O_DIRECT and needs this less). Needs root; failure is reported, not fatal.
+/// Writes `evict_size` payload bytes to a second topic per backlog topic, counted apart from the run's figures:
+/// afterwards a broker's cache of recent batches (Sluice's is first in, first out) holds them, not the backlog.
+fn evict(
+    options: &RunOptions,
+    workload: &Arc<Workload>,
+    versions: Versions,
+    payloads: &Arc<Payloads>,
+    stats: &Arc<Stats>,
+) -> Result<(), ClientError> {
+    let mut evict_workload = (**workload).clone();
+    evict_workload.topics = workload.topics.iter().map(|topic| format!("{topic}-evict")).collect();
+    let mut admin = Connection::connect(&workload.bootstrap)?;
+    for topic in &evict_workload.topics {
+        ensure_topic(&mut admin, &versions, topic, workload.partition_count)?;
+    }
+    drop(admin);
+    let evict_workload = Arc::new(evict_workload);
+    let evict_stats = Stats::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let producers = start_producers(&evict_workload, versions, payloads, &evict_stats, &stop);
+    let started = Instant::now();
+    let time_limit = options.warmup + options.duration.max(Duration::from_secs(10)) * 4;
+    // Bounded by the time limit.
+    loop {
+        thread::sleep(Duration::from_millis(200));
+        let written = evict_stats.snapshot().acked_bytes;
+        if written >= options.evict_size {
+            eprintln!(
+                "{:6.1}s evict    wrote {} MB to the eviction topic",
+                started.elapsed().as_secs_f64(),
+                written / 1_000_000
+            );
+            break;
+        }
+        if started.elapsed() > time_limit || producers.iter().all(|producer| producer.writer.is_finished()) {
+            stats.error(format!(
+                "eviction data of {} bytes not written within {time_limit:?}",
+                options.evict_size
+            ));
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    join(Workers { producers, consumers: Vec::new() });
+    Ok(())
+}
+
 fn drop_page_cache(stats: &Stats) {
     // SAFETY: sync() takes no arguments and only schedules dirty pages for writing.
     unsafe { libc::sync() };
