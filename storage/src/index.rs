@@ -39,12 +39,15 @@ impl OffsetIndex {
         }
     }
 
-    /// The position of the last indexed batch that starts in `(above, at_most]`: a read of `[above, it)` ends on a
-    /// batch boundary.
-    pub fn boundary_in(&self, above: u64, at_most: u64) -> Option<u64> {
+    /// Where a read of at most `size` bytes from `position` should end: at the last indexed batch start inside
+    /// that range, so that no partial batch is read and thrown away; `position + size` when the index knows none.
+    pub fn chunk_end(&self, position: u64, size: u64) -> u64 {
+        let at_most = position + size;
         let index = self.entries.partition_point(|entry| entry.position as u64 <= at_most);
-        let position = self.entries[..index].last()?.position as u64;
-        (position > above).then_some(position)
+        match self.entries[..index].last() {
+            Some(entry) if entry.position as u64 > position => entry.position as u64,
+            _ => at_most,
+        }
     }
 
     pub fn push(&mut self, entry: OffsetIndexEntry) {

@@ -664,7 +664,8 @@ impl<S: Storage> Log<S> {
         let mut target = offset;
         // Bounded by the segment count: each pass moves to a later segment.
         loop {
-            let (segment_base, segment_file, position, path, segment_size, segment_next) = {
+            let take_max = budget.size_max.saturating_sub(budget.used);
+            let (segment_base, segment_file, position, size_hint, path, segment_size, segment_next) = {
                 let state = self.inner.state.borrow();
                 let index = state.segments.partition_point(|segment| segment.base_offset <= target);
                 if index == 0 {
@@ -672,21 +673,12 @@ impl<S: Storage> Log<S> {
                 }
                 let segment = &state.segments[index - 1];
                 let (_, position) = segment.index.lookup(relative(segment.base_offset, target));
+                let chunk_size = take_max.min(READ_CHUNK_SIZE_MAX) as u64;
+                let size_hint = (segment.index.chunk_end(position.0, chunk_size) - position.0) as usize;
                 let file = segment.file.clone();
-                (segment.base_offset, file, position, segment.path.clone(), segment.size, segment.next_offset)
+                let (base, path) = (segment.base_offset, segment.path.clone());
+                (base, file, position, size_hint, path, segment.size, segment.next_offset)
             };
-            // End the chunk at a batch boundary the index knows, so that no partial batch is read and thrown away.
-            let size_hint = {
-                let size_hint = budget.size_max.saturating_sub(budget.used).min(READ_CHUNK_SIZE_MAX);
-                let state = self.inner.state.borrow();
-                state
-                    .segments
-                    .iter()
-                    .find(|segment| segment.base_offset == segment_base)
-                    .and_then(|segment| segment.index.boundary_in(position.0, position.0 + size_hint as u64))
-                    .map_or(size_hint, |boundary| (boundary - position.0) as usize)
-            };
-            let take_max = budget.size_max.saturating_sub(budget.used);
             if target >= segment_next {
                 let state = self.inner.state.borrow();
                 match state.segments.iter().find(|segment| segment.base_offset > target) {
@@ -1710,14 +1702,13 @@ fn start_read_ahead<S: Storage>(inner: &Rc<LogInner<S>>, chunk_size: usize) {
         if frontier.position >= segment.size {
             return;
         }
-        let chunk_end = frontier.position + chunk_size as u64;
-        let chunk_end = segment.index.boundary_in(frontier.position, chunk_end).unwrap_or(chunk_end);
+        let chunk_end = segment.index.chunk_end(frontier.position, chunk_size as u64);
         (segment.file.clone(), segment.size.min(chunk_end))
     };
     if inner.cache.contains(inner.id, frontier.offset) {
         return;
     }
-    let size = chunk_size.min((end - frontier.position) as usize);
+    let size = (end - frontier.position) as usize; // end is at most one chunk past the frontier
     if !inner.cache.reserve_read_ahead(size) {
         return;
     }
