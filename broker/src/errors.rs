@@ -4,6 +4,8 @@
 
 use sluice_storage::{BatchError, LogError};
 
+use crate::cluster::topic_table::TopicTableError;
+
 /// A Kafka protocol error code (`error_code` fields on the wire).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ErrorCode(pub i16);
@@ -103,6 +105,26 @@ pub fn from_log_error(error: &LogError) -> KafkaError {
         LogError::InvalidConfig(_) => ErrorCode::INVALID_CONFIG,
     };
     KafkaError::with_message(code, error.to_string())
+}
+
+/// The mapping from the topic table's refusals to Kafka's codes (CreateTopics, DeleteTopics, CreatePartitions,
+/// AlterConfigs); the message is the table's sentence.
+pub fn from_topic_table_error(error: &TopicTableError) -> KafkaError {
+    let code = match error {
+        TopicTableError::InvalidName(_) | TopicTableError::InternalTopic(_) => {
+            ErrorCode::INVALID_TOPIC_EXCEPTION
+        }
+        TopicTableError::AlreadyExists(_) => ErrorCode::TOPIC_ALREADY_EXISTS,
+        TopicTableError::UnknownTopic(_) => ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+        TopicTableError::InvalidPartitionCount(_) => ErrorCode::INVALID_PARTITIONS,
+        TopicTableError::InvalidReplicationFactor(_) => ErrorCode::INVALID_REPLICATION_FACTOR,
+        TopicTableError::InvalidConfig(_) => ErrorCode::INVALID_CONFIG,
+    };
+    // Unknown topics were answered without a message before the table had its own errors; keep the wire the same.
+    match error {
+        TopicTableError::UnknownTopic(_) => KafkaError::new(code),
+        _ => KafkaError::with_message(code, error.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! **Architecture invariant:** only the shard that owns a partition (see [`placement`]) touches its log.
 
 pub mod alloc;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod connection;
@@ -16,12 +17,8 @@ pub mod group;
 pub mod handlers;
 pub mod logging;
 pub mod mesh;
-pub mod partition;
-pub mod placement;
 pub mod producer_ids;
-pub mod producer_state;
 pub mod records;
 pub mod server;
 pub mod shard;
 pub mod sync;
-pub mod topics;

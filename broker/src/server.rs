@@ -16,10 +16,12 @@ const BLOCKING_THREADS: usize = 4;
 
 use crate::config::Config;
 use crate::connection;
-use crate::mesh::{Envelope, ShardReply, ShardRequest};
-use crate::partition::PartitionManager;
-use crate::shard::Shard;
-use crate::topics::TopicTable;
+use sluice_replication::{NodeId, ShardId};
+
+use crate::cluster::PartitionManager;
+use crate::cluster::TopicTable;
+use crate::mesh::{Envelope, Mesh};
+use crate::shard::{Shard, ShardReply, ShardRequest};
 
 /// How long shutdown waits for connections to finish their in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,7 +85,7 @@ pub fn start(config: Config) -> Result<Broker, String> {
     let address = probe_listen_address(config.listen)?;
     let config = Config { listen: address, ..config };
     prepare_data_dir(&config)?;
-    let table = Arc::new(TopicTable::load(&config.data_dir)?);
+    let table = Arc::new(TopicTable::load(&config.data_dir, NodeId(config.node_id))?);
     let shard_count = match config.shard_count {
         Some(count) => count,
         None => std::thread::available_parallelism().map(|count| count.get()).unwrap_or(1),
@@ -92,6 +94,7 @@ pub fn start(config: Config) -> Result<Broker, String> {
     let config = Arc::new(config);
     let stop = Arc::new(AtomicBool::new(false));
     let running = Arc::new(AtomicUsize::new(shard_count));
+    let loaded = Arc::new(AtomicUsize::new(0));
     let drained = Arc::new(AtomicUsize::new(0));
     let request_mesh =
         MeshBuilder::<Envelope<ShardRequest>, _>::full(shard_count, config.shard_channel_capacity);
@@ -104,6 +107,7 @@ pub fn start(config: Config) -> Result<Broker, String> {
             table: table.clone(),
             stop: stop.clone(),
             running: running.clone(),
+            loaded: loaded.clone(),
             drained: drained.clone(),
             shard_count,
             started: started_sender.clone(),
@@ -151,9 +155,65 @@ struct ShardContext {
     table: Arc<TopicTable>,
     stop: Arc<AtomicBool>,
     running: Arc<AtomicUsize>,
+    /// Shards that have opened every partition they own (the start-up barrier).
+    loaded: Arc<AtomicUsize>,
+    /// Shards that have stopped sending to the others (the shutdown barrier).
     drained: Arc<AtomicUsize>,
     shard_count: usize,
     started: mpsc::Sender<Result<(), String>>,
+}
+
+/// A shard's life, in order. Each transition is logged; going back is a broken invariant.
+///
+/// - `Loading`: the mesh is joined and served (peers may already ask for partitions), owned partitions are
+///   opened and their logs recovered; group coordinators replay in the background (COORDINATOR_LOAD_IN_PROGRESS
+///   until done).
+/// - `Loaded`: waits until every shard is loaded. Only then does any shard listen, so a client never reaches a
+///   shard while another still opens a partition it would forward to (which answered
+///   UNKNOWN_TOPIC_OR_PARTITION for a partition that exists).
+/// - `Serving`: accepts connections until the stop signal.
+/// - `Draining`: background loops stop, connections finish their in-flight requests, then every shard waits
+///   until all have stopped sending to the others.
+/// - `Closing`: logs are flushed, synced and closed. Then `Stopped`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum ShardPhase {
+    Loading,
+    Loaded,
+    Serving,
+    Draining,
+    Closing,
+    Stopped,
+}
+
+struct Lifecycle {
+    shard: ShardId,
+    phase: std::cell::Cell<ShardPhase>,
+}
+
+impl Lifecycle {
+    fn enter(&self, phase: ShardPhase) {
+        assert!(phase > self.phase.get(), "shard {}: {:?} after {:?}", self.shard, phase, self.phase.get());
+        log::debug!("shard {}: {:?} -> {phase:?}", self.shard, self.phase.get());
+        self.phase.set(phase);
+    }
+}
+
+/// Test hook: `SLUICE_TEST_SHARD_LOAD_DELAY_MS=<shard>:<ms>` holds one shard's loading back by that long, so a test
+/// can show that no shard listens before every shard has loaded.
+const LOAD_DELAY_VARIABLE: &str = "SLUICE_TEST_SHARD_LOAD_DELAY_MS";
+
+fn test_load_delay(shard: ShardId) -> Option<Duration> {
+    let value = std::env::var(LOAD_DELAY_VARIABLE).ok()?;
+    let (target, delay) = value.split_once(':')?;
+    (target.trim().parse::<usize>().ok()? == shard.0).then_some(())?;
+    delay.trim().parse::<u64>().ok().map(Duration::from_millis)
+}
+
+/// A shard's background loops, stopped at shutdown.
+struct Background {
+    group_timers: glommio::Task<()>,
+    retention: glommio::Task<()>,
+    watcher: glommio::Task<()>,
 }
 
 async fn run_shard(
@@ -166,7 +226,8 @@ async fn run_shard(
         request_mesh.join().await.map_err(|_| "cannot join the shard request mesh".to_string())?;
     let (reply_senders, reply_receivers) =
         reply_mesh.join().await.map_err(|_| "cannot join the shard reply mesh".to_string())?;
-    let shard_id = request_senders.peer_id();
+    let mesh = Rc::new(Mesh::new(request_senders, reply_senders));
+    let lifecycle = Lifecycle { shard: mesh.shard(), phase: std::cell::Cell::new(ShardPhase::Loading) };
     let executor = glommio::executor();
     // Connections get a latency-sensitive queue so that a busy one is preempted often; the mesh gets its own.
     let connection_queue = executor.create_task_queue(
@@ -179,16 +240,67 @@ async fn run_shard(
         glommio::Latency::Matters(Duration::from_millis(1)),
         "mesh",
     );
-    let partitions = PartitionManager::new(context.config.clone(), shard_id, context.shard_count).await?;
-    let shard = Rc::new(Shard::new(
-        context.config.clone(),
-        context.table.clone(),
-        partitions,
-        request_senders,
-        reply_senders,
-    ));
+
+    let shard = run_shard_load(&context, mesh, request_receivers, reply_receivers, mesh_queue).await?;
+    lifecycle.enter(ShardPhase::Loaded);
+    if !run_shard_wait_all_loaded(&context).await {
+        lifecycle.enter(ShardPhase::Stopped);
+        return Err(format!("shard {}: stopped during start-up", shard.id));
+    }
+    let listener = bind_shard_listener(context.config.listen)
+        .map_err(|error| format!("cannot listen on {}: {error}", context.config.listen))?;
+    let _ = context.started.send(Ok(()));
+    lifecycle.enter(ShardPhase::Serving);
+    log::debug!("shard {} serving {} partitions", shard.id, shard.partitions.partition_count());
+    let background = run_shard_background(&shard, &context);
+    run_shard_accept(&shard, listener, connection_queue).await;
+
+    lifecycle.enter(ShardPhase::Draining);
+    run_shard_drain(&shard, &context, background).await;
+    lifecycle.enter(ShardPhase::Closing);
+    log::info!("shard {}: closing {} logs", shard.id, shard.partitions.partition_count());
+    shard.partitions.close_all().await;
+    lifecycle.enter(ShardPhase::Stopped);
+    log::info!("shard {}: stopped", shard.id);
+    Ok(())
+}
+
+/// `Loading`: the shard's state, the mesh served, every owned partition opened.
+async fn run_shard_load(
+    context: &ShardContext,
+    mesh: Rc<Mesh<ShardRequest, ShardReply>>,
+    request_receivers: glommio::channels::channel_mesh::Receivers<Envelope<ShardRequest>>,
+    reply_receivers: glommio::channels::channel_mesh::Receivers<Envelope<ShardReply>>,
+    mesh_queue: glommio::TaskQueueHandle,
+) -> Result<Rc<Shard>, String> {
+    let shard_id = mesh.shard();
+    let storage = sluice_storage::DmaStorage::new(&context.config.data_dir)
+        .await
+        .map_err(|error| format!("data directory {}: {error}", context.config.data_dir.display()))?;
+    let partitions = PartitionManager::new(context.config.clone(), storage, shard_id, context.shard_count);
+    let shard = Rc::new(Shard::new(context.config.clone(), context.table.clone(), partitions, mesh));
     shard.serve_mesh(request_receivers, reply_receivers, mesh_queue);
+    if let Some(delay) = test_load_delay(shard_id) {
+        log::warn!("shard {shard_id}: loading held back by {delay:?} ({LOAD_DELAY_VARIABLE})");
+        glommio::timer::sleep(delay).await;
+    }
     shard.partitions.apply(&context.table).await?;
+    Ok(shard)
+}
+
+/// `Loaded`: the start-up barrier. False if the broker was stopped meanwhile (another shard failed to load).
+async fn run_shard_wait_all_loaded(context: &ShardContext) -> bool {
+    context.loaded.fetch_add(1, Ordering::SeqCst);
+    while context.loaded.load(Ordering::SeqCst) < context.shard_count {
+        if context.stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    true
+}
+
+fn run_shard_background(shard: &Rc<Shard>, context: &ShardContext) -> Background {
     // Consumer groups: replay this shard's __consumer_offsets partitions (group calls answer
     // COORDINATOR_LOAD_IN_PROGRESS until done), then run the group timers until shutdown.
     let group_timers = {
@@ -198,11 +310,6 @@ async fn run_shard(
             shard.groups.run_timers(shard.clone()).await;
         })
     };
-    let listener = bind_shard_listener(context.config.listen)
-        .map_err(|error| format!("cannot listen on {}: {error}", context.config.listen))?;
-    let _ = context.started.send(Ok(()));
-    log::debug!("shard {shard_id} serving {} partitions", shard.partitions.partition_count());
-
     let watcher = {
         let shard = shard.clone();
         let stop = context.stop.clone();
@@ -229,8 +336,15 @@ async fn run_shard(
             }
         })
     };
+    Background { group_timers, retention, watcher }
+}
 
-    // Accept until shutdown.
+/// `Serving`: accepts connections until shutdown.
+async fn run_shard_accept(
+    shard: &Rc<Shard>,
+    listener: glommio::net::TcpListener,
+    connection_queue: glommio::TaskQueueHandle,
+) {
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             if !shard.is_shutting_down() {
@@ -246,21 +360,26 @@ async fn run_shard(
                 if let Err(error) =
                     glommio::spawn_local_into(task, connection_queue).map(|task| task.detach())
                 {
-                    log::error!("shard {shard_id}: cannot spawn a connection task: {error}");
+                    log::error!("shard {}: cannot spawn a connection task: {error}", shard.id);
                 }
             }
             Some(Err(error)) => {
-                log::warn!("shard {shard_id}: accept failed: {error}");
+                log::warn!("shard {}: accept failed: {error}", shard.id);
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
         }
     }
     drop(listener);
-    log::info!("shard {shard_id}: stopped accepting");
-    watcher.await;
+    log::info!("shard {}: stopped accepting", shard.id);
+}
+
+/// `Draining`: background loops end, connections finish, and every shard stops sending to the others.
+async fn run_shard_drain(shard: &Rc<Shard>, context: &ShardContext, background: Background) {
+    let shard_id = shard.id;
+    background.watcher.await;
     // Background loops end at the shutdown signal; one that does not (a wedged operation) is abandoned after a
     // bound, named in the log, rather than holding the broker up.
-    for (name, task) in [("group timers", group_timers), ("retention", retention)] {
+    for (name, task) in [("group timers", background.group_timers), ("retention", background.retention)] {
         let ended = futures_lite::future::or(
             async {
                 task.await;
@@ -277,7 +396,6 @@ async fn run_shard(
         }
     }
     log::info!("shard {shard_id}: draining {} connections", shard.connection_count());
-
     // Drain: connections finish what they read, then close.
     let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
     while shard.connection_count() > 0 && std::time::Instant::now() < deadline {
@@ -298,10 +416,6 @@ async fn run_shard(
     {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
-    log::info!("shard {shard_id}: closing {} logs", shard.partitions.partition_count());
-    shard.partitions.close_all().await;
-    log::info!("shard {shard_id}: stopped");
-    Ok(())
 }
 
 /// A shard's listening socket: SO_REUSEPORT so that every shard listens on the same port (the kernel spreads

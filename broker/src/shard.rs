@@ -1,12 +1,13 @@
-//! `Shard`: the per-core state. One lives on each executor (as `Rc`); it holds this shard's copy of the topic
-//! table, the partitions it owns, both halves of the channel mesh and the shutdown signal. Created by
-//! [`crate::server`] once the mesh is joined; stopped when the server's shutdown flag is raised.
+//! `Shard`: the per-core state and the routing between shards. One lives on each executor (as `Rc`); it holds
+//! this shard's copy of the topic table, the partitions it owns ([`PartitionManager`]), the consumer groups it
+//! coordinates, its end of the [`Mesh`] and the shutdown signal. Created by [`crate::server`] once the mesh is
+//! joined; stopped when the server's shutdown flag is raised.
 //!
-//! Routing lives here: [`Shard::partition_call`] runs a partition operation on the owning shard, locally or over
-//! the mesh, and [`Shard::admin`] sends topic changes to shard 0, the single writer of the topic table.
+//! Routing: [`Shard::produce`] and [`Shard::partition_call`] run a partition operation on the owning shard, locally
+//! or over the mesh; [`Shard::admin`] sends topic changes to shard 0, the single writer of the topic table;
+//! [`Shard::group_call`] reaches a group's coordinator. The messages are [`ShardRequest`] and [`ShardReply`].
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -14,36 +15,76 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use glommio::channels::channel_mesh::{Receivers, Senders};
-use glommio::channels::shared_channel::ConnectedReceiver;
+use bytes::Bytes;
+use sluice_replication::{Acks, ShardId, TopicPartition};
+use sluice_storage::{DmaStorage, Offset};
 
+use crate::cluster::partition::{Partition, PartitionOp, PartitionResult};
+use crate::cluster::placement::shard_for;
+use crate::cluster::topic_table::{apply_change, TopicChange, TopicTable};
+use crate::cluster::PartitionManager;
 use crate::config::Config;
-use crate::errors::{ErrorCode, KafkaError};
-use crate::group::{GroupCoordinator, GroupReply, OFFSETS_TOPIC};
-use crate::mesh::{Envelope, ShardReply, ShardRequest, TopicChange};
-use crate::partition::{Partition, PartitionManager, PartitionOp, PartitionResult};
-use crate::placement::shard_for;
+use crate::errors::{from_topic_table_error, ErrorCode, KafkaError};
+use crate::group::{GroupCoordinator, GroupHost, GroupReply, GroupRequest};
+use crate::mesh::{Mesh, MeshError, ReplyTo};
 use crate::producer_ids::ProducerIdAllocator;
-use crate::sync::{oneshot, Notify, OneshotReceiver, OneshotSender};
-use crate::topics::{
-    validate_topic_configs, validate_topic_name, TopicEntry, TopicTable, PARTITION_COUNT_MAX,
-};
+use crate::sync::Notify;
 
-pub type RequestMesh = (Senders<Envelope<ShardRequest>>, Receivers<Envelope<ShardRequest>>);
+/// A partition served by this process: the storage is glommio's direct I/O.
+pub type OwnedPartition = Partition<DmaStorage>;
 /// One result per topic change, in request order.
 pub type AdminResults = Vec<Result<(), KafkaError>>;
-pub type ReplyMesh = (Senders<Envelope<ShardReply>>, Receivers<Envelope<ShardReply>>);
+/// Phase two of a produce routed through the shard (see [`Shard::produce`]).
+pub type Acknowledgement = Pin<Box<dyn Future<Output = PartitionResult>>>;
+
+#[derive(Debug)]
+pub enum ShardRequest {
+    /// Served by the partition's owner, in the order received from each peer (see [`Shard::produce`]).
+    Produce {
+        topic_partition: TopicPartition,
+        records: Bytes,
+        acks: Acks,
+    },
+    Partition {
+        topic_partition: TopicPartition,
+        op: PartitionOp,
+    },
+    /// Fetch long polling: complete when any of these partitions' high watermark passes its offset, or after
+    /// `timeout`. The owner is woken by appends, never by polling.
+    WaitForData {
+        partitions: Vec<(TopicPartition, Offset)>,
+        timeout: Duration,
+    },
+    /// Topic changes; only shard 0 serves these.
+    Admin {
+        changes: Vec<TopicChange>,
+        validate_only: bool,
+    },
+    /// Shard 0 hands every shard the new table; the reply says the shard has opened or removed its logs.
+    ApplyTopics(Arc<TopicTable>),
+    /// A new producer id; only shard 0 serves these (it owns the allocator).
+    AllocateProducerId,
+    /// A consumer-group call, served by the shard that coordinates the group.
+    Group(GroupRequest),
+}
+
+#[derive(Debug)]
+pub enum ShardReply {
+    Partition(PartitionResult),
+    DataArrived,
+    Admin(AdminResults),
+    Applied(Result<(), String>),
+    ProducerId(Result<i64, KafkaError>),
+    Group(GroupReply),
+}
 
 pub struct Shard {
-    pub id: usize,
+    pub id: ShardId,
     pub count: usize,
     pub config: Arc<Config>,
     topics: RefCell<Arc<TopicTable>>,
-    pub partitions: PartitionManager,
-    request_senders: Senders<Envelope<ShardRequest>>,
-    reply_senders: Senders<Envelope<ShardReply>>,
-    pending: RefCell<HashMap<u64, OneshotSender<ShardReply>>>,
-    next_request_id: Cell<u64>,
+    pub partitions: PartitionManager<DmaStorage>,
+    mesh: Rc<Mesh<ShardRequest, ShardReply>>,
     /// Serialises topic changes on shard 0.
     admin_lock: glommio::sync::Semaphore,
     shutdown_requested: Cell<bool>,
@@ -56,24 +97,39 @@ pub struct Shard {
     pub groups: GroupCoordinator,
 }
 
+fn mesh_error(error: MeshError) -> KafkaError {
+    match error {
+        MeshError::Closed => {
+            KafkaError::with_message(ErrorCode::NOT_LEADER_OR_FOLLOWER, "shard mesh is closed")
+        }
+        MeshError::NoReply => {
+            KafkaError::with_message(ErrorCode::NOT_LEADER_OR_FOLLOWER, "owning shard went away")
+        }
+    }
+}
+
+fn unexpected_reply(reply: &ShardReply) -> KafkaError {
+    KafkaError::with_message(ErrorCode::UNKNOWN_SERVER_ERROR, format!("unexpected shard reply {reply:?}"))
+}
+
+fn unknown_partition() -> KafkaError {
+    KafkaError::new(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION)
+}
+
 impl Shard {
     pub fn new(
         config: Arc<Config>,
         table: Arc<TopicTable>,
-        partitions: PartitionManager,
-        request_senders: Senders<Envelope<ShardRequest>>,
-        reply_senders: Senders<Envelope<ShardReply>>,
+        partitions: PartitionManager<DmaStorage>,
+        mesh: Rc<Mesh<ShardRequest, ShardReply>>,
     ) -> Shard {
         Shard {
-            id: request_senders.peer_id(),
-            count: request_senders.nr_consumers(),
+            id: mesh.shard(),
+            count: mesh.shard_count(),
             config,
             topics: RefCell::new(table),
             partitions,
-            request_senders,
-            reply_senders,
-            pending: RefCell::new(HashMap::new()),
-            next_request_id: Cell::new(1),
+            mesh,
             admin_lock: glommio::sync::Semaphore::new(1),
             shutdown_requested: Cell::new(false),
             shutdown: Notify::default(),
@@ -88,8 +144,8 @@ impl Shard {
         self.topics.borrow().clone()
     }
 
-    pub fn owner(&self, topic: &str, partition: i32) -> usize {
-        shard_for(topic, partition, self.count)
+    pub fn owner(&self, topic: &str, partition: i32) -> ShardId {
+        ShardId(shard_for(topic, partition, self.count))
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -114,81 +170,57 @@ impl Shard {
         self.connection_count.get()
     }
 
-    /// Starts serving the mesh: one task per peer for requests and one for replies.
+    /// Starts serving the mesh (see [`Mesh::serve`]).
     pub fn serve_mesh(
         self: &Rc<Self>,
-        mut request_receivers: Receivers<Envelope<ShardRequest>>,
-        mut reply_receivers: Receivers<Envelope<ShardReply>>,
+        request_receivers: glommio::channels::channel_mesh::Receivers<crate::mesh::Envelope<ShardRequest>>,
+        reply_receivers: glommio::channels::channel_mesh::Receivers<crate::mesh::Envelope<ShardReply>>,
         queue: glommio::TaskQueueHandle,
     ) {
-        for (_, receiver) in request_receivers.streams() {
-            let shard = self.clone();
-            let _ = glommio::spawn_local_into(shard.serve_peer_requests(receiver), queue)
-                .map(|task| task.detach());
-        }
-        for (_, receiver) in reply_receivers.streams() {
-            let shard = self.clone();
-            let _ = glommio::spawn_local_into(shard.serve_peer_replies(receiver), queue)
-                .map(|task| task.detach());
-        }
+        let shard = self.clone();
+        self.mesh.serve(request_receivers, reply_receivers, queue, move |reply_to, request| {
+            shard.clone().serve_peer_request(reply_to, request)
+        });
     }
 
-    async fn serve_peer_requests(self: Rc<Self>, receiver: ConnectedReceiver<Envelope<ShardRequest>>) {
-        while let Some(envelope) = receiver.recv().await {
-            let Envelope { id, from, body } = envelope;
-            match body {
-                // Appends are sequenced here, in channel order, before the next message from this peer is taken:
-                // that keeps a connection's pipelined produce requests in the order it sent them.
-                ShardRequest::Partition { topic, partition, op: PartitionOp::Append { records, acks } } => {
-                    let result = match self.partitions.get(&topic, partition) {
-                        None => Err(KafkaError::new(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION)),
-                        Some(owned) => owned.append(records).await.map(|info| (owned, info)),
+    async fn serve_peer_request(self: Rc<Self>, reply_to: ReplyTo, request: ShardRequest) {
+        match request {
+            // Sequenced here, in channel order, before the next message from this peer is taken: that keeps a
+            // connection's pipelined produce requests in the order it sent them.
+            ShardRequest::Produce { topic_partition, records, acks } => {
+                let produced = match self.partitions.get(&topic_partition.topic, topic_partition.partition) {
+                    None => Err(unknown_partition()),
+                    Some(owned) => owned.produce(records, acks).await,
+                };
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    let reply = match produced {
+                        Ok(produced) => produced.acknowledged().await,
+                        Err(error) => Err(error),
                     };
-                    let shard = self.clone();
-                    glommio::spawn_local(async move {
-                        let reply = match result {
-                            Ok((owned, info)) => owned.acknowledge(info, acks).await,
-                            Err(error) => Err(error),
-                        };
-                        shard.reply(from, id, ShardReply::Partition(reply)).await;
-                    })
-                    .detach();
-                }
-                other => {
-                    let shard = self.clone();
-                    glommio::spawn_local(async move {
-                        let reply = shard.serve(other).await;
-                        shard.reply(from, id, reply).await;
-                    })
-                    .detach();
-                }
+                    shard.mesh.reply(reply_to, ShardReply::Partition(reply)).await;
+                })
+                .detach();
             }
-            glommio::yield_if_needed().await;
-        }
-    }
-
-    async fn reply(&self, to: usize, id: u64, body: ShardReply) {
-        if self.reply_senders.send_to(to, Envelope { id, from: self.id, body }).await.is_err() {
-            log::warn!("shard {}: reply to shard {to} dropped (mesh closed)", self.id);
-        }
-    }
-
-    async fn serve_peer_replies(self: Rc<Self>, receiver: ConnectedReceiver<Envelope<ShardReply>>) {
-        while let Some(envelope) = receiver.recv().await {
-            let waiter = self.pending.borrow_mut().remove(&envelope.id);
-            // A missing waiter gave up (its request was cancelled); the reply is dropped.
-            if let Some(waiter) = waiter {
-                let _ = waiter.send(envelope.body);
+            other => {
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    let reply = shard.serve(other).await;
+                    shard.mesh.reply(reply_to, reply).await;
+                })
+                .detach();
             }
-            glommio::yield_if_needed().await;
         }
     }
 
     /// Serves a request on this shard (from a peer or from a local caller).
     async fn serve(self: &Rc<Self>, request: ShardRequest) -> ShardReply {
         match request {
-            ShardRequest::Partition { topic, partition, op } => {
-                ShardReply::Partition(self.partition_local(&topic, partition, op).await)
+            ShardRequest::Produce { topic_partition, records, acks } => {
+                ShardReply::Partition(self.produce(&topic_partition, records, acks).await.await)
+            }
+            ShardRequest::Partition { topic_partition, op } => {
+                ShardReply::Partition(self.partition_local(&topic_partition, op).await)
             }
             ShardRequest::WaitForData { partitions, timeout } => {
                 self.wait_for_data(&partitions, timeout).await;
@@ -211,70 +243,70 @@ impl Shard {
         }
     }
 
-    async fn partition_local(&self, topic: &str, partition: i32, op: PartitionOp) -> PartitionResult {
-        match self.partitions.get(topic, partition) {
-            None => Err(KafkaError::new(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION)),
-            Some(owned) => match op {
-                PartitionOp::Append { records, acks } => {
-                    let info = owned.append(records).await?;
-                    owned.acknowledge(info, acks).await
-                }
-                op => owned.execute(op).await,
-            },
+    async fn partition_local(&self, topic_partition: &TopicPartition, op: PartitionOp) -> PartitionResult {
+        match self.partitions.get(&topic_partition.topic, topic_partition.partition) {
+            None => Err(unknown_partition()),
+            Some(owned) => owned.execute(op).await,
         }
-    }
-
-    /// Sends `request` to shard `target` and returns, once it is queued, the future of its reply.
-    pub async fn send(
-        self: &Rc<Self>,
-        target: usize,
-        request: ShardRequest,
-    ) -> Result<OneshotReceiver<ShardReply>, KafkaError> {
-        assert_ne!(target, self.id, "local requests do not cross the mesh");
-        let id = self.next_request_id.get();
-        self.next_request_id.set(id + 1);
-        let (sender, receiver) = oneshot();
-        self.pending.borrow_mut().insert(id, sender);
-        if self.request_senders.send_to(target, Envelope { id, from: self.id, body: request }).await.is_err()
-        {
-            self.pending.borrow_mut().remove(&id);
-            return Err(KafkaError::with_message(ErrorCode::NOT_LEADER_OR_FOLLOWER, "shard mesh is closed"));
-        }
-        Ok(receiver)
     }
 
     /// Runs `request` on shard `target` and waits for its reply.
     pub async fn call(
         self: &Rc<Self>,
-        target: usize,
+        target: ShardId,
         request: ShardRequest,
     ) -> Result<ShardReply, KafkaError> {
-        if target == self.id {
-            return match request {
-                // Reads and waits may stop with their caller.
-                request @ (ShardRequest::Partition { .. } | ShardRequest::WaitForData { .. }) => {
-                    Ok(self.serve(request).await)
-                }
-                // Topic changes, producer ids and group operations change shared state: they run in their own task,
-                // so a caller dropped half-way (its client vanished) cannot stop them half-done, just as a request
-                // served for another shard runs to its end.
-                request => {
-                    let shard = self.clone();
-                    glommio::spawn_local(async move { shard.serve(request).await }).detach().await.ok_or_else(
-                        || {
-                            KafkaError::with_message(
-                                ErrorCode::UNKNOWN_SERVER_ERROR,
-                                "shard task ended early",
-                            )
-                        },
-                    )
-                }
+        if target != self.id {
+            return self.mesh.call(target, request).await.map_err(mesh_error);
+        }
+        match request {
+            // Reads and waits may stop with their caller.
+            request @ (ShardRequest::Partition { .. } | ShardRequest::WaitForData { .. }) => {
+                Ok(self.serve(request).await)
+            }
+            // Topic changes, producer ids and group operations change shared state: they run in their own task,
+            // so a caller dropped half-way (its client vanished) cannot stop them half-done, just as a request
+            // served for another shard runs to its end.
+            request => {
+                let shard = self.clone();
+                glommio::spawn_local(async move { shard.serve(request).await }).detach().await.ok_or_else(
+                    || KafkaError::with_message(ErrorCode::UNKNOWN_SERVER_ERROR, "shard task ended early"),
+                )
+            }
+        }
+    }
+
+    /// The one produce route. Phase one happens before this returns: on the owning shard the records are
+    /// sequenced (offsets fixed); for another shard's partition the request is queued, in order, on the mesh
+    /// (the owner sequences it in that order). The returned future is phase two, the acknowledgement.
+    pub async fn produce(
+        self: &Rc<Self>,
+        topic_partition: &TopicPartition,
+        records: Bytes,
+        acks: Acks,
+    ) -> Acknowledgement {
+        let ready = |result: PartitionResult| -> Acknowledgement { Box::pin(std::future::ready(result)) };
+        let owner = self.owner(&topic_partition.topic, topic_partition.partition);
+        if owner == self.id {
+            return match self.partitions.get(&topic_partition.topic, topic_partition.partition) {
+                None => ready(Err(unknown_partition())),
+                Some(owned) => match owned.produce(records, acks).await {
+                    Ok(produced) => Box::pin(produced.acknowledged()),
+                    Err(error) => ready(Err(error)),
+                },
             };
         }
-        let receiver = self.send(target, request).await?;
-        receiver.await.ok_or_else(|| {
-            KafkaError::with_message(ErrorCode::NOT_LEADER_OR_FOLLOWER, "owning shard went away")
-        })
+        let request = ShardRequest::Produce { topic_partition: topic_partition.clone(), records, acks };
+        match self.mesh.send(owner, request).await {
+            Ok(receiver) => Box::pin(async move {
+                match receiver.await {
+                    Some(ShardReply::Partition(result)) => result,
+                    Some(other) => Err(unexpected_reply(&other)),
+                    None => Err(mesh_error(MeshError::NoReply)),
+                }
+            }),
+            Err(error) => ready(Err(mesh_error(error))),
+        }
     }
 
     /// Runs a partition operation on the partition's owner.
@@ -284,32 +316,32 @@ impl Shard {
         partition: i32,
         op: PartitionOp,
     ) -> PartitionResult {
+        let topic_partition = TopicPartition::new(topic, partition);
         let owner = self.owner(topic, partition);
         if owner == self.id {
-            return self.partition_local(topic, partition, op).await;
+            return self.partition_local(&topic_partition, op).await;
         }
-        let request = ShardRequest::Partition { topic: topic.to_string(), partition, op };
-        match self.call(owner, request).await? {
+        match self.call(owner, ShardRequest::Partition { topic_partition, op }).await? {
             ShardReply::Partition(result) => result,
             other => Err(unexpected_reply(&other)),
         }
     }
 
     /// Local half of long polling: returns when any listed partition has data past its offset, or at `timeout`.
-    pub async fn wait_for_data(&self, partitions: &[(String, i32, i64)], timeout: Duration) {
-        let owned: Vec<(Rc<Partition>, i64)> = partitions
+    pub async fn wait_for_data(&self, partitions: &[(TopicPartition, Offset)], timeout: Duration) {
+        let owned: Vec<(Rc<OwnedPartition>, Offset)> = partitions
             .iter()
-            .filter_map(|(topic, index, offset)| {
-                self.partitions.get(topic, *index).map(|owned| (owned, *offset))
+            .filter_map(|(key, offset)| {
+                self.partitions.get(&key.topic, key.partition).map(|owned| (owned, *offset))
             })
             .collect();
         if owned.len() < partitions.len()
-            || owned.iter().any(|(partition, offset)| partition.log.high_watermark().0 > *offset)
+            || owned.iter().any(|(partition, offset)| partition.high_watermark() > *offset)
         {
             return;
         }
         let mut waits: Vec<_> =
-            owned.iter().map(|(partition, _)| partition.data_arrived.notified()).collect();
+            owned.iter().map(|(partition, _)| partition.data_arrived().notified()).collect();
         let any_arrived = std::future::poll_fn(|context| {
             for wait in waits.iter_mut() {
                 if Pin::new(wait).poll(context).is_ready() {
@@ -326,13 +358,9 @@ impl Shard {
     }
 
     /// Sends topic changes to shard 0 and returns one result per change.
-    pub async fn admin(
-        self: &Rc<Self>,
-        changes: Vec<TopicChange>,
-        validate_only: bool,
-    ) -> Vec<Result<(), KafkaError>> {
+    pub async fn admin(self: &Rc<Self>, changes: Vec<TopicChange>, validate_only: bool) -> AdminResults {
         let count = changes.len();
-        match self.call(0, ShardRequest::Admin { changes, validate_only }).await {
+        match self.call(ShardId(0), ShardRequest::Admin { changes, validate_only }).await {
             Ok(ShardReply::Admin(results)) if results.len() == count => results,
             Ok(other) => vec![Err(unexpected_reply(&other)); count],
             Err(error) => vec![Err(error); count],
@@ -340,18 +368,20 @@ impl Shard {
     }
 
     /// Shard 0: applies changes to a copy of the table, persists it, hands it to every shard, then answers.
-    async fn admin_local(
-        self: &Rc<Self>,
-        changes: Vec<TopicChange>,
-        validate_only: bool,
-    ) -> Vec<Result<(), KafkaError>> {
-        assert_eq!(self.id, 0, "only shard 0 writes the topic table");
+    async fn admin_local(self: &Rc<Self>, changes: Vec<TopicChange>, validate_only: bool) -> AdminResults {
+        assert_eq!(self.id, ShardId(0), "only shard 0 writes the topic table");
         let Ok(_permit) = self.admin_lock.acquire_permit(1).await else {
             return vec![Err(KafkaError::new(ErrorCode::UNKNOWN_SERVER_ERROR)); changes.len()];
         };
+        let node = sluice_replication::NodeId(self.config.node_id);
         let mut table = (*self.topics()).clone();
-        let results: Vec<Result<(), KafkaError>> =
-            changes.into_iter().map(|change| apply_change(&self.config, &mut table, change)).collect();
+        let results: AdminResults = changes
+            .into_iter()
+            .map(|change| {
+                apply_change(&self.config, node, &mut table, change)
+                    .map_err(|error| from_topic_table_error(&error))
+            })
+            .collect();
         if validate_only || results.iter().all(|result| result.is_err()) {
             return results;
         }
@@ -364,7 +394,7 @@ impl Shard {
         let table = Arc::new(table);
         let mut failures = Vec::new();
         for target in 0..self.count {
-            match self.call(target, ShardRequest::ApplyTopics(table.clone())).await {
+            match self.call(ShardId(target), ShardRequest::ApplyTopics(table.clone())).await {
                 Ok(ShardReply::Applied(Ok(()))) => {}
                 Ok(ShardReply::Applied(Err(error))) => failures.push(error),
                 Ok(other) => failures.push(format!("{:?}", unexpected_reply(&other))),
@@ -381,14 +411,14 @@ impl Shard {
 
     /// A producer id unique for the life of the data directory, from shard 0's allocator.
     pub async fn allocate_producer_id(self: &Rc<Self>) -> Result<i64, KafkaError> {
-        match self.call(0, ShardRequest::AllocateProducerId).await? {
+        match self.call(ShardId(0), ShardRequest::AllocateProducerId).await? {
             ShardReply::ProducerId(result) => result,
             other => Err(unexpected_reply(&other)),
         }
     }
 
     fn allocate_producer_id_local(&self) -> Result<i64, KafkaError> {
-        assert_eq!(self.id, 0, "only shard 0 allocates producer ids");
+        assert_eq!(self.id, ShardId(0), "only shard 0 allocates producer ids");
         let storage_error = |error: String| {
             log::error!("{error}");
             KafkaError::with_message(ErrorCode::KAFKA_STORAGE_ERROR, error)
@@ -403,94 +433,70 @@ impl Shard {
         }
     }
 
-    /// Installs a newer table and opens or removes this shard's logs to match.
+    /// Installs a newer table and opens or removes this shard's logs to match. The table is installed only once
+    /// the partitions it names are open, so a request never sees a topic whose partition is not there yet.
     pub async fn apply_topics(&self, table: Arc<TopicTable>) -> Result<(), String> {
         if table.version < self.topics().version {
             return Ok(());
         }
-        *self.topics.borrow_mut() = table.clone();
-        self.partitions.apply(&table).await
+        let applied = self.partitions.apply(&table).await;
+        if table.version >= self.topics().version {
+            *self.topics.borrow_mut() = table;
+        }
+        applied
+    }
+
+    /// Sends a group call to the shard that coordinates `group` and waits for the answer.
+    pub async fn group_call(self: &Rc<Self>, group: &str, request: GroupRequest) -> GroupReply {
+        let target = crate::group::coordinator_shard(self.as_ref(), group);
+        // `call` runs a local group request in its own task too (never cancelled half-way by a vanished client).
+        match self.call(target, ShardRequest::Group(request)).await {
+            Ok(ShardReply::Group(reply)) => reply,
+            Ok(other) => {
+                log::error!("shard {}: unexpected reply to a group request: {other:?}", self.id);
+                GroupReply::Error(ErrorCode::COORDINATOR_NOT_AVAILABLE)
+            }
+            Err(_) => GroupReply::Error(ErrorCode::COORDINATOR_NOT_AVAILABLE),
+        }
     }
 }
 
-fn unexpected_reply(reply: &ShardReply) -> KafkaError {
-    KafkaError::with_message(ErrorCode::UNKNOWN_SERVER_ERROR, format!("unexpected shard reply {reply:?}"))
-}
+impl GroupHost for Shard {
+    type Storage = DmaStorage;
 
-/// Applies one change to `table`, or says why not with Kafka's error code.
-fn apply_change(config: &Config, table: &mut TopicTable, change: TopicChange) -> Result<(), KafkaError> {
-    match change {
-        TopicChange::Create { name, partition_count, replication_factor, configs } => {
-            validate_topic_name(&name)
-                .map_err(|error| KafkaError::with_message(ErrorCode::INVALID_TOPIC_EXCEPTION, error))?;
-            if table.get(&name).is_some() {
-                return Err(KafkaError::with_message(
-                    ErrorCode::TOPIC_ALREADY_EXISTS,
-                    format!("topic \"{name}\" already exists"),
-                ));
-            }
-            let partition_count =
-                if partition_count == -1 { config.partition_count_default } else { partition_count };
-            if !(1..=PARTITION_COUNT_MAX).contains(&partition_count) {
-                return Err(KafkaError::with_message(
-                    ErrorCode::INVALID_PARTITIONS,
-                    format!("partition count {partition_count} is outside 1..={PARTITION_COUNT_MAX}"),
-                ));
-            }
-            if replication_factor != -1 && replication_factor != 1 {
-                return Err(KafkaError::with_message(
-                    ErrorCode::INVALID_REPLICATION_FACTOR,
-                    format!("replication factor {replication_factor}: this cluster has one broker"),
-                ));
-            }
-            validate_topic_configs(&configs)
-                .map_err(|error| KafkaError::with_message(ErrorCode::INVALID_CONFIG, error))?;
-            table.topics.insert(name.clone(), TopicEntry::new(&name, partition_count, configs));
-            Ok(())
-        }
-        TopicChange::Delete { name } | TopicChange::AddPartitions { name, .. } if name == OFFSETS_TOPIC => {
-            Err(KafkaError::with_message(
-                ErrorCode::INVALID_TOPIC_EXCEPTION,
-                format!("{OFFSETS_TOPIC} is internal: its partitions place the consumer groups"),
-            ))
-        }
-        TopicChange::Delete { name } => match table.topics.remove(&name) {
-            Some(_) => Ok(()),
-            None => Err(KafkaError::new(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION)),
-        },
-        TopicChange::AddPartitions { name, partition_count } => {
-            let entry =
-                table.topics.get_mut(&name).ok_or(KafkaError::new(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION))?;
-            if partition_count <= entry.partition_count || partition_count > PARTITION_COUNT_MAX {
-                return Err(KafkaError::with_message(
-                    ErrorCode::INVALID_PARTITIONS,
-                    format!(
-                        "topic \"{name}\" has {} partitions; the new count {partition_count} must be larger and at most {PARTITION_COUNT_MAX}",
-                        entry.partition_count
-                    ),
-                ));
-            }
-            entry.partition_count = partition_count;
-            Ok(())
-        }
-        TopicChange::AlterConfigs { name, configs, replace } => {
-            let entry =
-                table.topics.get_mut(&name).ok_or(KafkaError::new(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION))?;
-            let mut updated = if replace { Default::default() } else { entry.configs.clone() };
-            for (key, value) in configs {
-                match value {
-                    Some(value) => {
-                        updated.insert(key, value);
-                    }
-                    None => {
-                        updated.remove(&key);
-                    }
-                }
-            }
-            validate_topic_configs(&updated)
-                .map_err(|error| KafkaError::with_message(ErrorCode::INVALID_CONFIG, error))?;
-            entry.configs = updated;
-            Ok(())
-        }
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn shard_id(&self) -> ShardId {
+        self.id
+    }
+
+    fn topics(&self) -> Arc<TopicTable> {
+        Shard::topics(self)
+    }
+
+    fn owner(&self, topic: &str, partition: i32) -> ShardId {
+        Shard::owner(self, topic, partition)
+    }
+
+    fn offsets_partition(&self, index: i32) -> Option<Rc<OwnedPartition>> {
+        self.partitions.get(crate::cluster::OFFSETS_TOPIC, index)
+    }
+
+    fn groups(&self) -> &GroupCoordinator {
+        &self.groups
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        Shard::is_shutting_down(self)
+    }
+
+    fn shutdown(&self) -> &Notify {
+        &self.shutdown
+    }
+
+    fn admin(self: &Rc<Self>, changes: Vec<TopicChange>) -> impl Future<Output = AdminResults> {
+        Shard::admin(self, changes, false)
     }
 }

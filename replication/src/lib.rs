@@ -6,6 +6,8 @@
 //! imports no runtime, opens no socket, starts no thread and reads no clock.
 //!
 //! What exists today is the ground the protocols will stand on; neither protocol is built yet:
+//! - `replica`: one replica's offsets (log end, durable end, high watermark) and the acknowledgement rule — the
+//!   seam the broker's partition layer calls; a cluster of one today, where ISR replication plugs in next.
 //! - `types`: the vocabulary — `NodeId`, `ShardId`, `LeaderEpoch`, `TopicPartition` — plus `Offset`, re-exported
 //!   from `sluice-storage`, where it is defined once.
 //! - `seams`: what a driver provides and what a state machine is. `Clock` (monotonic and wall time), `MessageBus`
@@ -26,10 +28,12 @@
 //! no runtime" is a rule about this crate's code, kept by review: nothing here may name `sluice_storage::Log` or
 //! any other I/O type of storage.
 
+pub mod replica;
 pub mod seams;
 pub mod sim;
 pub mod types;
 
+pub use replica::{AckWait, Acks, ReplicaState, Visibility};
 pub use seams::{Clock, Envelope, MessageBus, Node, Outbox, ReplicaLog, SendError};
 pub use sluice_storage::Offset;
 pub use types::{LeaderEpoch, NodeId, ShardId, TopicPartition};

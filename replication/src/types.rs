@@ -32,11 +32,11 @@ impl fmt::Display for NodeId {
 /// A core of one broker: one pinned executor that owns some partition replicas (see the broker's `ShardTable`).
 /// Shards are numbered densely from 0, so the id is also an index into per-shard tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ShardId(pub u32);
+pub struct ShardId(pub usize);
 
 impl fmt::Display for ShardId {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "shard {}", self.0)
+        self.0.fmt(formatter)
     }
 }
 
@@ -61,7 +61,7 @@ impl LeaderEpoch {
 
 impl fmt::Display for LeaderEpoch {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "epoch {}", self.0)
+        self.0.fmt(formatter)
     }
 }
 
@@ -75,8 +75,8 @@ pub struct TopicPartition {
 }
 
 impl TopicPartition {
-    pub fn new(topic: impl Into<Arc<str>>, partition: i32) -> TopicPartition {
-        TopicPartition { topic: topic.into(), partition }
+    pub fn new(topic: &str, partition: i32) -> TopicPartition {
+        TopicPartition { topic: Arc::from(topic), partition }
     }
 }
 
@@ -97,9 +97,9 @@ mod tests {
         let check = |value: &dyn fmt::Display, expected: &str| assert_eq!(value.to_string(), expected);
         check(&NodeId(3), "node 3");
         check(&NodeId::NONE, "node -1");
-        check(&ShardId(1), "shard 1");
-        check(&LeaderEpoch(7), "epoch 7");
-        check(&LeaderEpoch::NONE, "epoch -1");
+        check(&ShardId(1), "1");
+        check(&LeaderEpoch(7), "7");
+        check(&LeaderEpoch::NONE, "-1");
         check(&TopicPartition::new("orders", 12), "orders-12");
         assert_eq!(NodeId::NONE.0, -1);
         assert_eq!(LeaderEpoch::NONE.0, -1);

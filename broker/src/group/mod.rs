@@ -21,19 +21,42 @@ pub mod store;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use sluice_replication::{Acks, ShardId};
+use sluice_storage::Offset;
+
+use crate::cluster::{Partition, TopicChange, TopicTable};
+use crate::config::Config;
 use crate::errors::{ErrorCode, KafkaError};
-use crate::mesh::{ShardReply, ShardRequest, TopicChange};
-use crate::shard::Shard;
 use crate::sync::Notify;
 use state::{CommittedOffset, Group, GroupState, JoinOutcome, JoinParams, JoinReply, SyncOutcome, SyncReply};
 use store::{StoredOffset, StoredRecord};
 
-pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+pub use crate::cluster::OFFSETS_TOPIC;
+
+/// What the coordinator needs from the shard it runs on. Implemented by [`crate::shard::Shard`]; the coordinator
+/// never names the shard, the mesh or the router (so they can depend on it, and not the other way round).
+pub trait GroupHost: 'static {
+    type Storage: sluice_storage::Storage;
+    fn config(&self) -> &Config;
+    fn shard_id(&self) -> ShardId;
+    fn topics(&self) -> Arc<TopicTable>;
+    fn owner(&self, topic: &str, partition: i32) -> ShardId;
+    /// This shard's `__consumer_offsets` partition `index`, if it owns it and it is open.
+    fn offsets_partition(&self, index: i32) -> Option<Rc<Partition<Self::Storage>>>;
+    fn groups(&self) -> &GroupCoordinator;
+    fn is_shutting_down(&self) -> bool;
+    fn shutdown(&self) -> &Notify;
+    /// Applies topic changes through the topic table's single writer.
+    fn admin(self: &Rc<Self>, changes: Vec<TopicChange>)
+        -> impl Future<Output = Vec<Result<(), KafkaError>>>;
+}
 /// Batches read per step when replaying a partition at start.
 const LOAD_READ_SIZE: usize = 4 << 20;
 /// The timer task wakes at least this often (to notice shutdown and retention checks).
@@ -164,34 +187,20 @@ pub enum GroupReply {
     OffsetsDeleted(ErrorCode, Vec<ErrorCode>),
 }
 
-/// Sends `request` to the shard that coordinates `group` and waits for the answer.
-pub async fn call(shard: &Rc<Shard>, group: &str, request: GroupRequest) -> GroupReply {
-    let target = coordinator_shard(shard, group);
-    // `Shard::call` runs a local group request in its own task too (never cancelled half-way by a vanished client).
-    match shard.call(target, ShardRequest::Group(request)).await {
-        Ok(ShardReply::Group(reply)) => reply,
-        Ok(other) => {
-            log::error!("shard {}: unexpected reply to a group request: {other:?}", shard.id);
-            GroupReply::Error(ErrorCode::COORDINATOR_NOT_AVAILABLE)
-        }
-        Err(_) => GroupReply::Error(ErrorCode::COORDINATOR_NOT_AVAILABLE),
-    }
-}
-
 /// The `__consumer_offsets` partition count in use: the topic's, once it exists.
-pub fn offsets_partition_count(shard: &Shard) -> i32 {
+pub fn offsets_partition_count<H: GroupHost>(shard: &H) -> i32 {
     shard
         .topics()
         .get(OFFSETS_TOPIC)
-        .map_or(shard.config.groups.offsets_partition_count, |entry| entry.partition_count)
+        .map_or(shard.config().groups.offsets_partition_count, |entry| entry.partition_count)
 }
 
-pub fn coordinator_shard(shard: &Shard, group: &str) -> usize {
+pub fn coordinator_shard<H: GroupHost>(shard: &H, group: &str) -> ShardId {
     shard.owner(OFFSETS_TOPIC, offsets_partition(group, offsets_partition_count(shard)))
 }
 
 /// Creates `__consumer_offsets` if it does not exist yet (whatever `auto.create.topics.enable` says).
-pub async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<(), KafkaError> {
+pub async fn ensure_offsets_topic<H: GroupHost>(shard: &Rc<H>) -> Result<(), KafkaError> {
     if shard.topics().get(OFFSETS_TOPIC).is_some() {
         return Ok(());
     }
@@ -208,11 +217,11 @@ pub async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<(), KafkaError> {
     .collect();
     let change = TopicChange::Create {
         name: OFFSETS_TOPIC.to_string(),
-        partition_count: shard.config.groups.offsets_partition_count,
+        partition_count: shard.config().groups.offsets_partition_count,
         replication_factor: -1,
         configs,
     };
-    match shard.admin(vec![change], false).await.pop() {
+    match shard.admin(vec![change]).await.pop() {
         Some(Ok(())) => Ok(()),
         Some(Err(error)) if error.code == ErrorCode::TOPIC_ALREADY_EXISTS => Ok(()),
         Some(Err(error)) => Err(error),
@@ -268,7 +277,7 @@ impl OffsetsLog {
 }
 
 impl GroupCoordinator {
-    pub async fn serve(&self, shard: &Rc<Shard>, request: GroupRequest) -> GroupReply {
+    pub async fn serve<H: GroupHost>(&self, shard: &Rc<H>, request: GroupRequest) -> GroupReply {
         if self.loading.get() {
             return match request {
                 GroupRequest::List => GroupReply::Listed(Vec::new()),
@@ -303,7 +312,7 @@ impl GroupCoordinator {
             }
             GroupRequest::Leave { group, members } => {
                 let now = Instant::now();
-                let delay = shard.config.groups.initial_rebalance_delay;
+                let delay = shard.config().groups.initial_rebalance_delay;
                 let mut groups = self.groups.borrow_mut();
                 GroupReply::Leave(match groups.get_mut(&group) {
                     None => vec![ErrorCode::UNKNOWN_MEMBER_ID; members.len()],
@@ -332,7 +341,7 @@ impl GroupCoordinator {
 
     /// Wakes the timers and writes the metadata of groups whose membership the log must record (they became
     /// empty).
-    fn after_change(&self, shard: &Rc<Shard>) {
+    fn after_change<H: GroupHost>(&self, shard: &Rc<H>) {
         self.changed.notify_all();
         let dirty: Vec<(String, store::StoredGroup)> = self
             .groups
@@ -350,7 +359,7 @@ impl GroupCoordinator {
                 let value = Some(store::group_value(&stored));
                 match write_records(&shard, &group, vec![(store::group_key(&group), value)]).await {
                     Ok(base) => {
-                        if let Some(entry) = shard.groups.groups.borrow_mut().get_mut(&group) {
+                        if let Some(entry) = shard.groups().groups.borrow_mut().get_mut(&group) {
                             entry.metadata_log_offset = entry.metadata_log_offset.max(base);
                         }
                     }
@@ -361,8 +370,8 @@ impl GroupCoordinator {
         }
     }
 
-    async fn join(&self, shard: &Rc<Shard>, group_id: &str, params: JoinParams) -> JoinOutcome {
-        let config = &shard.config.groups;
+    async fn join<H: GroupHost>(&self, shard: &Rc<H>, group_id: &str, params: JoinParams) -> JoinOutcome {
+        let config = &shard.config().groups;
         if params.session_timeout < config.session_timeout_min
             || params.session_timeout > config.session_timeout_max
         {
@@ -398,7 +407,7 @@ impl GroupCoordinator {
         }
     }
 
-    async fn sync(&self, shard: &Rc<Shard>, group_id: &str, call: SyncCall) -> SyncOutcome {
+    async fn sync<H: GroupHost>(&self, shard: &Rc<H>, group_id: &str, call: SyncCall) -> SyncOutcome {
         let reply = {
             let mut groups = self.groups.borrow_mut();
             let Some(group) = groups.get_mut(group_id) else {
@@ -435,7 +444,7 @@ impl GroupCoordinator {
                         }
                         Err(error) => {
                             log::warn!("group {group_id}: writing the assignment failed: {error:?}");
-                            let delay = shard.config.groups.initial_rebalance_delay;
+                            let delay = shard.config().groups.initial_rebalance_delay;
                             group.fail_sync(
                                 generation,
                                 ErrorCode::COORDINATOR_NOT_AVAILABLE,
@@ -451,9 +460,9 @@ impl GroupCoordinator {
         receiver.await.unwrap_or_else(|| SyncOutcome::error(ErrorCode::REBALANCE_IN_PROGRESS))
     }
 
-    async fn commit(
+    async fn commit<H: GroupHost>(
         &self,
-        shard: &Rc<Shard>,
+        shard: &Rc<H>,
         group_id: &str,
         member_id: &str,
         instance_id: Option<&str>,
@@ -475,7 +484,7 @@ impl GroupCoordinator {
             return GroupReply::Commit(vec![check; offsets.len()]);
         }
         let table = shard.topics();
-        let metadata_max = shard.config.groups.offset_metadata_size_max;
+        let metadata_max = shard.config().groups.offset_metadata_size_max;
         let now_ms = sluice_storage::now_ms();
         let mut errors = Vec::with_capacity(offsets.len());
         let mut records = Vec::new();
@@ -622,7 +631,7 @@ impl GroupCoordinator {
         listed
     }
 
-    async fn delete(&self, shard: &Rc<Shard>, group_id: &str) -> ErrorCode {
+    async fn delete<H: GroupHost>(&self, shard: &Rc<H>, group_id: &str) -> ErrorCode {
         let records = {
             let groups = self.groups.borrow();
             let Some(group) = groups.get(group_id) else {
@@ -654,9 +663,9 @@ impl GroupCoordinator {
         }
     }
 
-    async fn delete_offsets(
+    async fn delete_offsets<H: GroupHost>(
         &self,
-        shard: &Rc<Shard>,
+        shard: &Rc<H>,
         group_id: &str,
         partitions: Vec<(String, i32)>,
     ) -> GroupReply {
@@ -705,14 +714,14 @@ impl GroupCoordinator {
 
     /// Starts a checkpoint of partition `index` when it holds more than `offsets.checkpoint.records` records
     /// since the last one and more than twice the live state.
-    fn maybe_checkpoint(&self, shard: &Rc<Shard>, index: i32) {
-        let Some(partition) = shard.partitions.get(OFFSETS_TOPIC, index) else { return };
-        let state = self.offsets_log(index, partition.log.log_start_offset().0);
-        let written = partition.log.log_end_offset().0 - state.checkpoint_start.get();
-        if state.checkpointing.get() || written <= shard.config.groups.offsets_checkpoint_records as i64 {
+    fn maybe_checkpoint<H: GroupHost>(&self, shard: &Rc<H>, index: i32) {
+        let Some(partition) = shard.offsets_partition(index) else { return };
+        let state = self.offsets_log(index, partition.log_start_offset().0);
+        let written = partition.log_end_offset().0 - state.checkpoint_start.get();
+        if state.checkpointing.get() || written <= shard.config().groups.offsets_checkpoint_records as i64 {
             return;
         }
-        let count = offsets_partition_count(shard);
+        let count = offsets_partition_count(shard.as_ref());
         let live: usize = self
             .groups
             .borrow()
@@ -726,7 +735,7 @@ impl GroupCoordinator {
         state.checkpointing.set(true);
         let shard = shard.clone();
         glommio::spawn_local(async move {
-            if let Err(error) = shard.groups.checkpoint(&shard, index, &state).await {
+            if let Err(error) = shard.groups().checkpoint(&shard, index, &state).await {
                 log::warn!("{OFFSETS_TOPIC}-{index}: checkpoint failed: {error:?}");
             }
             state.checkpointing.set(false);
@@ -737,13 +746,18 @@ impl GroupCoordinator {
     /// Rewrites partition `index`'s live state (every group's metadata and committed offsets) at its end, then
     /// deletes everything before it: replay at start then reads only live records, and whole old segments are
     /// removed. Kafka compacts this topic instead; the effect on what a restart replays is the same.
-    async fn checkpoint(&self, shard: &Rc<Shard>, index: i32, state: &OffsetsLog) -> Result<(), KafkaError> {
-        let Some(partition) = shard.partitions.get(OFFSETS_TOPIC, index) else { return Ok(()) };
+    async fn checkpoint<H: GroupHost>(
+        &self,
+        shard: &Rc<H>,
+        index: i32,
+        state: &OffsetsLog,
+    ) -> Result<(), KafkaError> {
+        let Some(partition) = shard.offsets_partition(index) else { return Ok(()) };
         let Ok(_all_writers) = state.writers.acquire_permit(WRITER_PERMITS).await else {
             return Err(KafkaError::new(ErrorCode::NOT_COORDINATOR));
         };
         let started = Instant::now();
-        let count = offsets_partition_count(shard);
+        let count = offsets_partition_count(shard.as_ref());
         let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = {
             let groups = self.groups.borrow();
             let mut records = Vec::new();
@@ -761,27 +775,24 @@ impl GroupCoordinator {
             }
             records
         };
-        let before = partition.log.log_start_offset().0;
-        let mut start = partition.log.log_end_offset().0;
+        let before = partition.log_start_offset().0;
+        let mut start = partition.log_end_offset().0;
         let mut last = None;
         for (chunk_index, chunk) in records.chunks(CHECKPOINT_BATCH_RECORDS).enumerate() {
             let views: Vec<crate::records::KeyValue<'_>> =
                 chunk.iter().map(|(key, value)| (Some(key.as_slice()), value.as_deref())).collect();
-            let info =
-                partition.append(crate::records::encode_batch(&views, sluice_storage::now_ms())).await?;
+            let batch = crate::records::encode_batch(&views, sluice_storage::now_ms());
+            let produced = partition.produce(batch, Acks::Durable).await?;
             if chunk_index == 0 {
-                start = info.base_offset.0;
+                start = produced.base_offset().0;
             }
-            last = Some(info);
+            last = Some(produced);
         }
-        if let Some(info) = last {
-            partition.clone().acknowledge_durable(info).await?;
+        // Durable and committed up to the last batch means every earlier one too.
+        if let Some(produced) = last {
+            produced.acknowledged().await?;
         }
-        partition
-            .log
-            .delete_before(sluice_storage::Offset(start))
-            .await
-            .map_err(|error| crate::errors::from_log_error(&error))?;
+        partition.delete_records(Offset(start)).await?;
         state.checkpoint_start.set(start);
         log::info!(
             "{OFFSETS_TOPIC}-{index}: checkpoint of {} live records at offset {start} replaced {} older ones in {:?}",
@@ -793,19 +804,19 @@ impl GroupCoordinator {
     }
 
     /// Replays this shard's `__consumer_offsets` partitions, then starts serving group requests.
-    pub async fn load(&self, shard: &Rc<Shard>) {
+    pub async fn load<H: GroupHost>(&self, shard: &Rc<H>) {
         let started = std::time::Instant::now();
         let mut record_count: u64 = 0;
         if let Some(entry) = shard.topics().get(OFFSETS_TOPIC).cloned() {
             for index in 0..entry.partition_count {
-                if shard.owner(OFFSETS_TOPIC, index) != shard.id {
+                if shard.owner(OFFSETS_TOPIC, index) != shard.shard_id() {
                     continue;
                 }
-                let Some(partition) = shard.partitions.get(OFFSETS_TOPIC, index) else {
+                let Some(partition) = shard.offsets_partition(index) else {
                     continue;
                 };
                 record_count += self.load_partition(&partition).await;
-                self.offsets_log(index, partition.log.log_start_offset().0);
+                self.offsets_log(index, partition.log_start_offset().0);
             }
         }
         // Groups with neither members nor offsets (all deleted) are not kept.
@@ -816,7 +827,7 @@ impl GroupCoordinator {
         if record_count > 0 {
             log::info!(
                 "shard {}: {group_count} consumer groups loaded from {record_count} records of {OFFSETS_TOPIC} in {:?}",
-                shard.id,
+                shard.shard_id(),
                 started.elapsed()
             );
         }
@@ -827,27 +838,26 @@ impl GroupCoordinator {
         }
     }
 
-    async fn load_partition(&self, partition: &crate::partition::Partition) -> u64 {
-        let log = &partition.log;
-        let mut offset = log.log_start_offset();
-        let end = log.log_end_offset();
+    async fn load_partition<S: sluice_storage::Storage>(&self, partition: &Partition<S>) -> u64 {
+        let mut offset = partition.log_start_offset();
+        // What a consumer could read: replay never applies a record a leader change could still truncate.
+        let end = partition.high_watermark();
         let now = Instant::now();
         let mut count = 0u64;
         let mut reported = std::time::Instant::now();
         while offset < end {
-            let batches =
-                match log.read(offset, LOAD_READ_SIZE, sluice_storage::ReadBound::LogEnd, true).await {
-                    Ok(batches) if !batches.is_empty() => batches,
-                    Ok(_) => break,
-                    Err(error) => {
-                        log::error!(
-                            "{OFFSETS_TOPIC}-{}: replay stopped at offset {}: {error}",
-                            partition.index,
-                            offset.0
-                        );
-                        break;
-                    }
-                };
+            let batches = match partition.read_committed(offset, LOAD_READ_SIZE, true).await {
+                Ok(batches) if !batches.is_empty() => batches,
+                Ok(_) => break,
+                Err(error) => {
+                    log::error!(
+                        "{OFFSETS_TOPIC}-{}: replay stopped at offset {}: {error:?}",
+                        partition.topic_partition().partition,
+                        offset.0
+                    );
+                    break;
+                }
+            };
             {
                 let mut groups = self.groups.borrow_mut();
                 for batch in &batches {
@@ -861,14 +871,17 @@ impl GroupCoordinator {
                             Ok(None) => {}
                             Err(error) => log::warn!(
                                 "{OFFSETS_TOPIC}-{}: record at offset {} skipped: {error}",
-                                partition.index,
+                                partition.topic_partition().partition,
                                 record.offset
                             ),
                         }
                         true
                     });
                     if let Err(error) = result {
-                        log::warn!("{OFFSETS_TOPIC}-{}: batch skipped: {error}", partition.index);
+                        log::warn!(
+                            "{OFFSETS_TOPIC}-{}: batch skipped: {error}",
+                            partition.topic_partition().partition
+                        );
                     }
                 }
             }
@@ -876,7 +889,7 @@ impl GroupCoordinator {
                 reported = std::time::Instant::now();
                 log::info!(
                     "{OFFSETS_TOPIC}-{}: replaying, at offset {} of {}",
-                    partition.index,
+                    partition.topic_partition().partition,
                     offset.0,
                     end.0
                 );
@@ -888,8 +901,9 @@ impl GroupCoordinator {
 
     /// The timer task: expires sessions, completes joins and delays, expires old offsets. Ends at shutdown,
     /// answering every parked JoinGroup/SyncGroup with NOT_COORDINATOR so that clients look again.
-    pub async fn run_timers(&self, shard: Rc<Shard>) {
-        let mut next_retention_check = Instant::now() + shard.config.groups.offsets_retention_check_interval;
+    pub async fn run_timers<H: GroupHost>(&self, shard: Rc<H>) {
+        let mut next_retention_check =
+            Instant::now() + shard.config().groups.offsets_retention_check_interval;
         while !shard.is_shutting_down() {
             let now = Instant::now();
             let next = self
@@ -902,19 +916,19 @@ impl GroupCoordinator {
                 .min(now + TIMER_PERIOD_MAX)
                 .max(now + Duration::from_millis(1));
             let changed = self.changed.notified();
-            let shutdown = shard.shutdown.notified();
+            let shutdown = shard.shutdown().notified();
             futures_lite::future::or(futures_lite::future::or(changed, shutdown), async {
                 glommio::timer::sleep(next - now).await;
             })
             .await;
             let now = Instant::now();
-            let delay = shard.config.groups.initial_rebalance_delay;
+            let delay = shard.config().groups.initial_rebalance_delay;
             let mut any = false;
             for group in self.groups.borrow_mut().values_mut() {
                 any |= group.tick(now, delay);
             }
             if now >= next_retention_check {
-                next_retention_check = now + shard.config.groups.offsets_retention_check_interval;
+                next_retention_check = now + shard.config().groups.offsets_retention_check_interval;
                 self.expire_offsets(&shard).await;
             }
             if any {
@@ -928,8 +942,8 @@ impl GroupCoordinator {
 
     /// Offsets of groups without members expire `offsets.retention.minutes` after their commit (Kafka's rule
     /// since KIP-211); an empty group left with no offsets is deleted.
-    async fn expire_offsets(&self, shard: &Rc<Shard>) {
-        let retention_ms = shard.config.groups.offsets_retention.as_millis() as i64;
+    async fn expire_offsets<H: GroupHost>(&self, shard: &Rc<H>) {
+        let retention_ms = shard.config().groups.offsets_retention.as_millis() as i64;
         let now_ms = sluice_storage::now_ms();
         let expired: Vec<(String, Vec<(String, i32)>)> = self
             .groups
@@ -1076,19 +1090,19 @@ fn consumer_subscription(metadata: &[u8]) -> Vec<String> {
 
 /// Appends records to the group's `__consumer_offsets` partition and waits until they are durable. Returns the
 /// offset of the first record.
-async fn write_records(
-    shard: &Rc<Shard>,
+async fn write_records<H: GroupHost>(
+    shard: &Rc<H>,
     group: &str,
     records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 ) -> Result<i64, KafkaError> {
-    let index = offsets_partition(group, offsets_partition_count(shard));
-    let Some(partition) = shard.partitions.get(OFFSETS_TOPIC, index) else {
+    let index = offsets_partition(group, offsets_partition_count(shard.as_ref()));
+    let Some(partition) = shard.offsets_partition(index) else {
         return Err(KafkaError::with_message(
             ErrorCode::NOT_COORDINATOR,
-            format!("{OFFSETS_TOPIC}-{index} is not on shard {}", shard.id),
+            format!("{OFFSETS_TOPIC}-{index} is not on shard {}", shard.shard_id()),
         ));
     };
-    let state = shard.groups.offsets_log(index, partition.log.log_start_offset().0);
+    let state = shard.groups().offsets_log(index, partition.log_start_offset().0);
     // Held until this function returns; the caller applies the change in memory before it next yields, so a
     // checkpoint (which waits for every permit) always sees it.
     let Ok(_permit) = state.writers.acquire_permit(1).await else {
@@ -1097,14 +1111,14 @@ async fn write_records(
     let views: Vec<crate::records::KeyValue<'_>> =
         records.iter().map(|(key, value)| (Some(key.as_slice()), value.as_deref())).collect();
     let batch = crate::records::encode_batch(&views, sluice_storage::now_ms());
-    let info = partition.append(batch).await?;
-    let base = info.base_offset.0;
-    partition.clone().acknowledge_durable(info).await?;
-    if partition.log.log_end_offset().0 - state.checkpoint_start.get()
-        > shard.config.groups.offsets_checkpoint_records as i64
+    let produced = partition.produce(batch, Acks::Durable).await?;
+    let base = produced.base_offset().0;
+    produced.acknowledged().await?;
+    if partition.log_end_offset().0 - state.checkpoint_start.get()
+        > shard.config().groups.offsets_checkpoint_records as i64
     {
         // After the caller's update: a spawned task runs only once this one yields.
-        shard.groups.maybe_checkpoint(shard, index);
+        shard.groups().maybe_checkpoint(shard, index);
     }
     Ok(base)
 }

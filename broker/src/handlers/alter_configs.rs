@@ -8,8 +8,8 @@ use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 
 use super::describe_configs::RESOURCE_TOPIC;
 use super::{str_bytes, HandlerResult, RequestContext};
+use crate::cluster::TopicChange;
 use crate::errors::{ErrorCode, KafkaError};
-use crate::mesh::TopicChange;
 use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: AlterConfigsRequest) -> HandlerResult {

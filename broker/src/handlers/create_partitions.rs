@@ -6,8 +6,8 @@ use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicR
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 
 use super::{str_bytes, HandlerResult, RequestContext};
+use crate::cluster::TopicChange;
 use crate::errors::{ErrorCode, KafkaError};
-use crate::mesh::TopicChange;
 use crate::shard::Shard;
 
 pub async fn handle(

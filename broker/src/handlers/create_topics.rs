@@ -8,8 +8,8 @@ use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 
 use super::{str_bytes, HandlerResult, RequestContext};
+use crate::cluster::TopicChange;
 use crate::errors::{ErrorCode, KafkaError};
-use crate::mesh::TopicChange;
 use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: CreateTopicsRequest) -> HandlerResult {

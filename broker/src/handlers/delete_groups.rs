@@ -8,14 +8,14 @@ use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
 
 use super::{HandlerResult, RequestContext};
 use crate::errors::ErrorCode;
-use crate::group::{self, GroupReply, GroupRequest};
+use crate::group::{GroupReply, GroupRequest};
 use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: DeleteGroupsRequest) -> HandlerResult {
     let mut response = DeleteGroupsResponse::default();
     for group_id in body.groups_names {
         let name = group_id.0.to_string();
-        let error = match group::call(shard, &name, GroupRequest::Delete { group: name.clone() }).await {
+        let error = match shard.group_call(&name, GroupRequest::Delete { group: name.clone() }).await {
             GroupReply::Error(error) => error,
             _ => ErrorCode::UNKNOWN_SERVER_ERROR,
         };

@@ -6,8 +6,8 @@ use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse};
 
 use super::{str_bytes, topic_name, HandlerResult, RequestContext};
+use crate::cluster::TopicChange;
 use crate::errors::{ErrorCode, KafkaError};
-use crate::mesh::TopicChange;
 use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: DeleteTopicsRequest) -> HandlerResult {

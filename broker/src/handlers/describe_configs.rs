@@ -10,10 +10,10 @@ use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use super::{str_bytes, HandlerResult, RequestContext};
 use std::sync::OnceLock;
 
+use crate::cluster::topic_table::{TopicConfigKey, TOPIC_CONFIG_KEYS};
 use crate::config::{Config, ConfigOverrides};
 use crate::errors::ErrorCode;
 use crate::shard::Shard;
-use crate::topics::{TopicConfigKey, TOPIC_CONFIG_KEYS};
 
 pub const RESOURCE_TOPIC: i8 = 2;
 pub const RESOURCE_BROKER: i8 = 4;
@@ -110,7 +110,7 @@ pub fn handle(shard: &Shard, context: &RequestContext, body: DescribeConfigsRequ
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topics::topic_config_key;
+    use crate::cluster::topic_table::topic_config_key;
 
     /// A key the operator left alone is DEFAULT_CONFIG; one the operator's file changed is STATIC_BROKER_CONFIG.
     #[test]

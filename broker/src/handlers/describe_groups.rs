@@ -8,7 +8,7 @@ use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 
 use super::{str_bytes, HandlerResult, RequestContext};
 use crate::errors::ErrorCode;
-use crate::group::{self, GroupReply, GroupRequest};
+use crate::group::{GroupReply, GroupRequest};
 use crate::shard::Shard;
 
 /// `authorized_operations` when the client did not ask for them (Kafka's INT32_MIN).
@@ -28,7 +28,7 @@ pub async fn handle(
         if version >= 3 {
             described.authorized_operations = OPERATIONS_NOT_REQUESTED;
         }
-        match group::call(shard, &name, GroupRequest::Describe { group: name.clone() }).await {
+        match shard.group_call(&name, GroupRequest::Describe { group: name.clone() }).await {
             GroupReply::Described(Some(group)) => {
                 described.group_state = str_bytes(group.state);
                 described.protocol_type = str_bytes(&group.protocol_type);

@@ -8,7 +8,7 @@ use kafka_protocol::messages::describe_log_dirs_response::{
 use kafka_protocol::messages::{DescribeLogDirsRequest, DescribeLogDirsResponse};
 
 use super::{str_bytes, topic_name, HandlerResult, RequestContext};
-use crate::partition::{PartitionOp, PartitionReply};
+use crate::cluster::partition::{PartitionOp, PartitionReply};
 use crate::shard::Shard;
 
 pub async fn handle(

@@ -15,11 +15,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::FetchRequest;
 
 use super::{HandlerResult, RequestContext, Response};
+use crate::cluster::partition::{PartitionOp, PartitionReply};
 use crate::codec;
 use crate::errors::{ErrorCode, KafkaError};
-use crate::mesh::ShardRequest;
-use crate::partition::{PartitionOp, PartitionReply};
 use crate::shard::Shard;
+use crate::shard::ShardRequest;
+use sluice_replication::{ShardId, TopicPartition};
+use sluice_storage::Offset;
 
 /// Bound on a fetch's wait, whatever the client asks (a parked request holds a connection slot).
 const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
@@ -108,8 +110,11 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: FetchRequ
         for topic in topics.iter() {
             for partition in topic.partitions.iter().filter(|partition| !partition.unknown) {
                 let budget = response_size_max.saturating_sub(planned).min(partition.size_max);
-                let op =
-                    PartitionOp::Read { offset: partition.offset, size_max: budget, min_one: budget > 0 };
+                let op = PartitionOp::Read {
+                    offset: sluice_storage::Offset(partition.offset),
+                    size_max: budget,
+                    min_one: budget > 0,
+                };
                 planned = planned.saturating_add(budget.max(1));
                 let (shard, name, index) = (shard.clone(), topic.name.clone(), partition.index);
                 reads.push(glommio::spawn_local(async move { shard.partition_call(&name, index, op).await }));
@@ -129,8 +134,8 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: FetchRequ
                     Ok(PartitionReply::Read { batches, high_watermark, log_start_offset, error }) => {
                         total += batches.iter().map(Bytes::len).sum::<usize>();
                         partition.batches = batches;
-                        partition.high_watermark = high_watermark;
-                        partition.log_start_offset = log_start_offset;
+                        partition.high_watermark = high_watermark.0;
+                        partition.log_start_offset = log_start_offset.0;
                         partition.error = error;
                         any_error |= error.is_error();
                     }
@@ -156,14 +161,11 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: FetchRequ
 
 /// Parks until an owner reports new data on any fetched partition, or `timeout`.
 async fn wait_for_data(shard: &Rc<Shard>, topics: &[TopicFetch], timeout: Duration) {
-    let mut by_owner: Vec<Vec<(String, i32, i64)>> = vec![Vec::new(); shard.count];
+    let mut by_owner: Vec<Vec<(TopicPartition, Offset)>> = vec![Vec::new(); shard.count];
     for topic in topics {
         for partition in &topic.partitions {
-            by_owner[shard.owner(&topic.name, partition.index)].push((
-                topic.name.clone(),
-                partition.index,
-                partition.offset,
-            ));
+            by_owner[shard.owner(&topic.name, partition.index).0]
+                .push((TopicPartition::new(&topic.name, partition.index), Offset(partition.offset)));
         }
     }
     let mut waits: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::new();
@@ -173,7 +175,7 @@ async fn wait_for_data(shard: &Rc<Shard>, topics: &[TopicFetch], timeout: Durati
         }
         let shard = shard.clone();
         waits.push(Box::pin(async move {
-            let _ = shard.call(owner, ShardRequest::WaitForData { partitions, timeout }).await;
+            let _ = shard.call(ShardId(owner), ShardRequest::WaitForData { partitions, timeout }).await;
         }));
     }
     let any = std::future::poll_fn(|context| {

@@ -6,7 +6,7 @@ use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
 
 use super::{HandlerResult, RequestContext};
 use crate::errors::ErrorCode;
-use crate::group::{self, GroupReply, GroupRequest};
+use crate::group::{GroupReply, GroupRequest};
 use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: HeartbeatRequest) -> HandlerResult {
@@ -17,7 +17,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: Heartbeat
         instance_id: body.group_instance_id.map(|id| id.to_string()),
         generation: body.generation_id,
     };
-    let error = match group::call(shard, &group_id, request).await {
+    let error = match shard.group_call(&group_id, request).await {
         GroupReply::Error(error) => error,
         _ => ErrorCode::UNKNOWN_SERVER_ERROR,
     };

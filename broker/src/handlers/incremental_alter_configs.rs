@@ -8,8 +8,8 @@ use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterC
 
 use super::describe_configs::RESOURCE_TOPIC;
 use super::{str_bytes, HandlerResult, RequestContext};
+use crate::cluster::TopicChange;
 use crate::errors::{ErrorCode, KafkaError};
-use crate::mesh::TopicChange;
 use crate::shard::Shard;
 
 const OPERATION_SET: i8 = 0;
@@ -46,7 +46,8 @@ pub async fn handle(
                             .and_then(|entry| entry.configs.get(&name).cloned()),
                     }
                     .or_else(|| {
-                        crate::topics::topic_config_key(&name).map(|key| (key.default)(&shard.config))
+                        crate::cluster::topic_table::topic_config_key(&name)
+                            .map(|key| (key.default)(&shard.config))
                     })
                     .unwrap_or_default();
                     let mut items: Vec<String> = current

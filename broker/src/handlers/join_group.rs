@@ -10,7 +10,7 @@ use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
 use super::{str_bytes, Client, HandlerResult, RequestContext};
 use crate::errors::ErrorCode;
 use crate::group::state::{JoinOutcome, JoinParams};
-use crate::group::{self, GroupReply, GroupRequest};
+use crate::group::{GroupReply, GroupRequest};
 use crate::shard::Shard;
 
 pub async fn handle(
@@ -41,7 +41,7 @@ pub async fn handle(
     };
     let member_id = params.member_id.clone();
     let outcome =
-        match group::call(shard, &group_id, GroupRequest::Join { group: group_id.clone(), params }).await {
+        match shard.group_call(&group_id, GroupRequest::Join { group: group_id.clone(), params }).await {
             GroupReply::Join(outcome) => outcome,
             GroupReply::Error(error) => JoinOutcome::error(error, &member_id),
             _ => JoinOutcome::error(ErrorCode::UNKNOWN_SERVER_ERROR, &member_id),

@@ -7,7 +7,7 @@ use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 
 use super::{str_bytes, HandlerResult, RequestContext};
 use crate::errors::ErrorCode;
-use crate::group::{self, GroupReply, GroupRequest};
+use crate::group::{GroupReply, GroupRequest};
 use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: LeaveGroupRequest) -> HandlerResult {
@@ -23,7 +23,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: LeaveGrou
     };
     let count = members.len();
     let request = GroupRequest::Leave { group: group_id.clone(), members: members.clone() };
-    let (top, errors) = match group::call(shard, &group_id, request).await {
+    let (top, errors) = match shard.group_call(&group_id, request).await {
         GroupReply::Leave(errors) if errors.len() == count => (ErrorCode::NONE, errors),
         GroupReply::Error(error) => (error, vec![error; count]),
         _ => (ErrorCode::UNKNOWN_SERVER_ERROR, vec![ErrorCode::UNKNOWN_SERVER_ERROR; count]),

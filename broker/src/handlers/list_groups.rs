@@ -9,8 +9,8 @@ use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
 use super::{str_bytes, HandlerResult, RequestContext};
 use crate::errors::ErrorCode;
 use crate::group::{GroupReply, GroupRequest};
-use crate::mesh::{ShardReply, ShardRequest};
 use crate::shard::Shard;
+use crate::shard::{ShardReply, ShardRequest};
 
 pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: ListGroupsRequest) -> HandlerResult {
     let version = context.api_version;
@@ -20,7 +20,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: ListGroup
     if !types.is_empty() && !types.iter().any(|kind| kind == "classic") {
         return context.respond(&response);
     }
-    for target in 0..shard.count {
+    for target in (0..shard.count).map(sluice_replication::ShardId) {
         let reply = if target == shard.id {
             shard.groups.serve(shard, GroupRequest::List).await
         } else {

@@ -9,8 +9,8 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::{topic_name, HandlerResult, RequestContext};
+use crate::cluster::partition::{PartitionOp, PartitionReply};
 use crate::errors::ErrorCode;
-use crate::partition::{PartitionOp, PartitionReply};
 use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: ListOffsetsRequest) -> HandlerResult {
@@ -36,7 +36,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: ListOffse
                         response.offset = offset;
                         response.timestamp = timestamp;
                         if context.api_version >= 4 {
-                            response.leader_epoch = leader_epoch;
+                            response.leader_epoch = leader_epoch.0;
                         }
                     }
                     Ok(_) => response.error_code = ErrorCode::UNKNOWN_SERVER_ERROR.code(),

@@ -9,10 +9,10 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
 
 use super::{auto_create, node, str_bytes, topic_name, HandlerResult, RequestContext};
+use crate::cluster::topic_table::validate_topic_name;
 use crate::errors::ErrorCode;
 use crate::handlers::describe_cluster::CLUSTER_ID;
 use crate::shard::Shard;
-use crate::topics::validate_topic_name;
 
 pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: MetadataRequest) -> HandlerResult {
     let version = context.api_version;
@@ -38,7 +38,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: MetadataR
     broker.host = str_bytes(&host);
     broker.port = i32::from(port);
 
-    let describe = |entry: &crate::topics::TopicEntry| {
+    let describe = |entry: &crate::cluster::topic_table::TopicEntry| {
         let mut topic = MetadataResponseTopic::default();
         topic.name = Some(topic_name(&entry.name));
         if version >= 10 {
@@ -50,7 +50,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: MetadataR
                 partition.partition_index = index;
                 partition.leader_id = node(shard);
                 if version >= 7 {
-                    partition.leader_epoch = entry.leader_epoch;
+                    partition.leader_epoch = entry.leader_epoch(index).0;
                 }
                 partition.replica_nodes = vec![node(shard)];
                 partition.isr_nodes = vec![node(shard)];

@@ -144,8 +144,10 @@ pub async fn auto_create(shard: &Rc<Shard>, names: &[String]) {
     let table = shard.topics();
     let changes: Vec<_> = names
         .iter()
-        .filter(|name| table.get(name).is_none() && crate::topics::validate_topic_name(name).is_ok())
-        .map(|name| crate::mesh::TopicChange::Create {
+        .filter(|name| {
+            table.get(name).is_none() && crate::cluster::topic_table::validate_topic_name(name).is_ok()
+        })
+        .map(|name| crate::cluster::TopicChange::Create {
             name: name.clone(),
             partition_count: -1,
             replication_factor: -1,

@@ -11,7 +11,7 @@ use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 
 use super::{topic_name, HandlerResult, RequestContext};
 use crate::errors::ErrorCode;
-use crate::group::{self, GroupReply, GroupRequest, OffsetToCommit};
+use crate::group::{GroupReply, GroupRequest, OffsetToCommit};
 use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: OffsetCommitRequest) -> HandlerResult {
@@ -38,7 +38,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: OffsetCom
         generation: body.generation_id_or_member_epoch,
         offsets,
     };
-    let errors = match group::call(shard, &group_id, request).await {
+    let errors = match shard.group_call(&group_id, request).await {
         GroupReply::Commit(errors) if errors.len() == count => errors,
         GroupReply::Error(error) => vec![error; count],
         _ => vec![ErrorCode::UNKNOWN_SERVER_ERROR; count],

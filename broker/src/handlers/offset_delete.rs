@@ -10,7 +10,7 @@ use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 
 use super::{topic_name, HandlerResult, RequestContext};
 use crate::errors::ErrorCode;
-use crate::group::{self, GroupReply, GroupRequest};
+use crate::group::{GroupReply, GroupRequest};
 use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: OffsetDeleteRequest) -> HandlerResult {
@@ -22,7 +22,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: OffsetDel
         .collect();
     let count = partitions.len();
     let request = GroupRequest::DeleteOffsets { group: group_id.clone(), partitions };
-    let (top, errors) = match group::call(shard, &group_id, request).await {
+    let (top, errors) = match shard.group_call(&group_id, request).await {
         GroupReply::OffsetsDeleted(top, errors) => (top, errors),
         GroupReply::Error(error) => (error, Vec::new()),
         _ => (ErrorCode::UNKNOWN_SERVER_ERROR, Vec::new()),

@@ -12,7 +12,7 @@ use kafka_protocol::messages::{GroupId, OffsetFetchRequest, OffsetFetchResponse}
 
 use super::{str_bytes, topic_name, HandlerResult, RequestContext};
 use crate::errors::ErrorCode;
-use crate::group::{self, FetchedOffset, GroupReply, GroupRequest};
+use crate::group::{FetchedOffset, GroupReply, GroupRequest};
 use crate::shard::Shard;
 
 /// One group's answer: a group-level error, or its offsets grouped by topic in request (or name) order.
@@ -22,7 +22,7 @@ async fn fetch_group(
     partitions: Option<Vec<(String, i32)>>,
 ) -> (ErrorCode, Vec<(String, Vec<FetchedOffset>)>) {
     let request = GroupRequest::FetchOffsets { group: group_id.to_string(), partitions };
-    let offsets = match group::call(shard, group_id, request).await {
+    let offsets = match shard.group_call(group_id, request).await {
         GroupReply::Offsets(offsets) => offsets,
         GroupReply::Error(error) => return (error, Vec::new()),
         _ => return (ErrorCode::UNKNOWN_SERVER_ERROR, Vec::new()),

@@ -13,8 +13,8 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 
 use super::{topic_name, HandlerResult, RequestContext};
+use crate::cluster::partition::{PartitionOp, PartitionReply, OFFSET_LATEST};
 use crate::errors::ErrorCode;
-use crate::partition::{PartitionOp, PartitionReply, OFFSET_LATEST};
 use crate::shard::Shard;
 
 pub async fn handle(
@@ -40,7 +40,7 @@ pub async fn handle(
                 result.partitions.push(answer);
                 continue;
             };
-            let current = entry.leader_epoch;
+            let current = entry.leader_epoch(partition.partition).0;
             if partition.current_leader_epoch > current {
                 answer.error_code = ErrorCode::UNKNOWN_LEADER_EPOCH.code();
             } else if partition.current_leader_epoch >= 0 && partition.current_leader_epoch < current {

@@ -2,8 +2,6 @@
 //! (offsets fixed; the connection may start its next request) and *acknowledged* (durable per `acks` and the
 //! flush policy). Record sets are `Bytes` slices of the request frame and reach the owning shard uncopied.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 
 use kafka_protocol::messages::produce_response::{
@@ -12,13 +10,13 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::{auto_create, str_bytes, topic_name, HandlerResult, RequestContext};
+use crate::cluster::partition::{PartitionReply, PartitionResult};
 use crate::errors::{ErrorCode, KafkaError};
-use crate::mesh::{ShardReply, ShardRequest};
-use crate::partition::{PartitionOp, PartitionReply, PartitionResult};
-use crate::shard::Shard;
+use crate::shard::{Acknowledgement, Shard};
 use crate::sync::OneshotSender;
+use sluice_replication::{Acks, TopicPartition};
 
-type Pending = Pin<Box<dyn Future<Output = PartitionResult>>>;
+type Pending = Acknowledgement;
 
 pub async fn handle(
     shard: &Rc<Shard>,
@@ -41,7 +39,7 @@ pub async fn handle(
             let index = partition.index;
             // A compacted topic refuses records without a key (the batch fails; record_errors name them).
             let mut keyless = match (entry, &partition.records) {
-                (Some(entry), Some(records)) if crate::topics::is_compacted(&entry.configs) => {
+                (Some(entry), Some(records)) if crate::cluster::topic_table::is_compacted(&entry.configs) => {
                     crate::records::keyless_records(records).ok().filter(|found| !found.is_empty())
                 }
                 _ => None,
@@ -68,33 +66,10 @@ pub async fn handle(
                         "clients cannot produce to the internal topic __consumer_offsets",
                     )))
                 }
-                (Some(_), Some(records)) => {
-                    let owner = shard.owner(&name, index);
-                    if owner == shard.id {
-                        match shard.partitions.get(&name, index) {
-                            None => ready(Err(KafkaError::new(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION))),
-                            Some(owned) => match owned.append(records).await {
-                                Ok(info) => Box::pin(owned.acknowledge(info, acks)),
-                                Err(error) => ready(Err(error)),
-                            },
-                        }
-                    } else {
-                        let request = ShardRequest::Partition {
-                            topic: name.clone(),
-                            partition: index,
-                            op: PartitionOp::Append { records, acks },
-                        };
-                        match shard.send(owner, request).await {
-                            Ok(receiver) => Box::pin(async move {
-                                match receiver.await {
-                                    Some(ShardReply::Partition(result)) => result,
-                                    _ => Err(KafkaError::new(ErrorCode::NOT_LEADER_OR_FOLLOWER)),
-                                }
-                            }),
-                            Err(error) => ready(Err(error)),
-                        }
-                    }
-                }
+                (Some(_), Some(records)) => match Acks::from_wire(acks) {
+                    Some(acks) => shard.produce(&TopicPartition::new(&name, index), records, acks).await,
+                    None => ready(Err(KafkaError::new(ErrorCode::INVALID_REQUIRED_ACKS))),
+                },
             };
             partitions.push((index, future));
         }
@@ -114,9 +89,9 @@ pub async fn handle(
             response.log_start_offset = -1;
             match future.await {
                 Ok(PartitionReply::Appended { base_offset, log_append_time_ms, log_start_offset }) => {
-                    response.base_offset = base_offset;
+                    response.base_offset = base_offset.0;
                     response.log_append_time_ms = log_append_time_ms;
-                    response.log_start_offset = log_start_offset;
+                    response.log_start_offset = log_start_offset.0;
                 }
                 Ok(_) => response.error_code = ErrorCode::UNKNOWN_SERVER_ERROR.code(),
                 Err(error) => {

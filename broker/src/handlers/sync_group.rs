@@ -8,7 +8,7 @@ use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 use super::{str_bytes, HandlerResult, RequestContext};
 use crate::errors::ErrorCode;
 use crate::group::state::SyncOutcome;
-use crate::group::{self, GroupReply, GroupRequest};
+use crate::group::{GroupReply, GroupRequest};
 use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: SyncGroupRequest) -> HandlerResult {
@@ -23,7 +23,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: SyncGroup
         protocol: body.protocol_name.map(|name| name.to_string()),
         assignments: body.assignments.into_iter().map(|a| (a.member_id.to_string(), a.assignment)).collect(),
     };
-    let outcome = match group::call(shard, &group_id, request).await {
+    let outcome = match shard.group_call(&group_id, request).await {
         GroupReply::Sync(outcome) => outcome,
         GroupReply::Error(error) => SyncOutcome::error(error),
         _ => SyncOutcome::error(ErrorCode::UNKNOWN_SERVER_ERROR),

@@ -1,6 +1,9 @@
-//! Topic metadata: names, topic ids, partition counts, per-topic configs, and the leader epoch of a cluster of
-//! one. [`TopicTable`] is an immutable snapshot shared as `Arc`: shard 0 is its single writer (it persists each
-//! new version to `<data dir>/topics.toml` before handing copies to the other shards), every shard reads its copy.
+//! Topic metadata and its state machine: names, topic ids, per-partition assignments (replicas and leader epoch),
+//! per-topic configs. [`TopicTable`] is an immutable snapshot shared as `Arc`: shard 0 is its single writer (it
+//! applies [`TopicChange`]s with [`apply_change`], persists each new version to `<data dir>/topics.toml`, then
+//! hands copies to the other shards), every shard reads its copy. The state machine answers with its own
+//! [`TopicTableError`]; the broker maps it to Kafka's codes in `errors.rs`. The metadata quorum replaces the
+//! single writer next; the changes and their checks stay the same.
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
@@ -9,8 +12,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sluice_replication::{LeaderEpoch, NodeId};
 
 use crate::config::Config;
+
+/// The internal topic holding consumer groups' commits and metadata; its partitions place the groups.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
 pub const TOPICS_FILE: &str = "topics.toml";
 /// Kafka's limit: a topic directory `<topic>-<partition>` must fit a 255-byte file name.
@@ -24,11 +31,39 @@ pub struct TopicEntry {
     /// 32 lowercase hex digits; the topic's UUID.
     pub topic_id: String,
     pub partition_count: i32,
-    /// Leader epoch of every partition of the topic: a single node is the leader since creation.
-    pub leader_epoch: i32,
+    /// The topic-wide leader epoch of tables written before partitions had their own: read, never written.
+    #[serde(default, skip_serializing, rename = "leader_epoch")]
+    legacy_leader_epoch: i32,
     /// Topic-level overrides with Kafka's names (`retention.ms`, `max.message.bytes`, ...).
     #[serde(default)]
     pub configs: BTreeMap<String, String>,
+    /// One entry per partition, index = partition index (`partition_count` of them once loaded).
+    #[serde(default)]
+    pub partitions: Vec<PartitionAssignment>,
+}
+
+/// Where a partition lives and which leadership it is in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionAssignment {
+    /// Node ids of the replicas, preferred leader first.
+    pub replicas: Vec<i32>,
+    /// Bumped by each leader change; stamped into the batches the leader writes.
+    pub leader_epoch: i32,
+}
+
+impl PartitionAssignment {
+    pub fn on_node(node: NodeId, leader_epoch: LeaderEpoch) -> PartitionAssignment {
+        PartitionAssignment { replicas: vec![node.0], leader_epoch: leader_epoch.0 }
+    }
+
+    pub fn leader_epoch(&self) -> LeaderEpoch {
+        LeaderEpoch(self.leader_epoch)
+    }
+
+    /// The preferred leader (a cluster of one: the only replica).
+    pub fn leader(&self) -> NodeId {
+        self.replicas.first().map_or(NodeId::NONE, |node| NodeId(*node))
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -48,8 +83,17 @@ impl TopicTable {
         self.topics.values().find(|entry| entry.topic_uuid() == *topic_id)
     }
 
-    /// Reads `<data dir>/topics.toml`; a missing file is an empty table (a fresh data directory).
-    pub fn load(data_dir: &Path) -> Result<TopicTable, String> {
+    /// Reads `<data dir>/topics.toml`; a missing file is an empty table (a fresh data directory). A table written
+    /// before partitions had their own assignment gets one per partition on `node`, at the topic's old epoch.
+    pub fn load(data_dir: &Path, node: NodeId) -> Result<TopicTable, String> {
+        let mut table = Self::load_file(data_dir)?;
+        for entry in table.topics.values_mut() {
+            entry.fill_assignments(node);
+        }
+        Ok(table)
+    }
+
+    fn load_file(data_dir: &Path) -> Result<TopicTable, String> {
         let path = data_dir.join(TOPICS_FILE);
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
@@ -85,14 +129,44 @@ impl TopicTable {
 }
 
 impl TopicEntry {
-    pub fn new(name: &str, partition_count: i32, configs: BTreeMap<String, String>) -> TopicEntry {
-        TopicEntry {
+    pub fn new(
+        name: &str,
+        partition_count: i32,
+        configs: BTreeMap<String, String>,
+        node: NodeId,
+    ) -> TopicEntry {
+        let mut entry = TopicEntry {
             name: name.to_string(),
             topic_id: new_topic_id(),
             partition_count,
-            leader_epoch: 0,
+            legacy_leader_epoch: 0,
             configs,
+            partitions: Vec::new(),
+        };
+        entry.fill_assignments(node);
+        entry
+    }
+
+    /// Partition `index`'s assignment (`None` outside the topic).
+    pub fn partition(&self, index: i32) -> Option<&PartitionAssignment> {
+        usize::try_from(index).ok().and_then(|index| self.partitions.get(index))
+    }
+
+    /// The leader epoch of partition `index` (`NONE` outside the topic).
+    pub fn leader_epoch(&self, index: i32) -> LeaderEpoch {
+        self.partition(index).map_or(LeaderEpoch::NONE, PartitionAssignment::leader_epoch)
+    }
+
+    /// Gives every partition up to `partition_count` an assignment on `node` (new partitions, or a table from
+    /// before per-partition assignments), and drops assignments past it.
+    fn fill_assignments(&mut self, node: NodeId) {
+        let count = self.partition_count.max(0) as usize;
+        let epoch = LeaderEpoch(self.legacy_leader_epoch);
+        self.partitions.truncate(count);
+        while self.partitions.len() < count {
+            self.partitions.push(PartitionAssignment::on_node(node, epoch));
         }
+        assert_eq!(self.partitions.len(), count, "one assignment per partition of {}", self.name);
     }
 
     pub fn topic_uuid(&self) -> [u8; 16] {
@@ -353,6 +427,134 @@ impl TopicSettings {
     }
 }
 
+/// One change to the topic table.
+#[derive(Debug, Clone)]
+pub enum TopicChange {
+    Create {
+        name: String,
+        partition_count: i32,
+        replication_factor: i16,
+        configs: BTreeMap<String, String>,
+    },
+    Delete {
+        name: String,
+    },
+    /// Grow to `partition_count` partitions.
+    AddPartitions {
+        name: String,
+        partition_count: i32,
+    },
+    /// Set (`Some`) or remove (`None`) topic configs; `replace` first clears every override (AlterConfigs).
+    AlterConfigs {
+        name: String,
+        configs: Vec<(String, Option<String>)>,
+        replace: bool,
+    },
+}
+
+/// Why the table refused a change. Each carries the sentence a client sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicTableError {
+    InvalidName(String),
+    AlreadyExists(String),
+    UnknownTopic(String),
+    InvalidPartitionCount(String),
+    InvalidReplicationFactor(String),
+    InvalidConfig(String),
+    /// The change would break an internal topic (`__consumer_offsets` places the groups).
+    InternalTopic(String),
+}
+
+impl std::fmt::Display for TopicTableError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (TopicTableError::InvalidName(message)
+        | TopicTableError::AlreadyExists(message)
+        | TopicTableError::UnknownTopic(message)
+        | TopicTableError::InvalidPartitionCount(message)
+        | TopicTableError::InvalidReplicationFactor(message)
+        | TopicTableError::InvalidConfig(message)
+        | TopicTableError::InternalTopic(message)) = self;
+        formatter.write_str(message)
+    }
+}
+
+/// Applies one change to `table` (new partitions are assigned to `node`, this cluster of one), or says why not.
+/// The table is unchanged when it refuses.
+pub fn apply_change(
+    config: &Config,
+    node: NodeId,
+    table: &mut TopicTable,
+    change: TopicChange,
+) -> Result<(), TopicTableError> {
+    match change {
+        TopicChange::Create { name, partition_count, replication_factor, configs } => {
+            validate_topic_name(&name).map_err(TopicTableError::InvalidName)?;
+            if table.get(&name).is_some() {
+                return Err(TopicTableError::AlreadyExists(format!("topic \"{name}\" already exists")));
+            }
+            let partition_count =
+                if partition_count == -1 { config.partition_count_default } else { partition_count };
+            if !(1..=PARTITION_COUNT_MAX).contains(&partition_count) {
+                return Err(TopicTableError::InvalidPartitionCount(format!(
+                    "partition count {partition_count} is outside 1..={PARTITION_COUNT_MAX}"
+                )));
+            }
+            if replication_factor != -1 && replication_factor != 1 {
+                return Err(TopicTableError::InvalidReplicationFactor(format!(
+                    "replication factor {replication_factor}: this cluster has one broker"
+                )));
+            }
+            validate_topic_configs(&configs).map_err(TopicTableError::InvalidConfig)?;
+            table.topics.insert(name.clone(), TopicEntry::new(&name, partition_count, configs, node));
+            Ok(())
+        }
+        TopicChange::Delete { name } | TopicChange::AddPartitions { name, .. } if name == OFFSETS_TOPIC => {
+            Err(TopicTableError::InternalTopic(format!(
+                "{OFFSETS_TOPIC} is internal: its partitions place the consumer groups"
+            )))
+        }
+        TopicChange::Delete { name } => match table.topics.remove(&name) {
+            Some(_) => Ok(()),
+            None => Err(unknown_topic(&name)),
+        },
+        TopicChange::AddPartitions { name, partition_count } => {
+            let entry = table.topics.get_mut(&name).ok_or_else(|| unknown_topic(&name))?;
+            if partition_count <= entry.partition_count || partition_count > PARTITION_COUNT_MAX {
+                return Err(TopicTableError::InvalidPartitionCount(format!(
+                    "topic \"{name}\" has {} partitions; the new count {partition_count} must be larger and at most {PARTITION_COUNT_MAX}",
+                    entry.partition_count
+                )));
+            }
+            let before = entry.partition_count;
+            entry.partition_count = partition_count;
+            entry.fill_assignments(node);
+            assert!(entry.partitions.len() > before as usize, "partitions of {name} grew");
+            Ok(())
+        }
+        TopicChange::AlterConfigs { name, configs, replace } => {
+            let entry = table.topics.get_mut(&name).ok_or_else(|| unknown_topic(&name))?;
+            let mut updated = if replace { Default::default() } else { entry.configs.clone() };
+            for (key, value) in configs {
+                match value {
+                    Some(value) => {
+                        updated.insert(key, value);
+                    }
+                    None => {
+                        updated.remove(&key);
+                    }
+                }
+            }
+            validate_topic_configs(&updated).map_err(TopicTableError::InvalidConfig)?;
+            entry.configs = updated;
+            Ok(())
+        }
+    }
+}
+
+fn unknown_topic(name: &str) -> TopicTableError {
+    TopicTableError::UnknownTopic(format!("topic \"{name}\" does not exist"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,10 +567,10 @@ mod tests {
         let mut table = TopicTable::default();
         let mut configs = BTreeMap::new();
         configs.insert("retention.ms".to_string(), "1000".to_string());
-        table.topics.insert("a.b-c".into(), TopicEntry::new("a.b-c", 3, configs));
+        table.topics.insert("a.b-c".into(), TopicEntry::new("a.b-c", 3, configs, NodeId(1)));
         table.version = 4;
         table.save(&directory).unwrap();
-        assert_eq!(TopicTable::load(&directory).unwrap(), table);
+        assert_eq!(TopicTable::load(&directory, NodeId(1)).unwrap(), table);
         let uuid = table.topics["a.b-c"].topic_uuid();
         assert_eq!(uuid[6] >> 4, 4, "version-4 UUID");
         assert_ne!(uuid, [0u8; 16]);
@@ -399,5 +601,67 @@ mod tests {
         assert_eq!(settings.timestamp_kind, TimestampKind::LogAppendTime);
         configs.insert("bogus".to_string(), "1".to_string());
         assert!(validate_topic_configs(&configs).is_err());
+    }
+
+    #[test]
+    fn a_table_from_before_per_partition_epochs_gets_one_assignment_per_partition() {
+        let directory = std::env::temp_dir().join(format!("sluice-topics-legacy-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let legacy = "version = 3\n[topics.t]\nname = \"t\"\ntopic_id = \"0123456789abcdef0123456789abcdef\"\npartition_count = 2\nleader_epoch = 5\n";
+        std::fs::write(directory.join(TOPICS_FILE), legacy).unwrap();
+        let table = TopicTable::load(&directory, NodeId(7)).unwrap();
+        let entry = table.get("t").unwrap();
+        assert_eq!(entry.partitions.len(), 2);
+        assert_eq!(entry.leader_epoch(1), LeaderEpoch(5));
+        assert_eq!(entry.partition(0).unwrap().leader(), NodeId(7));
+        assert_eq!(entry.leader_epoch(2), LeaderEpoch::NONE);
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn the_state_machine_refuses_with_its_own_errors_and_leaves_the_table_unchanged() {
+        let config = Config::from_toml("", &ConfigOverrides::default()).unwrap();
+        let node = NodeId(1);
+        let mut table = TopicTable::default();
+        let create = |name: &str, partition_count: i32, replication_factor: i16| TopicChange::Create {
+            name: name.to_string(),
+            partition_count,
+            replication_factor,
+            configs: BTreeMap::new(),
+        };
+        assert_eq!(apply_change(&config, node, &mut table, create("t", 2, 1)), Ok(()));
+        let before = table.clone();
+        let refused = [
+            (create("t", 2, 1), "AlreadyExists"),
+            (create("a/b", 2, 1), "InvalidName"),
+            (create("u", 0, 1), "InvalidPartitionCount"),
+            (create("u", 1, 3), "InvalidReplicationFactor"),
+            (TopicChange::AddPartitions { name: "t".into(), partition_count: 2 }, "InvalidPartitionCount"),
+            (TopicChange::AddPartitions { name: "nope".into(), partition_count: 5 }, "UnknownTopic"),
+            (TopicChange::Delete { name: OFFSETS_TOPIC.into() }, "InternalTopic"),
+            (
+                TopicChange::AlterConfigs {
+                    name: "t".into(),
+                    configs: vec![("bogus".into(), Some("1".into()))],
+                    replace: false,
+                },
+                "InvalidConfig",
+            ),
+        ];
+        for (change, expected) in refused {
+            let error = apply_change(&config, node, &mut table, change).unwrap_err();
+            assert!(format!("{error:?}").starts_with(expected), "{error:?} is not {expected}");
+            assert_eq!(table, before);
+        }
+        apply_change(
+            &config,
+            node,
+            &mut table,
+            TopicChange::AddPartitions { name: "t".into(), partition_count: 4 },
+        )
+        .unwrap();
+        assert_eq!(table.get("t").unwrap().partitions.len(), 4);
+        apply_change(&config, node, &mut table, TopicChange::Delete { name: "t".into() }).unwrap();
+        assert!(table.get("t").is_none());
     }
 }

@@ -1,5 +1,5 @@
 //! Idempotent producer state of one partition: per producer id, its epoch and the last
-//! [`BATCH_METADATA_MAX`] batches' sequence ranges and offsets. Owned by [`crate::partition::Partition`] (one
+//! [`BATCH_METADATA_MAX`] batches' sequence ranges and offsets. Owned by [`crate::cluster::partition::Partition`] (one
 //! shard, no locking); pure logic with no I/O, so that the sequence rules are unit-tested here.
 //!
 //! The rules follow Kafka's `ProducerStateManager` (≥ 2.5):

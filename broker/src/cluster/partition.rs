@@ -1,0 +1,623 @@
+//! `Partition`: one partition replica this shard owns — its storage `Log` (private: nothing outside this file
+//! touches it), the replica seam ([`ReplicaState`]: log end, durable end, high watermark and the acknowledgement
+//! rule), and the idempotent producers' state.
+//!
+//! Produce has one entry point, [`Partition::produce`], used by the Produce handler, the shard mesh and the group
+//! coordinator alike. It returns at the first phase (*sequenced*: offsets fixed, order fixed) with a [`Produced`]
+//! whose [`Produced::acknowledged`] is the second (*acknowledged*: as `acks` and the flush policy demand).
+//!
+//! Visibility: under `log.flush.policy = "fsync"` the high watermark moves only once the data is fdatasync'd, so a
+//! consumer never reads a record a crash could take back; under "interval" it moves as soon as the append is
+//! sequenced (Kafka's behaviour). Consumers and the group coordinator's replay read only below it.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use sluice_replication::{AckWait, Acks, LeaderEpoch, ReplicaState, TopicPartition, Visibility};
+use sluice_storage::{AppendInfo, BatchHeader, Log, LogError, Offset, ReadBound, Storage};
+
+use crate::cluster::producer_state::{ProducerBatch, ProducerStateTable, SequenceCheck};
+use crate::errors::{from_log_error, ErrorCode, KafkaError};
+use crate::records;
+use crate::sync::Notify;
+
+/// Per partition directory: the idempotent producers' state at the last segment roll or clean shutdown.
+const PRODUCER_SNAPSHOT_FILE: &str = "producer-state.snapshot";
+
+/// How much of the log one step of the producer-state scan at open reads.
+const PRODUCER_SCAN_READ_SIZE: usize = 4 << 20;
+
+/// ListOffsets' special timestamps.
+pub const OFFSET_LATEST: i64 = -1;
+pub const OFFSET_EARLIEST: i64 = -2;
+pub const OFFSET_MAX_TIMESTAMP: i64 = -3;
+
+/// A partition operation that may run on another shard (produce has its own path, [`Partition::produce`]).
+#[derive(Debug)]
+pub enum PartitionOp {
+    Read {
+        offset: Offset,
+        size_max: usize,
+        min_one: bool,
+    },
+    ListOffset {
+        timestamp: i64,
+    },
+    /// `None`: up to the high watermark (Kafka's offset -1).
+    DeleteRecords {
+        offset: Option<Offset>,
+    },
+    Describe,
+}
+
+#[derive(Debug, Clone)]
+pub enum PartitionReply {
+    Appended {
+        base_offset: Offset,
+        log_append_time_ms: i64,
+        log_start_offset: Offset,
+    },
+    /// `error` is set (with empty `batches`) for OFFSET_OUT_OF_RANGE, so that the response still carries the
+    /// high watermark and log start offset the client needs to reset.
+    Read {
+        batches: Vec<Bytes>,
+        high_watermark: Offset,
+        log_start_offset: Offset,
+        error: ErrorCode,
+    },
+    /// `offset` and `timestamp` are -1 when no record matches (Kafka's answer).
+    Offset {
+        offset: i64,
+        timestamp: i64,
+        leader_epoch: LeaderEpoch,
+    },
+    Deleted {
+        low_watermark: Offset,
+    },
+    Described {
+        size: u64,
+        offset_lag: i64,
+    },
+}
+
+pub type PartitionResult = Result<PartitionReply, KafkaError>;
+
+/// One owned partition replica.
+pub struct Partition<S: Storage> {
+    topic_partition: TopicPartition,
+    topic_id: String,
+    log: Log<S>,
+    replica: RefCell<ReplicaState>,
+    /// Woken whenever the high watermark moves: Fetch long polling waits here.
+    data_arrived: Notify,
+    /// Idempotent producers' sequence state (see [`crate::cluster::producer_state`]).
+    producers: RefCell<ProducerStateTable>,
+    /// Held by an idempotent append from its sequence check until the producer state records it, so that a
+    /// producer's pipelined batches are checked against each other in order even when the log makes an append
+    /// wait (back-pressure). Appends without a producer id do not take it.
+    producer_lock: glommio::sync::Semaphore,
+    /// The active segment's base offset when the producer state was last snapshotted: a roll past it writes a
+    /// new snapshot, so that recovery after a crash scans at most about one segment.
+    snapshot_segment_base: Cell<Offset>,
+    snapshot_running: Cell<bool>,
+}
+
+/// Phase one of a produce is done (the offsets are fixed); [`Produced::acknowledged`] is phase two.
+pub struct Produced<S: Storage> {
+    partition: Rc<Partition<S>>,
+    info: AppendInfo,
+    wait: AckWait,
+}
+
+impl<S: Storage> Produced<S> {
+    pub fn base_offset(&self) -> Offset {
+        self.info.base_offset
+    }
+
+    /// Phase two: returns once the append is acknowledged as its `acks` and the flush policy demand.
+    pub async fn acknowledged(self) -> PartitionResult {
+        let end = self.info.last_offset.next();
+        if self.wait == AckWait::Durable {
+            self.partition.log.wait_durable(end).await.map_err(|error| from_log_error(&error))?;
+            self.partition.durable(end);
+        }
+        Ok(PartitionReply::Appended {
+            base_offset: self.info.base_offset,
+            log_append_time_ms: self.info.append_time_ms,
+            log_start_offset: self.info.log_start_offset,
+        })
+    }
+}
+
+/// Attribute bit 5: a control batch (transaction markers), which carries no producer sequence.
+const ATTRIBUTE_CONTROL: i16 = 1 << 5;
+
+/// The producer fields of a produce's record set, when it is idempotent (producer id ≥ 0). Malformed input is
+/// left for the log's validation to refuse; an idempotent record set must be a single batch, as in Kafka.
+fn idempotent_batch(records: &[u8]) -> Result<Option<ProducerBatch>, KafkaError> {
+    let Ok(header) = BatchHeader::parse(records) else {
+        return Ok(None);
+    };
+    if header.producer_id.get() < 0 {
+        return Ok(None);
+    }
+    if header.total_size() < records.len() {
+        return Err(KafkaError::with_message(
+            ErrorCode::INVALID_RECORD,
+            "an idempotent produce must carry exactly one batch per partition",
+        ));
+    }
+    Ok(Some(producer_batch(header)))
+}
+
+fn producer_batch(header: &BatchHeader) -> ProducerBatch {
+    ProducerBatch {
+        producer_id: header.producer_id.get(),
+        producer_epoch: header.producer_epoch.get(),
+        first_sequence: header.base_sequence.get(),
+        record_count: header.last_offset_delta.get().saturating_add(1),
+    }
+}
+
+impl<S: Storage> Partition<S> {
+    /// A partition over a freshly opened (recovered) log. Call [`Partition::load_producer_state`] before serving.
+    pub fn new(
+        topic_partition: TopicPartition,
+        topic_id: String,
+        log: Log<S>,
+        leader_epoch: LeaderEpoch,
+        visibility: Visibility,
+        producer_expiration_ms: i64,
+    ) -> Partition<S> {
+        let replica = ReplicaState::open(leader_epoch, visibility, log.log_end_offset());
+        let snapshot_segment_base = log.active_segment_base();
+        let partition = Partition {
+            topic_partition,
+            topic_id,
+            log,
+            replica: RefCell::new(replica),
+            data_arrived: Notify::default(),
+            producers: RefCell::new(ProducerStateTable::new(producer_expiration_ms)),
+            producer_lock: glommio::sync::Semaphore::new(1),
+            snapshot_segment_base: Cell::new(snapshot_segment_base),
+            snapshot_running: Cell::new(false),
+        };
+        partition.publish_high_watermark();
+        partition
+    }
+
+    pub fn topic_partition(&self) -> &TopicPartition {
+        &self.topic_partition
+    }
+
+    pub fn topic_id(&self) -> &str {
+        &self.topic_id
+    }
+
+    pub fn leader_epoch(&self) -> LeaderEpoch {
+        self.replica.borrow().leader_epoch()
+    }
+
+    pub fn high_watermark(&self) -> Offset {
+        self.replica.borrow().high_watermark()
+    }
+
+    pub fn log_start_offset(&self) -> Offset {
+        self.log.log_start_offset()
+    }
+
+    pub fn log_end_offset(&self) -> Offset {
+        self.log.log_end_offset()
+    }
+
+    /// Woken whenever the high watermark moves (and when the partition goes away).
+    pub fn data_arrived(&self) -> &Notify {
+        &self.data_arrived
+    }
+
+    /// The one produce path. Phase one: validate, check the idempotent producer's sequence, assign offsets.
+    /// Returns once the offsets are fixed; an idempotent producer's retry of a batch already written returns the
+    /// offsets it was first given and writes nothing.
+    pub async fn produce(self: &Rc<Self>, records: Bytes, acks: Acks) -> Result<Produced<S>, KafkaError> {
+        let info = self.sequence(records).await?;
+        let wait = self.replica.borrow().ack_wait(acks);
+        let end = info.last_offset.next();
+        if wait == AckWait::Sequenced && self.replica.borrow().visibility() == Visibility::Durable {
+            // Answered once sequenced, but visible only once durable: wait for the sync in the background.
+            let partition = self.clone();
+            glommio::spawn_local(async move {
+                if partition.log.wait_durable(end).await.is_ok() {
+                    partition.durable(end);
+                }
+            })
+            .detach();
+        }
+        self.clone().snapshot_after_roll();
+        Ok(Produced { partition: self.clone(), info, wait })
+    }
+
+    async fn sequence(&self, records: Bytes) -> Result<AppendInfo, KafkaError> {
+        let Some(batch) = idempotent_batch(&records)? else {
+            return self.append_to_log(records).await;
+        };
+        let Ok(_permit) = self.producer_lock.acquire_permit(1).await else {
+            return Err(KafkaError::new(ErrorCode::NOT_LEADER_OR_FOLLOWER));
+        };
+        let now_ms = sluice_storage::now_ms();
+        let check = self.producers.borrow().check(&batch, now_ms);
+        let check = check.map_err(|code| {
+            KafkaError::with_message(
+                code,
+                format!(
+                    "producer {} epoch {} sequence {} refused",
+                    batch.producer_id, batch.producer_epoch, batch.first_sequence
+                ),
+            )
+        })?;
+        if let SequenceCheck::Duplicate(known) = check {
+            log::debug!(
+                "{}: producer {} epoch {} sequences {}..={} already at offsets {}..={}: not written again",
+                self.topic_partition,
+                batch.producer_id,
+                batch.producer_epoch,
+                known.first_sequence,
+                known.last_sequence,
+                known.first_offset,
+                known.last_offset
+            );
+            assert!(known.last_offset < self.log.log_end_offset().0, "a duplicate lies inside the log");
+            return Ok(AppendInfo {
+                base_offset: Offset(known.first_offset),
+                last_offset: Offset(known.last_offset),
+                append_time_ms: -1,
+                log_start_offset: self.log.log_start_offset(),
+            });
+        }
+        let info = self.append_to_log(records).await?;
+        self.producers.borrow_mut().record(&batch, info.base_offset.0, info.last_offset.0, now_ms);
+        Ok(info)
+    }
+
+    async fn append_to_log(&self, records: Bytes) -> Result<AppendInfo, KafkaError> {
+        let epoch = self.leader_epoch();
+        let info = self.log.append(records, epoch.0).await.map_err(|error| from_log_error(&error))?;
+        assert!(info.base_offset <= info.last_offset, "an append covers at least one offset");
+        assert!(info.last_offset < self.log.log_end_offset(), "the log end is past what was appended");
+        let moved = self.replica.borrow_mut().sequenced(self.log.log_end_offset());
+        if moved.is_some() {
+            self.publish_high_watermark();
+        }
+        Ok(info)
+    }
+
+    /// The log is durable up to `end`: the replica may commit it.
+    fn durable(&self, end: Offset) {
+        let moved = self.replica.borrow_mut().durable(end);
+        if moved.is_some() {
+            self.publish_high_watermark();
+        }
+    }
+
+    /// The high watermark moved: tell the log (which bounds reads by it) and wake long polls.
+    fn publish_high_watermark(&self) {
+        let high_watermark = self.replica.borrow().high_watermark();
+        self.log.set_high_watermark(high_watermark);
+        self.data_arrived.notify_all();
+    }
+
+    pub async fn execute(&self, op: PartitionOp) -> PartitionResult {
+        match op {
+            PartitionOp::Read { offset, size_max, min_one } => {
+                Ok(self.read(offset, size_max, min_one).await?)
+            }
+            PartitionOp::ListOffset { timestamp } => self.list_offset(timestamp).await,
+            PartitionOp::DeleteRecords { offset } => {
+                let target = offset.unwrap_or_else(|| self.high_watermark());
+                let low_watermark = self.delete_records(target).await?;
+                Ok(PartitionReply::Deleted { low_watermark })
+            }
+            PartitionOp::Describe => Ok(PartitionReply::Described {
+                size: self.log.size(),
+                offset_lag: self.log.log_end_offset().0 - self.high_watermark().0,
+            }),
+        }
+    }
+
+    /// A consumer's read: committed batches only (below the high watermark).
+    async fn read(
+        &self,
+        offset: Offset,
+        size_max: usize,
+        min_one: bool,
+    ) -> Result<PartitionReply, KafkaError> {
+        let (batches, error) = match self.read_committed(offset, size_max, min_one).await {
+            Ok(batches) => (batches, ErrorCode::NONE),
+            Err(error) if error.code == ErrorCode::OFFSET_OUT_OF_RANGE => (Vec::new(), error.code),
+            Err(error) => return Err(error),
+        };
+        Ok(PartitionReply::Read {
+            batches,
+            high_watermark: self.high_watermark(),
+            log_start_offset: self.log.log_start_offset(),
+            error,
+        })
+    }
+
+    /// Batches from `offset`, below the high watermark only (consumers, and the group coordinator's replay).
+    pub async fn read_committed(
+        &self,
+        offset: Offset,
+        size_max: usize,
+        min_one: bool,
+    ) -> Result<Vec<Bytes>, KafkaError> {
+        let batches = self
+            .log
+            .read(offset, size_max, ReadBound::HighWatermark, min_one)
+            .await
+            .map_err(|error| from_log_error(&error))?;
+        if let Some(last) = batches.last().and_then(|batch| BatchHeader::parse(batch).ok()) {
+            assert!(last.last_offset() < self.high_watermark(), "a read returned uncommitted batch {last:?}");
+        }
+        Ok(batches)
+    }
+
+    /// Deletes every record below `offset` (DeleteRecords, the coordinator's checkpoint). Returns the new log start.
+    pub async fn delete_records(&self, offset: Offset) -> Result<Offset, KafkaError> {
+        if offset > self.high_watermark() {
+            return Err(from_log_error(&LogError::OffsetOutOfRange {
+                offset,
+                log_start: self.log.log_start_offset(),
+                log_end: self.high_watermark(),
+            }));
+        }
+        let low_watermark = self.log.delete_before(offset).await.map_err(|error| from_log_error(&error))?;
+        assert!(low_watermark <= self.high_watermark(), "the log start passed the high watermark");
+        self.replica.borrow_mut().log_start_moved(low_watermark);
+        Ok(low_watermark)
+    }
+
+    /// Writes the producer state at the (closed) log's end (shutdown).
+    fn write_producer_snapshot(&self) -> std::io::Result<()> {
+        let bytes = (!self.producers.borrow().is_empty())
+            .then(|| self.producers.borrow().encode_snapshot(self.log.log_end_offset().0));
+        write_snapshot_file(self.log.directory(), bytes)
+    }
+
+    /// When the log has rolled since the last snapshot and idempotent producers are known, snapshots their state
+    /// in the background: encoded under the producer lock (so it matches the log end exactly: no idempotent
+    /// append is between its sequence check and its record), written on the blocking pool.
+    fn snapshot_after_roll(self: Rc<Self>) {
+        let active = self.log.active_segment_base();
+        if active == self.snapshot_segment_base.get() || self.snapshot_running.get() {
+            return;
+        }
+        self.snapshot_segment_base.set(active);
+        if self.producers.borrow().is_empty() {
+            return;
+        }
+        self.snapshot_running.set(true);
+        glommio::spawn_local(async move {
+            let bytes = match self.producer_lock.acquire_permit(1).await {
+                Ok(_permit) => Some(self.producers.borrow().encode_snapshot(self.log.log_end_offset().0)),
+                Err(_) => None,
+            };
+            if let Some(bytes) = bytes {
+                let directory = self.log.directory().to_path_buf();
+                let written = glommio::executor()
+                    .spawn_blocking(move || write_snapshot_file(&directory, Some(bytes)))
+                    .await;
+                if let Err(error) = written {
+                    log::warn!("{}: producer snapshot at roll not written: {error}", self.topic_partition);
+                }
+            }
+            self.snapshot_running.set(false);
+        })
+        .detach();
+    }
+
+    /// Rebuilds the producer state at open: from the last snapshot (written at each segment roll and at clean
+    /// shutdown) plus the batches after it, or from the batch headers of the whole log when there is none or it
+    /// lies past the recovered log end (a crash lost records it had counted). Bounded by the log's size;
+    /// progress is logged every few seconds. A read error stops the scan with what was found so far.
+    pub async fn load_producer_state(&self) {
+        let started = std::time::Instant::now();
+        let mut reported = started;
+        let end = self.log.log_end_offset();
+        let mut offset = self.log.log_start_offset().max(self.load_producer_state_snapshot(end));
+        let mut scanned_size: u64 = 0;
+        let now_ms = sluice_storage::now_ms();
+        while offset < end {
+            // The whole log, not only what is committed: a batch's sequence counts once it is in the log.
+            let batches = match self.log.read(offset, PRODUCER_SCAN_READ_SIZE, ReadBound::LogEnd, true).await
+            {
+                Ok(batches) if !batches.is_empty() => batches,
+                Ok(_) => break,
+                Err(error) => {
+                    log::error!(
+                        "{}: producer state scan stopped at offset {offset}: {error}",
+                        self.topic_partition
+                    );
+                    break;
+                }
+            };
+            let (next, size) = self.load_producer_state_record(&batches, offset, now_ms);
+            assert!(next > offset, "the producer state scan moves forward");
+            offset = next;
+            scanned_size += size;
+            if reported.elapsed() >= std::time::Duration::from_secs(5) {
+                reported = std::time::Instant::now();
+                log::info!(
+                    "{}: producer state scan at offset {offset} of {end} ({} MiB)",
+                    self.topic_partition,
+                    scanned_size >> 20
+                );
+            }
+            glommio::yield_if_needed().await;
+        }
+        let mut producers = self.producers.borrow_mut();
+        producers.expire(now_ms);
+        if !producers.is_empty() {
+            log::info!(
+                "{}: {} producers loaded from {} MiB of batch headers in {:?}",
+                self.topic_partition,
+                producers.len(),
+                scanned_size >> 20,
+                started.elapsed()
+            );
+        }
+    }
+
+    /// Loads the snapshot if it is usable; returns the offset the scan continues from (0 without one).
+    fn load_producer_state_snapshot(&self, end: Offset) -> Offset {
+        let snapshot_path = self.log.directory().join(PRODUCER_SNAPSHOT_FILE);
+        let Ok(bytes) = std::fs::read(&snapshot_path) else {
+            return Offset(0);
+        };
+        let mut loaded = ProducerStateTable::new(self.producers.borrow().expiration_ms());
+        match loaded.load_snapshot(&bytes) {
+            Some(snapshot_end) if snapshot_end <= end.0 => {
+                *self.producers.borrow_mut() = loaded;
+                Offset(snapshot_end)
+            }
+            _ => {
+                log::warn!(
+                    "{}: unusable producer snapshot ignored; scanning the log",
+                    snapshot_path.display()
+                );
+                Offset(0)
+            }
+        }
+    }
+
+    /// Records the producers of `batches` (read from `offset`); returns the offset after them and the bytes seen.
+    fn load_producer_state_record(
+        &self,
+        batches: &[Bytes],
+        mut offset: Offset,
+        now_ms: i64,
+    ) -> (Offset, u64) {
+        let mut scanned_size = 0u64;
+        let mut producers = self.producers.borrow_mut();
+        for bytes in batches {
+            let Ok(header) = BatchHeader::parse(bytes) else {
+                continue;
+            };
+            let last_offset = header.last_offset();
+            if last_offset < offset {
+                continue;
+            }
+            scanned_size += bytes.len() as u64;
+            offset = last_offset.next();
+            if header.producer_id.get() < 0 || header.attributes.get() & ATTRIBUTE_CONTROL != 0 {
+                continue;
+            }
+            let written_ms = header.max_timestamp.get().min(now_ms);
+            producers.record(&producer_batch(header), header.base_offset.get(), last_offset.0, written_ms);
+        }
+        (offset, scanned_size)
+    }
+
+    async fn list_offset(&self, timestamp: i64) -> PartitionResult {
+        let high_watermark = self.high_watermark().0;
+        let epoch = self.leader_epoch();
+        let offset =
+            |offset: i64, timestamp: i64| PartitionReply::Offset { offset, timestamp, leader_epoch: epoch };
+        let not_found = PartitionReply::Offset { offset: -1, timestamp: -1, leader_epoch: LeaderEpoch::NONE };
+        let corrupt =
+            |error: records::RecordError| KafkaError::with_message(ErrorCode::CORRUPT_MESSAGE, error.0);
+        let found = match timestamp {
+            OFFSET_LATEST => return Ok(offset(high_watermark, -1)),
+            OFFSET_EARLIEST => return Ok(offset(self.log.log_start_offset().0, -1)),
+            OFFSET_MAX_TIMESTAMP => {
+                let batch = self.log.max_timestamp_batch().await.map_err(|error| from_log_error(&error))?;
+                batch.map(|batch| records::find_max_timestamp_record(&batch)).transpose().map_err(corrupt)?
+            }
+            timestamp if timestamp >= 0 => {
+                let batch = self
+                    .log
+                    .find_batch_by_timestamp(timestamp)
+                    .await
+                    .map_err(|error| from_log_error(&error))?;
+                batch
+                    .map(|batch| records::find_record_at_or_after(&batch, timestamp))
+                    .transpose()
+                    .map_err(corrupt)?
+            }
+            other => {
+                return Err(KafkaError::with_message(
+                    ErrorCode::INVALID_REQUEST,
+                    format!("timestamp {other} is not valid"),
+                ))
+            }
+        };
+        match found.flatten() {
+            Some(found) if found.offset < high_watermark => {
+                let start = self.log.log_start_offset().0;
+                let position = if timestamp >= 0 { found.offset.max(start) } else { found.offset };
+                Ok(offset(position, found.timestamp))
+            }
+            _ => Ok(not_found),
+        }
+    }
+
+    /// Flushes, syncs and closes the log, then writes the producer snapshot (shutdown). Bounded by `timeout`: a
+    /// log whose close does not finish is reported and left (its acknowledged data is already durable under the
+    /// fsync policy; recovery handles the rest) instead of keeping the broker up.
+    pub async fn close(&self, timeout: std::time::Duration) {
+        let closed = futures_lite::future::or(async { Some(self.log.close().await) }, async {
+            glommio::timer::sleep(timeout).await;
+            None
+        })
+        .await;
+        match closed {
+            None => log::error!("closing {}: not done after {timeout:?}; left", self.topic_partition),
+            Some(Err(error)) => log::error!("closing {}: {error}", self.topic_partition),
+            Some(Ok(())) => {
+                if let Err(error) = self.write_producer_snapshot() {
+                    log::warn!("{}: producer snapshot not written: {error}", self.topic_partition);
+                }
+            }
+        }
+        self.data_arrived.notify_all();
+    }
+
+    /// Removes the log's files (the topic was deleted or re-created under a new id).
+    pub async fn remove(&self) -> Result<(), LogError> {
+        self.data_arrived.notify_all();
+        self.log.clone().remove().await
+    }
+
+    /// Expires idle producers and applies the time and size retention (called on a timer).
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<(), LogError> {
+        self.producers.borrow_mut().expire(now_ms);
+        self.log.enforce_retention(now_ms).await?;
+        self.replica.borrow_mut().log_start_moved(self.log.log_start_offset());
+        Ok(())
+    }
+
+    pub fn update_config(&self, config: sluice_storage::LogConfig) -> Result<(), LogError> {
+        self.log.update_config(config)
+    }
+}
+
+/// Writes a producer snapshot atomically (temp file, fsync, rename, directory fsync); `None` removes it.
+/// Blocking: called at shutdown, or on the blocking pool at a roll.
+fn write_snapshot_file(directory: &std::path::Path, bytes: Option<Vec<u8>>) -> std::io::Result<()> {
+    let path = directory.join(PRODUCER_SNAPSHOT_FILE);
+    let Some(bytes) = bytes else {
+        return match std::fs::remove_file(&path) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        };
+    };
+    let temporary = directory.join(format!("{PRODUCER_SNAPSHOT_FILE}.tmp"));
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temporary, &path)?;
+    std::fs::File::open(directory)?.sync_all()
+}
