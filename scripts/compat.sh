@@ -12,6 +12,10 @@
 # `SUITE: N passed, N failed, N skipped`; the run exits non-zero if any failure is not on compat/known-failures.txt
 # (scenario scripts mark features not built yet as pending in the script itself). Heavy artefacts (librdkafka
 # builds, npm packages) are cached under target/compat/; logs go to target/compat/logs/.
+#
+# Every dependency is at a fixed version: the Node packages in compat/node/package-lock.json (installed with npm ci),
+# the Debian and Python ones by scripts/install-test-deps.sh (broker/tests/clients/requirements.txt). Everything
+# comes through the machine's own npm and apt configuration; nothing here names a host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -38,9 +42,13 @@ mkdir -p "$LOGS"
 # The Kafka version Sluice claims: its highest Produce (10+), Fetch (16) and DescribeCluster (1) versions arrived in
 # Kafka 3.7 (KIP-951, KIP-919). librdkafka's suite skips tests whose minimum broker version is above this.
 KAFKA_VERSION_CLAIMED=3.7.0
+# librdkafka's source and test suite come from the deps/librdkafka of @confluentinc/kafka-javascript 1.10.1, pinned
+# in compat/node/package-lock.json.
 LIBRDKAFKA_VERSION=2.15.1
-LIBRDKAFKA_NPM_PACKAGE=@confluentinc/kafka-javascript@1.10.1
 LIBRDKAFKA_DIR=$CACHE/librdkafka-$LIBRDKAFKA_VERSION
+# Debian's librdkafka source for rdkafka_performance: the version of the librdkafka1 that install-test-deps.sh pins.
+DEBIAN_LIBRDKAFKA_SOURCE=librdkafka=2.0.2-1
+NODE_DIR=$CACHE/node
 LIBRDKAFKA_SMOKE="0000 0001 0004 0012 0017 0022 0030 0039 0049 0087 0103"
 
 step() { printf '\n=== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
@@ -50,15 +58,27 @@ die() { echo "compat: $*" >&2; exit 1; }
 
 # --- Artefacts, built once and cached under target/compat/ -----------------------------------------------------
 
+# compat/node's packages, exactly as its package-lock.json says, in target/compat/node (npm ci, no install scripts:
+# compat/node/.npmrc). Reinstalled when package.json, the lock file or .npmrc changes.
+prepare_node() {
+  if [ -d "$NODE_DIR/node_modules" ] && cmp -s compat/node/package.json "$NODE_DIR/package.json" \
+     && cmp -s compat/node/package-lock.json "$NODE_DIR/package-lock.json" && cmp -s compat/node/.npmrc "$NODE_DIR/.npmrc"; then
+    return 0
+  fi
+  step "npm ci (compat/node: KafkaJS and its codecs, librdkafka's source; once)"
+  rm -rf "$NODE_DIR" && mkdir -p "$NODE_DIR"
+  cp compat/node/package.json compat/node/package-lock.json compat/node/.npmrc "$NODE_DIR/" || die "cannot copy compat/node"
+  (cd "$NODE_DIR" && timeout 300 npm ci --ignore-scripts --no-audit --no-fund >"$NODE_DIR/npm.log" 2>&1) \
+    || { cat "$NODE_DIR/npm.log"; rm -rf "$NODE_DIR/node_modules"; die "npm ci in $NODE_DIR failed"; }
+}
+
 prepare_librdkafka() {
   [ -f "$LIBRDKAFKA_DIR/.built" ] && return 0
+  prepare_node
   step "building librdkafka $LIBRDKAFKA_VERSION and its test suite (~100 s, once; log $CACHE/librdkafka-build.log)"
-  rm -rf "$LIBRDKAFKA_DIR" "$CACHE/npm-pack"
-  mkdir -p "$CACHE/npm-pack"
-  (cd "$CACHE/npm-pack" && timeout 300 npm pack --silent "$LIBRDKAFKA_NPM_PACKAGE" >/dev/null)
-  tar -xzf "$CACHE"/npm-pack/*.tgz -C "$CACHE/npm-pack" package/deps/librdkafka
-  mv "$CACHE/npm-pack/package/deps/librdkafka" "$LIBRDKAFKA_DIR"
-  rm -rf "$CACHE/npm-pack"
+  rm -rf "$LIBRDKAFKA_DIR"
+  cp -a "$NODE_DIR/node_modules/@confluentinc/kafka-javascript/deps/librdkafka" "$LIBRDKAFKA_DIR" \
+    || die "@confluentinc/kafka-javascript (compat/node) holds no deps/librdkafka"
   grep -q "RD_KAFKA_VERSION  *0x020f01ff" "$LIBRDKAFKA_DIR/src/rdkafka.h" \
     || die "the npm package did not hold librdkafka $LIBRDKAFKA_VERSION"
   (cd "$LIBRDKAFKA_DIR" && timeout 300 ./configure && timeout 1200 make -j2 libs \
@@ -75,8 +95,8 @@ prepare_rdkafka_performance() {
   step "building rdkafka_performance from Debian's librdkafka source (once)"
   local source_dir=$CACHE/debian-2.0.2
   rm -rf "$source_dir" && mkdir -p "$source_dir"
-  (cd "$source_dir" && timeout 300 apt-get source --download-only librdkafka >"$source_dir/apt.log" 2>&1) \
-    || { cat "$source_dir/apt.log"; die "apt-get source librdkafka failed (is the deb-src entry there? scripts/install-test-deps.sh)"; }
+  (cd "$source_dir" && timeout 300 apt-get source --download-only "$DEBIAN_LIBRDKAFKA_SOURCE" >"$source_dir/apt.log" 2>&1) \
+    || { cat "$source_dir/apt.log"; die "apt-get source $DEBIAN_LIBRDKAFKA_SOURCE failed (are the deb-src entries there? scripts/install-test-deps.sh)"; }
   tar -xzf "$source_dir"/librdkafka_*.orig.tar.gz -C "$source_dir"
   local tree
   tree=$(echo "$source_dir"/librdkafka-*/)
@@ -86,19 +106,6 @@ prepare_rdkafka_performance() {
     "$tree/examples/rdkafka_performance.c" -l:librdkafka.so.1 -lpthread -lm -lz \
     || die "rdkafka_performance did not compile"
   mv "$source_dir/rdkafka_performance.tmp" "$source_dir/rdkafka_performance"
-}
-
-prepare_kafkajs() {
-  local target=$CACHE/kafkajs
-  if [ -f "$target/package.json" ] && cmp -s "$target/package.json" compat/scenarios/kafkajs/package.json \
-     && [ -d "$target/node_modules/kafkajs" ]; then
-    return 0
-  fi
-  step "npm install (KafkaJS and its pure-JavaScript codecs, once)"
-  mkdir -p "$target"
-  cp compat/scenarios/kafkajs/package.json "$target/package.json"
-  (cd "$target" && timeout 300 npm install --silent --no-audit --no-fund >"$target/npm.log" 2>&1) \
-    || { cat "$target/npm.log"; die "npm install failed"; }
 }
 
 # --- The broker ---------------------------------------------------------------------------------------------
@@ -195,7 +202,7 @@ run_python() {  # $1: suite, $2: script
 run_kafkajs() {
   local fast_flag=
   [ "$MODE" = fast ] && fast_flag=--fast
-  NODE_PATH=$CACHE/kafkajs/node_modules timeout -k 10 900 node compat/scenarios/kafkajs/scenarios.js \
+  NODE_PATH=$NODE_DIR/node_modules timeout -k 10 900 node compat/scenarios/kafkajs/scenarios.js \
     --bootstrap "127.0.0.1:$BROKER_PORT" $fast_flag
 }
 
@@ -225,7 +232,7 @@ for suite in "${SUITES[@]}"; do
     confluent-kafka) run_suite confluent-kafka run_python confluent-kafka confluent_scenarios.py ;;
     kafka-python) run_suite kafka-python run_python kafka-python kafka_python_scenarios.py ;;
     aiokafka) run_suite aiokafka run_python aiokafka aiokafka_scenarios.py ;;
-    kafkajs) prepare_kafkajs && run_suite kafkajs run_kafkajs ;;
+    kafkajs) prepare_node && run_suite kafkajs run_kafkajs ;;
   esac
 done
 

@@ -2,11 +2,20 @@
 //! overrides. Kafka's names (`log.segment.bytes`) exist only here, at the boundary; the rest of the broker reads
 //! the Rust fields, which follow the house naming (`segment_size_max`).
 //!
+//! Every default lives in one place, the embedded `default_config.toml`: it is what `sluice` runs with when given
+//! no file, and it lists every key, so it is also the list of known keys and fixes each key's type. The layers
+//! are merged as TOML tables, key by key, and the result is deserialized once into [`Settings`] (Kafka's names and
+//! units, no serde defaults), the flags are applied to that, and [`Config::build`] checks and converts it. A
+//! default written in code as well would be a second copy that can drift from the file, so there is none.
+//!
 //! TOML turns an unquoted dotted key (`log.segment.bytes = 1`) into nested tables, while a quoted one
-//! (`"log.segment.bytes" = 1`) stays flat. Both spellings are accepted: the file is flattened back to dotted keys
-//! before it is read, and an unknown key is an error that names it (a typo must not silently fall back to a default).
+//! (`"log.segment.bytes" = 1`) stays flat. Both spellings are accepted: each layer is flattened back to dotted keys
+//! before it is merged, and an unknown key is an error that names it and the closest known key (a typo must not
+//! silently fall back to a default).
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,8 +23,6 @@ use serde::Deserialize;
 
 /// The configuration `sluice` runs with when given no file: a single-node broker on 127.0.0.1:9092, data in `./data`.
 pub const DEFAULT_CONFIG: &str = include_str!("default_config.toml");
-
-const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// How appends become durable (`log.flush.policy`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,77 +103,102 @@ pub struct GroupConfig {
     pub offsets_checkpoint_records: usize,
 }
 
-/// The file's shape, with Kafka's names. Every field is optional so that a file may set only what it changes.
-#[derive(Debug, Default, Deserialize)]
+/// Where the embedded default's errors say they come from.
+const DEFAULT_ORIGIN: &str = "the embedded default configuration";
+
+/// Other spellings a file may use for a key of the default file: Kafka's topic-level and older broker names, and
+/// names earlier Sluice versions read. Each layer is rewritten to the default file's names before it is merged, so
+/// that a file saying `log.dir` overrides the default's `log.dirs` rather than sitting beside it.
+const ALIASES: &[(&str, &str)] = &[
+    ("listeners", "listen"),
+    ("advertised.listener", "advertised.listeners"),
+    ("data.dir", "log.dirs"),
+    ("log.dir", "log.dirs"),
+    ("broker.id", "node.id"),
+    ("segment.bytes", "log.segment.bytes"),
+    ("log.roll.ms", "log.segment.ms"),
+    ("segment.ms", "log.segment.ms"),
+    ("retention.ms", "log.retention.ms"),
+    ("retention.bytes", "log.retention.bytes"),
+    ("index.interval.bytes", "log.index.interval.bytes"),
+    ("max.message.bytes", "message.max.bytes"),
+];
+
+/// The merged layers, one field per key of the default file, in Kafka's names and units and not yet checked.
+/// No field has `#[serde(default)]` and every field is required: a key missing from the default file fails the
+/// first load (and `every_default_key_is_known_and_parses`) instead of quietly taking a value written here.
+/// Integers are `i64`, TOML's own, so that a value out of a field's range reaches [`Config::build`], whose message
+/// names the limit, rather than serde's.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ConfigFile {
-    #[serde(alias = "listeners")]
-    listen: Option<String>,
-    #[serde(rename = "advertised.listeners", alias = "advertised.listener")]
-    advertised_listener: Option<String>,
-    #[serde(rename = "log.dirs", alias = "data.dir", alias = "log.dir")]
-    data_dir: Option<String>,
-    #[serde(rename = "node.id", alias = "broker.id")]
-    node_id: Option<i32>,
-    shards: Option<i64>,
+struct Settings {
+    listen: String,
+    /// Empty: clients are told the listen address.
+    #[serde(rename = "advertised.listeners")]
+    advertised_listener: String,
+    #[serde(rename = "log.dirs")]
+    data_dir: PathBuf,
+    #[serde(rename = "node.id")]
+    node_id: i64,
+    shards: i64,
     #[serde(rename = "num.partitions")]
-    partition_count_default: Option<i32>,
+    partition_count_default: i64,
     #[serde(rename = "default.replication.factor")]
-    replication_factor_default: Option<i16>,
-    #[serde(rename = "log.segment.bytes", alias = "segment.bytes")]
-    segment_size_max: Option<i64>,
-    #[serde(rename = "log.segment.ms", alias = "log.roll.ms", alias = "segment.ms")]
-    segment_age_max_ms: Option<i64>,
-    #[serde(rename = "log.retention.ms", alias = "retention.ms")]
-    retention_age_max_ms: Option<i64>,
-    #[serde(rename = "log.retention.bytes", alias = "retention.bytes")]
-    retention_size_max: Option<i64>,
-    #[serde(rename = "log.index.interval.bytes", alias = "index.interval.bytes")]
-    index_interval_size: Option<i64>,
+    replication_factor_default: i64,
+    #[serde(rename = "log.segment.bytes")]
+    segment_size_max: i64,
+    #[serde(rename = "log.segment.ms")]
+    segment_age_max_ms: i64,
+    #[serde(rename = "log.retention.ms")]
+    retention_age_max_ms: i64,
+    #[serde(rename = "log.retention.bytes")]
+    retention_size_max: i64,
+    #[serde(rename = "log.index.interval.bytes")]
+    index_interval_size: i64,
     #[serde(rename = "auto.create.topics.enable")]
-    auto_create_topics: Option<bool>,
-    #[serde(rename = "message.max.bytes", alias = "max.message.bytes")]
-    message_size_max: Option<i64>,
+    auto_create_topics: bool,
+    #[serde(rename = "message.max.bytes")]
+    message_size_max: i64,
     #[serde(rename = "socket.request.max.bytes")]
-    request_size_max: Option<i64>,
+    request_size_max: i64,
     #[serde(rename = "log.flush.policy")]
-    flush_policy: Option<String>,
+    flush_policy: String,
     #[serde(rename = "log.flush.interval.messages")]
-    flush_interval_messages: Option<i64>,
+    flush_interval_messages: i64,
     #[serde(rename = "log.flush.interval.bytes")]
-    flush_interval_size: Option<i64>,
+    flush_interval_size: i64,
     #[serde(rename = "log.flush.interval.ms")]
-    flush_interval_ms: Option<i64>,
-    #[serde(rename = "cache.size.bytes")]
-    cache_size_max: Option<i64>,
-    #[serde(rename = "shard.channel.capacity")]
-    shard_channel_capacity: Option<i64>,
-    #[serde(rename = "connection.inflight.max")]
-    connection_inflight_max: Option<i64>,
-    #[serde(rename = "producer.id.expiration.ms")]
-    producer_id_expiration_ms: Option<i64>,
+    flush_interval_ms: i64,
     #[serde(rename = "log.segment.space.policy")]
-    segment_space: Option<String>,
+    segment_space: String,
     #[serde(rename = "log.segment.space.step.bytes")]
-    segment_space_step: Option<i64>,
+    segment_space_step: i64,
+    #[serde(rename = "cache.size.bytes")]
+    cache_size_max: i64,
+    #[serde(rename = "shard.channel.capacity")]
+    shard_channel_capacity: i64,
+    #[serde(rename = "connection.inflight.max")]
+    connection_inflight_max: i64,
+    #[serde(rename = "producer.id.expiration.ms")]
+    producer_id_expiration_ms: i64,
     #[serde(rename = "group.initial.rebalance.delay.ms")]
-    group_initial_rebalance_delay_ms: Option<i64>,
+    group_initial_rebalance_delay_ms: i64,
     #[serde(rename = "group.min.session.timeout.ms")]
-    group_session_timeout_min_ms: Option<i64>,
+    group_session_timeout_min_ms: i64,
     #[serde(rename = "group.max.session.timeout.ms")]
-    group_session_timeout_max_ms: Option<i64>,
+    group_session_timeout_max_ms: i64,
     #[serde(rename = "group.max.size")]
-    group_size_max: Option<i64>,
+    group_size_max: i64,
     #[serde(rename = "offsets.topic.num.partitions")]
-    offsets_partition_count: Option<i64>,
+    offsets_partition_count: i64,
     #[serde(rename = "offsets.retention.minutes")]
-    offsets_retention_minutes: Option<i64>,
+    offsets_retention_minutes: i64,
     #[serde(rename = "offsets.retention.check.interval.ms")]
-    offsets_retention_check_interval_ms: Option<i64>,
+    offsets_retention_check_interval_ms: i64,
     #[serde(rename = "offset.metadata.max.bytes")]
-    offset_metadata_size_max: Option<i64>,
+    offset_metadata_size_max: i64,
     #[serde(rename = "offsets.checkpoint.records")]
-    offsets_checkpoint_records: Option<i64>,
+    offsets_checkpoint_records: i64,
 }
 
 /// Command-line values that override the file.
@@ -194,29 +226,44 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// The embedded default, then `file` (if any), then `overrides`.
     pub fn load(file: Option<&Path>, overrides: &ConfigOverrides) -> Result<Config, ConfigError> {
-        let mut merged = parse_file(DEFAULT_CONFIG, "the embedded default configuration")?;
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|error| {
-                ConfigError(format!("cannot read config file {}: {error}", path.display()))
-            })?;
-            let from_file = parse_file(&text, &format!("config file {}", path.display()))?;
-            merged = merge(merged, from_file);
-        }
-        Config::build(merged, overrides)
+        let user = match file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|error| {
+                    ConfigError(format!("cannot read config file {}: {error}", path.display()))
+                })?;
+                Some((text, format!("config file {}", path.display())))
+            }
+        };
+        Config::load_layers(user.as_ref().map(|(text, origin)| (text.as_str(), origin.as_str())), overrides)
     }
 
     /// Parses a configuration from TOML text over the embedded default (for tests and embedding).
     pub fn from_toml(text: &str, overrides: &ConfigOverrides) -> Result<Config, ConfigError> {
-        let base = parse_file(DEFAULT_CONFIG, "the embedded default configuration")?;
-        let file = parse_file(text, "config")?;
-        Config::build(merge(base, file), overrides)
+        Config::load_layers(Some((text, "config")), overrides)
     }
 
-    fn build(file: ConfigFile, overrides: &ConfigOverrides) -> Result<Config, ConfigError> {
-        let groups = GroupConfig::build(&file)?;
-        let step =
-            positive("log.segment.space.step.bytes", file.segment_space_step.unwrap_or(16 << 20))? as u64;
-        let segment_space = match file.segment_space.as_deref().unwrap_or("grow") {
+    /// Merges the default layer and the user's `(text, origin)` key by key, deserializes the result once, applies
+    /// the flags, and checks it all in [`Config::build`], so that a flag's value meets the same limits as a file's.
+    fn load_layers(user: Option<(&str, &str)>, overrides: &ConfigOverrides) -> Result<Config, ConfigError> {
+        let mut values = parse_layer(DEFAULT_CONFIG, DEFAULT_ORIGIN, None)?;
+        if let Some((text, origin)) = user {
+            let layer = parse_layer(text, origin, Some(&values))?;
+            values.extend(layer);
+        }
+        // Every user value has a key and a type taken from the default layer, so a failure here means the default
+        // file and `Settings` disagree: a bug that `every_default_key_is_known_and_parses` catches before release.
+        let mut settings: Settings = toml::Value::Table(values)
+            .try_into()
+            .map_err(|error| ConfigError(format!("{DEFAULT_ORIGIN}: {}", one_line(&error.to_string()))))?;
+        settings.apply(overrides);
+        Config::build(settings)
+    }
+
+    /// Checks every value against its limits and converts Kafka's names and units into the broker's.
+    fn build(settings: Settings) -> Result<Config, ConfigError> {
+        let step = positive("log.segment.space.step.bytes", settings.segment_space_step)? as u64;
+        let segment_space = match settings.segment_space.as_str() {
             "grow" => sluice_storage::SegmentSpace::Grow,
             "fallocate" => sluice_storage::SegmentSpace::Fallocate { step },
             "prewrite" => sluice_storage::SegmentSpace::Prewrite { step },
@@ -226,23 +273,21 @@ impl Config {
             )))
             }
         };
-        let listen_text = overrides.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:9092".into());
-        let listen = parse_listen(&listen_text)?;
-        let advertised_listener = match overrides.advertised_listener.clone().or(file.advertised_listener) {
-            Some(text) => Some(parse_host_port(&text, "advertised.listeners")?),
-            None => None,
+        let listen = parse_listen(&settings.listen)?;
+        let advertised_listener = match settings.advertised_listener.as_str() {
+            "" => None,
+            text => Some(parse_host_port(text, "advertised.listeners")?),
         };
-        let data_dir = overrides
-            .data_dir
-            .clone()
-            .or(file.data_dir.map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("data"));
-        let shard_count = match overrides.shard_count.map(|count| count as i64).or(file.shards) {
-            None | Some(0) => None,
-            Some(count) if (1..=1024).contains(&count) => Some(count as usize),
-            Some(count) => return Err(ConfigError(format!("shards = {count} is outside 1..=1024"))),
+        let shard_count = match settings.shards {
+            0 => None,
+            count if (1..=1024).contains(&count) => Some(count as usize),
+            count => {
+                return Err(ConfigError(format!(
+                    "shards = {count} is outside 1..=1024 (or 0: one per online core)"
+                )))
+            }
         };
-        let flush_policy = match file.flush_policy.as_deref().unwrap_or("fsync") {
+        let flush_policy = match settings.flush_policy.as_str() {
             "fsync" => FlushPolicy::Fsync,
             "interval" => FlushPolicy::Interval,
             other => {
@@ -251,83 +296,61 @@ impl Config {
                 )))
             }
         };
-        let message_size_max = positive("message.max.bytes", file.message_size_max.unwrap_or(1_048_588))?;
-        let request_size_max =
-            positive("socket.request.max.bytes", file.request_size_max.unwrap_or(104_857_600))?;
+        let message_size_max = positive("message.max.bytes", settings.message_size_max)?;
+        let request_size_max = positive("socket.request.max.bytes", settings.request_size_max)?;
         if message_size_max > request_size_max {
             return Err(ConfigError(format!(
                 "message.max.bytes {message_size_max} exceeds socket.request.max.bytes {request_size_max}"
             )));
         }
-        let config = Config {
+        if settings.replication_factor_default != 1 {
+            return Err(ConfigError(format!(
+                "default.replication.factor = {}: a single-node broker supports only 1",
+                settings.replication_factor_default
+            )));
+        }
+        let groups = GroupConfig::build(&settings)?;
+        let millis = |value: usize| Duration::from_millis(value as u64);
+        Ok(Config {
             listen,
             advertised_listener,
-            data_dir,
-            node_id: overrides.node_id.or(file.node_id).unwrap_or(0),
+            data_dir: settings.data_dir,
+            node_id: within("node.id", settings.node_id, i32::MIN.into()..=i32::MAX.into())? as i32,
             shard_count,
-            partition_count_default: file.partition_count_default.unwrap_or(1),
-            replication_factor_default: file.replication_factor_default.unwrap_or(1),
-            segment_size_max: positive("log.segment.bytes", file.segment_size_max.unwrap_or(1 << 30))? as u64,
-            segment_age_max: Duration::from_millis(positive(
-                "log.segment.ms",
-                file.segment_age_max_ms.unwrap_or(7 * DAY_MS),
-            )? as u64),
-            retention_age_max: optional_limit(
-                "log.retention.ms",
-                file.retention_age_max_ms.unwrap_or(7 * DAY_MS),
-            )?
-            .map(Duration::from_millis),
-            retention_size_max: optional_limit("log.retention.bytes", file.retention_size_max.unwrap_or(-1))?,
-            index_interval_size: positive(
-                "log.index.interval.bytes",
-                file.index_interval_size.unwrap_or(4096),
-            )?
-            .min(u32::MAX as usize) as u32,
-            auto_create_topics: file.auto_create_topics.unwrap_or(true),
+            partition_count_default: within(
+                "num.partitions",
+                settings.partition_count_default,
+                1..=i32::MAX.into(),
+            )? as i32,
+            // Checked above to be 1, so it fits.
+            replication_factor_default: settings.replication_factor_default as i16,
+            segment_size_max: positive("log.segment.bytes", settings.segment_size_max)? as u64,
+            segment_age_max: millis(positive("log.segment.ms", settings.segment_age_max_ms)?),
+            retention_age_max: optional_limit("log.retention.ms", settings.retention_age_max_ms)?
+                .map(Duration::from_millis),
+            retention_size_max: optional_limit("log.retention.bytes", settings.retention_size_max)?,
+            index_interval_size: positive("log.index.interval.bytes", settings.index_interval_size)?
+                .min(u32::MAX as usize) as u32,
+            auto_create_topics: settings.auto_create_topics,
             message_size_max,
             request_size_max,
             flush_policy,
             flush_interval_messages: positive(
                 "log.flush.interval.messages",
-                file.flush_interval_messages.unwrap_or(10_000),
+                settings.flush_interval_messages,
             )? as u64,
-            flush_interval_size: positive(
-                "log.flush.interval.bytes",
-                file.flush_interval_size.unwrap_or(1 << 20),
-            )? as u64,
-            flush_interval: Duration::from_millis(positive(
-                "log.flush.interval.ms",
-                file.flush_interval_ms.unwrap_or(1000),
-            )? as u64),
-            cache_size_max: positive("cache.size.bytes", file.cache_size_max.unwrap_or(512 << 20))?,
-            shard_channel_capacity: positive(
-                "shard.channel.capacity",
-                file.shard_channel_capacity.unwrap_or(1024),
-            )?,
-            connection_inflight_max: positive(
-                "connection.inflight.max",
-                file.connection_inflight_max.unwrap_or(1024),
-            )?,
-            producer_id_expiration: Duration::from_millis(positive(
+            flush_interval_size: positive("log.flush.interval.bytes", settings.flush_interval_size)? as u64,
+            flush_interval: millis(positive("log.flush.interval.ms", settings.flush_interval_ms)?),
+            cache_size_max: positive("cache.size.bytes", settings.cache_size_max)?,
+            shard_channel_capacity: positive("shard.channel.capacity", settings.shard_channel_capacity)?,
+            connection_inflight_max: positive("connection.inflight.max", settings.connection_inflight_max)?,
+            producer_id_expiration: millis(positive(
                 "producer.id.expiration.ms",
-                file.producer_id_expiration_ms.unwrap_or(DAY_MS),
-            )? as u64),
+                settings.producer_id_expiration_ms,
+            )?),
             groups,
             segment_space,
-        };
-        if config.partition_count_default < 1 {
-            return Err(ConfigError(format!(
-                "num.partitions = {} must be at least 1",
-                config.partition_count_default
-            )));
-        }
-        if config.replication_factor_default != 1 {
-            return Err(ConfigError(format!(
-                "default.replication.factor = {}: a single-node broker supports only 1",
-                config.replication_factor_default
-            )));
-        }
-        Ok(config)
+        })
     }
 
     /// The address clients are told to connect to.
@@ -339,70 +362,98 @@ impl Config {
     }
 }
 
-impl GroupConfig {
-    fn build(file: &ConfigFile) -> Result<GroupConfig, ConfigError> {
-        let millis = |value: usize| Duration::from_millis(value as u64);
-        let delay = file.group_initial_rebalance_delay_ms.unwrap_or(3000);
-        if delay < 0 {
-            return Err(ConfigError(format!(
-                "group.initial.rebalance.delay.ms = {delay} must be at least 0"
-            )));
+impl Settings {
+    /// The command line's values replace the merged file's, before [`Config::build`] checks them.
+    fn apply(&mut self, overrides: &ConfigOverrides) {
+        if let Some(listen) = &overrides.listen {
+            self.listen = listen.clone();
         }
+        if let Some(advertised) = &overrides.advertised_listener {
+            self.advertised_listener = advertised.clone();
+        }
+        if let Some(data_dir) = &overrides.data_dir {
+            self.data_dir = data_dir.clone();
+        }
+        if let Some(count) = overrides.shard_count {
+            self.shards = i64::try_from(count).unwrap_or(i64::MAX);
+        }
+        if let Some(node_id) = overrides.node_id {
+            self.node_id = node_id.into();
+        }
+    }
+}
+
+impl GroupConfig {
+    fn build(settings: &Settings) -> Result<GroupConfig, ConfigError> {
+        let millis = |value: usize| Duration::from_millis(value as u64);
+        let delay = within(
+            "group.initial.rebalance.delay.ms",
+            settings.group_initial_rebalance_delay_ms,
+            0..=i64::MAX,
+        )?;
+        let offsets_retention_minutes =
+            positive("offsets.retention.minutes", settings.offsets_retention_minutes)? as u64;
         let config = GroupConfig {
             initial_rebalance_delay: Duration::from_millis(delay as u64),
             session_timeout_min: millis(positive(
                 "group.min.session.timeout.ms",
-                file.group_session_timeout_min_ms.unwrap_or(6000),
+                settings.group_session_timeout_min_ms,
             )?),
             session_timeout_max: millis(positive(
                 "group.max.session.timeout.ms",
-                file.group_session_timeout_max_ms.unwrap_or(1_800_000),
+                settings.group_session_timeout_max_ms,
             )?),
-            size_max: positive("group.max.size", file.group_size_max.unwrap_or(10_000))?,
+            size_max: positive("group.max.size", settings.group_size_max)?,
             offsets_partition_count: positive(
                 "offsets.topic.num.partitions",
-                file.offsets_partition_count.unwrap_or(50),
+                settings.offsets_partition_count,
             )?
             .min(1000) as i32,
-            offsets_retention: Duration::from_secs(
-                60 * positive("offsets.retention.minutes", file.offsets_retention_minutes.unwrap_or(10_080))?
-                    as u64,
-            ),
+            offsets_retention: Duration::from_secs(offsets_retention_minutes.saturating_mul(60)),
             offsets_retention_check_interval: millis(positive(
                 "offsets.retention.check.interval.ms",
-                file.offsets_retention_check_interval_ms.unwrap_or(600_000),
+                settings.offsets_retention_check_interval_ms,
             )?),
             offset_metadata_size_max: positive(
                 "offset.metadata.max.bytes",
-                file.offset_metadata_size_max.unwrap_or(4096),
+                settings.offset_metadata_size_max,
             )?,
             offsets_checkpoint_records: positive(
                 "offsets.checkpoint.records",
-                file.offsets_checkpoint_records.unwrap_or(100_000),
+                settings.offsets_checkpoint_records,
             )?,
         };
         if config.session_timeout_min > config.session_timeout_max {
-            return Err(ConfigError(
-                "group.min.session.timeout.ms exceeds group.max.session.timeout.ms".to_string(),
-            ));
+            return Err(ConfigError(format!(
+                "group.min.session.timeout.ms {} exceeds group.max.session.timeout.ms {}",
+                settings.group_session_timeout_min_ms, settings.group_session_timeout_max_ms
+            )));
         }
         Ok(config)
     }
 }
 
-fn positive(name: &str, value: i64) -> Result<usize, ConfigError> {
-    if value < 1 {
-        return Err(ConfigError(format!("{name} = {value} must be a positive number")));
+/// `value` of `key` if it lies in `range`; otherwise an error naming the key, the value and the bound it crosses.
+fn within(key: &str, value: i64, range: RangeInclusive<i64>) -> Result<i64, ConfigError> {
+    if value < *range.start() {
+        return Err(ConfigError(format!("{key} = {value} must be at least {}", range.start())));
     }
-    Ok(value as usize)
+    if value > *range.end() {
+        return Err(ConfigError(format!("{key} = {value} must be at most {}", range.end())));
+    }
+    Ok(value)
+}
+
+fn positive(key: &str, value: i64) -> Result<usize, ConfigError> {
+    Ok(within(key, value, 1..=i64::MAX)? as usize)
 }
 
 /// Kafka's convention: `-1` means no limit.
-fn optional_limit(name: &str, value: i64) -> Result<Option<u64>, ConfigError> {
+fn optional_limit(key: &str, value: i64) -> Result<Option<u64>, ConfigError> {
     match value {
         -1 => Ok(None),
         value if value >= 0 => Ok(Some(value as u64)),
-        value => Err(ConfigError(format!("{name} = {value} must be -1 (no limit) or at least 0"))),
+        value => Err(ConfigError(format!("{key} = {value} must be -1 (no limit) or at least 0"))),
     }
 }
 
@@ -437,78 +488,111 @@ fn parse_host_port(text: &str, name: &str) -> Result<(String, u16), ConfigError>
     Ok((host.to_string(), port))
 }
 
-fn parse_file(text: &str, origin: &str) -> Result<ConfigFile, ConfigError> {
+/// One layer as a flat table under the default file's key names. `defaults` is the default layer, which says
+/// which keys exist and each one's type; the default layer itself is read with `None`. Errors begin with `origin`.
+fn parse_layer(text: &str, origin: &str, defaults: Option<&toml::Table>) -> Result<toml::Table, ConfigError> {
     let table: toml::Table = toml::from_str(text)
         .map_err(|error| ConfigError(format!("{origin}: {}", one_line(&error.to_string()))))?;
-    let mut flat = toml::Table::new();
-    flatten("", table, &mut flat);
-    toml::Value::Table(flat)
-        .try_into::<ConfigFile>()
-        .map_err(|error| ConfigError(format!("{origin}: {}", one_line(&error.to_string()))))
+    let mut flat = BTreeMap::new();
+    parse_layer_flatten("", table, &mut flat).map_err(|error| ConfigError(format!("{origin}: {error}")))?;
+    let mut layer = toml::Table::new();
+    // The spelling the layer used for each key, to name both when two aliases set the same key.
+    let mut spellings: BTreeMap<&str, String> = BTreeMap::new();
+    for (name, value) in flat {
+        let Some(defaults) = defaults else {
+            layer.insert(name, value);
+            continue;
+        };
+        let key = ALIASES.iter().find(|(alias, _)| *alias == name).map_or(name.as_str(), |(_, key)| *key);
+        let Some((key, default)) = defaults.get_key_value(key) else {
+            return Err(ConfigError(format!(
+                "{origin}: unknown key \"{name}\" (the closest known key is \"{}\")",
+                parse_layer_closest_key(&name, defaults)
+            )));
+        };
+        if value.type_str() != default.type_str() {
+            return Err(ConfigError(format!(
+                "{origin}: {name} = {value} is {}, not {} like its default {default}",
+                parse_layer_kind(&value),
+                parse_layer_kind(default)
+            )));
+        }
+        if let Some(previous) = spellings.insert(key, name.clone()) {
+            return Err(ConfigError(format!(
+                "{origin}: \"{previous}\" and \"{name}\" both set {key}; keep one"
+            )));
+        }
+        layer.insert(key.clone(), value);
+    }
+    Ok(layer)
+}
+
+/// Flattens nested tables into dotted keys. Two spellings of one key in one layer (`log.segment.bytes = 1` and
+/// `"log.segment.bytes" = 2`) are an error rather than a silent choice of one.
+fn parse_layer_flatten(
+    prefix: &str,
+    table: toml::Table,
+    flat: &mut BTreeMap<String, toml::Value>,
+) -> Result<(), String> {
+    for (key, value) in table {
+        let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
+        match value {
+            toml::Value::Table(inner) => parse_layer_flatten(&name, inner, flat)?,
+            value => {
+                if flat.contains_key(&name) {
+                    return Err(format!("{name} is set twice, once quoted and once as a dotted key"));
+                }
+                flat.insert(name, value);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The known key or alias fewest single-character edits away from `name`; the first in order on a tie.
+fn parse_layer_closest_key<'a>(name: &str, defaults: &'a toml::Table) -> &'a str {
+    let aliases = ALIASES.iter().map(|(alias, _)| *alias);
+    defaults
+        .keys()
+        .map(String::as_str)
+        .chain(aliases)
+        .min_by_key(|known| edit_distance(name, known))
+        .unwrap_or("")
+}
+
+/// "an integer", "a string", ...: a TOML value's type for an error line.
+fn parse_layer_kind(value: &toml::Value) -> String {
+    let kind = value.type_str();
+    let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+    format!("{article} {kind}")
+}
+
+/// Levenshtein distance: the fewest insertions, deletions and substitutions that turn `from` into `to`.
+fn edit_distance(from: &str, to: &str) -> usize {
+    let to: Vec<char> = to.chars().collect();
+    // `row[j]` is the distance from the prefix of `from` read so far to `to[..j]`.
+    let mut row: Vec<usize> = (0..=to.len()).collect();
+    for (i, from_char) in from.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, to_char) in to.iter().enumerate() {
+            let substitution = diagonal + usize::from(from_char != *to_char);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[to.len()]
 }
 
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn flatten(prefix: &str, table: toml::Table, flat: &mut toml::Table) {
-    for (key, value) in table {
-        let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
-        match value {
-            toml::Value::Table(inner) => flatten(&name, inner, flat),
-            value => {
-                flat.insert(name, value);
-            }
-        }
-    }
-}
-
-fn merge(base: ConfigFile, over: ConfigFile) -> ConfigFile {
-    ConfigFile {
-        listen: over.listen.or(base.listen),
-        advertised_listener: over.advertised_listener.or(base.advertised_listener),
-        data_dir: over.data_dir.or(base.data_dir),
-        node_id: over.node_id.or(base.node_id),
-        shards: over.shards.or(base.shards),
-        partition_count_default: over.partition_count_default.or(base.partition_count_default),
-        replication_factor_default: over.replication_factor_default.or(base.replication_factor_default),
-        segment_size_max: over.segment_size_max.or(base.segment_size_max),
-        segment_age_max_ms: over.segment_age_max_ms.or(base.segment_age_max_ms),
-        retention_age_max_ms: over.retention_age_max_ms.or(base.retention_age_max_ms),
-        retention_size_max: over.retention_size_max.or(base.retention_size_max),
-        index_interval_size: over.index_interval_size.or(base.index_interval_size),
-        auto_create_topics: over.auto_create_topics.or(base.auto_create_topics),
-        message_size_max: over.message_size_max.or(base.message_size_max),
-        request_size_max: over.request_size_max.or(base.request_size_max),
-        flush_policy: over.flush_policy.or(base.flush_policy),
-        flush_interval_messages: over.flush_interval_messages.or(base.flush_interval_messages),
-        flush_interval_size: over.flush_interval_size.or(base.flush_interval_size),
-        flush_interval_ms: over.flush_interval_ms.or(base.flush_interval_ms),
-        cache_size_max: over.cache_size_max.or(base.cache_size_max),
-        shard_channel_capacity: over.shard_channel_capacity.or(base.shard_channel_capacity),
-        connection_inflight_max: over.connection_inflight_max.or(base.connection_inflight_max),
-        producer_id_expiration_ms: over.producer_id_expiration_ms.or(base.producer_id_expiration_ms),
-        segment_space: over.segment_space.or(base.segment_space),
-        segment_space_step: over.segment_space_step.or(base.segment_space_step),
-        group_initial_rebalance_delay_ms: over
-            .group_initial_rebalance_delay_ms
-            .or(base.group_initial_rebalance_delay_ms),
-        group_session_timeout_min_ms: over.group_session_timeout_min_ms.or(base.group_session_timeout_min_ms),
-        group_session_timeout_max_ms: over.group_session_timeout_max_ms.or(base.group_session_timeout_max_ms),
-        group_size_max: over.group_size_max.or(base.group_size_max),
-        offsets_partition_count: over.offsets_partition_count.or(base.offsets_partition_count),
-        offsets_retention_minutes: over.offsets_retention_minutes.or(base.offsets_retention_minutes),
-        offsets_retention_check_interval_ms: over
-            .offsets_retention_check_interval_ms
-            .or(base.offsets_retention_check_interval_ms),
-        offset_metadata_size_max: over.offset_metadata_size_max.or(base.offset_metadata_size_max),
-        offsets_checkpoint_records: over.offsets_checkpoint_records.or(base.offsets_checkpoint_records),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, &ConfigOverrides::default())
@@ -521,7 +605,7 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("data"));
         assert_eq!(config.partition_count_default, 1);
         assert_eq!(config.segment_size_max, 1 << 30);
-        assert_eq!(config.retention_age_max, Some(Duration::from_millis(7 * DAY_MS as u64)));
+        assert_eq!(config.retention_age_max, Some(Duration::from_millis(7 * DAY_MS)));
         assert_eq!(config.retention_size_max, None);
         assert_eq!(config.message_size_max, 1_048_588);
         assert_eq!(config.request_size_max, 104_857_600);
@@ -579,6 +663,154 @@ mod tests {
             let error = load(text).unwrap_err();
             assert!(error.0.contains(expected), "{text}: {error}");
             assert!(!error.0.contains('\n'), "{text}: error spans lines: {error}");
+        }
+    }
+
+    /// Any key of the default file, set by a user file to its default value, is accepted and changes nothing; and
+    /// the default file without any one of its keys no longer deserializes. Together with `deny_unknown_fields`
+    /// this proves the file's keys are exactly `Settings`' fields, none with a default of its own in code.
+    #[test]
+    fn every_default_key_is_known_and_parses() {
+        let builtin = format!("{:?}", load("").unwrap());
+        let defaults = parse_layer(DEFAULT_CONFIG, DEFAULT_ORIGIN, None).unwrap();
+        for (key, value) in &defaults {
+            let config =
+                load(&format!("\"{key}\" = {value}")).unwrap_or_else(|error| panic!("{key}: {error}"));
+            assert_eq!(format!("{config:?}"), builtin, "{key} = {value} changed the configuration");
+            let mut without = defaults.clone();
+            without.remove(key);
+            let result = toml::Value::Table(without).try_into::<Settings>();
+            assert!(result.is_err(), "Settings has a default of its own for {key}");
+        }
+    }
+
+    /// Every alias names a key of the default file and is not itself one, so no key has two homes after a merge.
+    #[test]
+    fn aliases_point_at_default_keys() {
+        let defaults = parse_layer(DEFAULT_CONFIG, DEFAULT_ORIGIN, None).unwrap();
+        for (alias, key) in ALIASES {
+            assert!(defaults.contains_key(*key), "alias {alias} points at unknown key {key}");
+            assert!(!defaults.contains_key(*alias), "alias {alias} is also a key of the default file");
+        }
+        assert_eq!(load("\"log.dir\" = \"/srv/sluice\"").unwrap().data_dir, PathBuf::from("/srv/sluice"));
+        assert_eq!(load("\"broker.id\" = 7").unwrap().node_id, 7);
+    }
+
+    /// A file that sets one key (by any spelling) leaves every other field at the embedded default.
+    #[test]
+    fn one_key_in_a_file_leaves_the_rest_at_defaults() {
+        let builtin = load("").unwrap();
+        let expected = Config { segment_size_max: 4096, ..builtin.clone() };
+        let spellings = [
+            "log.segment.bytes = 4096",
+            "\"log.segment.bytes\" = 4096",
+            "[log]\nsegment.bytes = 4096",
+            "\"segment.bytes\" = 4096",
+        ];
+        for text in spellings {
+            assert_eq!(format!("{:?}", load(text).unwrap()), format!("{expected:?}"), "{text}");
+        }
+        let groups = GroupConfig { size_max: 5, ..builtin.groups.clone() };
+        let expected = Config { groups, ..builtin };
+        assert_eq!(format!("{:?}", load("\"group.max.size\" = 5").unwrap()), format!("{expected:?}"));
+    }
+
+    /// Each flag beats the file's value for its key; a flag not given leaves the file's value.
+    #[test]
+    fn flags_override_the_file() {
+        let file = "listen = \"127.0.0.1:19092\"\n\"advertised.listeners\" = \"file.example:19092\"\n\
+                    \"log.dirs\" = \"/file\"\nshards = 2\n\"node.id\" = 3";
+        let from_file = Config::from_toml(file, &ConfigOverrides::default()).unwrap();
+        assert_eq!(from_file.listen.port(), 19092);
+        assert_eq!(from_file.advertised(), ("file.example".to_string(), 19092));
+        assert_eq!(from_file.data_dir, PathBuf::from("/file"));
+        assert_eq!(from_file.shard_count, Some(2));
+        assert_eq!(from_file.node_id, 3);
+        let overrides = ConfigOverrides {
+            listen: Some("127.0.0.1:29092".into()),
+            advertised_listener: Some("flag.example:29092".into()),
+            data_dir: Some(PathBuf::from("/flag")),
+            shard_count: Some(4),
+            node_id: Some(5),
+        };
+        let from_flags = Config::from_toml(file, &overrides).unwrap();
+        assert_eq!(from_flags.listen.port(), 29092);
+        assert_eq!(from_flags.advertised(), ("flag.example".to_string(), 29092));
+        assert_eq!(from_flags.data_dir, PathBuf::from("/flag"));
+        assert_eq!(from_flags.shard_count, Some(4));
+        assert_eq!(from_flags.node_id, 5);
+        let one_flag = ConfigOverrides { node_id: Some(9), ..Default::default() };
+        let config = Config::from_toml(file, &one_flag).unwrap();
+        assert_eq!((config.node_id, config.shard_count, config.listen.port()), (9, Some(2), 19092));
+        // A flag meets the same limits as the file.
+        let too_many = ConfigOverrides { shard_count: Some(5000), ..Default::default() };
+        let error = Config::from_toml("", &too_many).unwrap_err();
+        assert_eq!(error.0, "shards = 5000 is outside 1..=1024 (or 0: one per online core)");
+    }
+
+    /// An unknown key is refused, naming it and the known key (or alias) fewest edits away.
+    #[test]
+    fn unknown_key_names_the_closest_known_key() {
+        let cases = [
+            ("log.segmnt.bytes = 5", "log.segmnt.bytes", "log.segment.bytes"),
+            ("[log]\nsegmnt.bytes = 5", "log.segmnt.bytes", "log.segment.bytes"),
+            ("\"num.partition\" = 5", "num.partition", "num.partitions"),
+            ("\"max.mesage.bytes\" = 5", "max.mesage.bytes", "max.message.bytes"),
+            ("\"groups.max.size\" = 5", "groups.max.size", "group.max.size"),
+            ("listner = \"x\"", "listner", "listen"),
+        ];
+        for (text, unknown, closest) in cases {
+            let error = load(text).unwrap_err();
+            assert_eq!(
+                error.0,
+                format!("config: unknown key \"{unknown}\" (the closest known key is \"{closest}\")"),
+                "{text}"
+            );
+        }
+    }
+
+    /// A bad value costs one line that names the key, the value and the limit or the expected type.
+    #[test]
+    fn bad_value_is_one_line_with_key_and_value() {
+        let cases = [
+            ("log.segment.bytes = 0", "log.segment.bytes = 0 must be at least 1"),
+            ("num.partitions = \"x\"", "config: num.partitions = \"x\" is a string, not an integer like its default 1"),
+            ("\"log.flush.policy\" = 1", "config: log.flush.policy = 1 is an integer, not a string like its default \"fsync\""),
+            ("\"log.segment.bytes\" = 1.5", "config: log.segment.bytes = 1.5 is a float, not an integer like its default 1073741824"),
+            ("\"auto.create.topics.enable\" = \"yes\"", "config: auto.create.topics.enable = \"yes\" is a string, not a boolean like its default true"),
+            ("\"node.id\" = 3000000000", "node.id = 3000000000 must be at most 2147483647"),
+            ("\"num.partitions\" = 0", "num.partitions = 0 must be at least 1"),
+            ("shards = -1", "shards = -1 is outside 1..=1024 (or 0: one per online core)"),
+            ("\"default.replication.factor\" = 3", "default.replication.factor = 3: a single-node broker supports only 1"),
+            ("\"log.retention.bytes\" = -2", "log.retention.bytes = -2 must be -1 (no limit) or at least 0"),
+            ("\"group.initial.rebalance.delay.ms\" = -1", "group.initial.rebalance.delay.ms = -1 must be at least 0"),
+            ("\"group.min.session.timeout.ms\" = 9000\n\"group.max.session.timeout.ms\" = 8000",
+             "group.min.session.timeout.ms 9000 exceeds group.max.session.timeout.ms 8000"),
+            ("\"message.max.bytes\" = 200000000", "message.max.bytes 200000000 exceeds socket.request.max.bytes 104857600"),
+            ("\"log.dir\" = \"a\"\n\"log.dirs\" = \"b\"", "config: \"log.dir\" and \"log.dirs\" both set log.dirs; keep one"),
+            ("log.segment.bytes = 1\n\"log.segment.bytes\" = 2",
+             "config: log.segment.bytes is set twice, once quoted and once as a dotted key"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(load(text).unwrap_err().0, expected, "{text}");
+        }
+    }
+
+    /// An empty `advertised.listeners` (the default) means the listen address; a value is used as given.
+    #[test]
+    fn advertised_listener_defaults_to_the_listen_address() {
+        assert_eq!(load("").unwrap().advertised_listener, None);
+        assert_eq!(load("").unwrap().advertised(), ("127.0.0.1".to_string(), 9092));
+        let config = load("\"advertised.listeners\" = \"PLAINTEXT://broker.example:9093\"").unwrap();
+        assert_eq!(config.advertised(), ("broker.example".to_string(), 9093));
+    }
+
+    #[test]
+    fn edit_distance_counts_single_character_edits() {
+        let cases =
+            [("", "", 0), ("abc", "", 3), ("", "abc", 3), ("kitten", "sitting", 3), ("flaw", "lawn", 2)];
+        for (from, to, expected) in cases {
+            assert_eq!(edit_distance(from, to), expected, "{from} -> {to}");
         }
     }
 }
