@@ -24,7 +24,7 @@ use crate::cluster::placement::shard_for;
 use crate::cluster::topic_table::{apply_change, TopicChange, TopicTable};
 use crate::cluster::PartitionManager;
 use crate::config::Config;
-use crate::errors::{from_topic_table_error, ErrorCode, KafkaError};
+use crate::errors::{from_topic_table_error, KafkaError, ResponseError};
 use crate::group::{GroupCoordinator, GroupHost, GroupReply, GroupRequest};
 use crate::mesh::{Mesh, MeshError, ReplyTo};
 use crate::producer_ids::ProducerIdAllocator;
@@ -100,20 +100,20 @@ pub struct Shard {
 fn mesh_error(error: MeshError) -> KafkaError {
     match error {
         MeshError::Closed => {
-            KafkaError::with_message(ErrorCode::NOT_LEADER_OR_FOLLOWER, "shard mesh is closed")
+            KafkaError::with_message(ResponseError::NotLeaderOrFollower, "shard mesh is closed")
         }
         MeshError::NoReply => {
-            KafkaError::with_message(ErrorCode::NOT_LEADER_OR_FOLLOWER, "owning shard went away")
+            KafkaError::with_message(ResponseError::NotLeaderOrFollower, "owning shard went away")
         }
     }
 }
 
 fn unexpected_reply(reply: &ShardReply) -> KafkaError {
-    KafkaError::with_message(ErrorCode::UNKNOWN_SERVER_ERROR, format!("unexpected shard reply {reply:?}"))
+    KafkaError::with_message(ResponseError::UnknownServerError, format!("unexpected shard reply {reply:?}"))
 }
 
 fn unknown_partition() -> KafkaError {
-    KafkaError::new(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION)
+    KafkaError::new(ResponseError::UnknownTopicOrPartition)
 }
 
 impl Shard {
@@ -270,7 +270,7 @@ impl Shard {
             request => {
                 let shard = self.clone();
                 glommio::spawn_local(async move { shard.serve(request).await }).detach().await.ok_or_else(
-                    || KafkaError::with_message(ErrorCode::UNKNOWN_SERVER_ERROR, "shard task ended early"),
+                    || KafkaError::with_message(ResponseError::UnknownServerError, "shard task ended early"),
                 )
             }
         }
@@ -371,7 +371,7 @@ impl Shard {
     async fn admin_local(self: &Rc<Self>, changes: Vec<TopicChange>, validate_only: bool) -> AdminResults {
         assert_eq!(self.id, ShardId(0), "only shard 0 writes the topic table");
         let Ok(_permit) = self.admin_lock.acquire_permit(1).await else {
-            return vec![Err(KafkaError::new(ErrorCode::UNKNOWN_SERVER_ERROR)); changes.len()];
+            return vec![Err(KafkaError::new(ResponseError::UnknownServerError)); changes.len()];
         };
         let node = sluice_replication::NodeId(self.config.node_id);
         let mut table = (*self.topics()).clone();
@@ -388,7 +388,7 @@ impl Shard {
         table.version += 1;
         if let Err(error) = table.save(&self.config.data_dir) {
             log::error!("{error}");
-            let failure = KafkaError::with_message(ErrorCode::KAFKA_STORAGE_ERROR, error);
+            let failure = KafkaError::with_message(ResponseError::KafkaStorageError, error);
             return results.into_iter().map(|result| result.and(Err(failure.clone()))).collect();
         }
         let table = Arc::new(table);
@@ -403,7 +403,7 @@ impl Shard {
         }
         if let Some(error) = failures.first() {
             log::error!("applying topic table version {}: {error}", table.version);
-            let failure = KafkaError::with_message(ErrorCode::KAFKA_STORAGE_ERROR, error.clone());
+            let failure = KafkaError::with_message(ResponseError::KafkaStorageError, error.clone());
             return results.into_iter().map(|result| result.and(Err(failure.clone()))).collect();
         }
         results
@@ -421,7 +421,7 @@ impl Shard {
         assert_eq!(self.id, ShardId(0), "only shard 0 allocates producer ids");
         let storage_error = |error: String| {
             log::error!("{error}");
-            KafkaError::with_message(ErrorCode::KAFKA_STORAGE_ERROR, error)
+            KafkaError::with_message(ResponseError::KafkaStorageError, error)
         };
         let mut allocator = self.producer_ids.borrow_mut();
         if allocator.is_none() {
@@ -429,7 +429,7 @@ impl Shard {
         }
         match allocator.as_ref() {
             Some(allocator) => allocator.allocate().map_err(storage_error),
-            None => Err(KafkaError::new(ErrorCode::UNKNOWN_SERVER_ERROR)),
+            None => Err(KafkaError::new(ResponseError::UnknownServerError)),
         }
     }
 
@@ -454,9 +454,9 @@ impl Shard {
             Ok(ShardReply::Group(reply)) => reply,
             Ok(other) => {
                 log::error!("shard {}: unexpected reply to a group request: {other:?}", self.id);
-                GroupReply::Error(ErrorCode::COORDINATOR_NOT_AVAILABLE)
+                GroupReply::Error(ResponseError::CoordinatorNotAvailable.into())
             }
-            Err(_) => GroupReply::Error(ErrorCode::COORDINATOR_NOT_AVAILABLE),
+            Err(_) => GroupReply::Error(ResponseError::CoordinatorNotAvailable.into()),
         }
     }
 }

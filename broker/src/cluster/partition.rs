@@ -18,7 +18,7 @@ use sluice_replication::{AckWait, Acks, LeaderEpoch, ReplicaState, TopicPartitio
 use sluice_storage::{AppendInfo, BatchHeader, Log, LogError, Offset, ReadBound, Storage};
 
 use crate::cluster::producer_state::{ProducerBatch, ProducerStateTable, SequenceCheck};
-use crate::errors::{from_log_error, ErrorCode, KafkaError};
+use crate::errors::{from_log_error, ErrorCode, KafkaError, ResponseError};
 use crate::records;
 use crate::sync::Notify;
 
@@ -144,7 +144,7 @@ fn idempotent_batch(records: &[u8]) -> Result<Option<ProducerBatch>, KafkaError>
     }
     if header.total_size() < records.len() {
         return Err(KafkaError::with_message(
-            ErrorCode::INVALID_RECORD,
+            ResponseError::InvalidRecord,
             "an idempotent produce must carry exactly one batch per partition",
         ));
     }
@@ -242,7 +242,7 @@ impl<S: Storage> Partition<S> {
             return self.append_to_log(records).await;
         };
         let Ok(_permit) = self.producer_lock.acquire_permit(1).await else {
-            return Err(KafkaError::new(ErrorCode::NOT_LEADER_OR_FOLLOWER));
+            return Err(KafkaError::new(ResponseError::NotLeaderOrFollower));
         };
         let now_ms = sluice_storage::now_ms();
         let check = self.producers.borrow().check(&batch, now_ms);
@@ -333,7 +333,7 @@ impl<S: Storage> Partition<S> {
     ) -> Result<PartitionReply, KafkaError> {
         let (batches, error) = match self.read_committed(offset, size_max, min_one).await {
             Ok(batches) => (batches, ErrorCode::NONE),
-            Err(error) if error.code == ErrorCode::OFFSET_OUT_OF_RANGE => (Vec::new(), error.code),
+            Err(error) if error.code == ResponseError::OffsetOutOfRange => (Vec::new(), error.code),
             Err(error) => return Err(error),
         };
         Ok(PartitionReply::Read {
@@ -525,7 +525,7 @@ impl<S: Storage> Partition<S> {
             |offset: i64, timestamp: i64| PartitionReply::Offset { offset, timestamp, leader_epoch: epoch };
         let not_found = PartitionReply::Offset { offset: -1, timestamp: -1, leader_epoch: LeaderEpoch::NONE };
         let corrupt =
-            |error: records::RecordError| KafkaError::with_message(ErrorCode::CORRUPT_MESSAGE, error.0);
+            |error: records::RecordError| KafkaError::with_message(ResponseError::CorruptMessage, error.0);
         let found = match timestamp {
             OFFSET_LATEST => return Ok(offset(high_watermark, -1)),
             OFFSET_EARLIEST => return Ok(offset(self.log.log_start_offset().0, -1)),
@@ -546,7 +546,7 @@ impl<S: Storage> Partition<S> {
             }
             other => {
                 return Err(KafkaError::with_message(
-                    ErrorCode::INVALID_REQUEST,
+                    ResponseError::InvalidRequest,
                     format!("timestamp {other} is not valid"),
                 ))
             }

@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::errors::ErrorCode;
+use crate::errors::{ErrorCode, ResponseError};
 
 /// Batches remembered per producer: the most a client may have in flight (`max.in.flight` ≤ 5).
 pub const BATCH_METADATA_MAX: usize = 5;
@@ -111,17 +111,17 @@ impl ProducerStateTable {
             return if batch.first_sequence == 0 {
                 Ok(SequenceCheck::Append)
             } else {
-                Err(ErrorCode::UNKNOWN_PRODUCER_ID)
+                Err(ResponseError::UnknownProducerId.into())
             };
         };
         if batch.producer_epoch < entry.epoch {
-            return Err(ErrorCode::INVALID_PRODUCER_EPOCH);
+            return Err(ResponseError::InvalidProducerEpoch.into());
         }
         if batch.producer_epoch > entry.epoch {
             return if batch.first_sequence == 0 {
                 Ok(SequenceCheck::Append)
             } else {
-                Err(ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER)
+                Err(ResponseError::OutOfOrderSequenceNumber.into())
             };
         }
         if let Some(duplicate) = entry.batches.iter().find(|known| {
@@ -134,7 +134,7 @@ impl ProducerStateTable {
             // An epoch known only from a reset with nothing written yet cannot happen: entries are created by
             // writes. Be lenient like Kafka and accept a start at 0.
             None if batch.first_sequence == 0 => Ok(SequenceCheck::Append),
-            _ => Err(ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER),
+            _ => Err(ResponseError::OutOfOrderSequenceNumber.into()),
         }
     }
 
@@ -305,7 +305,7 @@ mod tests {
         // A range that overlaps but does not match a remembered batch is out of order.
         assert_eq!(
             append(&mut table, batch(0, 5, 10), &mut offset),
-            Err(ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER)
+            Err(ResponseError::OutOfOrderSequenceNumber.into())
         );
     }
 
@@ -319,7 +319,7 @@ mod tests {
         assert!(matches!(append(&mut table, batch(0, 1, 1), &mut offset), Ok(SequenceCheck::Duplicate(_))));
         assert_eq!(
             append(&mut table, batch(0, 0, 1), &mut offset),
-            Err(ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER)
+            Err(ResponseError::OutOfOrderSequenceNumber.into())
         );
     }
 
@@ -330,7 +330,7 @@ mod tests {
         append(&mut table, batch(0, 0, 10), &mut offset).unwrap();
         assert_eq!(
             append(&mut table, batch(0, 11, 1), &mut offset),
-            Err(ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER)
+            Err(ResponseError::OutOfOrderSequenceNumber.into())
         );
         assert_eq!(offset, 10);
     }
@@ -340,13 +340,19 @@ mod tests {
         let mut table = ProducerStateTable::new(DAY_MS);
         let mut offset = 0;
         append(&mut table, batch(3, 0, 10), &mut offset).unwrap();
-        assert_eq!(append(&mut table, batch(2, 10, 1), &mut offset), Err(ErrorCode::INVALID_PRODUCER_EPOCH));
+        assert_eq!(
+            append(&mut table, batch(2, 10, 1), &mut offset),
+            Err(ResponseError::InvalidProducerEpoch.into())
+        );
         assert_eq!(
             append(&mut table, batch(4, 10, 1), &mut offset),
-            Err(ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER)
+            Err(ResponseError::OutOfOrderSequenceNumber.into())
         );
         assert_eq!(append(&mut table, batch(4, 0, 1), &mut offset), Ok(SequenceCheck::Append));
-        assert_eq!(append(&mut table, batch(3, 10, 1), &mut offset), Err(ErrorCode::INVALID_PRODUCER_EPOCH));
+        assert_eq!(
+            append(&mut table, batch(3, 10, 1), &mut offset),
+            Err(ResponseError::InvalidProducerEpoch.into())
+        );
         assert_eq!(append(&mut table, batch(4, 1, 1), &mut offset), Ok(SequenceCheck::Append));
     }
 
@@ -354,7 +360,10 @@ mod tests {
     fn unknown_producers_start_at_zero() {
         let mut table = ProducerStateTable::new(DAY_MS);
         let mut offset = 0;
-        assert_eq!(append(&mut table, batch(0, 5, 1), &mut offset), Err(ErrorCode::UNKNOWN_PRODUCER_ID));
+        assert_eq!(
+            append(&mut table, batch(0, 5, 1), &mut offset),
+            Err(ResponseError::UnknownProducerId.into())
+        );
         assert_eq!(append(&mut table, batch(0, 0, 1), &mut offset), Ok(SequenceCheck::Append));
     }
 
@@ -363,7 +372,7 @@ mod tests {
         let mut table = ProducerStateTable::new(1000);
         table.record(&batch(0, 0, 10), 0, 9, 0);
         assert_eq!(table.check(&batch(0, 10, 1), 999), Ok(SequenceCheck::Append));
-        assert_eq!(table.check(&batch(0, 10, 1), 1000), Err(ErrorCode::UNKNOWN_PRODUCER_ID));
+        assert_eq!(table.check(&batch(0, 10, 1), 1000), Err(ResponseError::UnknownProducerId.into()));
         assert_eq!(table.expire(1000), 1);
         assert!(table.is_empty());
     }

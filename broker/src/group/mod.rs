@@ -33,7 +33,7 @@ use sluice_storage::Offset;
 
 use crate::cluster::{Partition, TopicChange, TopicTable};
 use crate::config::Config;
-use crate::errors::{ErrorCode, KafkaError};
+use crate::errors::{ErrorCode, KafkaError, ResponseError};
 use crate::sync::Notify;
 use state::{CommittedOffset, Group, GroupState, JoinOutcome, JoinParams, JoinReply, SyncOutcome, SyncReply};
 use store::{StoredOffset, StoredRecord};
@@ -223,9 +223,9 @@ pub async fn ensure_offsets_topic<H: GroupHost>(shard: &Rc<H>) -> Result<(), Kaf
     };
     match shard.admin(vec![change]).await.pop() {
         Some(Ok(())) => Ok(()),
-        Some(Err(error)) if error.code == ErrorCode::TOPIC_ALREADY_EXISTS => Ok(()),
+        Some(Err(error)) if error.code == ResponseError::TopicAlreadyExists => Ok(()),
         Some(Err(error)) => Err(error),
-        None => Err(KafkaError::new(ErrorCode::COORDINATOR_NOT_AVAILABLE)),
+        None => Err(KafkaError::new(ResponseError::CoordinatorNotAvailable)),
     }
 }
 
@@ -281,11 +281,11 @@ impl GroupCoordinator {
         if self.loading.get() {
             return match request {
                 GroupRequest::List => GroupReply::Listed(Vec::new()),
-                _ => GroupReply::Error(ErrorCode::COORDINATOR_LOAD_IN_PROGRESS),
+                _ => GroupReply::Error(ResponseError::CoordinatorLoadInProgress.into()),
             };
         }
         if shard.is_shutting_down() {
-            return GroupReply::Error(ErrorCode::NOT_COORDINATOR);
+            return GroupReply::Error(ResponseError::NotCoordinator.into());
         }
         let reply = match request {
             GroupRequest::Join { group, params } => GroupReply::Join(self.join(shard, &group, params).await),
@@ -306,7 +306,7 @@ impl GroupCoordinator {
                 let now = Instant::now();
                 let mut groups = self.groups.borrow_mut();
                 GroupReply::Error(match groups.get_mut(&group) {
-                    None => ErrorCode::UNKNOWN_MEMBER_ID,
+                    None => ResponseError::UnknownMemberId.into(),
                     Some(entry) => entry.heartbeat(&member_id, instance_id.as_deref(), generation, now),
                 })
             }
@@ -315,7 +315,7 @@ impl GroupCoordinator {
                 let delay = shard.config().groups.initial_rebalance_delay;
                 let mut groups = self.groups.borrow_mut();
                 GroupReply::Leave(match groups.get_mut(&group) {
-                    None => vec![ErrorCode::UNKNOWN_MEMBER_ID; members.len()],
+                    None => vec![ResponseError::UnknownMemberId.into(); members.len()],
                     Some(entry) => members
                         .iter()
                         .map(|(member_id, instance)| entry.leave(member_id, instance.as_deref(), now, delay))
@@ -375,14 +375,14 @@ impl GroupCoordinator {
         if params.session_timeout < config.session_timeout_min
             || params.session_timeout > config.session_timeout_max
         {
-            return JoinOutcome::error(ErrorCode::INVALID_SESSION_TIMEOUT, &params.member_id);
+            return JoinOutcome::error(ResponseError::InvalidSessionTimeout.into(), &params.member_id);
         }
         if group_id.is_empty() {
-            return JoinOutcome::error(ErrorCode::INVALID_GROUP_ID, &params.member_id);
+            return JoinOutcome::error(ResponseError::InvalidGroupId.into(), &params.member_id);
         }
         if let Err(error) = ensure_offsets_topic(shard).await {
             log::warn!("group {group_id}: cannot create {OFFSETS_TOPIC}: {error:?}");
-            return JoinOutcome::error(ErrorCode::COORDINATOR_NOT_AVAILABLE, &params.member_id);
+            return JoinOutcome::error(ResponseError::CoordinatorNotAvailable.into(), &params.member_id);
         }
         let reply = {
             let mut groups = self.groups.borrow_mut();
@@ -392,7 +392,7 @@ impl GroupCoordinator {
             let member_id = params.member_id.clone();
             let reply = group.join(params, Instant::now(), config.size_max, config.initial_rebalance_delay);
             if let JoinReply::Now(outcome) = &reply {
-                if outcome.error != ErrorCode::NONE && outcome.error != ErrorCode::MEMBER_ID_REQUIRED {
+                if outcome.error != ErrorCode::NONE && outcome.error != ResponseError::MemberIdRequired {
                     log::debug!("group {group_id}: join of {member_id:?} refused: {:?}", outcome.error);
                 }
             }
@@ -401,9 +401,9 @@ impl GroupCoordinator {
         self.after_change(shard);
         match reply {
             JoinReply::Now(outcome) => outcome,
-            JoinReply::Later(receiver) => {
-                receiver.await.unwrap_or_else(|| JoinOutcome::error(ErrorCode::COORDINATOR_NOT_AVAILABLE, ""))
-            }
+            JoinReply::Later(receiver) => receiver
+                .await
+                .unwrap_or_else(|| JoinOutcome::error(ResponseError::CoordinatorNotAvailable.into(), "")),
         }
     }
 
@@ -411,7 +411,7 @@ impl GroupCoordinator {
         let reply = {
             let mut groups = self.groups.borrow_mut();
             let Some(group) = groups.get_mut(group_id) else {
-                return SyncOutcome::error(ErrorCode::UNKNOWN_MEMBER_ID);
+                return SyncOutcome::error(ResponseError::UnknownMemberId.into());
             };
             group.sync(
                 &call.member_id,
@@ -433,7 +433,7 @@ impl GroupCoordinator {
                         let value = Some(store::group_value(&stored));
                         write_records(shard, group_id, vec![(store::group_key(group_id), value)]).await
                     }
-                    None => Err(KafkaError::new(ErrorCode::COORDINATOR_NOT_AVAILABLE)),
+                    None => Err(KafkaError::new(ResponseError::CoordinatorNotAvailable)),
                 };
                 let mut groups = self.groups.borrow_mut();
                 if let Some(group) = groups.get_mut(group_id) {
@@ -447,7 +447,7 @@ impl GroupCoordinator {
                             let delay = shard.config().groups.initial_rebalance_delay;
                             group.fail_sync(
                                 generation,
-                                ErrorCode::COORDINATOR_NOT_AVAILABLE,
+                                ResponseError::CoordinatorNotAvailable.into(),
                                 Instant::now(),
                                 delay,
                             );
@@ -457,7 +457,7 @@ impl GroupCoordinator {
                 receiver
             }
         };
-        receiver.await.unwrap_or_else(|| SyncOutcome::error(ErrorCode::REBALANCE_IN_PROGRESS))
+        receiver.await.unwrap_or_else(|| SyncOutcome::error(ResponseError::RebalanceInProgress.into()))
     }
 
     async fn commit<H: GroupHost>(
@@ -470,13 +470,13 @@ impl GroupCoordinator {
         offsets: Vec<OffsetToCommit>,
     ) -> GroupReply {
         if group_id.is_empty() {
-            return GroupReply::Commit(vec![ErrorCode::INVALID_GROUP_ID; offsets.len()]);
+            return GroupReply::Commit(vec![ResponseError::InvalidGroupId.into(); offsets.len()]);
         }
         let check = {
             let groups = self.groups.borrow();
             match groups.get(group_id) {
                 None if generation < 0 => ErrorCode::NONE,
-                None => ErrorCode::ILLEGAL_GENERATION,
+                None => ResponseError::IllegalGeneration.into(),
                 Some(group) => group.check_commit(member_id, instance_id, generation),
             }
         };
@@ -495,9 +495,9 @@ impl GroupCoordinator {
                 .is_some_and(|entry| (0..entry.partition_count).contains(&offset.partition));
             let metadata = offset.metadata.clone().unwrap_or_default();
             let error = if !known {
-                ErrorCode::UNKNOWN_TOPIC_OR_PARTITION
+                ResponseError::UnknownTopicOrPartition.into()
             } else if metadata.len() > metadata_max {
-                ErrorCode::OFFSET_METADATA_TOO_LARGE
+                ResponseError::OffsetMetadataTooLarge.into()
             } else {
                 ErrorCode::NONE
             };
@@ -521,7 +521,7 @@ impl GroupCoordinator {
         }
         if let Err(error) = ensure_offsets_topic(shard).await {
             log::warn!("group {group_id}: cannot create {OFFSETS_TOPIC}: {error:?}");
-            return GroupReply::Commit(vec![ErrorCode::COORDINATOR_NOT_AVAILABLE; offsets.len()]);
+            return GroupReply::Commit(vec![ResponseError::CoordinatorNotAvailable.into(); offsets.len()]);
         }
         match write_records(shard, group_id, records).await {
             Ok(base) => {
@@ -540,8 +540,8 @@ impl GroupCoordinator {
             }
             Err(error) => {
                 log::warn!("group {group_id}: commit not written: {error:?}");
-                let failed = if error.code == ErrorCode::KAFKA_STORAGE_ERROR {
-                    ErrorCode::COORDINATOR_NOT_AVAILABLE
+                let failed = if error.code == ResponseError::KafkaStorageError {
+                    ResponseError::CoordinatorNotAvailable.into()
                 } else {
                     error.code
                 };
@@ -635,10 +635,10 @@ impl GroupCoordinator {
         let records = {
             let groups = self.groups.borrow();
             let Some(group) = groups.get(group_id) else {
-                return ErrorCode::GROUP_ID_NOT_FOUND;
+                return ResponseError::GroupIdNotFound.into();
             };
             if group.state != GroupState::Empty {
-                return ErrorCode::NON_EMPTY_GROUP;
+                return ResponseError::NonEmptyGroup.into();
             }
             let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = group
                 .offsets
@@ -658,7 +658,7 @@ impl GroupCoordinator {
             }
             Err(error) => {
                 log::warn!("group {group_id}: delete not written: {error:?}");
-                ErrorCode::COORDINATOR_NOT_AVAILABLE
+                ResponseError::CoordinatorNotAvailable.into()
             }
         }
     }
@@ -672,7 +672,7 @@ impl GroupCoordinator {
         let (errors, records) = {
             let groups = self.groups.borrow();
             let Some(group) = groups.get(group_id) else {
-                return GroupReply::OffsetsDeleted(ErrorCode::GROUP_ID_NOT_FOUND, Vec::new());
+                return GroupReply::OffsetsDeleted(ResponseError::GroupIdNotFound.into(), Vec::new());
             };
             let subscribed = subscribed_topics(group);
             let mut records = Vec::new();
@@ -680,7 +680,7 @@ impl GroupCoordinator {
                 .iter()
                 .map(|(topic, partition)| {
                     if subscribed.iter().any(|name| name == topic) {
-                        ErrorCode::GROUP_SUBSCRIBED_TO_TOPIC
+                        ResponseError::GroupSubscribedToTopic.into()
                     } else {
                         if group.offsets.contains_key(&(topic.clone(), *partition)) {
                             records.push((store::offset_key(group_id, topic, *partition), None));
@@ -694,7 +694,7 @@ impl GroupCoordinator {
         if !records.is_empty() {
             if let Err(error) = write_records(shard, group_id, records).await {
                 log::warn!("group {group_id}: offset delete not written: {error:?}");
-                return GroupReply::OffsetsDeleted(ErrorCode::COORDINATOR_NOT_AVAILABLE, Vec::new());
+                return GroupReply::OffsetsDeleted(ResponseError::CoordinatorNotAvailable.into(), Vec::new());
             }
             let mut groups = self.groups.borrow_mut();
             if let Some(group) = groups.get_mut(group_id) {
@@ -754,7 +754,7 @@ impl GroupCoordinator {
     ) -> Result<(), KafkaError> {
         let Some(partition) = shard.offsets_partition(index) else { return Ok(()) };
         let Ok(_all_writers) = state.writers.acquire_permit(WRITER_PERMITS).await else {
-            return Err(KafkaError::new(ErrorCode::NOT_COORDINATOR));
+            return Err(KafkaError::new(ResponseError::NotCoordinator));
         };
         let started = Instant::now();
         let count = offsets_partition_count(shard.as_ref());
@@ -936,7 +936,7 @@ impl GroupCoordinator {
             }
         }
         for group in self.groups.borrow_mut().values_mut() {
-            group.abandon_waiters(ErrorCode::NOT_COORDINATOR);
+            group.abandon_waiters(ResponseError::NotCoordinator.into());
         }
     }
 
@@ -1098,7 +1098,7 @@ async fn write_records<H: GroupHost>(
     let index = offsets_partition(group, offsets_partition_count(shard.as_ref()));
     let Some(partition) = shard.offsets_partition(index) else {
         return Err(KafkaError::with_message(
-            ErrorCode::NOT_COORDINATOR,
+            ResponseError::NotCoordinator,
             format!("{OFFSETS_TOPIC}-{index} is not on shard {}", shard.shard_id()),
         ));
     };
@@ -1106,7 +1106,7 @@ async fn write_records<H: GroupHost>(
     // Held until this function returns; the caller applies the change in memory before it next yields, so a
     // checkpoint (which waits for every permit) always sees it.
     let Ok(_permit) = state.writers.acquire_permit(1).await else {
-        return Err(KafkaError::new(ErrorCode::NOT_COORDINATOR));
+        return Err(KafkaError::new(ResponseError::NotCoordinator));
     };
     let views: Vec<crate::records::KeyValue<'_>> =
         records.iter().map(|(key, value)| (Some(key.as_slice()), value.as_deref())).collect();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::errors::ErrorCode;
+use crate::errors::{ErrorCode, ResponseError};
 use crate::sync::{oneshot, OneshotReceiver, OneshotSender};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -244,14 +244,14 @@ impl Group {
         if let Some(instance) = instance_id {
             match self.static_members.get(instance) {
                 Some(current) if current == member_id => {}
-                Some(_) => return ErrorCode::FENCED_INSTANCE_ID,
-                None => return ErrorCode::UNKNOWN_MEMBER_ID,
+                Some(_) => return ResponseError::FencedInstanceId.into(),
+                None => return ResponseError::UnknownMemberId.into(),
             }
         }
         if self.members.contains_key(member_id) {
             ErrorCode::NONE
         } else {
-            ErrorCode::UNKNOWN_MEMBER_ID
+            ResponseError::UnknownMemberId.into()
         }
     }
 
@@ -277,13 +277,13 @@ impl Group {
     ) -> JoinReply {
         if self.state == GroupState::Dead {
             return JoinReply::Now(JoinOutcome::error(
-                ErrorCode::COORDINATOR_NOT_AVAILABLE,
+                ResponseError::CoordinatorNotAvailable.into(),
                 &params.member_id,
             ));
         }
         if params.protocol_type.is_empty() || params.protocols.is_empty() {
             return JoinReply::Now(JoinOutcome::error(
-                ErrorCode::INCONSISTENT_GROUP_PROTOCOL,
+                ResponseError::InconsistentGroupProtocol.into(),
                 &params.member_id,
             ));
         }
@@ -292,7 +292,7 @@ impl Group {
         let is_existing = known && !params.member_id.is_empty();
         if !is_existing && !self.supports(&params.protocol_type, &params.protocols) {
             return JoinReply::Now(JoinOutcome::error(
-                ErrorCode::INCONSISTENT_GROUP_PROTOCOL,
+                ResponseError::InconsistentGroupProtocol.into(),
                 &params.member_id,
             ));
         }
@@ -302,19 +302,22 @@ impl Group {
                     return self.rejoin_static(old_id, params, now, initial_delay);
                 }
                 if self.members.len() >= size_max {
-                    return JoinReply::Now(JoinOutcome::error(ErrorCode::GROUP_MAX_SIZE_REACHED, ""));
+                    return JoinReply::Now(JoinOutcome::error(ResponseError::GroupMaxSizeReached.into(), ""));
                 }
                 let member_id = new_member_id(&params.client_id);
                 self.static_members.insert(instance, member_id.clone());
                 return self.add_member(member_id, params, now, initial_delay);
             }
             if self.members.len() + self.pending_members.len() >= size_max {
-                return JoinReply::Now(JoinOutcome::error(ErrorCode::GROUP_MAX_SIZE_REACHED, ""));
+                return JoinReply::Now(JoinOutcome::error(ResponseError::GroupMaxSizeReached.into(), ""));
             }
             let member_id = new_member_id(&params.client_id);
             if params.require_known_member_id {
                 self.pending_members.insert(member_id.clone(), now + params.session_timeout);
-                return JoinReply::Now(JoinOutcome::error(ErrorCode::MEMBER_ID_REQUIRED, &member_id));
+                return JoinReply::Now(JoinOutcome::error(
+                    ResponseError::MemberIdRequired.into(),
+                    &member_id,
+                ));
             }
             return self.add_member(member_id, params, now, initial_delay);
         }
@@ -335,7 +338,7 @@ impl Group {
         let member_id = params.member_id.clone();
         let changed = {
             let Some(member) = self.members.get(&member_id) else {
-                return JoinReply::Now(JoinOutcome::error(ErrorCode::UNKNOWN_MEMBER_ID, &member_id));
+                return JoinReply::Now(JoinOutcome::error(ResponseError::UnknownMemberId.into(), &member_id));
             };
             member.protocols != params.protocols
         };
@@ -388,10 +391,10 @@ impl Group {
         let new_id = new_member_id(&params.client_id);
         // The old incarnation's waiting requests are fenced.
         if let Some(waiting) = member.awaiting_join.take() {
-            let _ = waiting.send(JoinOutcome::error(ErrorCode::FENCED_INSTANCE_ID, &old_id));
+            let _ = waiting.send(JoinOutcome::error(ResponseError::FencedInstanceId.into(), &old_id));
         }
         if let Some(waiting) = member.awaiting_sync.take() {
-            let _ = waiting.send(SyncOutcome::error(ErrorCode::FENCED_INSTANCE_ID));
+            let _ = waiting.send(SyncOutcome::error(ResponseError::FencedInstanceId.into()));
         }
         member.id = new_id.clone();
         member.client_id = params.client_id.clone();
@@ -489,8 +492,8 @@ impl Group {
         if let Some(member) = self.members.get_mut(&params.member_id) {
             if let Some(previous) = member.awaiting_join.take() {
                 // A second JoinGroup from the same member replaces the first, which is told to retry.
-                let _ =
-                    previous.send(JoinOutcome::error(ErrorCode::REBALANCE_IN_PROGRESS, &params.member_id));
+                let _ = previous
+                    .send(JoinOutcome::error(ResponseError::RebalanceInProgress.into(), &params.member_id));
             }
             member.protocols = params.protocols;
             member.protocol_type = params.protocol_type;
@@ -518,7 +521,7 @@ impl Group {
             for member in self.members.values_mut() {
                 member.assignment = Bytes::new();
                 if let Some(waiting) = member.awaiting_sync.take() {
-                    let _ = waiting.send(SyncOutcome::error(ErrorCode::REBALANCE_IN_PROGRESS));
+                    let _ = waiting.send(SyncOutcome::error(ResponseError::RebalanceInProgress.into()));
                 }
             }
         }
@@ -556,7 +559,7 @@ impl Group {
         let absent: Vec<String> =
             self.members.values().filter(|member| !member.is_awaiting_join()).map(|m| m.id.clone()).collect();
         for member_id in absent {
-            self.remove_member_only(&member_id, ErrorCode::UNKNOWN_MEMBER_ID);
+            self.remove_member_only(&member_id, ResponseError::UnknownMemberId.into());
         }
         self.pending_members.clear();
         self.generation = self.generation.wrapping_add(1).max(1);
@@ -662,7 +665,7 @@ impl Group {
 
     /// A member left (LeaveGroup) or expired: the others rebalance.
     pub fn remove_member(&mut self, member_id: &str, now: Instant, initial_delay: Duration) -> bool {
-        if !self.remove_member_only(member_id, ErrorCode::UNKNOWN_MEMBER_ID) {
+        if !self.remove_member_only(member_id, ResponseError::UnknownMemberId.into()) {
             return false;
         }
         match self.state {
@@ -688,15 +691,15 @@ impl Group {
         let target = match instance_id {
             Some(instance) => match self.static_members.get(instance) {
                 Some(current) if member_id.is_empty() || current == member_id => current.clone(),
-                Some(_) => return ErrorCode::FENCED_INSTANCE_ID,
-                None => return ErrorCode::UNKNOWN_MEMBER_ID,
+                Some(_) => return ResponseError::FencedInstanceId.into(),
+                None => return ResponseError::UnknownMemberId.into(),
             },
             None => member_id.to_string(),
         };
         if self.remove_member(&target, now, delay) {
             ErrorCode::NONE
         } else {
-            ErrorCode::UNKNOWN_MEMBER_ID
+            ResponseError::UnknownMemberId.into()
         }
     }
 
@@ -708,7 +711,7 @@ impl Group {
         now: Instant,
     ) -> ErrorCode {
         if matches!(self.state, GroupState::Empty | GroupState::Dead) {
-            return ErrorCode::UNKNOWN_MEMBER_ID;
+            return ResponseError::UnknownMemberId.into();
         }
         let check = self.check_member(member_id, instance_id);
         if check != ErrorCode::NONE {
@@ -718,10 +721,10 @@ impl Group {
             member.session_deadline = now + member.session_timeout;
         }
         if generation != self.generation {
-            return ErrorCode::ILLEGAL_GENERATION;
+            return ResponseError::IllegalGeneration.into();
         }
         match self.state {
-            GroupState::PreparingRebalance => ErrorCode::REBALANCE_IN_PROGRESS,
+            GroupState::PreparingRebalance => ResponseError::RebalanceInProgress.into(),
             _ => ErrorCode::NONE,
         }
     }
@@ -738,23 +741,23 @@ impl Group {
         now: Instant,
     ) -> SyncReply {
         if matches!(self.state, GroupState::Empty | GroupState::Dead) {
-            return SyncReply::Now(SyncOutcome::error(ErrorCode::UNKNOWN_MEMBER_ID));
+            return SyncReply::Now(SyncOutcome::error(ResponseError::UnknownMemberId.into()));
         }
         let check = self.check_member(member_id, instance_id);
         if check != ErrorCode::NONE {
             return SyncReply::Now(SyncOutcome::error(check));
         }
         if generation != self.generation {
-            return SyncReply::Now(SyncOutcome::error(ErrorCode::ILLEGAL_GENERATION));
+            return SyncReply::Now(SyncOutcome::error(ResponseError::IllegalGeneration.into()));
         }
         if protocol_type.is_some_and(|name| Some(name) != self.protocol_type.as_deref())
             || protocol.is_some_and(|name| Some(name) != self.protocol.as_deref())
         {
-            return SyncReply::Now(SyncOutcome::error(ErrorCode::INCONSISTENT_GROUP_PROTOCOL));
+            return SyncReply::Now(SyncOutcome::error(ResponseError::InconsistentGroupProtocol.into()));
         }
         match self.state {
             GroupState::PreparingRebalance => {
-                SyncReply::Now(SyncOutcome::error(ErrorCode::REBALANCE_IN_PROGRESS))
+                SyncReply::Now(SyncOutcome::error(ResponseError::RebalanceInProgress.into()))
             }
             GroupState::Stable => {
                 let outcome = self.sync_outcome(member_id);
@@ -769,7 +772,7 @@ impl Group {
                 if let Some(member) = self.members.get_mut(member_id) {
                     member.session_deadline = now + member.session_timeout;
                     if let Some(previous) = member.awaiting_sync.replace(sender) {
-                        let _ = previous.send(SyncOutcome::error(ErrorCode::REBALANCE_IN_PROGRESS));
+                        let _ = previous.send(SyncOutcome::error(ResponseError::RebalanceInProgress.into()));
                     }
                 }
                 if !is_leader {
@@ -836,16 +839,16 @@ impl Group {
     /// generation -1 and no member id is a "simple" commit, allowed while the group has no members.
     pub fn check_commit(&self, member_id: &str, instance_id: Option<&str>, generation: i32) -> ErrorCode {
         match self.state {
-            GroupState::Dead => ErrorCode::COORDINATOR_NOT_AVAILABLE,
+            GroupState::Dead => ResponseError::CoordinatorNotAvailable.into(),
             GroupState::Empty if generation < 0 => ErrorCode::NONE,
-            GroupState::Empty => ErrorCode::UNKNOWN_MEMBER_ID,
-            GroupState::CompletingRebalance => ErrorCode::REBALANCE_IN_PROGRESS,
+            GroupState::Empty => ResponseError::UnknownMemberId.into(),
+            GroupState::CompletingRebalance => ResponseError::RebalanceInProgress.into(),
             _ => {
                 let check = self.check_member(member_id, instance_id);
                 if check != ErrorCode::NONE {
                     check
                 } else if generation != self.generation {
-                    ErrorCode::ILLEGAL_GENERATION
+                    ResponseError::IllegalGeneration.into()
                 } else {
                     ErrorCode::NONE
                 }
@@ -1014,7 +1017,7 @@ mod tests {
         let JoinReply::Now(first) = group.join(params("", protocols), now, 100, DELAY) else {
             panic!("an unknown member must get MEMBER_ID_REQUIRED first");
         };
-        assert_eq!(first.error, ErrorCode::MEMBER_ID_REQUIRED);
+        assert_eq!(first.error, ResponseError::MemberIdRequired);
         match group.join(params(&first.member_id, protocols), now, 100, DELAY) {
             JoinReply::Later(receiver) => (first.member_id, receiver),
             JoinReply::Now(outcome) => panic!("joined at once: {outcome:?}"),
@@ -1089,14 +1092,14 @@ mod tests {
         group.tick(start + DELAY + Duration::from_secs(11), DELAY);
         assert!(!group.members.contains_key(&follower), "the follower missed its session timeout");
         assert_eq!(group.state, GroupState::PreparingRebalance);
-        assert_eq!(group.heartbeat(&leader, None, 1, later), ErrorCode::REBALANCE_IN_PROGRESS);
+        assert_eq!(group.heartbeat(&leader, None, 1, later), ResponseError::RebalanceInProgress);
         let JoinReply::Later(mut rejoin) = group.join(params(&leader, &["range"]), later, 100, DELAY) else {
             panic!("rejoin waits");
         };
         let outcome = ready(&mut rejoin).expect("the only member rejoined: the join completes at once");
         assert_eq!(outcome.generation, 2);
         assert_eq!(outcome.members.len(), 1);
-        assert_eq!(group.heartbeat(&follower, None, 2, later), ErrorCode::UNKNOWN_MEMBER_ID);
+        assert_eq!(group.heartbeat(&follower, None, 2, later), ResponseError::UnknownMemberId);
     }
 
     #[test]
@@ -1106,7 +1109,7 @@ mod tests {
         let now = start + DELAY;
         assert_eq!(group.leave(&follower, None, now, DELAY), ErrorCode::NONE);
         assert_eq!(group.state, GroupState::PreparingRebalance);
-        assert_eq!(group.leave(&follower, None, now, DELAY), ErrorCode::UNKNOWN_MEMBER_ID);
+        assert_eq!(group.leave(&follower, None, now, DELAY), ResponseError::UnknownMemberId);
         assert_eq!(group.leave(&leader, None, now, DELAY), ErrorCode::NONE);
         assert_eq!(group.state, GroupState::Empty);
         assert!(group.metadata_dirty);
@@ -1117,19 +1120,19 @@ mod tests {
     fn stale_generations_and_unknown_members_are_refused() {
         let start = Instant::now();
         let (mut group, leader, _) = stable_group_of_two(start);
-        assert_eq!(group.heartbeat(&leader, None, 0, start), ErrorCode::ILLEGAL_GENERATION);
-        assert_eq!(group.heartbeat("nobody", None, 1, start), ErrorCode::UNKNOWN_MEMBER_ID);
-        assert_eq!(group.check_commit(&leader, None, 0), ErrorCode::ILLEGAL_GENERATION);
+        assert_eq!(group.heartbeat(&leader, None, 0, start), ResponseError::IllegalGeneration);
+        assert_eq!(group.heartbeat("nobody", None, 1, start), ResponseError::UnknownMemberId);
+        assert_eq!(group.check_commit(&leader, None, 0), ResponseError::IllegalGeneration);
         assert_eq!(group.check_commit(&leader, None, 1), ErrorCode::NONE);
-        assert_eq!(group.check_commit("", None, -1), ErrorCode::UNKNOWN_MEMBER_ID);
+        assert_eq!(group.check_commit("", None, -1), ResponseError::UnknownMemberId);
         let JoinReply::Now(outcome) = group.join(params("nobody", &["range"]), start, 100, DELAY) else {
             panic!()
         };
-        assert_eq!(outcome.error, ErrorCode::UNKNOWN_MEMBER_ID);
+        assert_eq!(outcome.error, ResponseError::UnknownMemberId);
         let JoinReply::Now(outcome) = group.join(params("", &["sticky"]), start, 100, DELAY) else {
             panic!()
         };
-        assert_eq!(outcome.error, ErrorCode::INCONSISTENT_GROUP_PROTOCOL, "no protocol in common");
+        assert_eq!(outcome.error, ResponseError::InconsistentGroupProtocol, "no protocol in common");
     }
 
     #[test]
@@ -1180,7 +1183,7 @@ mod tests {
         // The old incarnation is fenced.
         assert_eq!(
             group.heartbeat(&follower.member_id, Some(&follower_instance), 1, start + DELAY),
-            ErrorCode::FENCED_INSTANCE_ID
+            ResponseError::FencedInstanceId
         );
     }
 

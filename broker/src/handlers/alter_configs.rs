@@ -9,7 +9,7 @@ use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 use super::describe_configs::RESOURCE_TOPIC;
 use super::{str_bytes, HandlerResult, RequestContext};
 use crate::cluster::TopicChange;
-use crate::errors::{ErrorCode, KafkaError};
+use crate::errors::{KafkaError, ResponseError};
 use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: AlterConfigsRequest) -> HandlerResult {
@@ -17,7 +17,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: AlterConf
     for resource in body.resources {
         let result = if resource.resource_type != RESOURCE_TOPIC {
             Err(KafkaError::with_message(
-                ErrorCode::INVALID_REQUEST,
+                ResponseError::InvalidRequest,
                 "broker configuration is static (sluice.toml)",
             ))
         } else {

@@ -7,7 +7,7 @@ use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
 
 use super::{HandlerResult, RequestContext, Response};
 use crate::codec::{self, CodecError, SUPPORTED_APIS};
-use crate::errors::ErrorCode;
+use crate::errors::ResponseError;
 
 fn api_keys() -> Vec<ApiVersion> {
     SUPPORTED_APIS
@@ -31,7 +31,7 @@ pub fn handle(context: &RequestContext, _body: ApiVersionsRequest) -> HandlerRes
 /// The v0-layout answer to an ApiVersions request of a version this broker does not know.
 pub fn unsupported_version_response(correlation_id: i32) -> Result<Response, CodecError> {
     let mut response = ApiVersionsResponse::default();
-    response.error_code = ErrorCode::UNSUPPORTED_VERSION.code();
+    response.error_code = ResponseError::UnsupportedVersion.code();
     response.api_keys = api_keys();
     let frame: Bytes = codec::encode_response(ApiKey::ApiVersions, 0, correlation_id, &response)?;
     Ok(Response { chunks: vec![frame] })

@@ -7,7 +7,7 @@ use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse
 
 use super::{str_bytes, HandlerResult, RequestContext};
 use crate::cluster::TopicChange;
-use crate::errors::{ErrorCode, KafkaError};
+use crate::errors::{KafkaError, ResponseError};
 use crate::shard::Shard;
 
 pub async fn handle(
@@ -31,7 +31,7 @@ pub async fn handle(
         .zip(
             results
                 .into_iter()
-                .chain(std::iter::repeat(Err(KafkaError::new(ErrorCode::UNKNOWN_SERVER_ERROR)))),
+                .chain(std::iter::repeat(Err(KafkaError::new(ResponseError::UnknownServerError)))),
         )
         .map(|(topic, result)| {
             let mut result_entry = CreatePartitionsTopicResult::default();

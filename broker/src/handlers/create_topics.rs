@@ -9,7 +9,7 @@ use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 
 use super::{str_bytes, HandlerResult, RequestContext};
 use crate::cluster::TopicChange;
-use crate::errors::{ErrorCode, KafkaError};
+use crate::errors::{KafkaError, ResponseError};
 use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: CreateTopicsRequest) -> HandlerResult {
@@ -32,7 +32,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: CreateTop
             early.push(None);
         } else if topic.num_partitions != -1 || topic.replication_factor != -1 {
             early.push(Some(KafkaError::with_message(
-                ErrorCode::INVALID_REQUEST,
+                ResponseError::InvalidRequest,
                 "a replica assignment goes with num_partitions and replication_factor -1",
             )));
         } else if topic
@@ -41,7 +41,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: CreateTop
             .any(|assignment| assignment.broker_ids.iter().map(|id| id.0).ne([node]))
         {
             early.push(Some(KafkaError::with_message(
-                ErrorCode::INVALID_REPLICA_ASSIGNMENT,
+                ResponseError::InvalidReplicaAssignment,
                 format!("this cluster has one broker: every partition's replicas must be [{node}]"),
             )));
         } else {
@@ -50,7 +50,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: CreateTop
             indexes.sort_unstable();
             if indexes.iter().enumerate().any(|(position, index)| *index != position as i32) {
                 early.push(Some(KafkaError::with_message(
-                    ErrorCode::INVALID_REPLICA_ASSIGNMENT,
+                    ResponseError::InvalidReplicaAssignment,
                     "the assignment must name partitions 0..n-1 once each",
                 )));
             } else {
@@ -78,7 +78,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: CreateTop
     for (topic, error) in body.topics.iter().zip(early) {
         let result = match error {
             Some(error) => Err(error),
-            None => results.next().unwrap_or(Err(KafkaError::new(ErrorCode::UNKNOWN_SERVER_ERROR))),
+            None => results.next().unwrap_or(Err(KafkaError::new(ResponseError::UnknownServerError))),
         };
         let mut response = CreatableTopicResult::default();
         response.name = topic.name.clone();

@@ -7,7 +7,7 @@ use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
 
 use super::{HandlerResult, RequestContext};
-use crate::errors::ErrorCode;
+use crate::errors::ResponseError;
 use crate::group::{GroupReply, GroupRequest};
 use crate::shard::Shard;
 
@@ -17,7 +17,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: DeleteGro
         let name = group_id.0.to_string();
         let error = match shard.group_call(&name, GroupRequest::Delete { group: name.clone() }).await {
             GroupReply::Error(error) => error,
-            _ => ErrorCode::UNKNOWN_SERVER_ERROR,
+            _ => ResponseError::UnknownServerError.into(),
         };
         let mut result = DeletableGroupResult::default();
         result.group_id = group_id;

@@ -9,7 +9,7 @@ use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
 use super::{HandlerResult, RequestContext};
 use crate::cluster::partition::{PartitionOp, PartitionReply};
-use crate::errors::ErrorCode;
+use crate::errors::ResponseError;
 use crate::shard::Shard;
 
 pub async fn handle(
@@ -28,14 +28,14 @@ pub async fn handle(
             result.partition_index = partition.partition_index;
             result.low_watermark = -1;
             if !entry.is_some_and(|entry| (0..entry.partition_count).contains(&partition.partition_index)) {
-                result.error_code = ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.code();
+                result.error_code = ResponseError::UnknownTopicOrPartition.code();
             } else {
                 // Kafka's -1: up to the high watermark.
                 let offset = (partition.offset != -1).then_some(sluice_storage::Offset(partition.offset));
                 let op = PartitionOp::DeleteRecords { offset };
                 match shard.partition_call(&name, partition.partition_index, op).await {
                     Ok(PartitionReply::Deleted { low_watermark }) => result.low_watermark = low_watermark.0,
-                    Ok(_) => result.error_code = ErrorCode::UNKNOWN_SERVER_ERROR.code(),
+                    Ok(_) => result.error_code = ResponseError::UnknownServerError.code(),
                     Err(error) => result.error_code = error.code.code(),
                 }
             }

@@ -7,7 +7,7 @@ use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse};
 
 use super::{str_bytes, topic_name, HandlerResult, RequestContext};
 use crate::cluster::TopicChange;
-use crate::errors::{ErrorCode, KafkaError};
+use crate::errors::{KafkaError, ResponseError};
 use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: DeleteTopicsRequest) -> HandlerResult {
@@ -37,8 +37,8 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: DeleteTop
     let mut responses = Vec::with_capacity(requested.len());
     for (name, topic_id) in requested {
         let result = match &name {
-            Some(_) => results.next().unwrap_or(Err(KafkaError::new(ErrorCode::UNKNOWN_SERVER_ERROR))),
-            None => Err(KafkaError::new(ErrorCode::UNKNOWN_TOPIC_ID)),
+            Some(_) => results.next().unwrap_or(Err(KafkaError::new(ResponseError::UnknownServerError))),
+            None => Err(KafkaError::new(ResponseError::UnknownTopicId)),
         };
         let mut response = DeletableTopicResult::default();
         response.name = name.as_deref().map(topic_name);

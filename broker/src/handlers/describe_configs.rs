@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 use crate::cluster::topic_table::{TopicConfigKey, TOPIC_CONFIG_KEYS};
 use crate::config::{Config, ConfigOverrides};
-use crate::errors::ErrorCode;
+use crate::errors::ResponseError;
 use crate::shard::Shard;
 
 pub const RESOURCE_TOPIC: i8 = 2;
@@ -68,7 +68,7 @@ pub fn handle(shard: &Shard, context: &RequestContext, body: DescribeConfigsRequ
         result.resource_name = resource.resource_name.clone();
         match resource.resource_type {
             RESOURCE_TOPIC => match table.get(resource.resource_name.as_str()) {
-                None => result.error_code = ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.code(),
+                None => result.error_code = ResponseError::UnknownTopicOrPartition.code(),
                 Some(topic) => {
                     result.configs = TOPIC_CONFIG_KEYS
                         .iter()
@@ -96,7 +96,7 @@ pub fn handle(shard: &Shard, context: &RequestContext, body: DescribeConfigsRequ
                     .collect();
             }
             _ => {
-                result.error_code = ErrorCode::INVALID_REQUEST.code();
+                result.error_code = ResponseError::InvalidRequest.code();
                 result.error_message = Some(str_bytes("only topic and broker resources are supported"));
             }
         }

@@ -7,7 +7,7 @@ use kafka_protocol::messages::describe_groups_response::{DescribedGroup, Describ
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 
 use super::{str_bytes, HandlerResult, RequestContext};
-use crate::errors::ErrorCode;
+use crate::errors::ResponseError;
 use crate::group::{GroupReply, GroupRequest};
 use crate::shard::Shard;
 
@@ -52,7 +52,7 @@ pub async fn handle(
             }
             GroupReply::Described(None) => described.group_state = str_bytes("Dead"),
             GroupReply::Error(error) => described.error_code = error.code(),
-            _ => described.error_code = ErrorCode::UNKNOWN_SERVER_ERROR.code(),
+            _ => described.error_code = ResponseError::UnknownServerError.code(),
         }
         response.groups.push(described);
     }

@@ -17,7 +17,7 @@ use kafka_protocol::messages::FetchRequest;
 use super::{HandlerResult, RequestContext, Response};
 use crate::cluster::partition::{PartitionOp, PartitionReply};
 use crate::codec;
-use crate::errors::{ErrorCode, KafkaError};
+use crate::errors::{ErrorCode, KafkaError, ResponseError};
 use crate::shard::Shard;
 use crate::shard::ShardRequest;
 use sluice_replication::{ShardId, TopicPartition};
@@ -57,9 +57,9 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: FetchRequ
                 table.get(topic.topic.0.as_str())
             };
             let missing = if version >= 13 {
-                ErrorCode::UNKNOWN_TOPIC_ID
+                ResponseError::UnknownTopicId
             } else {
-                ErrorCode::UNKNOWN_TOPIC_OR_PARTITION
+                ResponseError::UnknownTopicOrPartition
             };
             TopicFetch {
                 name: entry.map_or_else(|| topic.topic.0.to_string(), |entry| entry.name.clone()),
@@ -73,12 +73,12 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: FetchRequ
                         size_max: partition.partition_max_bytes.max(0) as usize,
                         unknown: false,
                         error: match entry {
-                            None => missing,
+                            None => missing.into(),
                             Some(entry)
                                 if partition.partition < 0
                                     || partition.partition >= entry.partition_count =>
                             {
-                                ErrorCode::UNKNOWN_TOPIC_OR_PARTITION
+                                ResponseError::UnknownTopicOrPartition.into()
                             }
                             Some(_) => ErrorCode::NONE,
                         },
@@ -140,7 +140,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: FetchRequ
                         any_error |= error.is_error();
                     }
                     Ok(_) => {
-                        partition.error = ErrorCode::UNKNOWN_SERVER_ERROR;
+                        partition.error = ResponseError::UnknownServerError.into();
                         any_error = true;
                     }
                     Err(KafkaError { code, .. }) => {
@@ -315,7 +315,7 @@ mod tests {
                         offset: 9,
                         size_max: 0,
                         unknown: false,
-                        error: ErrorCode::OFFSET_OUT_OF_RANGE,
+                        error: ResponseError::OffsetOutOfRange.into(),
                         high_watermark: 0,
                         log_start_offset: 0,
                         batches: vec![],
@@ -339,7 +339,7 @@ mod tests {
             let partitions = &decoded.responses[0].partitions;
             assert_eq!(partitions[0].high_watermark, 2);
             assert_eq!(partitions[0].records.as_ref().unwrap().len(), batch.len() * 2, "v{version}");
-            assert_eq!(partitions[1].error_code, ErrorCode::OFFSET_OUT_OF_RANGE.code());
+            assert_eq!(partitions[1].error_code, ResponseError::OffsetOutOfRange.code());
             if version >= 13 {
                 assert_eq!(decoded.responses[0].topic_id.as_bytes(), &[7; 16]);
             } else {

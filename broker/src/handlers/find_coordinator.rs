@@ -12,7 +12,7 @@ use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 
 use super::{str_bytes, HandlerResult, RequestContext};
-use crate::errors::{ErrorCode, KafkaError};
+use crate::errors::{ErrorCode, KafkaError, ResponseError};
 use crate::group;
 use crate::shard::Shard;
 
@@ -29,7 +29,7 @@ pub async fn handle(
     let key_type = if context.api_version >= 1 { body.key_type } else { KEY_TYPE_GROUP };
     let located: Located = if key_type != KEY_TYPE_GROUP {
         Err(KafkaError::with_message(
-            ErrorCode::COORDINATOR_NOT_AVAILABLE,
+            ResponseError::CoordinatorNotAvailable,
             "transactions are not supported by this broker",
         ))
     } else {
@@ -91,7 +91,7 @@ mod tests {
         let keys = vec!["group-a".to_string(), "group-b".to_string()];
         let cases: [Located; 2] = [
             Ok((7, "127.0.0.1".to_string(), 9092)),
-            Err(KafkaError::with_message(ErrorCode::COORDINATOR_NOT_AVAILABLE, "no")),
+            Err(KafkaError::with_message(ResponseError::CoordinatorNotAvailable, "no")),
         ];
         for version in 0..=4 {
             for located in &cases {
@@ -109,7 +109,8 @@ mod tests {
                 assert_eq!(header.correlation_id, 3);
                 let decoded = FindCoordinatorResponse::decode(&mut frame, version).unwrap();
                 assert!(frame.is_empty(), "v{version}: trailing bytes");
-                let expected = if located.is_ok() { 0 } else { ErrorCode::COORDINATOR_NOT_AVAILABLE.code() };
+                let expected =
+                    if located.is_ok() { 0 } else { ResponseError::CoordinatorNotAvailable.code() };
                 if version >= 4 {
                     assert_eq!(decoded.coordinators.len(), 2);
                     for coordinator in decoded.coordinators {

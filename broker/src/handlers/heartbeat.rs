@@ -5,7 +5,7 @@ use std::rc::Rc;
 use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
 
 use super::{HandlerResult, RequestContext};
-use crate::errors::ErrorCode;
+use crate::errors::ResponseError;
 use crate::group::{GroupReply, GroupRequest};
 use crate::shard::Shard;
 
@@ -19,7 +19,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: Heartbeat
     };
     let error = match shard.group_call(&group_id, request).await {
         GroupReply::Error(error) => error,
-        _ => ErrorCode::UNKNOWN_SERVER_ERROR,
+        _ => ResponseError::UnknownServerError.into(),
     };
     let mut response = HeartbeatResponse::default();
     response.error_code = error.code();

@@ -9,7 +9,7 @@ use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterC
 use super::describe_configs::RESOURCE_TOPIC;
 use super::{str_bytes, HandlerResult, RequestContext};
 use crate::cluster::TopicChange;
-use crate::errors::{ErrorCode, KafkaError};
+use crate::errors::{KafkaError, ResponseError};
 use crate::shard::Shard;
 
 const OPERATION_SET: i8 = 0;
@@ -70,7 +70,7 @@ pub async fn handle(
                 }
                 other => {
                     refused = Some(KafkaError::with_message(
-                        ErrorCode::INVALID_CONFIG,
+                        ResponseError::InvalidConfig,
                         format!("operation {other} on {} is not supported", config.name.as_str()),
                     ))
                 }
@@ -78,7 +78,7 @@ pub async fn handle(
         }
         let result = if resource.resource_type != RESOURCE_TOPIC {
             Err(KafkaError::with_message(
-                ErrorCode::INVALID_REQUEST,
+                ResponseError::InvalidRequest,
                 "broker configuration is static (sluice.toml)",
             ))
         } else if let Some(error) = refused {

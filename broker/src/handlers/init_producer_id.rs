@@ -11,7 +11,7 @@ use std::rc::Rc;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 
 use super::{HandlerResult, RequestContext};
-use crate::errors::ErrorCode;
+use crate::errors::ResponseError;
 use crate::shard::Shard;
 
 pub async fn handle(
@@ -24,7 +24,7 @@ pub async fn handle(
     response.producer_epoch = -1;
     let transactional = body.transactional_id.as_ref().is_some_and(|id| !id.0.is_empty());
     if transactional {
-        response.error_code = ErrorCode::UNSUPPORTED_VERSION.code();
+        response.error_code = ResponseError::UnsupportedVersion.code();
         return context.respond(&response);
     }
     match shard.allocate_producer_id().await {

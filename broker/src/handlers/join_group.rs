@@ -8,7 +8,7 @@ use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
 
 use super::{str_bytes, Client, HandlerResult, RequestContext};
-use crate::errors::ErrorCode;
+use crate::errors::ResponseError;
 use crate::group::state::{JoinOutcome, JoinParams};
 use crate::group::{GroupReply, GroupRequest};
 use crate::shard::Shard;
@@ -44,7 +44,7 @@ pub async fn handle(
         match shard.group_call(&group_id, GroupRequest::Join { group: group_id.clone(), params }).await {
             GroupReply::Join(outcome) => outcome,
             GroupReply::Error(error) => JoinOutcome::error(error, &member_id),
-            _ => JoinOutcome::error(ErrorCode::UNKNOWN_SERVER_ERROR, &member_id),
+            _ => JoinOutcome::error(ResponseError::UnknownServerError.into(), &member_id),
         };
     context.respond(&encode(outcome, version))
 }

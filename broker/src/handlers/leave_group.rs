@@ -6,7 +6,7 @@ use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 
 use super::{str_bytes, HandlerResult, RequestContext};
-use crate::errors::ErrorCode;
+use crate::errors::{ErrorCode, ResponseError};
 use crate::group::{GroupReply, GroupRequest};
 use crate::shard::Shard;
 
@@ -26,7 +26,9 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: LeaveGrou
     let (top, errors) = match shard.group_call(&group_id, request).await {
         GroupReply::Leave(errors) if errors.len() == count => (ErrorCode::NONE, errors),
         GroupReply::Error(error) => (error, vec![error; count]),
-        _ => (ErrorCode::UNKNOWN_SERVER_ERROR, vec![ErrorCode::UNKNOWN_SERVER_ERROR; count]),
+        _ => {
+            (ResponseError::UnknownServerError.into(), vec![ResponseError::UnknownServerError.into(); count])
+        }
     };
     let mut response = LeaveGroupResponse::default();
     if version >= 3 {

@@ -7,7 +7,7 @@ use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
 
 use super::{str_bytes, HandlerResult, RequestContext};
-use crate::errors::ErrorCode;
+use crate::errors::ResponseError;
 use crate::group::{GroupReply, GroupRequest};
 use crate::shard::Shard;
 use crate::shard::{ShardReply, ShardRequest};
@@ -26,7 +26,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: ListGroup
         } else {
             match shard.call(target, ShardRequest::Group(GroupRequest::List)).await {
                 Ok(ShardReply::Group(reply)) => reply,
-                _ => GroupReply::Error(ErrorCode::COORDINATOR_NOT_AVAILABLE),
+                _ => GroupReply::Error(ResponseError::CoordinatorNotAvailable.into()),
             }
         };
         match reply {
@@ -48,7 +48,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: ListGroup
                 }
             }
             GroupReply::Error(error) => response.error_code = error.code(),
-            _ => response.error_code = ErrorCode::UNKNOWN_SERVER_ERROR.code(),
+            _ => response.error_code = ResponseError::UnknownServerError.code(),
         }
     }
     context.respond(&response)

@@ -10,7 +10,7 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::{topic_name, HandlerResult, RequestContext};
 use crate::cluster::partition::{PartitionOp, PartitionReply};
-use crate::errors::ErrorCode;
+use crate::errors::ResponseError;
 use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: ListOffsetsRequest) -> HandlerResult {
@@ -28,7 +28,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: ListOffse
             let known =
                 entry.is_some_and(|entry| (0..entry.partition_count).contains(&partition.partition_index));
             if !known {
-                response.error_code = ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.code();
+                response.error_code = ResponseError::UnknownTopicOrPartition.code();
             } else {
                 let op = PartitionOp::ListOffset { timestamp: partition.timestamp };
                 match shard.partition_call(&name, partition.partition_index, op).await {
@@ -39,7 +39,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: ListOffse
                             response.leader_epoch = leader_epoch.0;
                         }
                     }
-                    Ok(_) => response.error_code = ErrorCode::UNKNOWN_SERVER_ERROR.code(),
+                    Ok(_) => response.error_code = ResponseError::UnknownServerError.code(),
                     Err(error) => response.error_code = error.code.code(),
                 }
             }

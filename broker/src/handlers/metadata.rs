@@ -10,7 +10,7 @@ use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
 
 use super::{auto_create, node, str_bytes, topic_name, HandlerResult, RequestContext};
 use crate::cluster::topic_table::validate_topic_name;
-use crate::errors::ErrorCode;
+use crate::errors::ResponseError;
 use crate::handlers::describe_cluster::CLUSTER_ID;
 use crate::shard::Shard;
 
@@ -80,9 +80,9 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: MetadataR
                         let mut topic = MetadataResponseTopic::default();
                         let invalid = name.as_deref().is_some_and(|name| validate_topic_name(name).is_err());
                         topic.error_code = match (&name, invalid) {
-                            (None, _) => ErrorCode::UNKNOWN_TOPIC_ID.code(),
-                            (Some(_), true) => ErrorCode::INVALID_TOPIC_EXCEPTION.code(),
-                            (Some(_), false) => ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.code(),
+                            (None, _) => ResponseError::UnknownTopicId.code(),
+                            (Some(_), true) => ResponseError::InvalidTopicException.code(),
+                            (Some(_), false) => ResponseError::UnknownTopicOrPartition.code(),
                         };
                         topic.name = name.as_deref().map(topic_name);
                         if version >= 10 && name.is_none() {

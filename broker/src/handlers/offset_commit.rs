@@ -10,7 +10,7 @@ use kafka_protocol::messages::offset_commit_response::{
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 
 use super::{topic_name, HandlerResult, RequestContext};
-use crate::errors::ErrorCode;
+use crate::errors::ResponseError;
 use crate::group::{GroupReply, GroupRequest, OffsetToCommit};
 use crate::shard::Shard;
 
@@ -41,7 +41,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: OffsetCom
     let errors = match shard.group_call(&group_id, request).await {
         GroupReply::Commit(errors) if errors.len() == count => errors,
         GroupReply::Error(error) => vec![error; count],
-        _ => vec![ErrorCode::UNKNOWN_SERVER_ERROR; count],
+        _ => vec![ResponseError::UnknownServerError.into(); count],
     };
     let mut errors = errors.into_iter();
     let mut response = OffsetCommitResponse::default();
@@ -57,7 +57,8 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: OffsetCom
                 .map(|partition| {
                     let mut answer = OffsetCommitResponsePartition::default();
                     answer.partition_index = partition.partition_index;
-                    answer.error_code = errors.next().unwrap_or(ErrorCode::UNKNOWN_SERVER_ERROR).code();
+                    answer.error_code =
+                        errors.next().unwrap_or(ResponseError::UnknownServerError.into()).code();
                     answer
                 })
                 .collect();

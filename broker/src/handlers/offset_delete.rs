@@ -9,7 +9,7 @@ use kafka_protocol::messages::offset_delete_response::{
 use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 
 use super::{topic_name, HandlerResult, RequestContext};
-use crate::errors::ErrorCode;
+use crate::errors::ResponseError;
 use crate::group::{GroupReply, GroupRequest};
 use crate::shard::Shard;
 
@@ -25,7 +25,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: OffsetDel
     let (top, errors) = match shard.group_call(&group_id, request).await {
         GroupReply::OffsetsDeleted(top, errors) => (top, errors),
         GroupReply::Error(error) => (error, Vec::new()),
-        _ => (ErrorCode::UNKNOWN_SERVER_ERROR, Vec::new()),
+        _ => (ResponseError::UnknownServerError.into(), Vec::new()),
     };
     let mut response = OffsetDeleteResponse::default();
     response.error_code = top.code();

@@ -11,7 +11,7 @@ use kafka_protocol::messages::offset_fetch_response::{
 use kafka_protocol::messages::{GroupId, OffsetFetchRequest, OffsetFetchResponse};
 
 use super::{str_bytes, topic_name, HandlerResult, RequestContext};
-use crate::errors::ErrorCode;
+use crate::errors::{ErrorCode, ResponseError};
 use crate::group::{FetchedOffset, GroupReply, GroupRequest};
 use crate::shard::Shard;
 
@@ -25,7 +25,7 @@ async fn fetch_group(
     let offsets = match shard.group_call(group_id, request).await {
         GroupReply::Offsets(offsets) => offsets,
         GroupReply::Error(error) => return (error, Vec::new()),
-        _ => return (ErrorCode::UNKNOWN_SERVER_ERROR, Vec::new()),
+        _ => return (ResponseError::UnknownServerError.into(), Vec::new()),
     };
     let mut topics: Vec<(String, Vec<FetchedOffset>)> = Vec::new();
     for offset in offsets {

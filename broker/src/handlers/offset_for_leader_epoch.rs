@@ -14,7 +14,7 @@ use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpoch
 
 use super::{topic_name, HandlerResult, RequestContext};
 use crate::cluster::partition::{PartitionOp, PartitionReply, OFFSET_LATEST};
-use crate::errors::ErrorCode;
+use crate::errors::ResponseError;
 use crate::shard::Shard;
 
 pub async fn handle(
@@ -36,15 +36,15 @@ pub async fn handle(
             answer.end_offset = -1;
             let Some(entry) = entry.filter(|entry| (0..entry.partition_count).contains(&partition.partition))
             else {
-                answer.error_code = ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.code();
+                answer.error_code = ResponseError::UnknownTopicOrPartition.code();
                 result.partitions.push(answer);
                 continue;
             };
             let current = entry.leader_epoch(partition.partition).0;
             if partition.current_leader_epoch > current {
-                answer.error_code = ErrorCode::UNKNOWN_LEADER_EPOCH.code();
+                answer.error_code = ResponseError::UnknownLeaderEpoch.code();
             } else if partition.current_leader_epoch >= 0 && partition.current_leader_epoch < current {
-                answer.error_code = ErrorCode::FENCED_LEADER_EPOCH.code();
+                answer.error_code = ResponseError::FencedLeaderEpoch.code();
             } else if partition.leader_epoch == current {
                 let op = PartitionOp::ListOffset { timestamp: OFFSET_LATEST };
                 match shard.partition_call(&name, partition.partition, op).await {
@@ -52,7 +52,7 @@ pub async fn handle(
                         answer.leader_epoch = current;
                         answer.end_offset = offset;
                     }
-                    Ok(_) => answer.error_code = ErrorCode::UNKNOWN_SERVER_ERROR.code(),
+                    Ok(_) => answer.error_code = ResponseError::UnknownServerError.code(),
                     Err(error) => answer.error_code = error.code.code(),
                 }
             } else if (0..current).contains(&partition.leader_epoch) {

@@ -11,7 +11,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::{auto_create, str_bytes, topic_name, HandlerResult, RequestContext};
 use crate::cluster::partition::{PartitionReply, PartitionResult};
-use crate::errors::{ErrorCode, KafkaError};
+use crate::errors::{KafkaError, ResponseError};
 use crate::shard::{Acknowledgement, Shard};
 use crate::sync::OneshotSender;
 use sluice_replication::{Acks, TopicPartition};
@@ -46,29 +46,29 @@ pub async fn handle(
             };
             let ready = |result: PartitionResult| -> Pending { Box::pin(std::future::ready(result)) };
             let future: Pending = match (entry, partition.records) {
-                _ if !valid_acks => ready(Err(KafkaError::new(ErrorCode::INVALID_REQUIRED_ACKS))),
+                _ if !valid_acks => ready(Err(KafkaError::new(ResponseError::InvalidRequiredAcks))),
                 _ if keyless.is_some() => {
                     record_errors.insert((name.clone(), index), keyless.take().unwrap_or_default());
                     ready(Err(KafkaError::with_message(
-                        ErrorCode::INVALID_RECORD,
+                        ResponseError::InvalidRecord,
                         format!("compacted topic {name} cannot accept records without a key"),
                     )))
                 }
-                (None, _) => ready(Err(KafkaError::new(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION))),
+                (None, _) => ready(Err(KafkaError::new(ResponseError::UnknownTopicOrPartition))),
                 (Some(entry), _) if index < 0 || index >= entry.partition_count => {
-                    ready(Err(KafkaError::new(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION)))
+                    ready(Err(KafkaError::new(ResponseError::UnknownTopicOrPartition)))
                 }
-                (Some(_), None) => ready(Err(KafkaError::new(ErrorCode::CORRUPT_MESSAGE))),
+                (Some(_), None) => ready(Err(KafkaError::new(ResponseError::CorruptMessage))),
                 // Only the group coordinator writes the internal topic (Kafka refuses it the same way).
                 (Some(entry), _) if entry.name == crate::group::OFFSETS_TOPIC => {
                     ready(Err(KafkaError::with_message(
-                        ErrorCode::INVALID_TOPIC_EXCEPTION,
+                        ResponseError::InvalidTopicException,
                         "clients cannot produce to the internal topic __consumer_offsets",
                     )))
                 }
                 (Some(_), Some(records)) => match Acks::from_wire(acks) {
                     Some(acks) => shard.produce(&TopicPartition::new(&name, index), records, acks).await,
-                    None => ready(Err(KafkaError::new(ErrorCode::INVALID_REQUIRED_ACKS))),
+                    None => ready(Err(KafkaError::new(ResponseError::InvalidRequiredAcks))),
                 },
             };
             partitions.push((index, future));
@@ -93,7 +93,7 @@ pub async fn handle(
                     response.log_append_time_ms = log_append_time_ms;
                     response.log_start_offset = log_start_offset.0;
                 }
-                Ok(_) => response.error_code = ErrorCode::UNKNOWN_SERVER_ERROR.code(),
+                Ok(_) => response.error_code = ResponseError::UnknownServerError.code(),
                 Err(error) => {
                     response.error_code = error.code.code();
                     if context.api_version >= 8 {

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 
 use super::{str_bytes, HandlerResult, RequestContext};
-use crate::errors::ErrorCode;
+use crate::errors::ResponseError;
 use crate::group::state::SyncOutcome;
 use crate::group::{GroupReply, GroupRequest};
 use crate::shard::Shard;
@@ -26,7 +26,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: SyncGroup
     let outcome = match shard.group_call(&group_id, request).await {
         GroupReply::Sync(outcome) => outcome,
         GroupReply::Error(error) => SyncOutcome::error(error),
-        _ => SyncOutcome::error(ErrorCode::UNKNOWN_SERVER_ERROR),
+        _ => SyncOutcome::error(ResponseError::UnknownServerError.into()),
     };
     let mut response = SyncGroupResponse::default();
     response.error_code = outcome.error.code();
