@@ -33,7 +33,7 @@ pub mod seams;
 pub mod sim;
 pub mod types;
 
-pub use replica::{AckWait, Acks, ReplicaState, Visibility};
+pub use replica::{AckWait, Acks, ReplicaState, Role, Visibility};
 pub use seams::{Clock, Envelope, MessageBus, Node, Outbox, ReplicaLog, SendError};
 pub use sluice_storage::Offset;
 pub use types::{LeaderEpoch, NodeId, ShardId, TopicPartition};

@@ -23,6 +23,14 @@ pub enum Visibility {
     Sequenced,
 }
 
+/// Whether this replica leads its partition (its own log decides the high watermark: a cluster of one) or
+/// follows (the leader's high watermark, bounded by its own log, decides it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+}
+
 /// What a producer asked to wait for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Acks {
@@ -59,6 +67,7 @@ pub enum AckWait {
 
 #[derive(Debug)]
 pub struct ReplicaState {
+    role: Role,
     leader_epoch: LeaderEpoch,
     visibility: Visibility,
     log_end: Offset,
@@ -69,14 +78,31 @@ pub struct ReplicaState {
 impl ReplicaState {
     /// A replica opened on a recovered log: everything recovery found is on disk, so durable and committed.
     pub fn open(leader_epoch: LeaderEpoch, visibility: Visibility, log_end: Offset) -> ReplicaState {
-        let state =
-            ReplicaState { leader_epoch, visibility, log_end, durable_end: log_end, high_watermark: log_end };
+        let state = ReplicaState {
+            role: Role::Leader,
+            leader_epoch,
+            visibility,
+            log_end,
+            durable_end: log_end,
+            high_watermark: log_end,
+        };
         state.check();
         state
     }
 
     pub fn leader_epoch(&self) -> LeaderEpoch {
         self.leader_epoch
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Follows the leader of `leader_epoch` from now on; the high watermark stays where it is until the leader says.
+    pub fn become_follower(&mut self, leader_epoch: LeaderEpoch) {
+        assert!(leader_epoch >= self.leader_epoch, "epoch {leader_epoch} is older than {}", self.leader_epoch);
+        self.role = Role::Follower;
+        self.leader_epoch = leader_epoch;
     }
 
     pub fn log_end(&self) -> Offset {
@@ -110,9 +136,9 @@ impl ReplicaState {
     pub fn sequenced(&mut self, end: Offset) -> Option<Offset> {
         assert!(end >= self.log_end, "log end went back from {} to {end} without a truncation", self.log_end);
         self.log_end = end;
-        let moved = match self.visibility {
-            Visibility::Sequenced => self.advance_high_watermark(end),
-            Visibility::Durable => None,
+        let moved = match (self.role, self.visibility) {
+            (Role::Leader, Visibility::Sequenced) => self.advance_high_watermark(end),
+            _ => None,
         };
         self.check();
         moved
@@ -122,14 +148,25 @@ impl ReplicaState {
     pub fn durable(&mut self, end: Offset) -> Option<Offset> {
         assert!(end <= self.log_end, "durable end {end} past the log end {}", self.log_end);
         self.durable_end = self.durable_end.max(end);
-        let moved = self.advance_high_watermark(end);
+        let moved = match self.role {
+            Role::Leader => self.advance_high_watermark(end),
+            Role::Follower => None,
+        };
         self.check();
         moved
     }
 
-    /// Commits the broker's own durable records (acks `Durable`) under either policy.
-    pub fn committed_durable(&mut self, end: Offset) -> Option<Offset> {
-        self.durable(end)
+    /// A follower learned the leader's high watermark: its own moves to it, bounded by what it has itself (and,
+    /// under `fsync` visibility, by what it has made durable). Returns the new high watermark if it moved.
+    pub fn follower_high_watermark(&mut self, leader_high_watermark: Offset) -> Option<Offset> {
+        assert_eq!(self.role, Role::Follower, "only a follower takes the leader's high watermark");
+        let bound = match self.visibility {
+            Visibility::Durable => self.durable_end,
+            Visibility::Sequenced => self.log_end,
+        };
+        let moved = self.advance_high_watermark(leader_high_watermark.min(bound));
+        self.check();
+        moved
     }
 
     /// The log was cut to `end`: nothing past it exists any more.
@@ -227,6 +264,24 @@ mod tests {
     fn durability_past_the_log_end_is_a_broken_invariant() {
         let mut replica = ReplicaState::open(LeaderEpoch(0), Visibility::Durable, Offset(0));
         replica.durable(Offset(1));
+    }
+
+    #[test]
+    fn a_follower_never_commits_past_what_it_holds() {
+        let mut replica = ReplicaState::open(LeaderEpoch(0), Visibility::Durable, Offset(0));
+        replica.become_follower(LeaderEpoch(1));
+        replica.sequenced(Offset(10));
+        assert_eq!(replica.follower_high_watermark(Offset(8)), None, "nothing durable yet");
+        replica.durable(Offset(6));
+        assert_eq!(replica.high_watermark(), Offset(0), "a follower's own durability commits nothing");
+        assert_eq!(replica.follower_high_watermark(Offset(8)), Some(Offset(6)), "bounded by the durable end");
+        replica.durable(Offset(10));
+        assert_eq!(replica.follower_high_watermark(Offset(8)), Some(Offset(8)));
+        let mut relaxed = ReplicaState::open(LeaderEpoch(0), Visibility::Sequenced, Offset(0));
+        relaxed.become_follower(LeaderEpoch(0));
+        relaxed.sequenced(Offset(5));
+        assert_eq!(relaxed.high_watermark(), Offset(0));
+        assert_eq!(relaxed.follower_high_watermark(Offset(9)), Some(Offset(5)), "bounded by its log end");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use bytes::Bytes;
-use sluice_replication::{AckWait, Acks, LeaderEpoch, ReplicaState, TopicPartition, Visibility};
+use sluice_replication::{AckWait, Acks, LeaderEpoch, ReplicaState, Role, TopicPartition, Visibility};
 use sluice_storage::{AppendInfo, BatchHeader, Log, LogError, Offset, ReadBound, Storage};
 
 use crate::cluster::producer_state::{ProducerBatch, ProducerStateTable, SequenceCheck};
@@ -289,6 +289,45 @@ impl<S: Storage> Partition<S> {
             self.publish_high_watermark();
         }
         Ok(info)
+    }
+
+    /// Follows the partition's leader of `leader_epoch` from now on: appends come only through
+    /// [`Partition::append_replicated`] and the high watermark only from the leader. (Replication will drive this;
+    /// the two-node simulation does today.)
+    pub fn become_follower(&self, leader_epoch: LeaderEpoch) {
+        self.replica.borrow_mut().become_follower(leader_epoch);
+    }
+
+    /// A follower's append: batches copied from the leader keep the leader's offsets and epochs. Returns once they
+    /// are durable here (a follower's progress must mean "durable here"), then takes the leader's high watermark.
+    /// The idempotent producers' state follows the copied batches, so a retry after a failover is deduplicated.
+    pub async fn append_replicated(
+        &self,
+        records: Bytes,
+        leader_high_watermark: Offset,
+    ) -> Result<AppendInfo, KafkaError> {
+        assert_eq!(self.replica.borrow().role(), Role::Follower, "{} is not a follower", self.topic_partition);
+        let info = self.log.append_replicated(records.clone()).await.map_err(|error| from_log_error(&error))?;
+        let batches: Vec<Bytes> = sluice_storage::batch::split_batches(&records).collect();
+        self.load_producer_state_record(&batches, info.base_offset, sluice_storage::now_ms());
+        self.replica.borrow_mut().sequenced(self.log.log_end_offset());
+        let end = info.last_offset.next();
+        self.log.wait_durable(end).await.map_err(|error| from_log_error(&error))?;
+        self.replica.borrow_mut().durable(end);
+        self.follower_high_watermark(leader_high_watermark);
+        Ok(info)
+    }
+
+    /// A follower learned the leader's high watermark.
+    pub fn follower_high_watermark(&self, leader_high_watermark: Offset) {
+        if self.replica.borrow_mut().follower_high_watermark(leader_high_watermark).is_some() {
+            self.publish_high_watermark();
+        }
+    }
+
+    /// A follower's fetch from this leader: batches up to the log end (followers read above the high watermark).
+    pub async fn read_replica(&self, offset: Offset, size_max: usize) -> Result<Vec<Bytes>, KafkaError> {
+        self.log.read(offset, size_max, ReadBound::LogEnd, true).await.map_err(|error| from_log_error(&error))
     }
 
     /// The log is durable up to `end`: the replica may commit it.
