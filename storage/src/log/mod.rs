@@ -30,12 +30,11 @@ use crate::cache::BatchCache;
 use crate::io::Storage;
 use crate::notify::Notify;
 use crate::segment::Segment;
-use crate::types::{now_ms, Offset};
+use crate::types::Offset;
 
-use checkpoint::read_log_start_checkpoint;
 use flusher::run_flusher;
 use read_ahead::{forget_read_ahead, ReadAhead};
-use recovery::recover;
+use recovery::open_segments;
 
 /// When appended data becomes durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -314,40 +313,8 @@ impl<S: Storage> Log<S> {
     ) -> Result<Log<S>, LogError> {
         config.validate().map_err(LogError::InvalidConfig)?;
         storage.create_dir_all(&directory).await.map_err(io_error("creating", &directory))?;
-        let (mut segments, recovery) = recover(&storage, &directory, &config).await?;
-        let checkpoint = read_log_start_checkpoint(&storage, &directory).await;
-        let recovered_end = segments.last().map(|segment| segment.next_offset);
-        if let (Some(start), Some(end)) = (checkpoint, recovered_end) {
-            if start > end {
-                // Everything below the recorded log start is deleted, and what lay above it was never synced:
-                // start empty at the log start so that no offset below it is ever handed out again.
-                log::warn!(
-                    "{}: log ends at {end} below its start {start}; starting empty",
-                    directory.display()
-                );
-                for segment in segments.drain(..) {
-                    for path in Segment::<S>::paths(&directory, segment.base_offset) {
-                        if storage.exists(&path).await {
-                            storage.remove(&path).await.map_err(io_error("removing", &path))?;
-                        }
-                    }
-                }
-            }
-        }
-        if segments.is_empty() {
-            let base = checkpoint.unwrap_or(Offset(0));
-            let segment = Segment::create(&storage, &directory, base, now_ms())
-                .await
-                .map_err(io_error("creating a segment in", &directory))?;
-            storage.sync_directory(&directory).await.map_err(io_error("syncing", &directory))?;
-            segments.push(segment);
-        }
-        let active = segments.last_mut().expect("at least one segment");
-        active.reopen_for_writing(&storage, &directory).await.map_err(io_error("reopening", &active.path))?;
-        let next_offset = active.next_offset;
-        let first_base = segments[0].base_offset;
-        let log_start_offset =
-            checkpoint.map_or(first_base, |offset| offset.max(first_base)).min(next_offset);
+        let (segments, recovery, log_start_offset) = open_segments(&storage, &directory, &config).await?;
+        let next_offset = segments.last().expect("at least one segment").next_offset;
         let id = NEXT_LOG_ID.with(|next| {
             let id = next.get();
             next.set(id + 1);

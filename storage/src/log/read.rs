@@ -28,45 +28,14 @@ impl<S: Storage> Log<S> {
         bound: ReadBound,
         min_one: bool,
     ) -> Result<Vec<Bytes>, LogError> {
-        let (upper, log_start) = {
-            let state = self.inner.state.borrow();
-            let upper = match bound {
-                ReadBound::HighWatermark => state.high_watermark,
-                ReadBound::LogEnd => state.next_offset,
-            };
-            if offset < state.log_start_offset || offset > state.next_offset {
-                return Err(LogError::OffsetOutOfRange {
-                    offset,
-                    log_start: state.log_start_offset,
-                    log_end: state.next_offset,
-                });
-            }
-            (upper, state.log_start_offset)
-        };
-        let _ = log_start;
+        let upper = self.read_upper(offset, bound)?;
         if offset >= upper {
             return Ok(Vec::new());
         }
-        // 0. A running read-ahead from at or below `offset` is about to put it in the cache: wait for it rather than
-        //    read the same bytes twice (a reader whose batch is cached already, such as one at the tail, goes on).
-        //    Bounded: every read-ahead ends, and its guard clears the slot and notifies.
-        while self.inner.read_ahead.borrow().in_flight_from.is_some_and(|from| from <= offset)
-            && !self.inner.cache.contains(self.inner.id, offset)
-        {
-            self.inner.read_ahead_done.notified().await;
-        }
+        self.read_wait_for_read_ahead(offset).await;
         let mut budget = Budget { size_max, min_one, used: 0, upper };
-
         // 1. The shard cache (written batches), continuing into the unflushed queue.
-        let mut batches = Vec::new();
-        let mut next = offset;
-        for (base, cached) in
-            self.inner.cache.read(self.inner.id, offset, |base, bytes| budget.admit(base, bytes.len()))
-        {
-            let _ = base;
-            next = cached.last_offset.next();
-            batches.push(cached.bytes);
-        }
+        let (mut batches, next) = self.read_cached(offset, &mut budget);
         // 2. The unflushed queue.
         let from_memory = self.read_unflushed(next, &mut budget);
         let chunk_size = size_max.min(READ_CHUNK_SIZE_MAX);
@@ -92,6 +61,46 @@ impl<S: Storage> Log<S> {
         }
         batches.extend(from_memory);
         Ok(batches)
+    }
+
+    /// The offset reads stop below under `bound`, after checking that `offset` lies inside the log.
+    fn read_upper(&self, offset: Offset, bound: ReadBound) -> Result<Offset, LogError> {
+        let state = self.inner.state.borrow();
+        if offset < state.log_start_offset || offset > state.next_offset {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start: state.log_start_offset,
+                log_end: state.next_offset,
+            });
+        }
+        Ok(match bound {
+            ReadBound::HighWatermark => state.high_watermark,
+            ReadBound::LogEnd => state.next_offset,
+        })
+    }
+
+    /// A running read-ahead from at or below `offset` is about to put it in the cache: waits for it rather than
+    /// read the same bytes twice (a reader whose batch is cached already, such as one at the tail, goes on).
+    async fn read_wait_for_read_ahead(&self, offset: Offset) {
+        // Bounded: every read-ahead ends, and its guard clears the slot and notifies.
+        while self.inner.read_ahead.borrow().in_flight_from.is_some_and(|from| from <= offset)
+            && !self.inner.cache.contains(self.inner.id, offset)
+        {
+            self.inner.read_ahead_done.notified().await;
+        }
+    }
+
+    /// Batches from the shard cache starting at the one holding `offset`, and the offset just past them.
+    fn read_cached(&self, offset: Offset, budget: &mut Budget) -> (Vec<Bytes>, Offset) {
+        let mut batches = Vec::new();
+        let mut next = offset;
+        let cached =
+            self.inner.cache.read(self.inner.id, offset, |base, bytes| budget.admit(base, bytes.len()));
+        for (_, cached) in cached {
+            next = cached.last_offset.next();
+            batches.push(cached.bytes);
+        }
+        (batches, next)
     }
 
     fn read_unflushed(&self, offset: Offset, budget: &mut Budget) -> Vec<Bytes> {
@@ -289,14 +298,12 @@ pub(super) async fn read_segment_batches_to<F: StorageFile>(
     take_max: usize,
     mut accept: impl FnMut(&BatchHeader) -> Accept,
 ) -> io::Result<(Vec<Bytes>, u64)> {
-    let mut batches = Vec::new();
+    let mut taken = Taken { batches: Vec::new(), end: position.0, size: 0 };
     let mut position = position.0;
-    let mut taken_end = position;
-    let mut taken = 0usize;
     // Bounded: every pass consumes at least one batch or stops.
     'chunks: while position < end {
-        let left = take_max.saturating_sub(taken);
-        if taken > 0 && left < batch::BATCH_HEADER_SIZE {
+        let left = take_max.saturating_sub(taken.size);
+        if taken.size > 0 && left < batch::BATCH_HEADER_SIZE {
             break; // nothing more could be taken: do not read a chunk only to find that out
         }
         let chunk_size = (size_hint.min(left).max(64 * 1024) as u64).min(end - position) as usize;
@@ -312,17 +319,16 @@ pub(super) async fn read_segment_batches_to<F: StorageFile>(
                 Accept::Skip => {}
                 Accept::Stop => break 'chunks,
                 Accept::Take | Accept::TakeLast => {
+                    let batch_end = position + (cursor + size) as u64;
                     if cursor + size <= chunk.len() {
-                        batches.push(chunk.slice(cursor..cursor + size));
+                        taken.push(chunk.slice(cursor..cursor + size), batch_end);
                     } else {
                         let whole = file.read_at(position + cursor as u64, size).await?;
                         if whole.len() < size {
                             break 'chunks;
                         }
-                        batches.push(whole);
+                        taken.push(whole, batch_end);
                     }
-                    taken_end = position + (cursor + size) as u64;
-                    taken += size;
                     if decision == Accept::TakeLast {
                         break 'chunks;
                     }
@@ -334,33 +340,62 @@ pub(super) async fn read_segment_batches_to<F: StorageFile>(
             }
         }
         if cursor == 0 {
-            // A header that does not fit the chunk: read it whole next pass, or stop at a damaged one.
-            let Ok(header) = BatchHeader::parse(&chunk) else { break };
-            if header.total_size() <= chunk.len() {
-                break;
+            // A header that does not fit the chunk: read the batch whole, or stop at a damaged one.
+            match read_segment_batches_to_whole(file, position, &chunk, &mut accept, &mut taken).await? {
+                Some(size) => position += size,
+                None => break,
             }
-            let whole = file.read_at(position, header.total_size()).await?;
-            let Ok(header) = BatchHeader::parse(&whole) else { break };
-            if whole.len() < header.total_size() {
-                break;
-            }
-            let decision = accept(header);
-            match decision {
-                Accept::Skip => {}
-                Accept::Stop => break,
-                Accept::Take | Accept::TakeLast => {
-                    batches.push(whole.clone());
-                    taken_end = position + whole.len() as u64;
-                    taken += whole.len();
-                    if decision == Accept::TakeLast {
-                        break;
-                    }
-                }
-            }
-            position += whole.len() as u64;
             continue;
         }
         position += cursor as u64;
     }
-    Ok((batches, taken_end))
+    Ok((taken.batches, taken.end))
+}
+
+/// What a segment read has taken so far.
+struct Taken {
+    batches: Vec<Bytes>,
+    /// The file position just past the last batch taken.
+    end: u64,
+    size: usize,
+}
+
+impl Taken {
+    fn push(&mut self, batch: Bytes, end: u64) {
+        self.size += batch.len();
+        self.batches.push(batch);
+        self.end = end;
+    }
+}
+
+/// The batch at `position` whose header starts `chunk` but which is larger than it: reads it whole and offers it to
+/// `accept`. Returns its size to step over, or `None` to stop (a damaged header or short file, a stop, a last take).
+async fn read_segment_batches_to_whole<F: StorageFile>(
+    file: &F,
+    position: u64,
+    chunk: &Bytes,
+    accept: &mut impl FnMut(&BatchHeader) -> Accept,
+    taken: &mut Taken,
+) -> io::Result<Option<u64>> {
+    let Ok(header) = BatchHeader::parse(chunk) else { return Ok(None) };
+    if header.total_size() <= chunk.len() {
+        return Ok(None);
+    }
+    let whole = file.read_at(position, header.total_size()).await?;
+    let Ok(header) = BatchHeader::parse(&whole) else { return Ok(None) };
+    if whole.len() < header.total_size() {
+        return Ok(None);
+    }
+    let size = whole.len() as u64;
+    let decision = accept(header);
+    match decision {
+        Accept::Skip => {}
+        Accept::Stop => return Ok(None),
+        Accept::Take => taken.push(whole, position + size),
+        Accept::TakeLast => {
+            taken.push(whole, position + size);
+            return Ok(None);
+        }
+    }
+    Ok(Some(size))
 }

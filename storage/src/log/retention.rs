@@ -1,6 +1,8 @@
 //! Removing data: truncation (a follower's divergent tail), DeleteRecords, time and size retention. Each runs as
 //! a command on the flusher task, the only task that changes files.
 
+use std::io;
+
 use super::checkpoint::write_log_start_checkpoint;
 use super::read::read_segment_batches;
 use super::read_ahead::forget_read_ahead;
@@ -53,62 +55,10 @@ pub(super) async fn truncate<S: Storage>(inner: &LogInner<S>, offset: Offset) ->
     if offset >= next_offset {
         return Ok(());
     }
-    // Drop whole segments at or above the offset, newest first; keep at least the first one.
-    loop {
-        let doomed = {
-            let mut state = inner.state.borrow_mut();
-            let count = state.segments.len();
-            if count > 1 && state.segments[count - 1].base_offset >= offset {
-                state.segments.pop()
-            } else {
-                None
-            }
-        };
-        let Some(mut segment) = doomed else { break };
-        let _ = segment.seal().await;
-        remove_segment_files(inner, segment.base_offset).await?;
-    }
+    truncate_drop_segments(inner, offset).await?;
     let mut segment = inner.state.borrow_mut().segments.pop().expect("a segment remains");
-    let path = segment.path.clone();
-    let result: Result<(), LogError> = async {
-        if offset <= segment.base_offset {
-            segment.truncate_at(0, segment.base_offset).await?;
-        } else {
-            // Find the first batch that holds an offset at or above the target.
-            let (_, position) = segment.index.lookup(relative(segment.base_offset, offset));
-            let mut cut = None;
-            let mut scan_position = position.0;
-            let batches = read_segment_batches(&*segment.file, segment.size, position, 1 << 20, |header| {
-                if header.last_offset() >= offset {
-                    cut = Some((scan_position, header.base_offset()));
-                    Accept::Stop
-                } else {
-                    scan_position += header.total_size() as u64;
-                    Accept::Skip
-                }
-            })
-            .await?;
-            debug_assert!(batches.is_empty());
-            if let Some((position, base)) = cut {
-                segment.truncate_at(position, base).await?;
-                // The time index bounds the maximum only up to its last entry; rescan the rest for the rest.
-                let from =
-                    FilePosition(segment.index.entries.last().map_or(0, |entry| entry.position as u64));
-                let mut max_timestamp = segment.max_timestamp;
-                read_segment_batches(&*segment.file, segment.size, from, 1 << 20, |header| {
-                    max_timestamp = max_timestamp.max(header.max_timestamp.get());
-                    Accept::Skip
-                })
-                .await?;
-                segment.max_timestamp = max_timestamp;
-            }
-        }
-        segment.file.sync().await?;
-        segment.reopen_for_writing(&inner.storage, &inner.directory).await?;
-        segment.write_indexes().await
-    }
-    .await
-    .map_err(io_error("truncating", &path));
+    let result =
+        truncate_segment(inner, &mut segment, offset).await.map_err(io_error("truncating", &segment.path));
     let new_end = segment.next_offset;
     inner.state.borrow_mut().segments.push(segment);
     result?;
@@ -128,6 +78,73 @@ pub(super) async fn truncate<S: Storage>(inner: &LogInner<S>, offset: Offset) ->
         write_log_start_checkpoint(inner).await?;
     }
     Ok(())
+}
+
+/// Drops whole segments at or above `offset`, newest first; keeps at least the first one.
+async fn truncate_drop_segments<S: Storage>(inner: &LogInner<S>, offset: Offset) -> Result<(), LogError> {
+    // Bounded by the segment count: each pass removes one.
+    loop {
+        let doomed = {
+            let mut state = inner.state.borrow_mut();
+            let count = state.segments.len();
+            if count > 1 && state.segments[count - 1].base_offset >= offset {
+                state.segments.pop()
+            } else {
+                None
+            }
+        };
+        let Some(mut segment) = doomed else { return Ok(()) };
+        let _ = segment.seal().await;
+        remove_segment_files(inner, segment.base_offset).await?;
+    }
+}
+
+/// Cuts `segment` (taken out of the log state while its I/O runs) before the first batch holding an offset at
+/// or above `offset`, and makes it the active segment again.
+async fn truncate_segment<S: Storage>(
+    inner: &LogInner<S>,
+    segment: &mut Segment<S>,
+    offset: Offset,
+) -> io::Result<()> {
+    if offset <= segment.base_offset {
+        segment.truncate_at(0, segment.base_offset).await?;
+    } else if let Some((position, base)) = truncate_segment_find_cut(segment, offset).await? {
+        segment.truncate_at(position, base).await?;
+        // The time index bounds the maximum only up to its last entry; rescan the rest for the rest.
+        let from = FilePosition(segment.index.entries.last().map_or(0, |entry| entry.position as u64));
+        let mut max_timestamp = segment.max_timestamp;
+        read_segment_batches(&*segment.file, segment.size, from, 1 << 20, |header| {
+            max_timestamp = max_timestamp.max(header.max_timestamp.get());
+            Accept::Skip
+        })
+        .await?;
+        segment.max_timestamp = max_timestamp;
+    }
+    segment.file.sync().await?;
+    segment.reopen_for_writing(&inner.storage, &inner.directory).await?;
+    segment.write_indexes().await
+}
+
+/// The file position and base offset of the first batch in `segment` that holds an offset at or above `offset`.
+async fn truncate_segment_find_cut<S: Storage>(
+    segment: &Segment<S>,
+    offset: Offset,
+) -> io::Result<Option<(u64, Offset)>> {
+    let (_, position) = segment.index.lookup(relative(segment.base_offset, offset));
+    let mut cut = None;
+    let mut scan_position = position.0;
+    let batches = read_segment_batches(&*segment.file, segment.size, position, 1 << 20, |header| {
+        if header.last_offset() >= offset {
+            cut = Some((scan_position, header.base_offset()));
+            Accept::Stop
+        } else {
+            scan_position += header.total_size() as u64;
+            Accept::Skip
+        }
+    })
+    .await?;
+    debug_assert!(batches.is_empty());
+    Ok(cut)
 }
 
 pub(super) async fn retention<S: Storage>(inner: &LogInner<S>, now: i64) -> Result<(), LogError> {
