@@ -23,5 +23,6 @@ pub use cache::{BatchCache, CacheStats};
 pub use dma::DmaStorage;
 pub use io::{Storage, StorageFile};
 pub use log::{AppendInfo, Durability, Log, LogConfig, LogError, ReadBound, SegmentSpace, TimestampType};
+pub use notify::{Notified, Notify};
 pub use sim::SimStorage;
 pub use types::{now_ms, FilePosition, Offset, BLOCK_SIZE};
