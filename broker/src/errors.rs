@@ -101,6 +101,8 @@ pub fn from_log_error(error: &LogError) -> KafkaError {
         // A closed log is a partition that is going away (shutdown or deletion).
         LogError::Closed => ErrorCode::NOT_LEADER_OR_FOLLOWER,
         LogError::InvalidConfig(_) => ErrorCode::INVALID_CONFIG,
+        // A follower append that does not continue its log: the replica fetcher's bug, never a client's.
+        LogError::UnexpectedOffset { .. } => ErrorCode::UNKNOWN_SERVER_ERROR,
     };
     KafkaError::with_message(code, error.to_string())
 }

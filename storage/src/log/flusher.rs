@@ -9,6 +9,7 @@ use bytes::Bytes;
 use super::checkpoint::write_log_start_checkpoint;
 use super::retention::{delete_segments_below_log_start, retention, truncate};
 use super::{io_error, Command, CommandSlot, Durability, LogError, LogInner, PendingBatch};
+use crate::batch::BatchHeader;
 use crate::io::{Storage, StorageFile};
 use crate::segment::{Segment, WriteSettings, INDEX_WRITE_BATCH_COUNT};
 use crate::types::{now_ms, Offset};
@@ -206,17 +207,33 @@ async fn write_group<S: Storage>(
     }
     // The writer is taken out of the active segment while its I/O is in flight, so no borrow of the log state
     // spans an await; readers still see the segment, and these offsets in the unflushed queue.
-    let (mut writer, file, size, path) = {
+    let (mut writer, file, size, path, next_offset) = {
         let mut state = inner.state.borrow_mut();
         let active = state.active();
-        (active.take_writer(), active.file.clone(), active.size, active.path.clone())
+        (active.take_writer(), active.file.clone(), active.size, active.path.clone(), active.next_offset)
     };
+    // Paired with the append's check after stamping: what goes to disk continues the segment, header by header.
+    let mut expected_offset = next_offset;
+    for batch in group.iter() {
+        let header = BatchHeader::parse(batch).ok();
+        assert!(
+            header.is_some_and(
+                |header| header.base_offset() == expected_offset && header.total_size() == batch.len()
+            ),
+            "batch to write at {expected_offset} does not continue segment {}",
+            path.display()
+        );
+        expected_offset = header.map_or(expected_offset, |header| header.last_offset().next());
+    }
+    let group_size: u64 = group.iter().map(|batch| batch.len() as u64).sum();
     let mut result = writer.write(&file, size, group, settings).await;
     if result.is_ok() {
         let writes = {
             let mut state = inner.state.borrow_mut();
             let active = state.active();
             active.record_written(group, settings.index_interval_size);
+            assert_eq!(active.size, size + group_size, "segment size after a write");
+            assert_eq!(active.next_offset, expected_offset, "segment end after a write");
             active.pending_index_writes(&writer, INDEX_WRITE_BATCH_COUNT)
         };
         if let Some(writes) = writes {
@@ -244,6 +261,7 @@ async fn seal_active<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError> {
         .map_err(io_error("sealing", &path))?;
     let mut state = inner.state.borrow_mut();
     state.durable_offset = state.durable_offset.max(state.flushed_offset);
+    state.assert_offsets();
     Ok(())
 }
 
@@ -256,11 +274,23 @@ fn mark_written<S: Storage>(inner: &LogInner<S>, batches: &[PendingBatch]) {
     for batch in batches {
         let front = state.unflushed.pop_front().expect("written batches are pending");
         assert_eq!(front.base_offset, batch.base_offset);
+        // Written in order, with no gap: the written offset only moves forward, one batch at a time.
+        assert_eq!(
+            front.base_offset, state.flushed_offset,
+            "written batch does not continue the written offset"
+        );
+        assert!(state.unflushed_size >= front.bytes.len(), "unflushed size below a pending batch's size");
         state.unflushed_size -= front.bytes.len();
         state.unsynced_size += front.bytes.len() as u64;
         state.flushed_offset = front.last_offset.next();
         inner.cache.insert(inner.id, front.base_offset, front.last_offset, front.bytes);
     }
+    assert_eq!(
+        state.unflushed.is_empty(),
+        state.unflushed_size == 0,
+        "unflushed size out of step with the queue"
+    );
+    state.assert_offsets();
     drop(state);
     inner.progress.notify_all();
 }
@@ -274,6 +304,7 @@ async fn sync_active<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError> {
     file.sync().await.map_err(io_error("syncing", &path))?;
     let mut state = inner.state.borrow_mut();
     state.durable_offset = state.durable_offset.max(flushed);
+    state.assert_offsets();
     state.unsynced_size = 0;
     state.last_sync = Instant::now();
     state.sync_requested = false;

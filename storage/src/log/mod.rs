@@ -165,6 +165,11 @@ pub enum LogError {
         log_end: Offset,
     },
     InvalidConfig(String),
+    /// A replicated batch does not continue the log: a gap (`base_offset` above `expected`) or an overlap (below).
+    UnexpectedOffset {
+        expected: Offset,
+        base_offset: Offset,
+    },
     /// A write or sync failed earlier; the log accepts no more appends until it is reopened.
     Poisoned(String),
     Io {
@@ -193,6 +198,13 @@ impl fmt::Display for LogError {
             }
             LogError::Closed => write!(formatter, "log is closed"),
             LogError::InvalidConfig(reason) => write!(formatter, "invalid log configuration: {reason}"),
+            LogError::UnexpectedOffset { expected, base_offset } => {
+                let kind = if base_offset > expected { "a gap" } else { "an overlap" };
+                write!(
+                    formatter,
+                    "replicated batch at offset {base_offset} where the log expects {expected} ({kind})"
+                )
+            }
         }
     }
 }
@@ -497,6 +509,28 @@ impl<S: Storage> LogState<S> {
             return Err(LogError::Closed);
         }
         Ok(())
+    }
+
+    /// The order of the log's offsets: synced ≤ written ≤ log end, the high watermark and the log start within the
+    /// log end. Cheap, so it runs in release after every change of these offsets.
+    fn assert_offsets(&self) {
+        assert!(
+            self.durable_offset <= self.flushed_offset && self.flushed_offset <= self.next_offset,
+            "offsets out of order: durable {} written {} log end {}",
+            self.durable_offset,
+            self.flushed_offset,
+            self.next_offset
+        );
+        assert!(
+            self.high_watermark <= self.next_offset,
+            "high watermark {} past the log end",
+            self.high_watermark
+        );
+        assert!(
+            self.log_start_offset <= self.next_offset,
+            "log start {} past the log end",
+            self.log_start_offset
+        );
     }
 
     fn active(&mut self) -> &mut Segment<S> {

@@ -55,6 +55,12 @@ pub(super) async fn truncate<S: Storage>(inner: &LogInner<S>, offset: Offset) ->
     if offset >= next_offset {
         return Ok(());
     }
+    {
+        // Truncation runs on a drained log (see `Command::needs_drained_log`).
+        let state = inner.state.borrow();
+        assert!(state.unflushed.is_empty(), "truncation with {} batches unwritten", state.unflushed.len());
+        assert_eq!(state.durable_offset, next_offset, "truncation of an unsynced log");
+    }
     truncate_drop_segments(inner, offset).await?;
     let mut segment = inner.state.borrow_mut().segments.pop().expect("a segment remains");
     let result =
@@ -69,6 +75,14 @@ pub(super) async fn truncate<S: Storage>(inner: &LogInner<S>, offset: Offset) ->
         state.durable_offset = state.durable_offset.min(new_end);
         state.high_watermark = state.high_watermark.min(new_end);
         state.log_start_offset = log_start.min(new_end);
+        // The log ends at the target, or below it at the start of a batch that straddled it.
+        assert!(new_end <= offset, "truncation to {offset} left the log end at {new_end}");
+        assert!(
+            state.durable_offset == new_end,
+            "durable offset {} not clamped to {new_end}",
+            state.durable_offset
+        );
+        state.assert_offsets();
     }
     forget_read_ahead(inner);
     inner.cache.remove_from(inner.id, new_end);
