@@ -143,6 +143,9 @@ impl<S: Storage> Log<S> {
             assert!(header.is_ok_and(|header| header.base_offset() == batch.base_offset
                 && header.last_offset() == batch.last_offset
                 && header.partition_leader_epoch.get() == batch.leader_epoch));
+            if state.epochs.latest_epoch().is_none_or(|latest| batch.leader_epoch > latest) {
+                state.update_epochs(|epochs| epochs.assign(batch.leader_epoch, batch.base_offset));
+            }
             state.unflushed.push_back(PendingBatch {
                 base_offset: batch.base_offset,
                 last_offset: batch.last_offset,

@@ -1,8 +1,10 @@
-//! The log start offset checkpoint: DeleteRecords and truncation below the log start must survive a restart.
+//! The log's checkpoints: the log start offset (DeleteRecords and truncation below the log start must survive a
+//! restart) and the leader epoch cache (see `crate::epoch`).
 
 use std::path::Path;
 
 use super::{io_error, LogError, LogInner};
+use crate::epoch;
 use crate::io::{Storage, StorageFile};
 use crate::types::Offset;
 
@@ -36,4 +38,23 @@ pub(super) async fn read_log_start_checkpoint<S: Storage>(storage: &S, directory
         return None;
     }
     Some(Offset(i64::from_be_bytes(bytes[..8].try_into().ok()?)))
+}
+
+/// Writes the leader epoch checkpoint when the cache changed since the last write. The flusher calls it before it
+/// writes batches, so a batch that starts an epoch is never durable before the entry that records it; an entry
+/// whose batches were lost in a crash is dropped at the next open (`open_leader_epochs`).
+pub(super) async fn write_leader_epochs<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError> {
+    let (epochs, version) = {
+        let state = inner.state.borrow();
+        if state.epochs_version == state.epochs_persisted_version {
+            return Ok(());
+        }
+        (state.epochs.clone(), state.epochs_version)
+    };
+    epoch::write_checkpoint(&inner.storage, &inner.directory, &epochs)
+        .await
+        .map_err(io_error("writing the leader epoch checkpoint in", &inner.directory))?;
+    let mut state = inner.state.borrow_mut();
+    state.epochs_persisted_version = state.epochs_persisted_version.max(version);
+    Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::checkpoint::write_log_start_checkpoint;
+use super::checkpoint::{write_leader_epochs, write_log_start_checkpoint};
 use super::retention::{delete_segments_below_log_start, retention, truncate};
 use super::{io_error, Command, CommandSlot, Durability, LogError, LogInner, PendingBatch};
 use crate::batch::BatchHeader;
@@ -166,6 +166,7 @@ async fn flush_unflushed<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError
             .cloned()
             .collect()
     };
+    write_leader_epochs(inner).await?;
     let mut group: Vec<Bytes> = Vec::new();
     let mut group_size = 0u64;
     let mut written = 0usize;

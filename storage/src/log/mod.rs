@@ -27,6 +27,7 @@ use bytes::Bytes;
 
 use crate::batch::BatchError;
 use crate::cache::BatchCache;
+use crate::epoch::{EpochEntry, LeaderEpochCache};
 use crate::io::Storage;
 use crate::notify::Notify;
 use crate::segment::Segment;
@@ -34,7 +35,7 @@ use crate::types::Offset;
 
 use flusher::run_flusher;
 use read_ahead::{forget_read_ahead, ReadAhead};
-use recovery::open_segments;
+use recovery::{open_leader_epochs, open_segments};
 
 /// When appended data becomes durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -282,6 +283,12 @@ struct LogState<S: Storage> {
     /// `close` was called: no more appends.
     closing: bool,
     closed: bool,
+    /// Which leader epoch started where, as sequenced (ahead of the checkpoint file).
+    epochs: LeaderEpochCache,
+    /// Bumped by every change of `epochs`; the flusher writes the checkpoint while it is ahead of
+    /// `epochs_persisted_version`.
+    epochs_version: u64,
+    epochs_persisted_version: u64,
 }
 
 #[derive(Clone)]
@@ -327,6 +334,8 @@ impl<S: Storage> Log<S> {
         storage.create_dir_all(&directory).await.map_err(io_error("creating", &directory))?;
         let (segments, recovery, log_start_offset) = open_segments(&storage, &directory, &config).await?;
         let next_offset = segments.last().expect("at least one segment").next_offset;
+        let (epochs, epochs_changed) =
+            open_leader_epochs(&storage, &directory, log_start_offset, next_offset).await;
         let id = NEXT_LOG_ID.with(|next| {
             let id = next.get();
             next.set(id + 1);
@@ -354,6 +363,9 @@ impl<S: Storage> Log<S> {
                 poisoned: None,
                 closing: false,
                 closed: false,
+                epochs,
+                epochs_version: u64::from(epochs_changed),
+                epochs_persisted_version: 0,
             }),
             flusher_wakeup: Notify::default(),
             progress: Notify::default(),
@@ -427,6 +439,24 @@ impl<S: Storage> Log<S> {
 
     pub fn poisoned(&self) -> Option<String> {
         self.inner.state.borrow().poisoned.clone()
+    }
+
+    /// The leader epoch of the newest sequenced batch that carried one, if any.
+    pub fn latest_leader_epoch(&self) -> Option<i32> {
+        self.inner.state.borrow().epochs.latest_epoch()
+    }
+
+    /// OffsetForLeaderEpoch (KIP-101): the largest epoch at or below `epoch` this log knows and the offset where it
+    /// ended (the start of the next larger epoch, or the log end for the latest). `None` is Kafka's undefined
+    /// answer. See [`LeaderEpochCache::end_offset_for`].
+    pub fn end_offset_for_leader_epoch(&self, epoch: i32) -> Option<(i32, Offset)> {
+        let state = self.inner.state.borrow();
+        state.epochs.end_offset_for(epoch, state.next_offset)
+    }
+
+    /// The leader epoch entries, oldest first.
+    pub fn leader_epochs(&self) -> Vec<EpochEntry> {
+        self.inner.state.borrow().epochs.entries().to_vec()
     }
 
     /// Flushes and syncs everything, seals the active segment and stops the flusher. Reads keep working.
@@ -531,6 +561,13 @@ impl<S: Storage> LogState<S> {
             "log start {} past the log end",
             self.log_start_offset
         );
+    }
+
+    /// Applies `change` to the leader epoch cache; a change makes the flusher write the checkpoint.
+    fn update_epochs(&mut self, change: impl FnOnce(&mut LeaderEpochCache) -> bool) {
+        if change(&mut self.epochs) {
+            self.epochs_version += 1;
+        }
     }
 
     fn active(&mut self) -> &mut Segment<S> {

@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::checkpoint::read_log_start_checkpoint;
 use super::{io_error, LogConfig, LogError, RecoveryReport};
 use crate::batch::{self, BatchHeader};
+use crate::epoch::{self, LeaderEpochCache};
 use crate::index::{OffsetIndex, TimeIndex};
 use crate::io::{Storage, StorageFile};
 use crate::segment::{parse_segment_file_name, Segment};
@@ -50,6 +51,44 @@ pub(super) async fn open_segments<S: Storage>(
     let first_base = segments[0].base_offset;
     let log_start_offset = checkpoint.map_or(first_base, |offset| offset.max(first_base)).min(next_offset);
     Ok((segments, recovery, log_start_offset))
+}
+
+/// Loads the leader epoch checkpoint and fits it to the recovered log: entries at or past the log end (their
+/// batches were lost in a crash, or truncated after the file was written) go, and the first entry starts no lower
+/// than the log start. Returns the cache and whether fitting changed it (then it is written at the next flush).
+///
+/// A missing or unreadable file starts an empty cache. Rebuilding it would take every batch header of the log, and
+/// recovery reads only each segment's tail past its last index entry, so a rebuild would cost a read per batch of
+/// the whole log at every such open. An empty cache is safe: OffsetForLeaderEpoch answers "undefined" and a follower
+/// falls back to truncating at its high watermark, as Kafka's does.
+pub(super) async fn open_leader_epochs<S: Storage>(
+    storage: &S,
+    directory: &Path,
+    log_start: Offset,
+    log_end: Offset,
+) -> (LeaderEpochCache, bool) {
+    let mut epochs = match epoch::read_checkpoint(storage, directory).await {
+        Ok(Some(epochs)) => epochs,
+        Ok(None) => {
+            if log_end > log_start {
+                log::warn!(
+                    "{}: no leader epoch checkpoint; starting with an empty cache",
+                    directory.display()
+                );
+            }
+            LeaderEpochCache::default()
+        }
+        Err(reason) => {
+            log::warn!(
+                "{}: leader epoch checkpoint unreadable ({reason}); starting with an empty cache",
+                directory.display()
+            );
+            LeaderEpochCache::default()
+        }
+    };
+    let cut_end = epochs.truncate_from_end(log_end);
+    let cut_start = epochs.truncate_from_start(log_start);
+    (epochs, cut_end || cut_start)
 }
 
 /// Opens every segment of `directory`. Closed segments keep their indexes when those are valid (rebuilt

@@ -3,7 +3,7 @@
 
 use std::io;
 
-use super::checkpoint::write_log_start_checkpoint;
+use super::checkpoint::{write_leader_epochs, write_log_start_checkpoint};
 use super::read::read_segment_batches;
 use super::read_ahead::forget_read_ahead;
 use super::{io_error, Command, Log, LogError, LogInner};
@@ -75,6 +75,7 @@ pub(super) async fn truncate<S: Storage>(inner: &LogInner<S>, offset: Offset) ->
         state.durable_offset = state.durable_offset.min(new_end);
         state.high_watermark = state.high_watermark.min(new_end);
         state.log_start_offset = log_start.min(new_end);
+        state.update_epochs(|epochs| epochs.truncate_from_end(new_end));
         // The log ends at the target, or below it at the start of a batch that straddled it.
         assert!(new_end <= offset, "truncation to {offset} left the log end at {new_end}");
         assert!(
@@ -91,7 +92,7 @@ pub(super) async fn truncate<S: Storage>(inner: &LogInner<S>, offset: Offset) ->
         // new end, and the checkpoint must say so or a restart would resurrect the old start.
         write_log_start_checkpoint(inner).await?;
     }
-    Ok(())
+    write_leader_epochs(inner).await
 }
 
 /// Drops whole segments at or above `offset`, newest first; keeps at least the first one.
@@ -207,10 +208,16 @@ pub(super) async fn delete_segments_below_log_start<S: Storage>(inner: &LogInner
         let _ = segment.file.clone();
         remove_segment_files(inner, segment.base_offset).await?;
     }
-    let log_start = inner.state.borrow().log_start_offset;
+    let log_start = {
+        let mut state = inner.state.borrow_mut();
+        let log_start = state.log_start_offset;
+        // The epoch that held the new first offset now starts there (Kafka's truncateFromStart).
+        state.update_epochs(|epochs| epochs.truncate_from_start(log_start));
+        log_start
+    };
     forget_read_ahead(inner);
     inner.cache.remove_below(inner.id, log_start);
-    Ok(())
+    write_leader_epochs(inner).await
 }
 
 async fn remove_segment_files<S: Storage>(inner: &LogInner<S>, base_offset: Offset) -> Result<(), LogError> {
