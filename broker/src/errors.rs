@@ -78,6 +78,8 @@ pub fn from_log_error(error: &LogError) -> KafkaError {
         // A closed log is a partition that is going away (shutdown or deletion).
         LogError::Closed => ResponseError::NotLeaderOrFollower,
         LogError::InvalidConfig(_) => ResponseError::InvalidConfig,
+        // A follower append that does not continue its log: the replica fetcher's bug, never a client's.
+        LogError::UnexpectedOffset { .. } => ResponseError::UnknownServerError,
     };
     KafkaError::with_message(code, error.to_string())
 }

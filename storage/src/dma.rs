@@ -71,6 +71,10 @@ impl Storage for DmaStorage {
         glommio::io::remove(path).await.map_err(io::Error::from)
     }
 
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
     async fn list(&self, directory: &Path) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(directory)? {

@@ -18,6 +18,8 @@ pub trait Storage: Clone + 'static {
     /// Opens a file for direct reads and writes, creating it (empty) when `create` is set.
     async fn open(&self, path: &Path, create: bool) -> io::Result<Self::File>;
     async fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Renames `from` to `to`, replacing `to` atomically; durable once the directory is synced.
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Names (not paths) of the entries of `directory`.
     async fn list(&self, directory: &Path) -> io::Result<Vec<String>>;
     async fn create_dir_all(&self, directory: &Path) -> io::Result<()>;

@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod cache;
 pub mod dma;
+pub mod epoch;
 pub mod index;
 pub mod io;
 pub mod log;
@@ -21,7 +22,9 @@ pub mod types;
 pub use batch::{BatchError, BatchHeader, BATCH_HEADER_SIZE};
 pub use cache::{BatchCache, CacheStats};
 pub use dma::DmaStorage;
+pub use epoch::{EpochEntry, LeaderEpochCache};
 pub use io::{Storage, StorageFile};
 pub use log::{AppendInfo, Durability, Log, LogConfig, LogError, ReadBound, SegmentSpace, TimestampType};
+pub use notify::{Notified, Notify};
 pub use sim::SimStorage;
 pub use types::{now_ms, FilePosition, Offset, BLOCK_SIZE};

@@ -297,21 +297,14 @@ impl<S: Storage> Segment<S> {
                             && position + needed as u64 <= file_size =>
                     {
                         // A batch larger than a chunk: read it whole.
-                        let whole = self.file.read_at(position, needed).await?;
-                        match validate_batch(&whole) {
-                            Ok((header, size)) if header.base_offset() == expected_offset => {
-                                let header = *header;
-                                self.record_batch(&header, size as u64, index_interval_size);
-                                expected_offset = header.last_offset().next();
-                                position += size as u64;
+                        match self
+                            .scan_recover_whole(position, needed, expected_offset, index_interval_size)
+                            .await?
+                        {
+                            Ok((size, next_offset)) => {
+                                expected_offset = next_offset;
+                                position += size;
                                 continue 'chunks;
-                            }
-                            Ok(_) => {
-                                corruption = Some(BatchError::BadRecordCount {
-                                    record_count: 0,
-                                    last_offset_delta: 0,
-                                });
-                                break 'chunks;
                             }
                             Err(error) => {
                                 corruption = Some(error);
@@ -324,13 +317,8 @@ impl<S: Storage> Segment<S> {
                         break 'chunks;
                     }
                 };
-                if header.base_offset() != expected_offset {
-                    // A batch from before a truncation left in space never rewritten, or a damaged baseOffset
-                    // (it sits outside the CRC): either way the log cannot continue here.
-                    corruption = Some(BatchError::BadRecordCount {
-                        record_count: header.record_count.get(),
-                        last_offset_delta: header.last_offset_delta.get(),
-                    });
+                if let Err(error) = scan_recover_check_offset(header, expected_offset) {
+                    corruption = Some(error);
                     break 'chunks;
                 }
                 let header = *header;
@@ -346,6 +334,39 @@ impl<S: Storage> Segment<S> {
         }
         Ok(ScanOutcome { end_position: self.size, next_offset: self.next_offset, corruption })
     }
+
+    /// Validates and records the batch of `size` bytes at `position`, read whole because it is larger than a scan
+    /// chunk. Returns its size and the offset after it, or why it ends the log.
+    async fn scan_recover_whole(
+        &mut self,
+        position: u64,
+        size: usize,
+        expected_offset: Offset,
+        index_interval_size: u32,
+    ) -> io::Result<Result<(u64, Offset), BatchError>> {
+        let whole = self.file.read_at(position, size).await?;
+        let header = match validate_batch(&whole) {
+            Ok((header, _)) => *header,
+            Err(error) => return Ok(Err(error)),
+        };
+        if let Err(error) = scan_recover_check_offset(&header, expected_offset) {
+            return Ok(Err(error));
+        }
+        self.record_batch(&header, size as u64, index_interval_size);
+        Ok(Ok((size as u64, header.last_offset().next())))
+    }
+}
+
+/// A batch from before a truncation left in space never rewritten, or a damaged baseOffset (it sits outside the
+/// CRC): either way the log cannot continue at a batch that does not start at the expected offset.
+fn scan_recover_check_offset(header: &BatchHeader, expected_offset: Offset) -> Result<(), BatchError> {
+    if header.base_offset() == expected_offset {
+        return Ok(());
+    }
+    Err(BatchError::BadRecordCount {
+        record_count: header.record_count.get(),
+        last_offset_delta: header.last_offset_delta.get(),
+    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -406,19 +427,8 @@ impl<S: Storage> SegmentWriter<S> {
             let buffer_size = align_up(remaining.min(to_boundary) as u64) as usize;
             let fill_size = buffer_size.min(remaining);
             let mut buffer = file.alloc_buffer(buffer_size);
-            let target = buffer.as_mut();
-            let mut filled = 0;
-            while filled < fill_size {
-                if source.is_empty() {
-                    source = sources.next().expect("sources hold exactly the bytes to write");
-                    continue;
-                }
-                let take = source.len().min(fill_size - filled);
-                target[filled..filled + take].copy_from_slice(&source[..take]);
-                filled += take;
-                source = &source[take..];
-            }
-            target[fill_size..].fill(0);
+            write_fill(&mut buffer.as_mut()[..fill_size], &mut source, &mut sources);
+            buffer.as_mut()[fill_size..].fill(0);
             if fill_size == remaining {
                 let tail_start = align_down(fill_size as u64) as usize;
                 new_tail = buffer.as_ref()[tail_start..fill_size].to_vec();
@@ -510,6 +520,22 @@ impl<S: Storage> SegmentWriter<S> {
     pub(crate) async fn discard(self) {
         let _ = self.index_file.close().await;
         let _ = self.time_index_file.close().await;
+    }
+}
+
+/// Fills `target` from `source` and then from `sources` in order, leaving `source` at the first byte not copied.
+fn write_fill<'a>(target: &mut [u8], source: &mut &'a [u8], sources: &mut impl Iterator<Item = &'a [u8]>) {
+    let mut filled = 0;
+    // Bounded: each pass copies at least one byte or moves to the next source.
+    while filled < target.len() {
+        if source.is_empty() {
+            *source = sources.next().expect("sources hold exactly the bytes to write");
+            continue;
+        }
+        let take = source.len().min(target.len() - filled);
+        target[filled..filled + take].copy_from_slice(&source[..take]);
+        filled += take;
+        *source = &source[take..];
     }
 }
 

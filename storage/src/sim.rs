@@ -213,6 +213,18 @@ impl Storage for SimStorage {
         }
     }
 
+    /// Like every directory operation here, the rename is durable at once (the simulated crash keeps or loses file
+    /// contents, not names), which models a synced directory.
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check_halted()?;
+        let mut state = self.state.borrow_mut();
+        let Some(images) = state.files.remove(from) else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("{} not found", from.display())));
+        };
+        state.files.insert(to.to_path_buf(), images);
+        Ok(())
+    }
+
     async fn list(&self, directory: &Path) -> io::Result<Vec<String>> {
         self.check_halted()?;
         let state = self.state.borrow();

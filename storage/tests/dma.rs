@@ -204,3 +204,25 @@ fn concurrent_catch_up_readers_get_every_batch_once_with_read_ahead_in_flight() 
         log.close().await.unwrap();
     });
 }
+
+/// The leader epoch checkpoint on real files: direct-I/O block writes cut to the text, renamed into place, read
+/// back by Kafka's tools' rules (plain text, no padding) and loaded at reopen.
+#[test]
+fn leader_epoch_checkpoint_on_real_files() {
+    let scratch = scratch_directory();
+    let directory = scratch.path().to_path_buf();
+    run(move || async move {
+        let log = open_dma(&directory).await;
+        for epoch in [0, 4, 4, 9] {
+            log.append(make_batch(2, 100, 1), epoch).await.unwrap();
+        }
+        log.wait_durable(log.log_end_offset()).await.unwrap();
+        log.close().await.unwrap();
+        let path = directory.join("topic-0").join(sluice_storage::epoch::LEADER_EPOCH_CHECKPOINT);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "0\n3\n0 0\n4 2\n9 6\n");
+        let log = open_dma(&directory).await;
+        assert_eq!(log.end_offset_for_leader_epoch(4), Some((4, Offset(6))));
+        assert_eq!(log.latest_leader_epoch(), Some(9));
+        log.close().await.unwrap();
+    });
+}

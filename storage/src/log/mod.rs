@@ -1,0 +1,576 @@
+//! The partition log: sequencing, the write-behind flusher with group commit, reads, lookups, truncation,
+//! retention and recovery.
+//!
+//! A `Log` lives on the shard that owns the partition and is shared there by `Rc`. `append` sequences batches in
+//! memory (offsets assigned, order fixed) and returns; one flusher task per log then writes everything pending in
+//! one go with direct I/O and, under the fsync policy, one fdatasync — every append that arrived meanwhile rides
+//! along (group commit). `wait_durable` waits for that. Truncation, deletion, retention and close are commands
+//! the flusher runs between flushes, so only one task ever changes files.
+
+mod append;
+mod checkpoint;
+mod flusher;
+mod read;
+mod read_ahead;
+mod recovery;
+mod retention;
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::batch::BatchError;
+use crate::cache::BatchCache;
+use crate::epoch::{EpochEntry, LeaderEpochCache};
+use crate::io::Storage;
+use crate::notify::Notify;
+use crate::segment::Segment;
+use crate::types::Offset;
+
+use flusher::run_flusher;
+use read_ahead::{forget_read_ahead, ReadAhead};
+use recovery::{open_leader_epochs, open_segments};
+
+/// When appended data becomes durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// `fsync`: every flush ends with an fdatasync, and `wait_durable` returns after it (Redpanda's default).
+    Fsync,
+    /// `interval`: data is written behind and fdatasync'd once `bytes` have accumulated or `interval` has passed,
+    /// whichever is first (Kafka's `log.flush.interval.*` model). `wait_durable` still forces a sync.
+    Interval { bytes: u64, interval: Duration },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimestampType {
+    CreateTime,
+    LogAppendTime,
+}
+
+/// Per-log settings; Kafka's names in the comments.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// `segment.bytes`: a segment is rolled before it would grow past this.
+    pub segment_size_max: u64,
+    /// `segment.ms`: a segment older than this is rolled at the next append.
+    pub segment_age_max: Duration,
+    /// `retention.ms` (None = -1, unlimited).
+    pub retention_age_max: Option<Duration>,
+    /// `retention.bytes` (None = -1, unlimited).
+    pub retention_size_max: Option<u64>,
+    /// `index.interval.bytes`.
+    pub index_interval_size: u32,
+    pub durability: Durability,
+    /// `message.timestamp.type`.
+    pub timestamp_type: TimestampType,
+    /// `max.message.bytes`: the largest batch accepted.
+    pub batch_size_max: usize,
+    /// Appends wait (back-pressure) while this many bytes are sequenced but not yet written.
+    pub unflushed_size_max: usize,
+    /// Largest single direct-I/O write.
+    pub write_size_max: usize,
+    /// How segment files get their space ahead of the data (see ARCHITECTURE.md, "segment space").
+    pub segment_space: SegmentSpace,
+}
+
+impl LogConfig {
+    /// Checks the limits the log relies on; the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.segment_size_max < 4096 || self.segment_size_max > i32::MAX as u64 {
+            return Err(format!(
+                "segment.bytes {} must be between 4096 and {}",
+                self.segment_size_max,
+                i32::MAX
+            ));
+        }
+        if self.write_size_max < crate::BLOCK_SIZE || !self.write_size_max.is_multiple_of(crate::BLOCK_SIZE) {
+            return Err(format!("write size {} must be a positive multiple of 4096", self.write_size_max));
+        }
+        if self.index_interval_size == 0 {
+            return Err("index.interval.bytes must be positive".into());
+        }
+        if self.batch_size_max == 0 || self.unflushed_size_max == 0 {
+            return Err("max.message.bytes and the unflushed bound must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        LogConfig {
+            segment_size_max: 1 << 30,
+            segment_age_max: 7 * DAY,
+            retention_age_max: Some(7 * DAY),
+            retention_size_max: None,
+            index_interval_size: 4096,
+            durability: Durability::Fsync,
+            timestamp_type: TimestampType::CreateTime,
+            // Kafka's default message.max.bytes: 1 MiB plus the 12-byte log overhead.
+            batch_size_max: 1_048_588,
+            unflushed_size_max: 64 << 20,
+            write_size_max: 1 << 20,
+            segment_space: SegmentSpace::Grow,
+        }
+    }
+}
+
+/// How a segment file's space is prepared ahead of the writes that fill it. The choice matters for fsync
+/// latency on ext4: an fdatasync after a write that grows the file or fills fallocate'd (unwritten) extents
+/// must commit a journal transaction, while one after overwriting already-written blocks need not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegmentSpace {
+    /// Nothing: every write past the end grows the file.
+    Grow,
+    /// fallocate `step` bytes at a time ahead of the data.
+    Fallocate { step: u64 },
+    /// Write zeros `step` bytes at a time ahead of the data and sync them, so data writes become overwrites.
+    Prewrite { step: u64 },
+}
+
+/// Where reads stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadBound {
+    /// Consumers: only what the high watermark exposes.
+    HighWatermark,
+    /// Followers and tools: everything sequenced.
+    LogEnd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    /// The broker time stamped into the batches under LogAppendTime, else -1.
+    pub append_time_ms: i64,
+    pub log_start_offset: Offset,
+}
+
+#[derive(Debug)]
+pub enum LogError {
+    InvalidBatch(BatchError),
+    BatchTooLarge {
+        size: usize,
+        max: usize,
+    },
+    OffsetOutOfRange {
+        offset: Offset,
+        log_start: Offset,
+        log_end: Offset,
+    },
+    InvalidConfig(String),
+    /// A replicated batch does not continue the log: a gap (`base_offset` above `expected`) or an overlap (below).
+    UnexpectedOffset {
+        expected: Offset,
+        base_offset: Offset,
+    },
+    /// A write or sync failed earlier; the log accepts no more appends until it is reopened.
+    Poisoned(String),
+    Io {
+        operation: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    Closed,
+}
+
+impl fmt::Display for LogError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogError::InvalidBatch(error) => write!(formatter, "invalid record batch: {error}"),
+            LogError::BatchTooLarge { size, max } => {
+                write!(formatter, "batch of {size} bytes exceeds max.message.bytes {max}")
+            }
+            LogError::OffsetOutOfRange { offset, log_start, log_end } => {
+                write!(formatter, "offset {offset} is outside the log [{log_start}, {log_end}]")
+            }
+            LogError::Poisoned(reason) => {
+                write!(formatter, "log is read-only after an I/O failure: {reason}")
+            }
+            LogError::Io { operation, path, source } => {
+                write!(formatter, "{operation} {} failed: {source}", path.display())
+            }
+            LogError::Closed => write!(formatter, "log is closed"),
+            LogError::InvalidConfig(reason) => write!(formatter, "invalid log configuration: {reason}"),
+            LogError::UnexpectedOffset { expected, base_offset } => {
+                let kind = if base_offset > expected { "a gap" } else { "an overlap" };
+                write!(
+                    formatter,
+                    "replicated batch at offset {base_offset} where the log expects {expected} ({kind})"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for LogError {}
+
+impl From<BatchError> for LogError {
+    fn from(error: BatchError) -> Self {
+        LogError::InvalidBatch(error)
+    }
+}
+
+fn io_error<'path>(operation: &'static str, path: &'path Path) -> impl FnOnce(io::Error) -> LogError + 'path {
+    move |source| LogError::Io { operation, path: path.to_path_buf(), source }
+}
+
+/// What recovery found, for logs and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub segment_count: usize,
+    /// Bytes read by recovery scans (not the whole log).
+    pub scanned_size: u64,
+    /// Bytes cut off at the first invalid batch, including whole segments after it.
+    pub truncated_size: u64,
+    pub rebuilt_index_count: usize,
+}
+
+/// A partition log. Cloning shares it (shard-local `Rc`).
+pub struct Log<S: Storage> {
+    inner: Rc<LogInner<S>>,
+}
+
+impl<S: Storage> Clone for Log<S> {
+    fn clone(&self) -> Self {
+        Log { inner: self.inner.clone() }
+    }
+}
+
+struct LogInner<S: Storage> {
+    id: u64,
+    storage: S,
+    directory: PathBuf,
+    config: RefCell<LogConfig>,
+    cache: BatchCache,
+    state: RefCell<LogState<S>>,
+    /// Wakes the flusher: new appends, a sync request, a command.
+    flusher_wakeup: Notify,
+    /// Wakes waiters: data written or synced, space freed, a command done, the log poisoned.
+    progress: Notify,
+    flusher: RefCell<Option<glommio::Task<()>>>,
+    recovery: RecoveryReport,
+    read_ahead: RefCell<ReadAhead>,
+    /// Wakes readers waiting for a read-ahead to finish.
+    read_ahead_done: Notify,
+}
+
+struct LogState<S: Storage> {
+    segments: Vec<Segment<S>>,
+    log_start_offset: Offset,
+    /// Next offset to assign (the log end offset).
+    next_offset: Offset,
+    high_watermark: Offset,
+    /// Sequenced batches not yet written, oldest first.
+    unflushed: VecDeque<PendingBatch>,
+    unflushed_size: usize,
+    /// Everything below this is written to a file.
+    flushed_offset: Offset,
+    /// Everything below this is fdatasync'd.
+    durable_offset: Offset,
+    unsynced_size: u64,
+    last_sync: Instant,
+    sync_requested: bool,
+    commands: VecDeque<(Command, Rc<CommandSlot>)>,
+    poisoned: Option<String>,
+    /// `close` was called: no more appends.
+    closing: bool,
+    closed: bool,
+    /// Which leader epoch started where, as sequenced (ahead of the checkpoint file).
+    epochs: LeaderEpochCache,
+    /// Bumped by every change of `epochs`; the flusher writes the checkpoint while it is ahead of
+    /// `epochs_persisted_version`.
+    epochs_version: u64,
+    epochs_persisted_version: u64,
+}
+
+#[derive(Clone)]
+struct PendingBatch {
+    base_offset: Offset,
+    last_offset: Offset,
+    max_timestamp: i64,
+    bytes: Bytes,
+}
+
+enum Command {
+    Roll,
+    TruncateTo(Offset),
+    DeleteBefore(Offset),
+    Retention(i64),
+    Close,
+}
+
+impl Command {
+    fn needs_drained_log(&self) -> bool {
+        matches!(self, Command::TruncateTo(_) | Command::Close)
+    }
+}
+
+#[derive(Default)]
+struct CommandSlot {
+    result: RefCell<Option<Result<(), String>>>,
+}
+
+thread_local! {
+    static NEXT_LOG_ID: Cell<u64> = const { Cell::new(1) };
+}
+
+impl<S: Storage> Log<S> {
+    /// Opens (recovering) or creates the log in `directory`, and starts its flusher on the current executor.
+    pub async fn open(
+        storage: S,
+        directory: PathBuf,
+        config: LogConfig,
+        cache: BatchCache,
+    ) -> Result<Log<S>, LogError> {
+        config.validate().map_err(LogError::InvalidConfig)?;
+        storage.create_dir_all(&directory).await.map_err(io_error("creating", &directory))?;
+        let (segments, recovery, log_start_offset) = open_segments(&storage, &directory, &config).await?;
+        let next_offset = segments.last().expect("at least one segment").next_offset;
+        let (epochs, epochs_changed) =
+            open_leader_epochs(&storage, &directory, log_start_offset, next_offset).await;
+        let id = NEXT_LOG_ID.with(|next| {
+            let id = next.get();
+            next.set(id + 1);
+            id
+        });
+        let inner = Rc::new(LogInner {
+            id,
+            storage,
+            directory,
+            config: RefCell::new(config),
+            cache,
+            state: RefCell::new(LogState {
+                segments,
+                log_start_offset,
+                next_offset,
+                high_watermark: next_offset,
+                unflushed: VecDeque::new(),
+                unflushed_size: 0,
+                flushed_offset: next_offset,
+                durable_offset: next_offset,
+                unsynced_size: 0,
+                last_sync: Instant::now(),
+                sync_requested: false,
+                commands: VecDeque::new(),
+                poisoned: None,
+                closing: false,
+                closed: false,
+                epochs,
+                epochs_version: u64::from(epochs_changed),
+                epochs_persisted_version: 0,
+            }),
+            flusher_wakeup: Notify::default(),
+            progress: Notify::default(),
+            flusher: RefCell::new(None),
+            recovery,
+            read_ahead: RefCell::new(ReadAhead::default()),
+            read_ahead_done: Notify::default(),
+        });
+        let task = glommio::spawn_local(run_flusher(inner.clone()));
+        *inner.flusher.borrow_mut() = Some(task);
+        Ok(Log { inner })
+    }
+
+    pub fn directory(&self) -> &Path {
+        &self.inner.directory
+    }
+
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.recovery
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.inner.config.borrow().clone()
+    }
+
+    /// New settings apply from the next append, roll or retention pass.
+    pub fn update_config(&self, config: LogConfig) -> Result<(), LogError> {
+        config.validate().map_err(LogError::InvalidConfig)?;
+        *self.inner.config.borrow_mut() = config;
+        Ok(())
+    }
+
+    pub fn log_start_offset(&self) -> Offset {
+        self.inner.state.borrow().log_start_offset
+    }
+
+    pub fn log_end_offset(&self) -> Offset {
+        self.inner.state.borrow().next_offset
+    }
+
+    /// Everything below this offset has been fdatasync'd.
+    pub fn durable_offset(&self) -> Offset {
+        self.inner.state.borrow().durable_offset
+    }
+
+    pub fn high_watermark(&self) -> Offset {
+        self.inner.state.borrow().high_watermark
+    }
+
+    /// Sets the high watermark; it never passes the log end offset and never goes below the log start.
+    pub fn set_high_watermark(&self, offset: Offset) {
+        let mut state = self.inner.state.borrow_mut();
+        assert!(offset <= state.next_offset, "high watermark {offset} beyond log end {}", state.next_offset);
+        state.high_watermark = offset.max(state.log_start_offset);
+    }
+
+    /// Bytes of batches in the log, written or not.
+    pub fn size(&self) -> u64 {
+        let state = self.inner.state.borrow();
+        state.segments.iter().map(|segment| segment.size).sum::<u64>() + state.unflushed_size as u64
+    }
+
+    /// Base offset of the active (newest) segment: it changes when the log rolls.
+    pub fn active_segment_base(&self) -> Offset {
+        self.inner.state.borrow().segments.last().map_or(Offset(0), |segment| segment.base_offset)
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.inner.state.borrow().segments.len()
+    }
+
+    pub fn poisoned(&self) -> Option<String> {
+        self.inner.state.borrow().poisoned.clone()
+    }
+
+    /// The leader epoch of the newest sequenced batch that carried one, if any.
+    pub fn latest_leader_epoch(&self) -> Option<i32> {
+        self.inner.state.borrow().epochs.latest_epoch()
+    }
+
+    /// OffsetForLeaderEpoch (KIP-101): the largest epoch at or below `epoch` this log knows and the offset where it
+    /// ended (the start of the next larger epoch, or the log end for the latest). `None` is Kafka's undefined
+    /// answer. See [`LeaderEpochCache::end_offset_for`].
+    pub fn end_offset_for_leader_epoch(&self, epoch: i32) -> Option<(i32, Offset)> {
+        let state = self.inner.state.borrow();
+        state.epochs.end_offset_for(epoch, state.next_offset)
+    }
+
+    /// The leader epoch entries, oldest first.
+    pub fn leader_epochs(&self) -> Vec<EpochEntry> {
+        self.inner.state.borrow().epochs.entries().to_vec()
+    }
+
+    /// Flushes and syncs everything, seals the active segment and stops the flusher. Reads keep working.
+    pub async fn close(&self) -> Result<(), LogError> {
+        {
+            let mut state = self.inner.state.borrow_mut();
+            if state.closed || state.closing {
+                return Ok(());
+            }
+            state.closing = true;
+        }
+        let result = self.run_command(Command::Close).await;
+        // Joined through a detached handle, so that dropping this future can never cancel the flusher.
+        let task = self.inner.flusher.borrow_mut().take();
+        if let Some(task) = task {
+            task.detach().await;
+        }
+        forget_read_ahead(&self.inner);
+        self.inner.cache.remove_log(self.inner.id);
+        result
+    }
+
+    /// Stops the flusher without writing anything more (a simulated crash in tests).
+    pub async fn abandon(&self) {
+        {
+            let mut state = self.inner.state.borrow_mut();
+            state.closed = true;
+            state.poisoned.get_or_insert_with(|| "abandoned".to_string());
+        }
+        self.inner.flusher_wakeup.notify_all();
+        let task = self.inner.flusher.borrow_mut().take();
+        if let Some(task) = task {
+            task.detach().await;
+        }
+        forget_read_ahead(&self.inner);
+        self.inner.cache.remove_log(self.inner.id);
+    }
+
+    /// Closes the log and deletes its files (DeleteTopics).
+    pub async fn remove(self) -> Result<(), LogError> {
+        let _ = self.close().await;
+        let names = self
+            .inner
+            .storage
+            .list(&self.inner.directory)
+            .await
+            .map_err(io_error("listing", &self.inner.directory))?;
+        for name in names {
+            let path = self.inner.directory.join(&name);
+            self.inner.storage.remove(&path).await.map_err(io_error("removing", &path))?;
+        }
+        Ok(())
+    }
+
+    async fn run_command(&self, command: Command) -> Result<(), LogError> {
+        let slot = Rc::new(CommandSlot::default());
+        {
+            let mut state = self.inner.state.borrow_mut();
+            if state.closed {
+                return Err(LogError::Closed);
+            }
+            state.commands.push_back((command, slot.clone()));
+        }
+        self.inner.flusher_wakeup.notify_all();
+        loop {
+            if let Some(result) = slot.result.borrow_mut().take() {
+                return result.map_err(LogError::Poisoned);
+            }
+            self.inner.progress.notified().await;
+        }
+    }
+}
+
+impl<S: Storage> LogState<S> {
+    fn check_writable(&self) -> Result<(), LogError> {
+        if let Some(reason) = &self.poisoned {
+            return Err(LogError::Poisoned(reason.clone()));
+        }
+        if self.closing || self.closed {
+            return Err(LogError::Closed);
+        }
+        Ok(())
+    }
+
+    /// The order of the log's offsets: synced ≤ written ≤ log end, the high watermark and the log start within the
+    /// log end. Cheap, so it runs in release after every change of these offsets.
+    fn assert_offsets(&self) {
+        assert!(
+            self.durable_offset <= self.flushed_offset && self.flushed_offset <= self.next_offset,
+            "offsets out of order: durable {} written {} log end {}",
+            self.durable_offset,
+            self.flushed_offset,
+            self.next_offset
+        );
+        assert!(
+            self.high_watermark <= self.next_offset,
+            "high watermark {} past the log end",
+            self.high_watermark
+        );
+        assert!(
+            self.log_start_offset <= self.next_offset,
+            "log start {} past the log end",
+            self.log_start_offset
+        );
+    }
+
+    /// Applies `change` to the leader epoch cache; a change makes the flusher write the checkpoint.
+    fn update_epochs(&mut self, change: impl FnOnce(&mut LeaderEpochCache) -> bool) {
+        if change(&mut self.epochs) {
+            self.epochs_version += 1;
+        }
+    }
+
+    fn active(&mut self) -> &mut Segment<S> {
+        self.segments.last_mut().expect("a log always has an active segment")
+    }
+}
