@@ -94,7 +94,10 @@ async fn check(leader: &Partition<SimStorage>, follower: &Partition<SimStorage>,
     for partition in [leader, follower] {
         assert!(partition.high_watermark() <= partition.log_end_offset(), "seed {seed:#x}: HW past LEO");
     }
-    assert!(follower.log_end_offset() <= leader.log_end_offset(), "seed {seed:#x}: follower ahead of the leader");
+    assert!(
+        follower.log_end_offset() <= leader.log_end_offset(),
+        "seed {seed:#x}: follower ahead of the leader"
+    );
     assert!(follower.high_watermark() <= leader.high_watermark(), "seed {seed:#x}: follower HW ahead");
     let (leader_log, follower_log) = (whole_log(leader).await, whole_log(follower).await);
     assert!(follower_log.len() <= leader_log.len());
@@ -124,10 +127,12 @@ async fn run_seed(seed: u64) -> (u64, u64) {
     while step < STEPS_MAX {
         step += 1;
         now += STEP;
-        network.advance_to(now);
+        // Everything due by now arrives first (this also moves network time to now); sends below happen at now.
+        let deliveries = network.deliver_until(now);
         // A produce now and then, through the one produce path; offsets come back contiguous.
         if produced < PRODUCE_COUNT && prng.chance(0.3) {
-            let records = batch(&mut prng, 1 + prng.below(5) as usize);
+            let count = 1 + prng.below(5) as usize;
+            let records = batch(&mut prng, count);
             let count = BatchHeader::parse(&records).expect("batch").last_offset_delta.get() as i64 + 1;
             let acknowledged = leader.produce(records, Acks::Leader).await.expect("sequenced").acknowledged();
             match acknowledged.await.expect("acknowledged") {
@@ -152,7 +157,7 @@ async fn run_seed(seed: u64) -> (u64, u64) {
             next_fetch = now + FETCH_INTERVAL;
             let _ = network.send(FOLLOWER, LEADER, Message::Fetch { offset: follower.log_end_offset() });
         }
-        for delivery in network.deliver_until(now) {
+        for delivery in deliveries {
             let envelope = delivery.envelope;
             match envelope.message {
                 Message::Fetch { offset } => {
@@ -165,16 +170,22 @@ async fn run_seed(seed: u64) -> (u64, u64) {
                     let end = follower.log_end_offset();
                     let fresh: Vec<Bytes> = batches
                         .into_iter()
-                        .filter(|batch| BatchHeader::parse(batch).is_ok_and(|header| header.base_offset.get() >= end.0))
+                        .filter(|batch| {
+                            BatchHeader::parse(batch).is_ok_and(|header| header.base_offset.get() >= end.0)
+                        })
                         .collect();
-                    let starts_at_end =
-                        fresh.first().is_some_and(|first| BatchHeader::parse(first).is_ok_and(|h| h.base_offset.get() == end.0));
+                    let starts_at_end = fresh.first().is_some_and(|first| {
+                        BatchHeader::parse(first).is_ok_and(|h| h.base_offset.get() == end.0)
+                    });
                     if starts_at_end {
                         let mut records = Vec::new();
                         for batch in &fresh {
                             records.extend_from_slice(batch);
                         }
-                        follower.append_replicated(Bytes::from(records), high_watermark).await.expect("follower append");
+                        follower
+                            .append_replicated(Bytes::from(records), high_watermark)
+                            .await
+                            .expect("follower append");
                     } else {
                         follower.follower_high_watermark(high_watermark);
                     }
@@ -189,8 +200,16 @@ async fn run_seed(seed: u64) -> (u64, u64) {
             break;
         }
     }
-    assert_eq!(follower.log_end_offset(), leader.log_end_offset(), "seed {seed:#x}: no convergence in {step} steps");
-    assert_eq!(whole_log(&follower).await, whole_log(&leader).await, "seed {seed:#x}: logs differ after heal");
+    assert_eq!(
+        follower.log_end_offset(),
+        leader.log_end_offset(),
+        "seed {seed:#x}: no convergence in {step} steps"
+    );
+    assert_eq!(
+        whole_log(&follower).await,
+        whole_log(&leader).await,
+        "seed {seed:#x}: logs differ after heal"
+    );
     let stats = network.stats();
     (stats.lost_count, stats.duplicated_count)
 }
@@ -203,6 +222,9 @@ fn two_nodes_converge_under_a_faulty_network() {
             .expect("executor")
             .join()
             .unwrap_or_else(|_| panic!("seed {seed:#x} failed; replay with SLUICE_SEED={seed:#x}"));
-        assert!(lost > 0 && duplicated > 0, "seed {seed:#x}: the network was not faulty ({lost} lost, {duplicated} duplicated)");
+        assert!(
+            lost > 0 && duplicated > 0,
+            "seed {seed:#x}: the network was not faulty ({lost} lost, {duplicated} duplicated)"
+        );
     }
 }

@@ -100,7 +100,11 @@ impl ReplicaState {
 
     /// Follows the leader of `leader_epoch` from now on; the high watermark stays where it is until the leader says.
     pub fn become_follower(&mut self, leader_epoch: LeaderEpoch) {
-        assert!(leader_epoch >= self.leader_epoch, "epoch {leader_epoch} is older than {}", self.leader_epoch);
+        assert!(
+            leader_epoch >= self.leader_epoch,
+            "epoch {leader_epoch} is older than {}",
+            self.leader_epoch
+        );
         self.role = Role::Follower;
         self.leader_epoch = leader_epoch;
     }

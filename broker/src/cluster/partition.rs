@@ -306,8 +306,14 @@ impl<S: Storage> Partition<S> {
         records: Bytes,
         leader_high_watermark: Offset,
     ) -> Result<AppendInfo, KafkaError> {
-        assert_eq!(self.replica.borrow().role(), Role::Follower, "{} is not a follower", self.topic_partition);
-        let info = self.log.append_replicated(records.clone()).await.map_err(|error| from_log_error(&error))?;
+        assert_eq!(
+            self.replica.borrow().role(),
+            Role::Follower,
+            "{} is not a follower",
+            self.topic_partition
+        );
+        let info =
+            self.log.append_replicated(records.clone()).await.map_err(|error| from_log_error(&error))?;
         let batches: Vec<Bytes> = sluice_storage::batch::split_batches(&records).collect();
         self.load_producer_state_record(&batches, info.base_offset, sluice_storage::now_ms());
         self.replica.borrow_mut().sequenced(self.log.log_end_offset());
