@@ -5,8 +5,6 @@
 pub use kafka_protocol::error::ResponseError;
 use sluice_storage::{BatchError, LogError};
 
-use crate::cluster::topic_table::TopicTableError;
-
 /// A Kafka protocol error code as it goes on the wire (`error_code` fields): 0 or one of the codec's
 /// [`ResponseError`]s, which is where every code's number and meaning come from (no table of our own).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -82,26 +80,6 @@ pub fn from_log_error(error: &LogError) -> KafkaError {
         LogError::UnexpectedOffset { .. } => ResponseError::UnknownServerError,
     };
     KafkaError::with_message(code, error.to_string())
-}
-
-/// The mapping from the topic table's refusals to Kafka's codes (CreateTopics, DeleteTopics, CreatePartitions,
-/// AlterConfigs); the message is the table's sentence.
-pub fn from_topic_table_error(error: &TopicTableError) -> KafkaError {
-    let code = match error {
-        TopicTableError::InvalidName(_) | TopicTableError::InternalTopic(_) => {
-            ResponseError::InvalidTopicException
-        }
-        TopicTableError::AlreadyExists(_) => ResponseError::TopicAlreadyExists,
-        TopicTableError::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
-        TopicTableError::InvalidPartitionCount(_) => ResponseError::InvalidPartitions,
-        TopicTableError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
-        TopicTableError::InvalidConfig(_) => ResponseError::InvalidConfig,
-    };
-    // Unknown topics were answered without a message before the table had its own errors; keep the wire the same.
-    match error {
-        TopicTableError::UnknownTopic(_) => KafkaError::new(code),
-        _ => KafkaError::with_message(code, error.to_string()),
-    }
 }
 
 #[cfg(test)]

@@ -21,10 +21,10 @@ use sluice_storage::{DmaStorage, Offset};
 
 use crate::cluster::partition::{Partition, PartitionOp, PartitionResult};
 use crate::cluster::placement::shard_for;
-use crate::cluster::topic_table::{apply_change, TopicChange, TopicTable};
+use crate::cluster::topic_table::{self, apply_change, TopicChange, TopicTable};
 use crate::cluster::PartitionManager;
 use crate::config::Config;
-use crate::errors::{from_topic_table_error, KafkaError, ResponseError};
+use crate::errors::{KafkaError, ResponseError};
 use crate::group::{GroupCoordinator, GroupHost, GroupReply, GroupRequest};
 use crate::mesh::{Mesh, MeshError, ReplyTo};
 use crate::producer_ids::ProducerIdAllocator;
@@ -379,7 +379,7 @@ impl Shard {
             .into_iter()
             .map(|change| {
                 apply_change(&self.config, node, &mut table, change)
-                    .map_err(|error| from_topic_table_error(&error))
+                    .map_err(|error| topic_table::to_kafka_error(&error))
             })
             .collect();
         if validate_only || results.iter().all(|result| result.is_err()) {

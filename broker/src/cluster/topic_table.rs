@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sluice_replication::{LeaderEpoch, NodeId};
 
 use crate::config::Config;
+use crate::errors::{KafkaError, ResponseError};
 
 /// The internal topic holding consumer groups' commits and metadata; its partitions place the groups.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -553,6 +554,26 @@ pub fn apply_change(
 
 fn unknown_topic(name: &str) -> TopicTableError {
     TopicTableError::UnknownTopic(format!("topic \"{name}\" does not exist"))
+}
+
+/// The mapping from the topic table's refusals to Kafka's codes (CreateTopics, DeleteTopics, CreatePartitions,
+/// AlterConfigs); the message is the table's sentence.
+pub fn to_kafka_error(error: &TopicTableError) -> KafkaError {
+    let code = match error {
+        TopicTableError::InvalidName(_) | TopicTableError::InternalTopic(_) => {
+            ResponseError::InvalidTopicException
+        }
+        TopicTableError::AlreadyExists(_) => ResponseError::TopicAlreadyExists,
+        TopicTableError::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
+        TopicTableError::InvalidPartitionCount(_) => ResponseError::InvalidPartitions,
+        TopicTableError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+        TopicTableError::InvalidConfig(_) => ResponseError::InvalidConfig,
+    };
+    // Unknown topics were answered without a message before the table had its own errors; keep the wire the same.
+    match error {
+        TopicTableError::UnknownTopic(_) => KafkaError::new(code),
+        _ => KafkaError::with_message(code, error.to_string()),
+    }
 }
 
 #[cfg(test)]
