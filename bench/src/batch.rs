@@ -2,7 +2,7 @@
 //! hand every record's value to a callback — which is how consumers find the send timestamp in the payload.
 //! Batches are built, and records parsed and inflated, by `sluice_storage::records`, the codec the broker uses.
 
-use sluice_storage::batch::{validate_batch, validate_batch_header};
+use sluice_storage::batch::{complete_batches, validate_batch, validate_batch_header};
 use sluice_storage::records::{for_each_record, RecordError};
 use sluice_storage::BatchHeader;
 
@@ -19,20 +19,6 @@ impl BatchSummary {
     pub fn next_offset(&self) -> i64 {
         self.base_offset + self.last_offset_delta as i64 + 1
     }
-}
-
-/// The complete batches at the front of `data`, each as its bytes: a Fetch response may end in a partial batch,
-/// which is left for the next fetch from its offset.
-fn complete_batches(data: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = data;
-    // Bounded: every pass takes one batch of at least 12 bytes (a length below the header's is taken whole and
-    // refused by its reader), or stops.
-    std::iter::from_fn(move || {
-        let header = BatchHeader::parse(rest).ok()?;
-        let (batch, after) = rest.split_at_checked(header.total_size())?;
-        rest = after;
-        Some(batch)
-    })
 }
 
 /// Walks the complete batches at the front of `data`, calling `on_value` with each record's offset and value (an

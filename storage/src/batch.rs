@@ -241,19 +241,23 @@ pub(crate) fn into_mut(bytes: Bytes) -> BytesMut {
     }
 }
 
-/// Iterates whole batches of a buffer without checking CRCs (for data the log already validated).
-pub fn split_batches(bytes: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
-    let mut position = 0;
+/// Iterates the whole batches at the front of a buffer without checking CRCs (for data the log already
+/// validated, or that its reader validates next), and stops at a partial one: a Fetch response may end inside a
+/// batch. A length below the header's yields a short slice, which the header's check refuses.
+pub fn complete_batches(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = bytes;
+    // Bounded: every pass takes at least `BATCH_LENGTH_OVERHEAD` bytes, or stops.
     std::iter::from_fn(move || {
-        let header = BatchHeader::parse(&bytes[position..]).ok()?;
-        let size = header.total_size();
-        if position + size > bytes.len() {
-            return None;
-        }
-        let batch = bytes.slice(position..position + size);
-        position += size;
+        let header = BatchHeader::parse(rest).ok()?;
+        let (batch, after) = rest.split_at_checked(header.total_size())?;
+        rest = after;
         Some(batch)
     })
+}
+
+/// [`complete_batches`] as `Bytes` that share `bytes`' buffer.
+pub fn split_batches(bytes: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    complete_batches(bytes).map(|batch| bytes.slice_ref(batch))
 }
 
 #[cfg(test)]
@@ -317,6 +321,9 @@ mod tests {
         assert_eq!(summaries.len(), 2);
         assert_eq!(summaries[1].position, summaries[0].size);
         assert_eq!(summaries[1].offset_count, 2);
+        let partial = &joined[..joined.len() - 1];
+        assert_eq!(complete_batches(partial).count(), 1);
+        assert_eq!(complete_batches(&joined[..BATCH_HEADER_SIZE - 1]).count(), 0);
         let joined = Bytes::from(joined);
         assert_eq!(split_batches(&joined).count(), 2);
     }
