@@ -6,6 +6,8 @@
 #   scripts/bench.sh                       full run: 3 runs per workload and broker, medians reported (~20 minutes)
 #   scripts/bench.sh --quick               a few seconds per workload, 1 run: smoke-tests this script (~3 minutes)
 #   scripts/bench.sh --bootstrap HOST:PORT benchmark an already running broker instead (no peer, no broker start)
+#   scripts/bench.sh --baseline PATH       side by side with another build of sluice instead of the peer: the two
+#                                          binaries alternate run by run (a change measured against the code before it)
 #   options: --runs N, --no-peer, --no-limits, --broker-pid PID (with --bootstrap), --doc FILE,
 #            --workloads "a b c d e" (a subset: write it to another --doc, the full table lives in the default one)
 #
@@ -18,6 +20,7 @@ RUNS=""
 BOOTSTRAP=""
 EXTERNAL_PID=""
 PEER=1
+BASELINE=""
 LIMITS=1
 DOC="$ROOT/docs/benchmarks-broker.md"
 WORKLOADS="a b c d e"
@@ -28,10 +31,11 @@ while [ $# -gt 0 ]; do
         --bootstrap) BOOTSTRAP="$2"; PEER=0; shift ;;
         --broker-pid) EXTERNAL_PID="$2"; shift ;;
         --no-peer) PEER=0 ;;
+        --baseline) BASELINE="$2"; PEER=0; shift ;;
         --no-limits) LIMITS=0 ;;
         --doc) DOC="$2"; shift ;;
         --workloads) WORKLOADS="$2"; shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -188,9 +192,11 @@ start_broker() {
     port=$(free_port)
     BROKER_ADDRESS="127.0.0.1:$port"
     case "$kind" in
-        sluice)
+        sluice|baseline)
+            local binary=$SLUICE
+            [ "$kind" = baseline ] && binary=$BASELINE
             rm -rf "$WORK/data"; mkdir -p "$WORK/data"
-            "$SLUICE" --listen "$BROKER_ADDRESS" --data-dir "$WORK/data" > "$WORK/sluice.log" 2>&1 &
+            "$binary" --listen "$BROKER_ADDRESS" --data-dir "$WORK/data" > "$WORK/$kind.log" 2>&1 &
             ;;
         tansu)
             "$TANSU" broker --listener-url "tcp://$BROKER_ADDRESS" --advertised-listener-url "tcp://$BROKER_ADDRESS" \
@@ -256,6 +262,10 @@ run_one() {  # run_one BROKER WORKLOAD RUN
 }
 
 if [ -n "$BOOTSTRAP" ]; then BROKERS="external"; else BROKERS="sluice"; [ -n "$TANSU" ] && BROKERS="sluice tansu"; fi
+if [ -n "$BASELINE" ]; then
+    [ -x "$BASELINE" ] || { echo "bench.sh: --baseline $BASELINE is not an executable" >&2; exit 2; }
+    BROKERS="sluice baseline"
+fi
 for workload in $WORKLOADS; do
     for run in $(seq "$RUNS"); do
         for broker in $BROKERS; do

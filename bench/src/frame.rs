@@ -139,10 +139,10 @@ impl ByteBufMut for SegmentedFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::{BatchBuilder, Compression};
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::ProduceRequest;
     use kafka_protocol::protocol::{Encodable, StrBytes};
+    use sluice_storage::records::{BatchBuilder, Compression};
 
     #[test]
     fn borrowed_encoding_matches_copied_encoding_byte_for_byte() {
@@ -152,7 +152,7 @@ mod tests {
             .map(|index| {
                 let mut builder = BatchBuilder::new(Compression::None, 4096);
                 for _ in 0..10 {
-                    builder.append(1, None, &[index as u8; 8], &[7u8; 500]);
+                    builder.append(1, None, Some(&[&[index as u8; 8], &[7u8; 500]]));
                 }
                 builder.finish(4096).unwrap()
             })

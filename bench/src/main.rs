@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Parser;
-use sluice_bench::batch::Compression;
 use sluice_bench::report::write_file;
 use sluice_bench::run::{run, RunOptions};
 use sluice_bench::workload::{KeyDistribution, StartOffset, Workload};
+use sluice_storage::records::Compression;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -61,7 +62,12 @@ struct Cli {
     /// Produce acks: 0, 1 or -1 (all).
     #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
     acks: i16,
-    #[arg(long, value_enum, default_value_t = Compression::None)]
+    /// Batch compression, as Kafka's compression.type names it.
+    #[arg(
+        long,
+        default_value_t = Compression::None,
+        value_parser = PossibleValuesParser::new(Compression::NAMES).try_map(|name| name.parse::<Compression>()),
+    )]
     compression: Compression,
     /// How long a partition's batch may wait for more messages (Kafka linger.ms).
     #[arg(long, default_value_t = 1.0)]

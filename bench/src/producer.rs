@@ -14,18 +14,15 @@ use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
-use crate::batch::BatchBuilder;
 use crate::client::{topic_name, ClientError, Connection, ResponseReader, Versions};
 use crate::clock::{now_ns, sleep_until_ns, tighten_timer_slack, RateClock};
 use crate::run::WorkerContext;
 use crate::stats::{add, record_us, Latencies, Stats};
 use crate::workload::{partition_for_key, KeyDistribution, Payloads, Rng, Workload};
+use sluice_storage::records::{BatchBuilder, RECORD_FRAMING_SIZE_MAX};
 
 /// Bytes of the send timestamp at the start of each payload (nanoseconds, little-endian).
 pub const TIMESTAMP_SIZE: usize = 8;
-/// Record overhead besides key and value: length, attributes, timestamp and offset deltas, key and value lengths,
-/// header count — at most 5 + 1 + 10 + 5 + 5 + 5 + 1 bytes, rounded up.
-const RECORD_OVERHEAD_MAX: usize = 40;
 
 /// What the reader needs to account for one request when its response arrives.
 struct InFlight {
@@ -208,7 +205,7 @@ impl<'a> Producer<'a> {
         } as usize;
         let value = payloads.value(self.message_index);
         self.message_index += 1;
-        let record_size_max = value.len() + key.map_or(0, <[u8]>::len) + RECORD_OVERHEAD_MAX;
+        let record_size_max = value.len() + key.map_or(0, <[u8]>::len) + RECORD_FRAMING_SIZE_MAX;
         if !self.builders[partition].is_empty()
             && self.builders[partition].size() + record_size_max > workload.batch_size
         {
@@ -220,7 +217,7 @@ impl<'a> Producer<'a> {
         } else {
             (&[][..], value)
         };
-        self.builders[partition].append((send_ns / 1_000_000) as i64, key, prefix, rest);
+        self.builders[partition].append((send_ns / 1_000_000) as i64, key, Some(&[prefix, rest]));
         self.send_times_ns[partition].push(send_ns);
         self.batch_bytes[partition] += value.len() as u64;
         if self.open_since_ns[partition] == 0 {

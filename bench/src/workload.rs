@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::batch::Compression;
+use sluice_storage::records::Compression;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum KeyDistribution {

@@ -33,9 +33,11 @@ const _: () = assert!(size_of::<BatchHeader>() == BATCH_HEADER_SIZE);
 /// Bytes before `batch_length`'s count starts: baseOffset (8) + batchLength (4).
 pub const BATCH_LENGTH_OVERHEAD: usize = 12;
 /// The CRC covers everything from `attributes` to the end of the batch.
-const CRC_RANGE_START: usize = 21;
+pub(crate) const CRC_RANGE_START: usize = 21;
 const MAGIC_V2: i8 = 2;
 const ATTRIBUTE_TIMESTAMP_LOG_APPEND: i16 = 1 << 3;
+/// A control batch carries transaction markers, not application records.
+const ATTRIBUTE_CONTROL: i16 = 1 << 5;
 
 /// Why a batch was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +114,11 @@ impl BatchHeader {
         self.attributes.get() & ATTRIBUTE_TIMESTAMP_LOG_APPEND != 0
     }
 
+    pub fn is_control(&self) -> bool {
+        self.attributes.get() & ATTRIBUTE_CONTROL != 0
+    }
+
+    /// The codec's number, attributes bits 0–2 (`records::Compression` names them).
     pub fn compression(&self) -> i16 {
         self.attributes.get() & 0x7
     }
@@ -139,11 +146,17 @@ impl BatchHeader {
     }
 }
 
-/// Validates the batch at the start of `bytes` (header fields and CRC-32C) and returns its total size.
-pub fn validate_batch(bytes: &[u8]) -> Result<(&BatchHeader, usize), BatchError> {
+/// Validates the header of the batch at the start of `bytes`, not its CRC-32C, and returns its total size: for
+/// readers that chose not to pay for the CRC.
+pub fn validate_batch_header(bytes: &[u8]) -> Result<(&BatchHeader, usize), BatchError> {
     let header = BatchHeader::parse(bytes)?;
     header.check_fields(bytes.len())?;
-    let size = header.total_size();
+    Ok((header, header.total_size()))
+}
+
+/// Validates the batch at the start of `bytes` (header fields and CRC-32C) and returns its total size.
+pub fn validate_batch(bytes: &[u8]) -> Result<(&BatchHeader, usize), BatchError> {
+    let (header, size) = validate_batch_header(bytes)?;
     let computed = crc32c::crc32c(&bytes[CRC_RANGE_START..size]);
     let stored = header.crc.get();
     if computed != stored {
@@ -228,19 +241,23 @@ pub(crate) fn into_mut(bytes: Bytes) -> BytesMut {
     }
 }
 
-/// Iterates whole batches of a buffer without checking CRCs (for data the log already validated).
-pub fn split_batches(bytes: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
-    let mut position = 0;
+/// Iterates the whole batches at the front of a buffer without checking CRCs (for data the log already
+/// validated, or that its reader validates next), and stops at a partial one: a Fetch response may end inside a
+/// batch. A length below the header's yields a short slice, which the header's check refuses.
+pub fn complete_batches(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = bytes;
+    // Bounded: every pass takes at least `BATCH_LENGTH_OVERHEAD` bytes, or stops.
     std::iter::from_fn(move || {
-        let header = BatchHeader::parse(&bytes[position..]).ok()?;
-        let size = header.total_size();
-        if position + size > bytes.len() {
-            return None;
-        }
-        let batch = bytes.slice(position..position + size);
-        position += size;
+        let header = BatchHeader::parse(rest).ok()?;
+        let (batch, after) = rest.split_at_checked(header.total_size())?;
+        rest = after;
         Some(batch)
     })
+}
+
+/// [`complete_batches`] as `Bytes` that share `bytes`' buffer.
+pub fn split_batches(bytes: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    complete_batches(bytes).map(|batch| bytes.slice_ref(batch))
 }
 
 #[cfg(test)]
@@ -304,8 +321,17 @@ mod tests {
         assert_eq!(summaries.len(), 2);
         assert_eq!(summaries[1].position, summaries[0].size);
         assert_eq!(summaries[1].offset_count, 2);
+        let partial = &joined[..joined.len() - 1];
+        assert_eq!(complete_batches(partial).count(), 1);
+        assert_eq!(complete_batches(&joined[..BATCH_HEADER_SIZE - 1]).count(), 0);
         let joined = Bytes::from(joined);
         assert_eq!(split_batches(&joined).count(), 2);
+    }
+
+    #[test]
+    fn known_crc32c_vector() {
+        // Pins the crate to the Castagnoli polynomial: CRC-32C("123456789") = 0xE3069283.
+        assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
     }
 }
 
@@ -313,48 +339,16 @@ mod tests {
 #[doc(hidden)]
 pub mod testing {
     use super::*;
+    use crate::records::{BatchBuilder, Compression};
 
     /// Builds a valid uncompressed batch holding `record_count` records with `value_size`-byte values.
     pub fn make_batch(record_count: i32, value_size: usize, timestamp: i64) -> Bytes {
-        let mut records = Vec::new();
+        let mut builder = BatchBuilder::new(Compression::None, record_count as usize * (value_size + 8));
+        let mut value = vec![0u8; value_size];
         for index in 0..record_count {
-            let mut record = Vec::new();
-            record.push(0u8); // attributes
-            put_varint(&mut record, 0); // timestamp delta
-            put_varint(&mut record, index as i64); // offset delta
-            put_varint(&mut record, -1); // null key
-            put_varint(&mut record, value_size as i64);
-            record.extend(std::iter::repeat_n((index % 251) as u8, value_size));
-            put_varint(&mut record, 0); // headers
-            put_varint(&mut records, record.len() as i64);
-            records.extend(record);
+            value.fill((index % 251) as u8);
+            builder.append(timestamp, None, Some(&[&value]));
         }
-        let mut batch = vec![0u8; BATCH_HEADER_SIZE];
-        batch.extend(records);
-        let total = batch.len();
-        {
-            let (header, _) = BatchHeader::mut_from_prefix(&mut batch[..]).unwrap();
-            header.batch_length.set((total - BATCH_LENGTH_OVERHEAD) as i32);
-            header.magic = 2;
-            header.last_offset_delta.set(record_count - 1);
-            header.base_timestamp.set(timestamp);
-            header.max_timestamp.set(timestamp);
-            header.producer_id.set(-1);
-            header.producer_epoch.set(-1);
-            header.base_sequence.set(-1);
-            header.record_count.set(record_count);
-        }
-        let crc = crc32c::crc32c(&batch[CRC_RANGE_START..]);
-        BatchHeader::mut_from_prefix(&mut batch[..]).unwrap().0.crc.set(crc);
-        Bytes::from(batch)
-    }
-
-    fn put_varint(out: &mut Vec<u8>, value: i64) {
-        let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
-        while zigzag >= 0x80 {
-            out.push((zigzag as u8) | 0x80);
-            zigzag >>= 7;
-        }
-        out.push(zigzag as u8);
+        builder.finish(0).expect("an uncompressed batch seals")
     }
 }

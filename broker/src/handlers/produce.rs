@@ -40,7 +40,7 @@ pub async fn handle(
             // A compacted topic refuses records without a key (the batch fails; record_errors name them).
             let mut keyless = match (entry, &partition.records) {
                 (Some(entry), Some(records)) if crate::cluster::topic_table::is_compacted(&entry.configs) => {
-                    crate::records::keyless_records(records).ok().filter(|found| !found.is_empty())
+                    sluice_storage::records::keyless_records(records).ok().filter(|found| !found.is_empty())
                 }
                 _ => None,
             };
