@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::checkpoint::{write_leader_epochs, write_log_start_checkpoint};
 use super::retention::{delete_segments_below_log_start, retention, truncate};
-use super::{io_error, Command, CommandSlot, Durability, LogError, LogInner, PendingBatch};
+use super::{io_error, Command, CommandSlot, Durability, LogError, LogInner, LogState, PendingBatch};
 use crate::batch::BatchHeader;
 use crate::io::{Storage, StorageFile};
 use crate::segment::{Segment, WriteSettings, INDEX_WRITE_BATCH_COUNT};
@@ -86,16 +86,7 @@ fn next_flusher_action<S: Storage>(inner: &LogInner<S>) -> FlusherAction {
     let config = inner.config.borrow();
     let mut state = inner.state.borrow_mut();
     if state.poisoned.is_some() {
-        // Nothing more is written; commands still get an answer, and a close still closes.
-        if let Some((command, slot)) = state.commands.pop_front() {
-            if matches!(command, Command::Close) {
-                state.closed = true;
-            }
-            *slot.result.borrow_mut() = Some(Err(state.poisoned.clone().unwrap_or_default()));
-            inner.progress.notify_all();
-            return FlusherAction::Wait(Some(Duration::ZERO));
-        }
-        return if state.closed { FlusherAction::Exit } else { FlusherAction::Wait(None) };
+        return next_flusher_action_poisoned(inner, &mut state);
     }
     let has_unflushed = !state.unflushed.is_empty();
     let unsynced = state.durable_offset < state.flushed_offset;
@@ -148,6 +139,23 @@ fn next_flusher_action<S: Storage>(inner: &LogInner<S>) -> FlusherAction {
             FlusherAction::Wait(Some(interval.saturating_sub(now.saturating_duration_since(state.last_sync))))
         }
         _ => FlusherAction::Wait(None),
+    }
+}
+
+/// A poisoned log writes nothing more; commands still get an answer, and a close still closes.
+fn next_flusher_action_poisoned<S: Storage>(inner: &LogInner<S>, state: &mut LogState<S>) -> FlusherAction {
+    if let Some((command, slot)) = state.commands.pop_front() {
+        if matches!(command, Command::Close) {
+            state.closed = true;
+        }
+        *slot.result.borrow_mut() = Some(Err(state.poisoned.clone().unwrap_or_default()));
+        inner.progress.notify_all();
+        return FlusherAction::Wait(Some(Duration::ZERO));
+    }
+    if state.closed {
+        FlusherAction::Exit
+    } else {
+        FlusherAction::Wait(None)
     }
 }
 
