@@ -6,6 +6,11 @@
 //! one go with direct I/O and, under the fsync policy, one fdatasync — every append that arrived meanwhile rides
 //! along (group commit). `wait_durable` waits for that. Truncation, deletion, retention and close are commands
 //! the flusher runs between flushes, so only one task ever changes files.
+//!
+//! This file holds the `Log` type, its settings, errors and shared state, and its opening, accessors and closing;
+//! each concern's part of the public API sits in its own file beside it: `append.rs` (append, append_replicated,
+//! wait_durable), `read.rs` (read and the timestamp lookups), `retention.rs` (roll, truncate_to, delete_before,
+//! enforce_retention), and the internals `flusher.rs`, `read_ahead.rs`, `recovery.rs`, `checkpoint.rs`.
 
 mod append;
 mod checkpoint;
