@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::{AppendInfo, Log, LogError, LogState, PendingBatch, TimestampType};
 use crate::batch::{self, validate_batch, validate_record_set, BatchHeader};
 use crate::io::Storage;
-use crate::types::{now_ms, Offset};
+use crate::types::Offset;
 
 /// One batch of a record set, placed in the log: its byte range in the set and the offsets it holds.
 struct Placed {
@@ -29,7 +29,7 @@ impl<S: Storage> Log<S> {
         self.append_check_sizes(summaries.iter().map(|summary| summary.size))?;
         self.append_wait_for_space(records.len()).await?;
 
-        let append_time_ms = now_ms();
+        let append_time_ms = self.inner.runtime.clock.now_ms();
         let mut bytes = batch::into_mut(records);
         let mut state = self.inner.state.borrow_mut();
         let base_offset = state.next_offset;

@@ -2,17 +2,17 @@
 //! the durability policy, rolls segments and runs the commands that change files.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::checkpoint::{write_leader_epochs, write_log_start_checkpoint};
 use super::retention::{delete_segments_below_log_start, retention, truncate};
-use super::{io_error, Command, CommandSlot, Durability, LogError, LogInner, PendingBatch};
+use super::{io_error, Command, CommandSlot, Durability, LogError, LogInner, LogState, PendingBatch};
 use crate::batch::BatchHeader;
 use crate::io::{Storage, StorageFile};
 use crate::segment::{Segment, WriteSettings, INDEX_WRITE_BATCH_COUNT};
-use crate::types::{now_ms, Offset};
+use crate::types::Offset;
 
 /// A flush round writes at most this many `write_size_max` buffers.
 const FLUSH_ROUND_WRITE_COUNT: usize = 32;
@@ -26,6 +26,15 @@ enum FlusherAction {
 }
 
 pub(super) async fn run_flusher<S: Storage>(inner: Rc<LogInner<S>>) {
+    /// Tells `close` and `abandon` that the flusher has ended, however it ends.
+    struct Exit<'a, S: Storage>(&'a LogInner<S>);
+    impl<S: Storage> Drop for Exit<'_, S> {
+        fn drop(&mut self) {
+            self.0.flusher_running.set(false);
+            self.0.progress.notify_all();
+        }
+    }
+    let _exit = Exit(&inner);
     loop {
         let action = next_flusher_action(&inner);
         match action {
@@ -34,7 +43,7 @@ pub(super) async fn run_flusher<S: Storage>(inner: Rc<LogInner<S>>) {
                 let wakeup = inner.flusher_wakeup.notified();
                 match timeout {
                     Some(timeout) => {
-                        futures_lite::future::or(wakeup, glommio::timer::sleep(timeout)).await;
+                        futures_lite::future::or(wakeup, inner.runtime.spawner.sleep(timeout)).await;
                     }
                     None => wakeup.await,
                 }
@@ -59,7 +68,7 @@ pub(super) async fn run_flusher<S: Storage>(inner: Rc<LogInner<S>>) {
                 inner.progress.notify_all();
             }
         }
-        glommio::yield_if_needed().await;
+        inner.runtime.spawner.yield_if_needed().await;
     }
 }
 
@@ -73,19 +82,11 @@ fn finish<S: Storage>(inner: &LogInner<S>, result: Result<(), LogError>) {
 }
 
 fn next_flusher_action<S: Storage>(inner: &LogInner<S>) -> FlusherAction {
+    let now = inner.runtime.clock.now();
     let config = inner.config.borrow();
     let mut state = inner.state.borrow_mut();
     if state.poisoned.is_some() {
-        // Nothing more is written; commands still get an answer, and a close still closes.
-        if let Some((command, slot)) = state.commands.pop_front() {
-            if matches!(command, Command::Close) {
-                state.closed = true;
-            }
-            *slot.result.borrow_mut() = Some(Err(state.poisoned.clone().unwrap_or_default()));
-            inner.progress.notify_all();
-            return FlusherAction::Wait(Some(Duration::ZERO));
-        }
-        return if state.closed { FlusherAction::Exit } else { FlusherAction::Wait(None) };
+        return next_flusher_action_poisoned(inner, &mut state);
     }
     let has_unflushed = !state.unflushed.is_empty();
     let unsynced = state.durable_offset < state.flushed_offset;
@@ -101,7 +102,7 @@ fn next_flusher_action<S: Storage>(inner: &LogInner<S>) -> FlusherAction {
                     state.sync_requested
                         || state.closing
                         || state.unflushed_size >= config.write_size_max
-                        || state.last_sync.elapsed() >= interval
+                        || now.saturating_duration_since(state.last_sync) >= interval
                 }
             };
         if flush_now {
@@ -116,7 +117,7 @@ fn next_flusher_action<S: Storage>(inner: &LogInner<S>) -> FlusherAction {
                     state.sync_requested
                         || state.closing
                         || state.unsynced_size >= bytes
-                        || state.last_sync.elapsed() >= interval
+                        || now.saturating_duration_since(state.last_sync) >= interval
                 }
             };
         if sync_now {
@@ -135,9 +136,26 @@ fn next_flusher_action<S: Storage>(inner: &LogInner<S>) -> FlusherAction {
     }
     match config.durability {
         Durability::Interval { interval, .. } if has_unflushed || unsynced => {
-            FlusherAction::Wait(Some(interval.saturating_sub(state.last_sync.elapsed())))
+            FlusherAction::Wait(Some(interval.saturating_sub(now.saturating_duration_since(state.last_sync))))
         }
         _ => FlusherAction::Wait(None),
+    }
+}
+
+/// A poisoned log writes nothing more; commands still get an answer, and a close still closes.
+fn next_flusher_action_poisoned<S: Storage>(inner: &LogInner<S>, state: &mut LogState<S>) -> FlusherAction {
+    if let Some((command, slot)) = state.commands.pop_front() {
+        if matches!(command, Command::Close) {
+            state.closed = true;
+        }
+        *slot.result.borrow_mut() = Some(Err(state.poisoned.clone().unwrap_or_default()));
+        inner.progress.notify_all();
+        return FlusherAction::Wait(Some(Duration::ZERO));
+    }
+    if state.closed {
+        FlusherAction::Exit
+    } else {
+        FlusherAction::Wait(None)
     }
 }
 
@@ -171,6 +189,7 @@ async fn flush_unflushed<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError
     let mut group_size = 0u64;
     let mut written = 0usize;
     for (index, batch) in pending.iter().enumerate() {
+        let now_ms = inner.runtime.clock.now_ms();
         let needs_roll = {
             let mut state = inner.state.borrow_mut();
             let active = state.active();
@@ -178,7 +197,7 @@ async fn flush_unflushed<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError
             size > 0
                 && (size + batch.bytes.len() as u64 > config.segment_size_max
                     || batch.last_offset.0 - active.base_offset.0 > i32::MAX as i64
-                    || now_ms() - active.created_ms >= config.segment_age_max.as_millis() as i64)
+                    || now_ms - active.created_ms >= config.segment_age_max.as_millis() as i64)
         };
         if needs_roll {
             write_group(inner, &mut group, &settings).await?;
@@ -307,7 +326,7 @@ async fn sync_active<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError> {
     state.durable_offset = state.durable_offset.max(flushed);
     state.assert_offsets();
     state.unsynced_size = 0;
-    state.last_sync = Instant::now();
+    state.last_sync = inner.runtime.clock.now();
     state.sync_requested = false;
     Ok(())
 }
@@ -315,9 +334,10 @@ async fn sync_active<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError> {
 /// Seals the active segment (synced) and starts a new one at `base_offset`.
 async fn roll<S: Storage>(inner: &LogInner<S>, base_offset: Offset) -> Result<(), LogError> {
     seal_active(inner).await?;
-    let segment = Segment::create(&inner.storage, &inner.directory, base_offset, now_ms())
-        .await
-        .map_err(io_error("creating a segment in", &inner.directory))?;
+    let segment =
+        Segment::create(&inner.storage, &inner.directory, base_offset, inner.runtime.clock.now_ms())
+            .await
+            .map_err(io_error("creating a segment in", &inner.directory))?;
     // The new files' directory entries must be durable before anything in them is acknowledged.
     inner.storage.sync_directory(&inner.directory).await.map_err(io_error("syncing", &inner.directory))?;
     inner.state.borrow_mut().segments.push(segment);

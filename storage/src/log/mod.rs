@@ -6,6 +6,11 @@
 //! one go with direct I/O and, under the fsync policy, one fdatasync — every append that arrived meanwhile rides
 //! along (group commit). `wait_durable` waits for that. Truncation, deletion, retention and close are commands
 //! the flusher runs between flushes, so only one task ever changes files.
+//!
+//! This file holds the `Log` type, its settings, errors and shared state, and its opening, accessors and closing;
+//! each concern's part of the public API sits in its own file beside it: `append.rs` (append, append_replicated,
+//! wait_durable), `read.rs` (read and the timestamp lookups), `retention.rs` (roll, truncate_to, delete_before,
+//! enforce_retention), and the internals `flusher.rs`, `read_ahead.rs`, `recovery.rs`, `checkpoint.rs`.
 
 mod append;
 mod checkpoint;
@@ -30,6 +35,7 @@ use crate::cache::BatchCache;
 use crate::epoch::{EpochEntry, LeaderEpochCache};
 use crate::io::Storage;
 use crate::notify::Notify;
+use crate::runtime::{Clock, LogRuntime};
 use crate::segment::Segment;
 use crate::types::Offset;
 
@@ -255,11 +261,13 @@ struct LogInner<S: Storage> {
     flusher_wakeup: Notify,
     /// Wakes waiters: data written or synced, space freed, a command done, the log poisoned.
     progress: Notify,
-    flusher: RefCell<Option<glommio::Task<()>>>,
+    /// The flusher task has not ended yet (it clears this, and notifies `progress`, however it ends).
+    flusher_running: Cell<bool>,
     recovery: RecoveryReport,
     read_ahead: RefCell<ReadAhead>,
     /// Wakes readers waiting for a read-ahead to finish.
     read_ahead_done: Notify,
+    runtime: LogRuntime,
 }
 
 struct LogState<S: Storage> {
@@ -323,16 +331,30 @@ thread_local! {
 }
 
 impl<S: Storage> Log<S> {
-    /// Opens (recovering) or creates the log in `directory`, and starts its flusher on the current executor.
+    /// Opens (recovering) or creates the log in `directory`, and starts its flusher on the current executor, with
+    /// the system clock and glommio (`LogRuntime::default`).
     pub async fn open(
         storage: S,
         directory: PathBuf,
         config: LogConfig,
         cache: BatchCache,
     ) -> Result<Log<S>, LogError> {
+        Log::open_with_runtime(storage, directory, config, cache, LogRuntime::default()).await
+    }
+
+    /// [`Log::open`] with the clock every time reading of the log uses and the spawner of its background tasks.
+    pub async fn open_with_runtime(
+        storage: S,
+        directory: PathBuf,
+        config: LogConfig,
+        cache: BatchCache,
+        runtime: LogRuntime,
+    ) -> Result<Log<S>, LogError> {
         config.validate().map_err(LogError::InvalidConfig)?;
         storage.create_dir_all(&directory).await.map_err(io_error("creating", &directory))?;
-        let (segments, recovery, log_start_offset) = open_segments(&storage, &directory, &config).await?;
+        let clock = &*runtime.clock;
+        let (segments, recovery, log_start_offset) =
+            open_segments(&storage, &directory, &config, clock).await?;
         let next_offset = segments.last().expect("at least one segment").next_offset;
         let (epochs, epochs_changed) =
             open_leader_epochs(&storage, &directory, log_start_offset, next_offset).await;
@@ -357,7 +379,7 @@ impl<S: Storage> Log<S> {
                 flushed_offset: next_offset,
                 durable_offset: next_offset,
                 unsynced_size: 0,
-                last_sync: Instant::now(),
+                last_sync: runtime.clock.now(),
                 sync_requested: false,
                 commands: VecDeque::new(),
                 poisoned: None,
@@ -369,13 +391,13 @@ impl<S: Storage> Log<S> {
             }),
             flusher_wakeup: Notify::default(),
             progress: Notify::default(),
-            flusher: RefCell::new(None),
+            flusher_running: Cell::new(true),
             recovery,
             read_ahead: RefCell::new(ReadAhead::default()),
             read_ahead_done: Notify::default(),
+            runtime,
         });
-        let task = glommio::spawn_local(run_flusher(inner.clone()));
-        *inner.flusher.borrow_mut() = Some(task);
+        inner.runtime.spawner.spawn_detached(Box::pin(run_flusher(inner.clone())));
         Ok(Log { inner })
     }
 
@@ -469,11 +491,7 @@ impl<S: Storage> Log<S> {
             state.closing = true;
         }
         let result = self.run_command(Command::Close).await;
-        // Joined through a detached handle, so that dropping this future can never cancel the flusher.
-        let task = self.inner.flusher.borrow_mut().take();
-        if let Some(task) = task {
-            task.detach().await;
-        }
+        self.wait_for_flusher_exit().await;
         forget_read_ahead(&self.inner);
         self.inner.cache.remove_log(self.inner.id);
         result
@@ -487,10 +505,7 @@ impl<S: Storage> Log<S> {
             state.poisoned.get_or_insert_with(|| "abandoned".to_string());
         }
         self.inner.flusher_wakeup.notify_all();
-        let task = self.inner.flusher.borrow_mut().take();
-        if let Some(task) = task {
-            task.detach().await;
-        }
+        self.wait_for_flusher_exit().await;
         forget_read_ahead(&self.inner);
         self.inner.cache.remove_log(self.inner.id);
     }
@@ -509,6 +524,19 @@ impl<S: Storage> Log<S> {
             self.inner.storage.remove(&path).await.map_err(io_error("removing", &path))?;
         }
         Ok(())
+    }
+
+    /// Waits for the flusher task to end. The task is detached, so dropping this wait never cancels it.
+    async fn wait_for_flusher_exit(&self) {
+        // Bounded: a closed log's flusher exits once nothing is pending, and an abandoned one at once.
+        while self.inner.flusher_running.get() {
+            self.inner.progress.notified().await;
+        }
+    }
+
+    /// The clock this log reads; callers of `enforce_retention` can take `now_ms` from it.
+    pub fn clock(&self) -> Rc<dyn Clock> {
+        self.inner.runtime.clock.clone()
     }
 
     async fn run_command(&self, command: Command) -> Result<(), LogError> {

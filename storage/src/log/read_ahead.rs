@@ -81,7 +81,8 @@ pub(super) fn start_read_ahead<S: Storage>(inner: &Rc<LogInner<S>>, chunk_size: 
     read_ahead.newest_from = Some(frontier.offset);
     let generation = read_ahead.generation;
     drop(read_ahead);
-    glommio::spawn_local(run_read_ahead(inner.clone(), file, end, frontier, size, generation)).detach();
+    let read = run_read_ahead(inner.clone(), file, end, frontier, size, generation);
+    inner.runtime.spawner.spawn_detached(Box::pin(read));
 }
 
 async fn run_read_ahead<S: Storage>(

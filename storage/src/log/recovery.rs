@@ -2,7 +2,6 @@
 //! invalid batch.
 
 use std::path::Path;
-use std::time::Instant;
 
 use super::checkpoint::read_log_start_checkpoint;
 use super::{io_error, LogConfig, LogError, RecoveryReport};
@@ -10,8 +9,9 @@ use crate::batch::{self, BatchHeader};
 use crate::epoch::{self, LeaderEpochCache};
 use crate::index::{OffsetIndex, TimeIndex};
 use crate::io::{Storage, StorageFile};
+use crate::runtime::Clock;
 use crate::segment::{parse_segment_file_name, Segment};
-use crate::types::{now_ms, Offset};
+use crate::types::Offset;
 
 /// Recovers the segments of `directory` and reconciles them with the log start checkpoint; the last segment is
 /// reopened as the active one (created when there is none). Returns the segments, the report and the log start.
@@ -19,8 +19,9 @@ pub(super) async fn open_segments<S: Storage>(
     storage: &S,
     directory: &Path,
     config: &LogConfig,
+    clock: &dyn Clock,
 ) -> Result<(Vec<Segment<S>>, RecoveryReport, Offset), LogError> {
-    let (mut segments, recovery) = recover(storage, directory, config).await?;
+    let (mut segments, recovery) = recover(storage, directory, config, clock).await?;
     let checkpoint = read_log_start_checkpoint(storage, directory).await;
     let recovered_end = segments.last().map(|segment| segment.next_offset);
     if let (Some(start), Some(end)) = (checkpoint, recovered_end) {
@@ -39,7 +40,7 @@ pub(super) async fn open_segments<S: Storage>(
     }
     if segments.is_empty() {
         let base = checkpoint.unwrap_or(Offset(0));
-        let segment = Segment::create(storage, directory, base, now_ms())
+        let segment = Segment::create(storage, directory, base, clock.now_ms())
             .await
             .map_err(io_error("creating a segment in", directory))?;
         storage.sync_directory(directory).await.map_err(io_error("syncing", directory))?;
@@ -98,6 +99,7 @@ pub(super) async fn recover<S: Storage>(
     storage: &S,
     directory: &Path,
     config: &LogConfig,
+    clock: &dyn Clock,
 ) -> Result<(Vec<Segment<S>>, RecoveryReport), LogError> {
     let names = storage.list(directory).await.map_err(io_error("listing", directory))?;
     let mut bases: Vec<Offset> = names.iter().filter_map(|name| parse_segment_file_name(name)).collect();
@@ -105,7 +107,7 @@ pub(super) async fn recover<S: Storage>(
     let mut report = RecoveryReport::default();
     let mut segments: Vec<Segment<S>> = Vec::with_capacity(bases.len());
     let mut rewrite_bases = Vec::new();
-    let started = Instant::now();
+    let started = clock.now();
     for (position_in_log, &base_offset) in bases.iter().enumerate() {
         let is_last = position_in_log + 1 == bases.len();
         let recovered = recover_segment(
@@ -133,7 +135,7 @@ pub(super) async fn recover<S: Storage>(
             }
             continue;
         }
-        segment.created_ms = now_ms();
+        segment.created_ms = clock.now_ms();
         segments.push(segment);
         if recovered.corrupt {
             // Everything after the first invalid batch goes, including later segments.
@@ -148,7 +150,7 @@ pub(super) async fn recover<S: Storage>(
             "{}: recovered {} segments in {:?} (scanned {} bytes, cut {} bytes, rebuilt {} indexes)",
             directory.display(),
             report.segment_count,
-            started.elapsed(),
+            clock.now().saturating_duration_since(started),
             report.scanned_size,
             report.truncated_size,
             report.rebuilt_index_count
@@ -180,7 +182,8 @@ async fn recover_segment<S: Storage>(
     let [path, index_path, time_index_path] = Segment::<S>::paths(directory, base_offset);
     let file = storage.open(&path, false).await.map_err(io_error("opening", &path))?;
     let file_size = file.size().await.map_err(io_error("sizing", &path))?;
-    let mut segment: Segment<S> = Segment::empty(base_offset, path.clone(), file, now_ms());
+    // The creation time is set again, from the log's clock, once the segment is kept.
+    let mut segment: Segment<S> = Segment::empty(base_offset, path.clone(), file, 0);
     let index = match read_index(storage, &index_path, file_size).await {
         Some((index, complete)) if complete || is_last => Some(index),
         _ => None,
