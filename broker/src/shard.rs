@@ -496,6 +496,10 @@ impl GroupHost for Shard {
         &self.shutdown
     }
 
+    fn clock(&self) -> &dyn sluice_storage::Clock {
+        &sluice_storage::SystemClock
+    }
+
     fn admin(self: &Rc<Self>, changes: Vec<TopicChange>) -> impl Future<Output = AdminResults> {
         Shard::admin(self, changes, false)
     }

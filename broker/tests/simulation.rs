@@ -20,7 +20,7 @@ use sluice_broker::cluster::PartitionManager;
 use sluice_broker::config::{Config, ConfigOverrides};
 use sluice_replication::sim::{self, Faults, NetworkConfig, Prng, SimNetwork};
 use sluice_replication::{Acks, LeaderEpoch, NodeId, ShardId};
-use sluice_storage::{BatchHeader, Offset, SimStorage};
+use sluice_storage::{BatchHeader, GlommioSpawner, LogRuntime, ManualClock, Offset, SimStorage};
 
 const TOPIC: &str = "simulated";
 const LEADER: NodeId = NodeId(0);
@@ -43,7 +43,7 @@ struct Node {
 }
 
 impl Node {
-    async fn start(node: NodeId) -> Node {
+    async fn start(node: NodeId, clock: Rc<ManualClock>) -> Node {
         let overrides = ConfigOverrides {
             data_dir: Some(format!("/sim/node-{}", node.0).into()),
             node_id: Some(node.0),
@@ -58,7 +58,9 @@ impl Node {
             configs: Default::default(),
         };
         apply_change(&config, node, &mut table, create).expect("create the topic");
-        let manager = PartitionManager::new(config, SimStorage::new(), ShardId(0), 1);
+        // Simulated time: the logs' clock moves only when the simulation says (their tasks still run on glommio).
+        let runtime = LogRuntime { clock, spawner: Rc::new(GlommioSpawner) };
+        let manager = PartitionManager::with_runtime(config, SimStorage::new(), ShardId(0), 1, runtime);
         manager.apply(&table).await.expect("open the partition");
         Node { manager }
     }
@@ -116,7 +118,9 @@ async fn run_seed(seed: u64) -> (u64, u64) {
     };
     let config = NetworkConfig { node_count: 2, queue_length_max: 1024, faults };
     let mut network: SimNetwork<Message> = SimNetwork::new(config, prng.fork()).expect("network");
-    let (leader_node, follower_node) = (Node::start(LEADER).await, Node::start(FOLLOWER).await);
+    let clock = Rc::new(ManualClock::new(1_700_000_000_000));
+    let (leader_node, follower_node) =
+        (Node::start(LEADER, clock.clone()).await, Node::start(FOLLOWER, clock.clone()).await);
     let (leader, follower) = (leader_node.partition(), follower_node.partition());
     follower.become_follower(LeaderEpoch(0));
     let mut produced = 0usize;
@@ -127,6 +131,7 @@ async fn run_seed(seed: u64) -> (u64, u64) {
     while step < STEPS_MAX {
         step += 1;
         now += STEP;
+        clock.advance(STEP);
         // Everything due by now arrives first (this also moves network time to now); sends below happen at now.
         let deliveries = network.deliver_until(now);
         // A produce now and then, through the one produce path; offsets come back contiguous.

@@ -26,11 +26,11 @@ fn appended_batches_read_back_with_their_offsets() {
         assert_eq!(base_offset(&batches[1]), Offset(3));
         assert_eq!(i32::from_be_bytes(batches[1][12..16].try_into().unwrap()), 5, "leader epoch stamped");
         assert_eq!(unstamped(&batches[1]), unstamped(&make_batch(2, 10, 200)));
-        // The high watermark bounds consumer reads.
-        log.set_high_watermark(Offset(3));
-        let visible = log.read(Offset(0), 1 << 20, ReadBound::HighWatermark, true).await.unwrap();
+        // A bound (the replica layer's high watermark) limits consumer reads; past the log end it is the log end.
+        let visible = log.read(Offset(0), 1 << 20, ReadBound::Below(Offset(3)), true).await.unwrap();
         assert_eq!(visible.len(), 1);
-        assert!(log.read(Offset(3), 1 << 20, ReadBound::HighWatermark, true).await.unwrap().is_empty());
+        assert!(log.read(Offset(3), 1 << 20, ReadBound::Below(Offset(3)), true).await.unwrap().is_empty());
+        assert_eq!(log.read(Offset(0), 1 << 20, ReadBound::Below(Offset(99)), true).await.unwrap().len(), 2);
         assert!(matches!(
             log.read(Offset(6), 100, ReadBound::LogEnd, true).await,
             Err(LogError::OffsetOutOfRange { .. })
@@ -148,7 +148,6 @@ fn delete_before_and_retention_delete_whole_old_segments() {
             log.append(make_batch(1, 200, 1_000), 0).await.unwrap();
         }
         log.wait_durable(log.log_end_offset()).await.unwrap();
-        log.set_high_watermark(log.log_end_offset());
         let segments_before = log.segment_count();
         assert_eq!(log.delete_before(Offset(70)).await.unwrap(), Offset(70));
         assert!(matches!(

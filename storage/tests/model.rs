@@ -152,7 +152,6 @@ async fn run_case(seed: u64) -> Result<(), String> {
                     model.drop_below(log.log_start_offset())
                 }
                 80..=84 => {
-                    log.set_high_watermark(log.log_end_offset());
                     let offset = Offset(random.random_range(model.log_start.0..=model.end.0));
                     let start = log.delete_before(offset).await.map_err(|error| error.to_string())?;
                     if start != offset {

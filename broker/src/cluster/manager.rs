@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use sluice_replication::{NodeId, ShardId, TopicPartition, Visibility};
-use sluice_storage::{BatchCache, Durability, Log, LogConfig, Storage, TimestampType};
+use sluice_storage::{BatchCache, Durability, Log, LogConfig, LogRuntime, Storage, TimestampType};
 
 use crate::cluster::partition::Partition;
 use crate::cluster::placement::shard_for;
@@ -25,6 +25,8 @@ const LOG_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 pub struct PartitionManager<S: Storage> {
     config: Arc<Config>,
     storage: S,
+    /// The clock and task spawner of every log here (the system's, or a simulation's).
+    runtime: LogRuntime,
     cache: BatchCache,
     node: NodeId,
     shard: ShardId,
@@ -34,12 +36,24 @@ pub struct PartitionManager<S: Storage> {
 
 impl<S: Storage> PartitionManager<S> {
     pub fn new(config: Arc<Config>, storage: S, shard: ShardId, shard_count: usize) -> PartitionManager<S> {
+        Self::with_runtime(config, storage, shard, shard_count, LogRuntime::default())
+    }
+
+    /// As `new`, with the clock and spawner of a simulation.
+    pub fn with_runtime(
+        config: Arc<Config>,
+        storage: S,
+        shard: ShardId,
+        shard_count: usize,
+        runtime: LogRuntime,
+    ) -> PartitionManager<S> {
         assert!(shard.0 < shard_count, "shard {shard} of {shard_count}");
         let cache = BatchCache::new((config.cache_size_max / shard_count).max(1 << 20));
         PartitionManager {
             node: NodeId(config.node_id),
             config,
             storage,
+            runtime,
             cache,
             shard,
             shard_count,
@@ -152,10 +166,16 @@ impl<S: Storage> PartitionManager<S> {
     async fn open(&self, entry: &TopicEntry, index: i32) -> Result<Rc<Partition<S>>, String> {
         let topic_partition = TopicPartition::new(&entry.name, index);
         let directory = self.directory(&topic_partition);
-        let log =
-            Log::open(self.storage.clone(), directory.clone(), self.log_config(entry), self.cache.clone())
-                .await
-                .map_err(|error| format!("opening partition log {}: {error}", directory.display()))?;
+        let (storage, cache) = (self.storage.clone(), self.cache.clone());
+        let log = Log::open_with_runtime(
+            storage,
+            directory.clone(),
+            self.log_config(entry),
+            cache,
+            self.runtime.clone(),
+        )
+        .await
+        .map_err(|error| format!("opening partition log {}: {error}", directory.display()))?;
         let assignment =
             entry.partition(index).ok_or_else(|| format!("{topic_partition} has no assignment"))?;
         assert!(
@@ -177,7 +197,7 @@ impl<S: Storage> PartitionManager<S> {
 
     /// Runs retention on every owned log (called on a timer).
     pub async fn enforce_retention(&self) {
-        let now_ms = sluice_storage::now_ms();
+        let now_ms = self.runtime.clock.now_ms();
         for partition in self.all() {
             if let Err(error) = partition.enforce_retention(now_ms).await {
                 log::warn!("retention on {}: {error}", partition.topic_partition());

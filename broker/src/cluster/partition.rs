@@ -191,6 +191,11 @@ impl<S: Storage> Partition<S> {
         &self.topic_partition
     }
 
+    /// The clock this partition's log runs on (the system's, or a simulation's).
+    pub fn clock(&self) -> std::rc::Rc<dyn sluice_storage::Clock> {
+        self.log.clock()
+    }
+
     pub fn topic_id(&self) -> &str {
         &self.topic_id
     }
@@ -244,7 +249,7 @@ impl<S: Storage> Partition<S> {
         let Ok(_permit) = self.producer_lock.acquire_permit(1).await else {
             return Err(KafkaError::new(ResponseError::NotLeaderOrFollower));
         };
-        let now_ms = sluice_storage::now_ms();
+        let now_ms = self.log.clock().now_ms();
         let check = self.producers.borrow().check(&batch, now_ms);
         let check = check.map_err(|code| {
             KafkaError::with_message(
@@ -315,7 +320,7 @@ impl<S: Storage> Partition<S> {
         let info =
             self.log.append_replicated(records.clone()).await.map_err(|error| from_log_error(&error))?;
         let batches: Vec<Bytes> = sluice_storage::batch::split_batches(&records).collect();
-        self.load_producer_state_record(&batches, info.base_offset, sluice_storage::now_ms());
+        self.load_producer_state_record(&batches, info.base_offset, self.log.clock().now_ms());
         self.replica.borrow_mut().sequenced(self.log.log_end_offset());
         let end = info.last_offset.next();
         self.log.wait_durable(end).await.map_err(|error| from_log_error(&error))?;
@@ -344,10 +349,8 @@ impl<S: Storage> Partition<S> {
         }
     }
 
-    /// The high watermark moved: tell the log (which bounds reads by it) and wake long polls.
+    /// The high watermark moved: wake long polls.
     fn publish_high_watermark(&self) {
-        let high_watermark = self.replica.borrow().high_watermark();
-        self.log.set_high_watermark(high_watermark);
         self.data_arrived.notify_all();
     }
 
@@ -398,7 +401,7 @@ impl<S: Storage> Partition<S> {
     ) -> Result<Vec<Bytes>, KafkaError> {
         let batches = self
             .log
-            .read(offset, size_max, ReadBound::HighWatermark, min_one)
+            .read(offset, size_max, ReadBound::Below(self.high_watermark()), min_one)
             .await
             .map_err(|error| from_log_error(&error))?;
         if let Some(last) = batches.last().and_then(|batch| BatchHeader::parse(batch).ok()) {
@@ -466,12 +469,13 @@ impl<S: Storage> Partition<S> {
     /// lies past the recovered log end (a crash lost records it had counted). Bounded by the log's size;
     /// progress is logged every few seconds. A read error stops the scan with what was found so far.
     pub async fn load_producer_state(&self) {
-        let started = std::time::Instant::now();
+        let clock = self.log.clock();
+        let started = clock.now();
         let mut reported = started;
         let end = self.log.log_end_offset();
         let mut offset = self.log.log_start_offset().max(self.load_producer_state_snapshot(end));
         let mut scanned_size: u64 = 0;
-        let now_ms = sluice_storage::now_ms();
+        let now_ms = self.log.clock().now_ms();
         while offset < end {
             // The whole log, not only what is committed: a batch's sequence counts once it is in the log.
             let batches = match self.log.read(offset, PRODUCER_SCAN_READ_SIZE, ReadBound::LogEnd, true).await
@@ -490,8 +494,8 @@ impl<S: Storage> Partition<S> {
             assert!(next > offset, "the producer state scan moves forward");
             offset = next;
             scanned_size += size;
-            if reported.elapsed() >= std::time::Duration::from_secs(5) {
-                reported = std::time::Instant::now();
+            if clock.now().duration_since(reported) >= std::time::Duration::from_secs(5) {
+                reported = clock.now();
                 log::info!(
                     "{}: producer state scan at offset {offset} of {end} ({} MiB)",
                     self.topic_partition,
@@ -508,7 +512,7 @@ impl<S: Storage> Partition<S> {
                 self.topic_partition,
                 producers.len(),
                 scanned_size >> 20,
-                started.elapsed()
+                clock.now().duration_since(started)
             );
         }
     }

@@ -53,6 +53,8 @@ pub trait GroupHost: 'static {
     fn groups(&self) -> &GroupCoordinator;
     fn is_shutting_down(&self) -> bool;
     fn shutdown(&self) -> &Notify;
+    /// The one clock the coordinator reads (the system's in a broker, a manual one under simulation).
+    fn clock(&self) -> &dyn sluice_storage::Clock;
     /// Applies topic changes through the topic table's single writer.
     fn admin(self: &Rc<Self>, changes: Vec<TopicChange>)
         -> impl Future<Output = Vec<Result<(), KafkaError>>>;
@@ -303,7 +305,7 @@ impl GroupCoordinator {
                 GroupReply::Sync(self.sync(shard, &group, sync).await)
             }
             GroupRequest::Heartbeat { group, member_id, instance_id, generation } => {
-                let now = Instant::now();
+                let now = shard.clock().now();
                 let mut groups = self.groups.borrow_mut();
                 GroupReply::Error(match groups.get_mut(&group) {
                     None => ResponseError::UnknownMemberId.into(),
@@ -311,7 +313,7 @@ impl GroupCoordinator {
                 })
             }
             GroupRequest::Leave { group, members } => {
-                let now = Instant::now();
+                let now = shard.clock().now();
                 let delay = shard.config().groups.initial_rebalance_delay;
                 let mut groups = self.groups.borrow_mut();
                 GroupReply::Leave(match groups.get_mut(&group) {
@@ -388,9 +390,10 @@ impl GroupCoordinator {
             let mut groups = self.groups.borrow_mut();
             let group = groups
                 .entry(group_id.to_string())
-                .or_insert_with(|| Group::new(group_id, sluice_storage::now_ms()));
+                .or_insert_with(|| Group::new(group_id, shard.clock().now_ms()));
             let member_id = params.member_id.clone();
-            let reply = group.join(params, Instant::now(), config.size_max, config.initial_rebalance_delay);
+            let reply =
+                group.join(params, shard.clock().now(), config.size_max, config.initial_rebalance_delay);
             if let JoinReply::Now(outcome) = &reply {
                 if outcome.error != ErrorCode::NONE && outcome.error != ResponseError::MemberIdRequired {
                     log::debug!("group {group_id}: join of {member_id:?} refused: {:?}", outcome.error);
@@ -420,7 +423,7 @@ impl GroupCoordinator {
                 call.protocol_type.as_deref(),
                 call.protocol.as_deref(),
                 call.assignments,
-                Instant::now(),
+                shard.clock().now(),
             )
         };
         let receiver = match reply {
@@ -448,7 +451,7 @@ impl GroupCoordinator {
                             group.fail_sync(
                                 generation,
                                 ResponseError::CoordinatorNotAvailable.into(),
-                                Instant::now(),
+                                shard.clock().now(),
                                 delay,
                             );
                         }
@@ -485,7 +488,7 @@ impl GroupCoordinator {
         }
         let table = shard.topics();
         let metadata_max = shard.config().groups.offset_metadata_size_max;
-        let now_ms = sluice_storage::now_ms();
+        let now_ms = shard.clock().now_ms();
         let mut errors = Vec::with_capacity(offsets.len());
         let mut records = Vec::new();
         let mut accepted = Vec::new();
@@ -528,7 +531,7 @@ impl GroupCoordinator {
                 let mut groups = self.groups.borrow_mut();
                 let group =
                     groups.entry(group_id.to_string()).or_insert_with(|| Group::new(group_id, now_ms));
-                group.touch(member_id, Instant::now());
+                group.touch(member_id, shard.clock().now());
                 for (index, (topic, partition, value)) in accepted.into_iter().enumerate() {
                     group.apply_commit(
                         &topic,
@@ -756,7 +759,7 @@ impl GroupCoordinator {
         let Ok(_all_writers) = state.writers.acquire_permit(WRITER_PERMITS).await else {
             return Err(KafkaError::new(ResponseError::NotCoordinator));
         };
-        let started = Instant::now();
+        let started = shard.clock().now();
         let count = offsets_partition_count(shard.as_ref());
         let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = {
             let groups = self.groups.borrow();
@@ -781,7 +784,7 @@ impl GroupCoordinator {
         for (chunk_index, chunk) in records.chunks(CHECKPOINT_BATCH_RECORDS).enumerate() {
             let views: Vec<crate::records::KeyValue<'_>> =
                 chunk.iter().map(|(key, value)| (Some(key.as_slice()), value.as_deref())).collect();
-            let batch = crate::records::encode_batch(&views, sluice_storage::now_ms());
+            let batch = crate::records::encode_batch(&views, shard.clock().now_ms());
             let produced = partition.produce(batch, Acks::Durable).await?;
             if chunk_index == 0 {
                 start = produced.base_offset().0;
@@ -798,14 +801,14 @@ impl GroupCoordinator {
             "{OFFSETS_TOPIC}-{index}: checkpoint of {} live records at offset {start} replaced {} older ones in {:?}",
             records.len(),
             start - before,
-            started.elapsed()
+            shard.clock().now().duration_since(started)
         );
         Ok(())
     }
 
     /// Replays this shard's `__consumer_offsets` partitions, then starts serving group requests.
     pub async fn load<H: GroupHost>(&self, shard: &Rc<H>) {
-        let started = std::time::Instant::now();
+        let started = shard.clock().now();
         let mut record_count: u64 = 0;
         if let Some(entry) = shard.topics().get(OFFSETS_TOPIC).cloned() {
             for index in 0..entry.partition_count {
@@ -828,7 +831,7 @@ impl GroupCoordinator {
             log::info!(
                 "shard {}: {group_count} consumer groups loaded from {record_count} records of {OFFSETS_TOPIC} in {:?}",
                 shard.shard_id(),
-                started.elapsed()
+                shard.clock().now().duration_since(started)
             );
         }
         self.loading.set(false);
@@ -842,9 +845,9 @@ impl GroupCoordinator {
         let mut offset = partition.log_start_offset();
         // What a consumer could read: replay never applies a record a leader change could still truncate.
         let end = partition.high_watermark();
-        let now = Instant::now();
+        let (now, now_ms) = (partition.clock().now(), partition.clock().now_ms());
         let mut count = 0u64;
-        let mut reported = std::time::Instant::now();
+        let mut reported = partition.clock().now();
         while offset < end {
             let batches = match partition.read_committed(offset, LOAD_READ_SIZE, true).await {
                 Ok(batches) if !batches.is_empty() => batches,
@@ -867,7 +870,7 @@ impl GroupCoordinator {
                         count += 1;
                         let Some(key) = record.key else { return true };
                         match store::decode(key, record.value) {
-                            Ok(Some(decoded)) => replay(&mut groups, decoded, record.offset, now),
+                            Ok(Some(decoded)) => replay(&mut groups, decoded, record.offset, now, now_ms),
                             Ok(None) => {}
                             Err(error) => log::warn!(
                                 "{OFFSETS_TOPIC}-{}: record at offset {} skipped: {error}",
@@ -885,8 +888,8 @@ impl GroupCoordinator {
                     }
                 }
             }
-            if reported.elapsed() > Duration::from_secs(5) {
-                reported = std::time::Instant::now();
+            if partition.clock().now().duration_since(reported) > Duration::from_secs(5) {
+                reported = partition.clock().now();
                 log::info!(
                     "{OFFSETS_TOPIC}-{}: replaying, at offset {} of {}",
                     partition.topic_partition().partition,
@@ -903,9 +906,9 @@ impl GroupCoordinator {
     /// answering every parked JoinGroup/SyncGroup with NOT_COORDINATOR so that clients look again.
     pub async fn run_timers<H: GroupHost>(&self, shard: Rc<H>) {
         let mut next_retention_check =
-            Instant::now() + shard.config().groups.offsets_retention_check_interval;
+            shard.clock().now() + shard.config().groups.offsets_retention_check_interval;
         while !shard.is_shutting_down() {
-            let now = Instant::now();
+            let now = shard.clock().now();
             let next = self
                 .groups
                 .borrow()
@@ -921,7 +924,7 @@ impl GroupCoordinator {
                 glommio::timer::sleep(next - now).await;
             })
             .await;
-            let now = Instant::now();
+            let now = shard.clock().now();
             let delay = shard.config().groups.initial_rebalance_delay;
             let mut any = false;
             for group in self.groups.borrow_mut().values_mut() {
@@ -944,7 +947,7 @@ impl GroupCoordinator {
     /// since KIP-211); an empty group left with no offsets is deleted.
     async fn expire_offsets<H: GroupHost>(&self, shard: &Rc<H>) {
         let retention_ms = shard.config().groups.offsets_retention.as_millis() as i64;
-        let now_ms = sluice_storage::now_ms();
+        let now_ms = shard.clock().now_ms();
         let expired: Vec<(String, Vec<(String, i32)>)> = self
             .groups
             .borrow()
@@ -1020,11 +1023,17 @@ struct SyncCall {
 }
 
 /// Applies one replayed record.
-fn replay(groups: &mut HashMap<String, Group>, record: StoredRecord, log_offset: i64, now: Instant) {
+/// `now`/`now_ms`: the replay's one reading of the clock (monotonic and wall).
+fn replay(
+    groups: &mut HashMap<String, Group>,
+    record: StoredRecord,
+    log_offset: i64,
+    now: Instant,
+    now_ms: i64,
+) {
     match record {
         StoredRecord::Offset { group, topic, partition, value } => {
-            let entry =
-                groups.entry(group.clone()).or_insert_with(|| Group::new(&group, sluice_storage::now_ms()));
+            let entry = groups.entry(group.clone()).or_insert_with(|| Group::new(&group, now_ms));
             match value {
                 Some(value) => {
                     entry.apply_commit(&topic, partition, CommittedOffset::from_stored(value, log_offset))
@@ -1035,8 +1044,7 @@ fn replay(groups: &mut HashMap<String, Group>, record: StoredRecord, log_offset:
             }
         }
         StoredRecord::Group { group, value: Some(value) } => {
-            let entry =
-                groups.entry(group.clone()).or_insert_with(|| Group::new(&group, sluice_storage::now_ms()));
+            let entry = groups.entry(group.clone()).or_insert_with(|| Group::new(&group, now_ms));
             entry.restore(value, log_offset, now);
         }
         StoredRecord::Group { group, value: None } => {
@@ -1110,7 +1118,7 @@ async fn write_records<H: GroupHost>(
     };
     let views: Vec<crate::records::KeyValue<'_>> =
         records.iter().map(|(key, value)| (Some(key.as_slice()), value.as_deref())).collect();
-    let batch = crate::records::encode_batch(&views, sluice_storage::now_ms());
+    let batch = crate::records::encode_batch(&views, shard.clock().now_ms());
     let produced = partition.produce(batch, Acks::Durable).await?;
     let base = produced.base_offset().0;
     produced.acknowledged().await?;

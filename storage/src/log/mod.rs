@@ -144,8 +144,9 @@ pub enum SegmentSpace {
 /// Where reads stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadBound {
-    /// Consumers: only what the high watermark exposes.
-    HighWatermark,
+    /// Only batches below this offset (consumers read below the high watermark, which the replica layer above
+    /// storage keeps); clamped to the log end.
+    Below(Offset),
     /// Followers and tools: everything sequenced.
     LogEnd,
 }
@@ -275,7 +276,6 @@ struct LogState<S: Storage> {
     log_start_offset: Offset,
     /// Next offset to assign (the log end offset).
     next_offset: Offset,
-    high_watermark: Offset,
     /// Sequenced batches not yet written, oldest first.
     unflushed: VecDeque<PendingBatch>,
     unflushed_size: usize,
@@ -373,7 +373,6 @@ impl<S: Storage> Log<S> {
                 segments,
                 log_start_offset,
                 next_offset,
-                high_watermark: next_offset,
                 unflushed: VecDeque::new(),
                 unflushed_size: 0,
                 flushed_offset: next_offset,
@@ -431,17 +430,6 @@ impl<S: Storage> Log<S> {
     /// Everything below this offset has been fdatasync'd.
     pub fn durable_offset(&self) -> Offset {
         self.inner.state.borrow().durable_offset
-    }
-
-    pub fn high_watermark(&self) -> Offset {
-        self.inner.state.borrow().high_watermark
-    }
-
-    /// Sets the high watermark; it never passes the log end offset and never goes below the log start.
-    pub fn set_high_watermark(&self, offset: Offset) {
-        let mut state = self.inner.state.borrow_mut();
-        assert!(offset <= state.next_offset, "high watermark {offset} beyond log end {}", state.next_offset);
-        state.high_watermark = offset.max(state.log_start_offset);
     }
 
     /// Bytes of batches in the log, written or not.
@@ -578,11 +566,6 @@ impl<S: Storage> LogState<S> {
             self.durable_offset,
             self.flushed_offset,
             self.next_offset
-        );
-        assert!(
-            self.high_watermark <= self.next_offset,
-            "high watermark {} past the log end",
-            self.high_watermark
         );
         assert!(
             self.log_start_offset <= self.next_offset,

@@ -74,7 +74,7 @@ impl<S: Storage> Log<S> {
             });
         }
         Ok(match bound {
-            ReadBound::HighWatermark => state.high_watermark,
+            ReadBound::Below(limit) => limit.min(state.next_offset),
             ReadBound::LogEnd => state.next_offset,
         })
     }

@@ -24,16 +24,16 @@ impl<S: Storage> Log<S> {
         self.run_command(Command::TruncateTo(offset)).await
     }
 
-    /// DeleteRecords: moves the log start offset up to `offset` (at most the high watermark) and deletes the
-    /// segments wholly below it. Returns the new log start offset.
+    /// DeleteRecords: moves the log start offset up to `offset` (at most the log end; the replica layer keeps it
+    /// at most the high watermark) and deletes the segments wholly below it. Returns the new log start offset.
     pub async fn delete_before(&self, offset: Offset) -> Result<Offset, LogError> {
         {
             let state = self.inner.state.borrow();
-            if offset > state.high_watermark || offset < Offset(0) {
+            if offset > state.next_offset || offset < Offset(0) {
                 return Err(LogError::OffsetOutOfRange {
                     offset,
                     log_start: state.log_start_offset,
-                    log_end: state.high_watermark,
+                    log_end: state.next_offset,
                 });
             }
         }
@@ -73,7 +73,6 @@ pub(super) async fn truncate<S: Storage>(inner: &LogInner<S>, offset: Offset) ->
         state.next_offset = new_end;
         state.flushed_offset = new_end;
         state.durable_offset = state.durable_offset.min(new_end);
-        state.high_watermark = state.high_watermark.min(new_end);
         state.log_start_offset = log_start.min(new_end);
         state.update_epochs(|epochs| epochs.truncate_from_end(new_end));
         // The log ends at the target, or below it at the start of a batch that straddled it.
