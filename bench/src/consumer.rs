@@ -44,6 +44,7 @@ pub fn start(
     }
 }
 
+#[allow(clippy::too_many_lines)] // over 70 lines before the limit; to be split
 fn run(
     workload: &Workload,
     versions: Versions,

@@ -28,6 +28,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use crate::client::{ensure_topic, topic_name, ClientError, Connection};
+use sluice_storage::Invariant;
 
 const MEMBER_ID_REQUIRED: i16 = 79;
 const REBALANCE_IN_PROGRESS: i16 = 27;
@@ -163,14 +164,24 @@ impl Member {
             loop {
                 self.join_and_sync()?;
                 let now = Instant::now();
-                shared.lock().expect("lock").synced.entry(self.generation).or_default().push(now);
+                shared
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .synced
+                    .entry(self.generation)
+                    .or_default()
+                    .push(now);
                 if !self.heartbeat_until_rebalance(stop)? {
                     return self.leave();
                 }
             }
         })();
         if let Err(error) = result {
-            shared.lock().expect("lock").error.get_or_insert(error.to_string());
+            shared
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .error
+                .get_or_insert(error.to_string());
         }
     }
 }
@@ -186,7 +197,7 @@ fn wait_stable(
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     while Instant::now() < deadline {
         {
-            let state = shared.lock().expect("lock");
+            let state = shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(error) = &state.error {
                 return Err(error.clone());
             }
@@ -198,7 +209,10 @@ fn wait_stable(
                 })
                 .max_by_key(|(generation, _)| **generation);
             if let Some((generation, times)) = found {
-                return Ok((*generation, *times.iter().max().expect("non-empty")));
+                return Ok((
+                    *generation,
+                    *times.iter().max().invariant("a generation with sync times has at least one"),
+                ));
             }
         }
         thread::sleep(Duration::from_millis(1));
@@ -296,7 +310,10 @@ pub fn commit_rate(bootstrap: &str, topic: &str, clients: usize, duration: Durat
                     Ok(())
                 })();
                 if let Err(error) = result {
-                    failure.lock().expect("lock").get_or_insert(error.to_string());
+                    failure
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .get_or_insert(error.to_string());
                 }
             })
         })
@@ -304,7 +321,7 @@ pub fn commit_rate(bootstrap: &str, topic: &str, clients: usize, duration: Durat
     for thread in threads {
         let _ = thread.join();
     }
-    if let Some(error) = failure.lock().expect("lock").take() {
+    if let Some(error) = failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
         return Err(error);
     }
     Ok(committed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())

@@ -2,6 +2,7 @@
 //! valid headers with random bodies, and valid requests with flipped bytes. Proves that no frame stops the
 //! broker: after every batch of frames a fresh connection still gets ApiVersions and Metadata answered.
 //! Replay a failure with `SLUICE_FUZZ_SEED=<seed> cargo test -p sluice-broker --test fuzz`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step is the test failing
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -8,6 +8,7 @@
 //! Not replication yet (no ISR, no acks=all across nodes): this proves the seams — partition layer over
 //! `SimStorage`, follower append, simulated network and seeds — carry a two-node run deterministically.
 //! A failing seed is printed; `SLUICE_SEED=<seed>` replays it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step is the test failing
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -108,6 +109,58 @@ async fn check(leader: &Partition<SimStorage>, follower: &Partition<SimStorage>,
     }
 }
 
+/// One produce on the leader; returns the offset the next one must get.
+async fn produce_one(
+    leader: &Rc<Partition<SimStorage>>,
+    prng: &mut Prng,
+    expected_offset: Offset,
+    seed: u64,
+) -> Offset {
+    let count = 1 + prng.below(5) as usize;
+    let records = batch(prng, count);
+    let acknowledged = leader.produce(records, Acks::Leader).await.expect("sequenced").acknowledged();
+    match acknowledged.await.expect("acknowledged") {
+        sluice_broker::cluster::PartitionReply::Appended { base_offset, .. } => {
+            assert_eq!(base_offset, expected_offset, "seed {seed:#x}: offsets are contiguous");
+            Offset(base_offset.0 + count as i64)
+        }
+        other => panic!("seed {seed:#x}: produce answered {other:?}"),
+    }
+}
+
+/// The follower's side of a fetch reply: a stale or duplicated reply keeps only what continues its log.
+async fn follow(follower: &Partition<SimStorage>, batches: Vec<Bytes>, high_watermark: Offset) {
+    let end = follower.log_end_offset();
+    let fresh: Vec<Bytes> = batches
+        .into_iter()
+        .filter(|batch| BatchHeader::parse(batch).is_ok_and(|header| header.base_offset.get() >= end.0))
+        .collect();
+    let starts_at_end = fresh
+        .first()
+        .is_some_and(|first| BatchHeader::parse(first).is_ok_and(|h| h.base_offset.get() == end.0));
+    if !starts_at_end {
+        follower.follower_high_watermark(high_watermark);
+        return;
+    }
+    let mut records = Vec::new();
+    for batch in &fresh {
+        records.extend_from_slice(batch);
+    }
+    follower.append_replicated(Bytes::from(records), high_watermark).await.expect("follower append");
+}
+
+/// The network misbehaves during the first part of the run (a partition now and then), then heals.
+fn misbehave(network: &mut SimNetwork<Message>, produced: usize, prng: &mut Prng) {
+    if produced == PRODUCE_COUNT / 3 && !network.is_link_cut(LEADER, FOLLOWER) && prng.chance(0.05) {
+        network.partition(&[LEADER]);
+    } else if produced >= 2 * PRODUCE_COUNT / 3 {
+        network.heal();
+    }
+    if produced == PRODUCE_COUNT {
+        network.set_faults(Faults::none()).expect("faults");
+    }
+}
+
 async fn run_seed(seed: u64) -> (u64, u64) {
     let mut prng = Prng::new(seed);
     let faults = Faults {
@@ -136,28 +189,10 @@ async fn run_seed(seed: u64) -> (u64, u64) {
         let deliveries = network.deliver_until(now);
         // A produce now and then, through the one produce path; offsets come back contiguous.
         if produced < PRODUCE_COUNT && prng.chance(0.3) {
-            let count = 1 + prng.below(5) as usize;
-            let records = batch(&mut prng, count);
-            let count = BatchHeader::parse(&records).expect("batch").last_offset_delta.get() as i64 + 1;
-            let acknowledged = leader.produce(records, Acks::Leader).await.expect("sequenced").acknowledged();
-            match acknowledged.await.expect("acknowledged") {
-                sluice_broker::cluster::PartitionReply::Appended { base_offset, .. } => {
-                    assert_eq!(base_offset, expected_offset, "seed {seed:#x}: offsets are contiguous");
-                    expected_offset = Offset(base_offset.0 + count);
-                }
-                other => panic!("seed {seed:#x}: produce answered {other:?}"),
-            }
+            expected_offset = produce_one(&leader, &mut prng, expected_offset, seed).await;
             produced += 1;
         }
-        // The network misbehaves during the first part of the run, then heals.
-        if produced == PRODUCE_COUNT / 3 && !network.is_link_cut(LEADER, FOLLOWER) && prng.chance(0.05) {
-            network.partition(&[LEADER]);
-        } else if produced >= 2 * PRODUCE_COUNT / 3 {
-            network.heal();
-        }
-        if produced == PRODUCE_COUNT {
-            network.set_faults(Faults::none()).expect("faults");
-        }
+        misbehave(&mut network, produced, &mut prng);
         if now >= next_fetch {
             next_fetch = now + FETCH_INTERVAL;
             let _ = network.send(FOLLOWER, LEADER, Message::Fetch { offset: follower.log_end_offset() });
@@ -171,29 +206,7 @@ async fn run_seed(seed: u64) -> (u64, u64) {
                     let _ = network.send(LEADER, envelope.from, reply);
                 }
                 Message::FetchReply { batches, high_watermark } => {
-                    // A stale or duplicated reply: keep only what continues the follower's log.
-                    let end = follower.log_end_offset();
-                    let fresh: Vec<Bytes> = batches
-                        .into_iter()
-                        .filter(|batch| {
-                            BatchHeader::parse(batch).is_ok_and(|header| header.base_offset.get() >= end.0)
-                        })
-                        .collect();
-                    let starts_at_end = fresh.first().is_some_and(|first| {
-                        BatchHeader::parse(first).is_ok_and(|h| h.base_offset.get() == end.0)
-                    });
-                    if starts_at_end {
-                        let mut records = Vec::new();
-                        for batch in &fresh {
-                            records.extend_from_slice(batch);
-                        }
-                        follower
-                            .append_replicated(Bytes::from(records), high_watermark)
-                            .await
-                            .expect("follower append");
-                    } else {
-                        follower.follower_high_watermark(high_watermark);
-                    }
+                    follow(&follower, batches, high_watermark).await;
                 }
             }
             check(&leader, &follower, seed).await;

@@ -3,6 +3,7 @@
 //! accepts, and asks for the end offset of every partition, must find every partition — before the lifecycle, shard
 //! 0 listened as soon as its own partitions were open and answered UNKNOWN_TOPIC_OR_PARTITION for shard 1's.
 //! (Its own test binary: the hook is a process-wide environment variable.)
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step is the test failing
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

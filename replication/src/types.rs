@@ -5,6 +5,7 @@
 //! `Offset` is not defined here: it belongs to the log and is defined once, in `sluice-storage`. It is re-exported
 //! from this crate's root so that users of replication name every vocabulary type through one path.
 
+use sluice_storage::Invariant;
 use std::fmt;
 use std::sync::Arc;
 
@@ -55,7 +56,7 @@ impl LeaderEpoch {
     /// at one per second, so reaching it means the epoch was corrupted, which must not be papered over.
     pub fn next(self) -> LeaderEpoch {
         assert!(self.0 >= LeaderEpoch::NONE.0, "leader epoch {} is below {}", self.0, LeaderEpoch::NONE.0);
-        LeaderEpoch(self.0.checked_add(1).expect("leader epoch overflowed i32"))
+        LeaderEpoch(self.0.checked_add(1).invariant("leader epoch overflowed i32"))
     }
 }
 

@@ -8,6 +8,7 @@
 //!   the one-append-per-fsync rate with and without fallocate'd segment space.
 //! * recovery — a child process fills a partition to N GiB (default 4) and is killed with SIGKILL; the time to
 //!   reopen it is measured.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step is the test failing
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;

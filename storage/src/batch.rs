@@ -5,6 +5,7 @@ use bytes::{Bytes, BytesMut};
 use zerocopy::byteorder::big_endian::{I16, I32, I64, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+use crate::invariant::Invariant;
 use crate::types::Offset;
 
 /// The 61-byte header of a v2 record batch, exactly as it sits on the wire and on disk.
@@ -214,7 +215,7 @@ pub fn validate_record_set(bytes: &[u8]) -> Result<Vec<BatchSummary>, BatchError
 /// Writes baseOffset and partitionLeaderEpoch into a batch in place. Both sit before the CRC'd range, so the CRC
 /// stays valid.
 pub fn stamp_batch(batch: &mut [u8], base_offset: Offset, leader_epoch: i32) {
-    let (header, _) = BatchHeader::mut_from_prefix(batch).expect("stamp_batch on a validated batch");
+    let (header, _) = BatchHeader::mut_from_prefix(batch).invariant("stamp_batch on a validated batch");
     header.base_offset.set(base_offset.0);
     header.partition_leader_epoch.set(leader_epoch);
 }
@@ -223,13 +224,13 @@ pub fn stamp_batch(batch: &mut [u8], base_offset: Offset, leader_epoch: i32) {
 /// covers both.
 pub fn stamp_log_append_time(batch: &mut [u8], append_time_ms: i64) {
     let size = {
-        let (header, _) = BatchHeader::mut_from_prefix(batch).expect("stamp on a validated batch");
+        let (header, _) = BatchHeader::mut_from_prefix(batch).invariant("stamp on a validated batch");
         header.attributes.set(header.attributes.get() | ATTRIBUTE_TIMESTAMP_LOG_APPEND);
         header.max_timestamp.set(append_time_ms);
         header.total_size()
     };
     let crc = crc32c::crc32c(&batch[CRC_RANGE_START..size]);
-    let (header, _) = BatchHeader::mut_from_prefix(batch).expect("stamp on a validated batch");
+    let (header, _) = BatchHeader::mut_from_prefix(batch).invariant("stamp on a validated batch");
     header.crc.set(crc);
 }
 
@@ -349,6 +350,6 @@ pub mod testing {
             value.fill((index % 251) as u8);
             builder.append(timestamp, None, Some(&[&value]));
         }
-        builder.finish(0).expect("an uncompressed batch seals")
+        builder.finish(0).invariant("an uncompressed batch seals")
     }
 }

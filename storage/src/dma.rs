@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
+use crate::invariant::Invariant;
 use crate::io::{Storage, StorageFile};
 use crate::types::BLOCK_SIZE;
 
@@ -119,7 +120,7 @@ unsafe impl Sync for AlignedMemory {}
 impl AlignedMemory {
     fn new(size: usize) -> AlignedMemory {
         let layout = std::alloc::Layout::from_size_align(size.max(BLOCK_SIZE), BLOCK_SIZE)
-            .expect("block-aligned layout is valid");
+            .invariant("block-aligned layout is valid");
         // SAFETY: the layout has a non-zero size.
         let pointer = unsafe { std::alloc::alloc(layout) };
         let pointer =

@@ -77,8 +77,8 @@ impl OffsetIndex {
         let mut complete = bytes.len().is_multiple_of(OFFSET_INDEX_ENTRY_SIZE);
         for chunk in bytes.chunks_exact(OFFSET_INDEX_ENTRY_SIZE) {
             let entry = OffsetIndexEntry {
-                relative_offset: u32::from_be_bytes(chunk[0..4].try_into().expect("4 bytes")),
-                position: u32::from_be_bytes(chunk[4..8].try_into().expect("4 bytes")),
+                relative_offset: u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]),
+                position: u32::from_be_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]),
             };
             let increasing = index.entries.last().is_none_or(|last| {
                 entry.relative_offset > last.relative_offset && entry.position > last.position
@@ -134,8 +134,10 @@ impl TimeIndex {
         let mut index = TimeIndex::default();
         for chunk in bytes.chunks_exact(TIME_INDEX_ENTRY_SIZE) {
             let entry = TimeIndexEntry {
-                timestamp: i64::from_be_bytes(chunk[0..8].try_into().expect("8 bytes")),
-                relative_offset: u32::from_be_bytes(chunk[8..12].try_into().expect("4 bytes")),
+                timestamp: i64::from_be_bytes([
+                    chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
+                ]),
+                relative_offset: u32::from_be_bytes([chunk[8], chunk[9], chunk[10], chunk[11]]),
             };
             let increasing = index.entries.last().is_none_or(|last| {
                 entry.timestamp > last.timestamp && entry.relative_offset > last.relative_offset

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use crate::batch::{validate_batch, BatchError, BatchHeader};
 use crate::index::{relative, OffsetIndex, OffsetIndexEntry, TimeIndex, TimeIndexEntry};
 use crate::index::{OFFSET_INDEX_ENTRY_SIZE, TIME_INDEX_ENTRY_SIZE};
+use crate::invariant::Invariant;
 use crate::io::{Storage, StorageFile};
 use crate::log::SegmentSpace;
 use crate::types::{align_down, align_up, Offset, BLOCK_SIZE};
@@ -164,13 +165,13 @@ impl<S: Storage> Segment<S> {
     /// Takes the active segment's writer out so that its writes can run without a borrow of the log state;
     /// readers keep seeing the segment (its index and written size) meanwhile.
     pub(crate) fn take_writer(&mut self) -> SegmentWriter<S> {
-        self.writer.take().expect("take_writer on a closed segment")
+        self.writer.take().invariant("take_writer on a closed segment")
     }
 
     /// Records batches that `SegmentWriter::write` put in the file: size, offsets, index entries.
     pub(crate) fn record_written(&mut self, batches: &[Bytes], index_interval_size: u32) {
         for batch in batches {
-            let header = BatchHeader::parse(batch).expect("sequenced batches are valid");
+            let header = BatchHeader::parse(batch).invariant("sequenced batches are valid");
             self.record_batch(header, batch.len() as u64, index_interval_size);
         }
     }
@@ -434,7 +435,7 @@ impl<S: Storage> SegmentWriter<S> {
                 new_tail = buffer.as_ref()[tail_start..fill_size].to_vec();
             }
             if in_flight.len() >= WRITES_IN_FLIGHT {
-                let oldest = in_flight.pop_front().expect("non-empty");
+                let oldest = in_flight.pop_front().invariant("non-empty");
                 result = result.and(oldest.await);
             }
             let task_file = file.clone();
@@ -529,7 +530,7 @@ fn write_fill<'a>(target: &mut [u8], source: &mut &'a [u8], sources: &mut impl I
     // Bounded: each pass copies at least one byte or moves to the next source.
     while filled < target.len() {
         if source.is_empty() {
-            *source = sources.next().expect("sources hold exactly the bytes to write");
+            *source = sources.next().invariant("sources hold exactly the bytes to write");
             continue;
         }
         let take = source.len().min(target.len() - filled);

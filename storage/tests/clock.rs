@@ -1,5 +1,6 @@
 //! The log reads time only from the clock it was opened with: segment.ms rolls, the flush interval and
 //! LogAppendTime follow a `ManualClock`, with no real waiting for them.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step is the test failing
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! The scripted workload is cut by a power failure at every one of its sync points in turn; after recovery the
 //! log must be a prefix of what was written and must hold every batch that was acknowledged under the fsync
 //! policy. Then: torn tails, bit flips, truncated and deleted index files, a segment cut mid-batch.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step is the test failing
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The same storage on real files through glommio direct I/O: the probe workaround, and recovery after an
 //! unclean stop, a damaged tail and a lost index.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step is the test failing
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The leader epoch cache of a log on the simulated disk: kept by appends (leader and replicated), truncation and
 //! DeleteRecords, persisted in Kafka's checkpoint format, and consistent with the batches after a crash at any sync
 //! point.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step is the test failing
 
 mod common;
 

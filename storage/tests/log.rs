@@ -1,5 +1,6 @@
 //! Behaviour of the partition log on the simulated disk: append and read, roll, indexes, truncation,
 //! DeleteRecords, retention, timestamp lookup, reopen, poisoning.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step is the test failing
 
 mod common;
 

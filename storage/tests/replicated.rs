@@ -1,5 +1,6 @@
 //! Follower appends (`Log::append_replicated`) on the simulated disk: batches are stored exactly as the leader
 //! wrote them, a gap or an overlap is refused without changing the log, and what was acknowledged survives a crash.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step is the test failing
 
 mod common;
 

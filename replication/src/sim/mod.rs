@@ -28,6 +28,7 @@ pub use prng::Prng;
 
 use crate::seams::SendError;
 use crate::types::NodeId;
+use sluice_storage::Invariant;
 
 /// The environment variable that fixes the seed of every simulation in a test run.
 pub const SEED_ENV: &str = "SLUICE_SEED";
@@ -192,7 +193,7 @@ where
     /// (messages first on a tie, ticks by node id) — sends what it emitted, then checks the invariant.
     pub fn step(&mut self, checker: &mut impl Checker<N>) -> Result<Event, Violation> {
         let event = self.step_until(Duration::MAX, checker)?;
-        Ok(event.expect("a node always has a next tick"))
+        Ok(event.invariant("a node always has a next tick"))
     }
 
     /// Steps until nothing is left to do at or before `time`, then moves the clock to `time`.
@@ -232,13 +233,13 @@ where
             .copied()
             .enumerate()
             .min_by_key(|&(index, at)| (at, index))
-            .expect("a simulation has at least one node");
+            .invariant("a simulation has at least one node");
         let (acting_node, event) = match self.network.pop_due(tick_at.min(until)) {
             Some(delivery) => {
                 self.clock.advance_to(delivery.deliver_at);
                 let envelope = delivery.envelope;
                 let to_index =
-                    envelope.to.index(self.nodes.len()).expect("the network delivers only to its nodes");
+                    envelope.to.index(self.nodes.len()).invariant("the network delivers only to its nodes");
                 let now = self.clock.now();
                 self.nodes[to_index].on_message(now, envelope.from, envelope.message, &mut self.outbox);
                 (envelope.to, Event::Delivered { from: envelope.from, to: envelope.to })

@@ -10,6 +10,7 @@ use super::checkpoint::{write_leader_epochs, write_log_start_checkpoint};
 use super::retention::{delete_segments_below_log_start, retention, truncate};
 use super::{io_error, Command, CommandSlot, Durability, LogError, LogInner, LogState, PendingBatch};
 use crate::batch::BatchHeader;
+use crate::invariant::Invariant;
 use crate::io::{Storage, StorageFile};
 use crate::segment::{Segment, WriteSettings, INDEX_WRITE_BATCH_COUNT};
 use crate::types::Offset;
@@ -125,7 +126,7 @@ fn next_flusher_action<S: Storage>(inner: &LogInner<S>) -> FlusherAction {
         }
     }
     if command_drains == Some(false) || (draining && !has_unflushed && !unsynced) {
-        let (command, slot) = state.commands.pop_front().expect("checked above");
+        let (command, slot) = state.commands.pop_front().invariant("checked above");
         return FlusherAction::Command(command, slot);
     }
     if !has_unflushed && !unsynced {
@@ -292,7 +293,7 @@ fn mark_written<S: Storage>(inner: &LogInner<S>, batches: &[PendingBatch]) {
     }
     let mut state = inner.state.borrow_mut();
     for batch in batches {
-        let front = state.unflushed.pop_front().expect("written batches are pending");
+        let front = state.unflushed.pop_front().invariant("written batches are pending");
         assert_eq!(front.base_offset, batch.base_offset);
         // Written in order, with no gap: the written offset only moves forward, one batch at a time.
         assert_eq!(
@@ -318,7 +319,7 @@ fn mark_written<S: Storage>(inner: &LogInner<S>, batches: &[PendingBatch]) {
 async fn sync_active<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError> {
     let (file, path, flushed) = {
         let state = inner.state.borrow();
-        let active = state.segments.last().expect("active segment");
+        let active = state.segments.last().invariant("active segment");
         (active.file.clone(), active.path.clone(), state.flushed_offset)
     };
     file.sync().await.map_err(io_error("syncing", &path))?;

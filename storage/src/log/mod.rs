@@ -39,6 +39,7 @@ use crate::runtime::{Clock, LogRuntime};
 use crate::segment::Segment;
 use crate::types::Offset;
 
+use crate::invariant::Invariant;
 use flusher::run_flusher;
 use read_ahead::{forget_read_ahead, ReadAhead};
 use recovery::{open_leader_epochs, open_segments};
@@ -355,7 +356,7 @@ impl<S: Storage> Log<S> {
         let clock = &*runtime.clock;
         let (segments, recovery, log_start_offset) =
             open_segments(&storage, &directory, &config, clock).await?;
-        let next_offset = segments.last().expect("at least one segment").next_offset;
+        let next_offset = segments.last().invariant("at least one segment").next_offset;
         let (epochs, epochs_changed) =
             open_leader_epochs(&storage, &directory, log_start_offset, next_offset).await;
         let id = NEXT_LOG_ID.with(|next| {
@@ -582,6 +583,6 @@ impl<S: Storage> LogState<S> {
     }
 
     fn active(&mut self) -> &mut Segment<S> {
-        self.segments.last_mut().expect("a log always has an active segment")
+        self.segments.last_mut().invariant("a log always has an active segment")
     }
 }

@@ -8,6 +8,7 @@ use super::{io_error, LogConfig, LogError, RecoveryReport};
 use crate::batch::{self, BatchHeader};
 use crate::epoch::{self, LeaderEpochCache};
 use crate::index::{OffsetIndex, TimeIndex};
+use crate::invariant::Invariant;
 use crate::io::{Storage, StorageFile};
 use crate::runtime::Clock;
 use crate::segment::{parse_segment_file_name, Segment};
@@ -46,7 +47,7 @@ pub(super) async fn open_segments<S: Storage>(
         storage.sync_directory(directory).await.map_err(io_error("syncing", directory))?;
         segments.push(segment);
     }
-    let active = segments.last_mut().expect("at least one segment");
+    let active = segments.last_mut().invariant("at least one segment");
     active.reopen_for_writing(storage, directory).await.map_err(io_error("reopening", &active.path))?;
     let next_offset = active.next_offset;
     let first_base = segments[0].base_offset;

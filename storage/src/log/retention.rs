@@ -8,6 +8,7 @@ use super::read::read_segment_batches;
 use super::read_ahead::forget_read_ahead;
 use super::{io_error, Command, Log, LogError, LogInner};
 use crate::index::relative;
+use crate::invariant::Invariant;
 use crate::io::{Storage, StorageFile};
 use crate::segment::{Accept, Segment};
 use crate::types::{FilePosition, Offset};
@@ -62,7 +63,7 @@ pub(super) async fn truncate<S: Storage>(inner: &LogInner<S>, offset: Offset) ->
         assert_eq!(state.durable_offset, next_offset, "truncation of an unsynced log");
     }
     truncate_drop_segments(inner, offset).await?;
-    let mut segment = inner.state.borrow_mut().segments.pop().expect("a segment remains");
+    let mut segment = inner.state.borrow_mut().segments.pop().invariant("a segment remains");
     let result =
         truncate_segment(inner, &mut segment, offset).await.map_err(io_error("truncating", &segment.path));
     let new_end = segment.next_offset;

@@ -13,6 +13,7 @@ use super::compression::{compress_into, Compression};
 use super::varint::{put_varint, put_varlong, varint_size, varlong_size, VARINT_SIZE_MAX, VARLONG_SIZE_MAX};
 use super::RecordError;
 use crate::batch::{validate_batch, BatchHeader, BATCH_HEADER_SIZE, BATCH_LENGTH_OVERHEAD, CRC_RANGE_START};
+use crate::invariant::Invariant;
 
 /// Producers outside a leader's knowledge send -1; the log stamps the real epoch on append.
 const PARTITION_LEADER_EPOCH_UNKNOWN: i32 = -1;
@@ -122,7 +123,7 @@ impl BatchBuilder {
             .map_err(|_| RecordError(format!("batch of {} bytes exceeds an i32 length", batch.len())))?;
         {
             let (header, _) = BatchHeader::mut_from_prefix(&mut batch[..])
-                .expect("the buffer starts with the header's placeholder");
+                .invariant("the buffer starts with the header's placeholder");
             header.base_offset.set(0); // the log assigns it
             header.batch_length.set(batch_length);
             header.partition_leader_epoch.set(PARTITION_LEADER_EPOCH_UNKNOWN);
@@ -137,7 +138,7 @@ impl BatchBuilder {
             header.record_count.set(self.record_count as i32);
         }
         let crc = crc32c::crc32c(&batch[CRC_RANGE_START..]);
-        BatchHeader::mut_from_prefix(&mut batch[..]).expect("the header was just written").0.crc.set(crc);
+        BatchHeader::mut_from_prefix(&mut batch[..]).invariant("the header was just written").0.crc.set(crc);
         assert!(BatchHeader::parse(&batch).is_ok_and(|header| header.total_size() == batch.len()));
         debug_assert!(validate_batch(&batch).is_ok());
         Ok(batch.freeze())
@@ -149,7 +150,7 @@ impl BatchBuilder {
 fn field_length(size: Option<usize>) -> i32 {
     match size {
         // A batch is bounded by an i32 length, so no field of one can be longer.
-        Some(size) => i32::try_from(size).expect("a record field is shorter than its batch's i32 length"),
+        Some(size) => i32::try_from(size).invariant("a record field is shorter than its batch's i32 length"),
         None => -1,
     }
 }
@@ -181,7 +182,7 @@ impl RecordFields<'_> {
 #[inline]
 fn put_record<B: BufMut>(target: &mut B, record: &RecordFields<'_>) {
     let body_size = record.body_size();
-    put_varint(target, i32::try_from(body_size).expect("a record is shorter than its batch's i32 length"));
+    put_varint(target, i32::try_from(body_size).invariant("a record is shorter than its batch's i32 length"));
     target.put_u8(0); // attributes: none are defined for records
     put_varlong(target, record.timestamp_delta);
     put_varint(target, record.offset_delta);
