@@ -399,13 +399,14 @@ impl<S: Storage> Partition<S> {
         size_max: usize,
         min_one: bool,
     ) -> Result<Vec<Bytes>, KafkaError> {
+        let bound = self.high_watermark();
         let batches = self
             .log
-            .read(offset, size_max, ReadBound::Below(self.high_watermark()), min_one)
+            .read(offset, size_max, ReadBound::Below(bound), min_one)
             .await
             .map_err(|error| from_log_error(&error))?;
         if let Some(last) = batches.last().and_then(|batch| BatchHeader::parse(batch).ok()) {
-            assert!(last.last_offset() < self.high_watermark(), "a read returned uncommitted batch {last:?}");
+            assert!(last.last_offset() < bound, "a read below {bound} returned batch {last:?}");
         }
         Ok(batches)
     }

@@ -232,9 +232,58 @@ impl Group {
     }
 
     fn transition(&mut self, state: GroupState) {
+        // The classic protocol's edges: only a rebalance leads anywhere but back to it.
+        let allowed = match state {
+            GroupState::PreparingRebalance => self.state != GroupState::Dead,
+            GroupState::CompletingRebalance | GroupState::Empty => {
+                self.state == GroupState::PreparingRebalance
+            }
+            GroupState::Stable => self.state == GroupState::CompletingRebalance,
+            GroupState::Dead => true,
+        };
+        assert!(
+            allowed,
+            "group {}: {:?} -> {state:?} is not a transition of the protocol",
+            self.id, self.state
+        );
         if self.state != state {
             self.state = state;
             self.state_since_ms = sluice_storage::now_ms();
+        }
+        self.check_invariants();
+    }
+
+    /// What each state promises: a group with a generation in progress or done has members and a leader among
+    /// them; an empty group has neither members nor a leader.
+    fn check_invariants(&self) {
+        match self.state {
+            GroupState::CompletingRebalance | GroupState::Stable => {
+                assert!(!self.members.is_empty(), "group {}: {:?} without members", self.id, self.state);
+                assert!(
+                    self.leader.as_ref().is_some_and(|leader| self.members.contains_key(leader)),
+                    "group {}: {:?} with leader {:?} not among its members",
+                    self.id,
+                    self.state,
+                    self.leader
+                );
+                assert!(
+                    self.generation >= 1,
+                    "group {}: {:?} at generation {}",
+                    self.id,
+                    self.state,
+                    self.generation
+                );
+            }
+            GroupState::Empty => {
+                assert!(
+                    self.members.is_empty(),
+                    "group {}: Empty with {} members",
+                    self.id,
+                    self.members.len()
+                );
+                assert!(self.leader.is_none(), "group {}: Empty with a leader", self.id);
+            }
+            GroupState::PreparingRebalance | GroupState::Dead => {}
         }
     }
 
