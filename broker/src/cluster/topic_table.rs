@@ -159,11 +159,17 @@ impl TopicEntry {
     }
 
     /// Gives every partition up to `partition_count` an assignment on `node` (new partitions, or a table from
-    /// before per-partition assignments), and drops assignments past it.
+    /// before per-partition assignments), and drops assignments past it. A cluster of one holds every replica: a
+    /// data directory written under another `node.id` is re-homed to this one (its epochs kept).
     fn fill_assignments(&mut self, node: NodeId) {
         let count = self.partition_count.max(0) as usize;
         let epoch = LeaderEpoch(self.legacy_leader_epoch);
         self.partitions.truncate(count);
+        for assignment in &mut self.partitions {
+            if assignment.replicas != [node.0] {
+                assignment.replicas = vec![node.0];
+            }
+        }
         while self.partitions.len() < count {
             self.partitions.push(PartitionAssignment::on_node(node, epoch));
         }
@@ -636,6 +642,11 @@ mod tests {
         assert_eq!(entry.leader_epoch(1), LeaderEpoch(5));
         assert_eq!(entry.partition(0).unwrap().leader(), NodeId(7));
         assert_eq!(entry.leader_epoch(2), LeaderEpoch::NONE);
+        // The same directory, saved, then started under another node id: every replica moves to it, epochs kept.
+        table.save(&directory).unwrap();
+        let table = TopicTable::load(&directory, NodeId(9)).unwrap();
+        assert_eq!(table.get("t").unwrap().partition(1).unwrap().leader(), NodeId(9));
+        assert_eq!(table.get("t").unwrap().leader_epoch(1), LeaderEpoch(5));
         std::fs::remove_dir_all(&directory).unwrap();
     }
 
