@@ -578,3 +578,61 @@ fn recovery_scans_only_the_tails_not_the_whole_log() {
         log.close().await.unwrap();
     });
 }
+
+/// The issue's reproduction at its scale: 10,000 records of 1 KiB with 1 MiB segments, a clean stop, one byte
+/// flipped in the last batch of an older closed segment with four segments after it (then the same with its index
+/// garbled too). Start-up used to cut there and delete the later segments (4,016 and 4,464 records); now only the
+/// damaged batch's five records are unreadable, every later record reads, and appends continue at the old end.
+#[test]
+fn the_issue_scenario_loses_only_the_damaged_batch() {
+    for garble_index in [false, true] {
+        run(move || async move {
+            let storage = SimStorage::new();
+            let mut config = small_config();
+            config.segment_size_max = 1 << 20;
+            config.index_interval_size = 4096;
+            config.write_size_max = 1 << 20;
+            let log = open(&storage, config.clone()).await;
+            for index in 0..2_000 {
+                log.append(make_batch(5, 1024, index), 0).await.unwrap();
+            }
+            log.wait_durable(log.log_end_offset()).await.unwrap();
+            let end = log.log_end_offset();
+            assert_eq!(end, Offset(10_000));
+            log.close().await.unwrap();
+            let bases = segment_bases(&storage);
+            assert!(bases.len() >= 6, "{bases:?}");
+            let damaged_base = bases[bases.len() - 5];
+            let path = segment_path(damaged_base, ".log");
+            let size = storage.file_contents(&path).unwrap().len();
+            storage.flip_bit(&path, size - 100, 2);
+            if garble_index {
+                let index_path = segment_path(damaged_base, ".index");
+                let index_size = storage.file_contents(&index_path).unwrap().len();
+                storage.flip_bit(&index_path, index_size - 3, 7);
+            }
+
+            let log = open(&storage, config).await;
+            let report = log.recovery_report().clone();
+            let context = format!("garbled index {garble_index}: {report:?}");
+            assert_eq!(report.rebuilt_index_count, usize::from(garble_index), "{context}");
+            assert_eq!((report.truncated_size, report.corrupt_ranges.len()), (0, 1), "{context}");
+            let range = report.corrupt_ranges[0].clone();
+            assert_eq!(range.end_offset.0 - range.base_offset.0, 5, "one batch of five records: {context}");
+            assert_eq!(log.log_end_offset(), end, "{context}");
+            assert_eq!(segment_bases(&storage), bases, "{context}: every segment kept");
+            let later = read_all(&log, range.end_offset).await;
+            assert_eq!(
+                later.iter().map(|batch| last_offset(batch).0 + 1 - base_offset(batch).0).sum::<i64>(),
+                end.0 - range.end_offset.0,
+                "{context}: every later record reads"
+            );
+            assert_eq!(
+                read_until(&log, Offset(0), range.base_offset).await.len() as i64 * 5,
+                range.base_offset.0
+            );
+            assert_eq!(log.append(make_batch(1, 10, 0), 0).await.unwrap().base_offset, end, "{context}");
+            log.close().await.unwrap();
+        });
+    }
+}
