@@ -73,6 +73,7 @@ pub fn from_log_error(error: &LogError) -> KafkaError {
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         // A poisoned or failing log is Kafka's "storage error": clients retry elsewhere or later.
         LogError::Poisoned(_) | LogError::Io { .. } => ResponseError::KafkaStorageError,
+        LogError::Corrupt(_) => ResponseError::KafkaStorageError,
         // A closed log is a partition that is going away (shutdown or deletion).
         LogError::Closed => ResponseError::NotLeaderOrFollower,
         LogError::InvalidConfig(_) => ResponseError::InvalidConfig,

@@ -28,7 +28,10 @@ pub use dma::DmaStorage;
 pub use epoch::{EpochEntry, LeaderEpochCache};
 pub use invariant::Invariant;
 pub use io::{Storage, StorageFile};
-pub use log::{AppendInfo, Durability, Log, LogConfig, LogError, ReadBound, SegmentSpace, TimestampType};
+pub use log::{
+    AppendInfo, CorruptRange, Durability, Log, LogConfig, LogError, ReadBound, RecoveryReport, SegmentSpace,
+    TimestampType,
+};
 pub use notify::{Notified, Notify};
 pub use records::{BatchBuilder, Compression, RecordError};
 pub use runtime::{Clock, GlommioSpawner, LogRuntime, ManualClock, Spawner, SystemClock};

@@ -7,12 +7,12 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
-use crate::batch::{validate_batch, BatchError, BatchHeader};
+use crate::batch::{validate_batch, BatchError, BatchHeader, BATCH_HEADER_SIZE};
 use crate::index::{relative, OffsetIndex, OffsetIndexEntry, TimeIndex, TimeIndexEntry};
 use crate::index::{OFFSET_INDEX_ENTRY_SIZE, TIME_INDEX_ENTRY_SIZE};
 use crate::invariant::Invariant;
 use crate::io::{Storage, StorageFile};
-use crate::log::SegmentSpace;
+use crate::log::{CorruptRange, SegmentSpace};
 use crate::types::{align_down, align_up, Offset, BLOCK_SIZE};
 
 pub(crate) const LOG_SUFFIX: &str = ".log";
@@ -57,6 +57,11 @@ pub(crate) struct Segment<S: Storage> {
     pub(crate) created_ms: i64,
     /// The active segment's write state; `None` once the segment is closed.
     pub(crate) writer: Option<SegmentWriter<S>>,
+    /// Ranges of durable data that failed validation at open, by position; reads stop at them (see
+    /// [`Segment::readable_span`]). Recovery rolls past a damaged last segment, so appends never follow damaged
+    /// bytes; a truncation into a damaged segment may make it active again, and appends then follow its last
+    /// valid batch.
+    pub(crate) corrupt: Vec<CorruptRange>,
 }
 
 pub(crate) struct SegmentWriter<S: Storage> {
@@ -74,8 +79,21 @@ pub(crate) struct SegmentWriter<S: Storage> {
 pub(crate) struct ScanOutcome {
     pub(crate) end_position: u64,
     pub(crate) next_offset: Offset,
-    /// Why the scan stopped before the end of the file, if the bytes there were not a clean end.
+    /// Why the scan stopped before the end of the file, if the bytes there were not a clean end: an invalid batch
+    /// at or past the recovery point (damage below it is kept in `Segment::corrupt` and the scan goes on).
     pub(crate) corruption: Option<BatchError>,
+    /// Bytes of valid batches at or past the recovery point: what may not have been synced.
+    pub(crate) unsynced_size: u64,
+}
+
+/// The bounds of a recovery scan of one segment.
+pub(crate) struct ScanLimits {
+    pub(crate) file_size: u64,
+    pub(crate) index_interval_size: u32,
+    /// Every batch below this offset was durable: damage there is kept and reported, never cut.
+    pub(crate) durable_below: Offset,
+    /// The next segment's base offset, if one follows: the offset a corrupt range at this segment's end runs to.
+    pub(crate) next_base: Option<Offset>,
 }
 
 pub(crate) struct WriteSettings {
@@ -104,6 +122,7 @@ impl<S: Storage> Segment<S> {
             max_timestamp: -1,
             created_ms,
             writer: None,
+            corrupt: Vec::new(),
         }
     }
 
@@ -249,6 +268,7 @@ impl<S: Storage> Segment<S> {
         self.size = position;
         self.next_offset = next_offset;
         self.index.truncate_from_position(position);
+        self.corrupt.retain(|range| range.position < position);
         self.time_index.truncate_from_offset(relative(self.base_offset, next_offset));
         self.bytes_since_index_entry = match self.index.entries.last() {
             Some(entry) => position - entry.position as u64,
@@ -263,30 +283,65 @@ impl<S: Storage> Segment<S> {
         Ok(())
     }
 
-    /// Validates batches from `position` (a batch boundary holding `offset`) to the end of the file, rebuilding
-    /// index entries on the way. Stops at the first zero-length header (a clean end in preallocated space) or the
-    /// first invalid batch (reported as corruption).
+    /// Validates batches from `position` (a batch boundary holding `self.next_offset`) to the end of the file,
+    /// rebuilding index entries on the way. Stops at the first zero-length header (a clean end in preallocated
+    /// space) or the first invalid batch at or past `limits.durable_below` (reported as corruption: the caller
+    /// cuts there). An invalid batch, or zeros, below `durable_below` is damage to durable data: the range up to
+    /// the next valid batch (or the end of the file) goes to `self.corrupt` and the scan goes on after it.
     pub(crate) async fn scan_recover(
         &mut self,
         position: u64,
-        file_size: u64,
-        index_interval_size: u32,
+        limits: &ScanLimits,
     ) -> io::Result<ScanOutcome> {
         let mut position = position;
-        let mut expected_offset = self.next_offset;
-        let mut corruption = None;
+        let mut unsynced_size = 0;
         self.size = position;
-        'chunks: while position < file_size {
+        // Bounded: each pass ends the scan or skips a corrupt range of at least one byte.
+        let corruption = loop {
+            let stop = self.scan_recover_run(position, limits, &mut unsynced_size).await?;
+            let error = match stop {
+                Some(error) => error,
+                None if self.size < limits.file_size && self.next_offset < limits.durable_below => {
+                    // Zeros where durable batches should be: a lost or zeroed block.
+                    BatchError::BadLength { batch_length: 0 }
+                }
+                None => break None,
+            };
+            if self.next_offset >= limits.durable_below {
+                break Some(error); // a torn or never-synced tail: the caller cuts here
+            }
+            position = self.scan_recover_skip(limits, &error).await?;
+            if position >= limits.file_size {
+                break None;
+            }
+        };
+        assert!(self.size <= limits.file_size, "scan of {} ran past the file", self.path.display());
+        Ok(ScanOutcome { end_position: self.size, next_offset: self.next_offset, corruption, unsynced_size })
+    }
+
+    /// One stretch of valid batches from `position`: returns why it stopped (`None` at a clean end or the end
+    /// of the file), with `self.size` and `self.next_offset` just past the last valid batch.
+    async fn scan_recover_run(
+        &mut self,
+        position: u64,
+        limits: &ScanLimits,
+        unsynced_size: &mut u64,
+    ) -> io::Result<Option<BatchError>> {
+        let file_size = limits.file_size;
+        let mut position = position;
+        let mut expected_offset = self.next_offset;
+        // Bounded: each pass consumes at least one batch or stops.
+        while position < file_size {
             let chunk =
                 self.file.read_at(position, SCAN_CHUNK_SIZE.min((file_size - position) as usize)).await?;
             let mut cursor = 0usize;
             while cursor < chunk.len() {
                 let rest = &chunk[cursor..];
                 if rest.len() >= 12 && rest[..12].iter().all(|byte| *byte == 0) {
-                    break 'chunks; // zeroed (preallocated or never written) space: the clean end
+                    return Ok(None); // zeroed (preallocated or never written) space: the clean end
                 }
                 let header = match validate_batch(rest) {
-                    Ok((header, _)) => header,
+                    Ok((header, _)) => *header,
                     Err(BatchError::Truncated { needed, .. })
                         if cursor > 0 && position + cursor as u64 + needed as u64 <= file_size =>
                     {
@@ -298,33 +353,22 @@ impl<S: Storage> Segment<S> {
                             && position + needed as u64 <= file_size =>
                     {
                         // A batch larger than a chunk: read it whole.
-                        match self
-                            .scan_recover_whole(position, needed, expected_offset, index_interval_size)
-                            .await?
-                        {
-                            Ok((size, next_offset)) => {
-                                expected_offset = next_offset;
-                                position += size;
-                                continue 'chunks;
-                            }
-                            Err(error) => {
-                                corruption = Some(error);
-                                break 'chunks;
-                            }
+                        let whole = self.file.read_at(position, needed).await?;
+                        match validate_batch(&whole) {
+                            Ok((header, _)) => *header,
+                            Err(error) => return Ok(Some(error)),
                         }
                     }
-                    Err(error) => {
-                        corruption = Some(error);
-                        break 'chunks;
-                    }
+                    Err(error) => return Ok(Some(error)),
                 };
-                if let Err(error) = scan_recover_check_offset(header, expected_offset) {
-                    corruption = Some(error);
-                    break 'chunks;
+                if let Err(error) = scan_recover_check_offset(&header, expected_offset) {
+                    return Ok(Some(error));
                 }
-                let header = *header;
                 let size = header.total_size();
-                self.record_batch(&header, size as u64, index_interval_size);
+                self.record_batch(&header, size as u64, limits.index_interval_size);
+                if header.base_offset() >= limits.durable_below {
+                    *unsynced_size += size as u64;
+                }
                 expected_offset = header.last_offset().next();
                 cursor += size;
             }
@@ -333,28 +377,114 @@ impl<S: Storage> Segment<S> {
             }
             position += cursor as u64;
         }
-        Ok(ScanOutcome { end_position: self.size, next_offset: self.next_offset, corruption })
+        Ok(None)
     }
 
-    /// Validates and records the batch of `size` bytes at `position`, read whole because it is larger than a scan
-    /// chunk. Returns its size and the offset after it, or why it ends the log.
-    async fn scan_recover_whole(
-        &mut self,
-        position: u64,
-        size: usize,
-        expected_offset: Offset,
-        index_interval_size: u32,
-    ) -> io::Result<Result<(u64, Offset), BatchError>> {
-        let whole = self.file.read_at(position, size).await?;
-        let header = match validate_batch(&whole) {
-            Ok((header, _)) => *header,
-            Err(error) => return Ok(Err(error)),
+    /// Records the invalid batch at `self.size` (below the recovery point: durable data) as a corrupt range up to
+    /// the next valid batch, or to the end of the file; logs it once and returns where the scan goes on.
+    async fn scan_recover_skip(&mut self, limits: &ScanLimits, error: &BatchError) -> io::Result<u64> {
+        let position = self.size;
+        let base_offset = self.next_offset;
+        let found = self.scan_recover_resync(position + 1, limits, base_offset).await?;
+        let (end_position, end_offset) = found.unwrap_or_else(|| {
+            // Nothing valid follows: the range holds every offset up to the next segment, or up to the durable
+            // log end in the last segment, so that none of them is handed out again.
+            (limits.file_size, limits.next_base.unwrap_or(limits.durable_below).max(base_offset))
+        });
+        let range = CorruptRange {
+            segment_path: self.path.clone(),
+            segment_base: self.base_offset,
+            position,
+            size: end_position - position,
+            base_offset,
+            end_offset,
         };
-        if let Err(error) = scan_recover_check_offset(&header, expected_offset) {
-            return Ok(Err(error));
+        log::error!("{range}: {error}; kept, reads of these offsets fail and none is reused");
+        self.corrupt.push(range);
+        self.bytes_since_index_entry += end_position - position;
+        self.size = end_position;
+        self.next_offset = end_offset;
+        Ok(end_position)
+    }
+
+    /// The first position at or after `from` where a whole valid batch (header fields and CRC-32C) starts whose
+    /// base offset lies after `after` and before the next segment's base: where the log goes on after a corrupt
+    /// range. Batches are stored back to back with no alignment, so every byte position is a candidate; most fail
+    /// at the magic byte. A batch stored inside a record's value could pass too: the offset bounds make that
+    /// unlikely, and such a wrong guess costs unreadable offsets, never a reused one.
+    async fn scan_recover_resync(
+        &self,
+        from: u64,
+        limits: &ScanLimits,
+        after: Offset,
+    ) -> io::Result<Option<(u64, Offset)>> {
+        let file_size = limits.file_size;
+        // Offsets in one segment span at most i32::MAX (the flusher rolls before that): with the bounds below,
+        // a random 64-bit base offset in garbage passes with a chance of about 2^-33.
+        let plausible = |header: &BatchHeader| {
+            let base = header.base_offset();
+            header.magic == 2
+                && base > after
+                && base.0 - self.base_offset.0 <= i32::MAX as i64
+                && limits.next_base.is_none_or(|next| base < next)
+        };
+        let mut chunk_start = from;
+        // Bounded: each pass moves `chunk_start` forward by at least one byte or returns.
+        while chunk_start + BATCH_HEADER_SIZE as u64 <= file_size {
+            let size = SCAN_CHUNK_SIZE.min((file_size - chunk_start) as usize);
+            let chunk = self.file.read_at(chunk_start, size).await?;
+            let candidate_count = chunk.len().saturating_sub(BATCH_HEADER_SIZE - 1);
+            for cursor in 0..candidate_count {
+                let Ok(header) = BatchHeader::parse(&chunk[cursor..]) else { break };
+                if !plausible(header) {
+                    continue;
+                }
+                let (position, needed) = (chunk_start + cursor as u64, header.total_size());
+                let valid = if cursor + needed <= chunk.len() {
+                    validate_batch(&chunk[cursor..]).is_ok()
+                } else if position + needed as u64 <= file_size {
+                    let whole = self.file.read_at(position, needed).await?;
+                    validate_batch(&whole).is_ok()
+                } else {
+                    false
+                };
+                if valid {
+                    return Ok(Some((position, header.base_offset())));
+                }
+            }
+            if candidate_count == 0 {
+                break;
+            }
+            chunk_start += candidate_count as u64;
         }
-        self.record_batch(&header, size as u64, index_interval_size);
-        Ok(Ok((size as u64, header.last_offset().next())))
+        Ok(None)
+    }
+
+    /// Where a read for `target` may go in this segment, around its corrupt ranges: the range holding `target`
+    /// as the error, or the file span to read — from `from` (the index lookup's position) or the end of the last
+    /// range wholly before `target`, to the first range after it or the segment's end.
+    pub(crate) fn readable_span(&self, target: Offset, from: u64) -> Result<(u64, u64), CorruptRange> {
+        let mut span = (from, self.size);
+        for range in &self.corrupt {
+            if range.contains(target) {
+                return Err(range.clone());
+            }
+            if range.end_offset <= target {
+                span.0 = span.0.max(range.position + range.size);
+            } else if range.position >= span.0 {
+                span.1 = span.1.min(range.position);
+            }
+        }
+        Ok(span)
+    }
+
+    /// Where a read from `position` must stop: the first corrupt range at or after it, or the segment's end.
+    pub(crate) fn readable_end(&self, position: u64) -> u64 {
+        self.corrupt
+            .iter()
+            .map(|range| range.position)
+            .filter(|start| *start >= position)
+            .fold(self.size, u64::min)
     }
 }
 
@@ -549,4 +679,49 @@ async fn write_block_range<F: StorageFile>(file: &F, (position, bytes): (u64, Ve
     buffer.as_mut()[..bytes.len()].copy_from_slice(&bytes);
     buffer.as_mut()[bytes.len()..].fill(0);
     file.write_at(buffer, position).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::SimStorage;
+
+    fn range(position: u64, size: u64, base_offset: i64, end_offset: i64) -> CorruptRange {
+        CorruptRange {
+            segment_path: PathBuf::from("/sim/00000000000000000000.log"),
+            segment_base: Offset(0),
+            position,
+            size,
+            base_offset: Offset(base_offset),
+            end_offset: Offset(end_offset),
+        }
+    }
+
+    #[test]
+    fn reads_go_around_corrupt_ranges() {
+        let storage = SimStorage::new();
+        let path = PathBuf::from("/sim/00000000000000000000.log");
+        let file = futures_lite::future::block_on(storage.open(&path, true)).unwrap();
+        let mut segment: Segment<SimStorage> = Segment::empty(Offset(0), path, file, 0);
+        segment.size = 10_000;
+        segment.corrupt = vec![range(2_000, 500, 20, 25), range(6_000, 4_000, 60, 100)];
+        // (target offset, index lookup position) → the span to read, or the index of the range that holds it.
+        let check = |target: i64, from: u64, expected: Result<(u64, u64), usize>| {
+            let span = segment.readable_span(Offset(target), from);
+            let expected = expected.map_err(|index| segment.corrupt[index].clone());
+            assert_eq!(span, expected, "target {target} from {from}");
+        };
+        check(5, 0, Ok((0, 2_000)));
+        check(19, 1_000, Ok((1_000, 2_000)));
+        check(20, 1_000, Err(0));
+        check(24, 1_000, Err(0));
+        // Past the first range: a lookup before it starts at its end.
+        check(25, 1_000, Ok((2_500, 6_000)));
+        check(40, 3_000, Ok((3_000, 6_000)));
+        check(60, 5_000, Err(1));
+        check(99, 5_000, Err(1));
+        assert_eq!(segment.readable_end(0), 2_000);
+        assert_eq!(segment.readable_end(2_500), 6_000);
+        assert_eq!(segment.readable_end(6_000), 6_000);
+    }
 }

@@ -1,5 +1,5 @@
 //! The same storage on real files through glommio direct I/O: the probe workaround, and recovery after an
-//! unclean stop, a damaged tail and a lost index.
+//! unclean stop, damaged durable data and a lost index.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step is the test failing
 
 mod common;
@@ -96,15 +96,20 @@ fn real_files_recover_after_an_unclean_stop_damage_and_a_lost_index() {
         }
         log.close().await.unwrap();
 
-        // Damage the last batch of the newest segment: recovery cuts it off and says so.
+        // Damage the last batch of the newest segment after a clean close: durable data, so recovery keeps it,
+        // says so, and answers reads of it with an error; appends go on after it in a new segment.
         let active = newest_segment(&directory, ".log");
         let mut bytes = std::fs::read(&active).unwrap();
         let length = bytes.len();
         bytes[length - 3] ^= 0x40;
         std::fs::write(&active, &bytes).unwrap();
         let log = open_dma(&directory).await;
-        assert_eq!(log.log_end_offset(), sent.last().unwrap().0);
-        assert!(log.recovery_report().truncated_size > 0);
+        let damaged = sent.last().unwrap().0;
+        assert_eq!(log.log_end_offset(), end, "the durable end stays");
+        assert_eq!(log.recovery_report().truncated_size, 0);
+        assert_eq!(log.recovery_report().corrupt_ranges.len(), 1);
+        let read = log.read(damaged, 1 << 16, ReadBound::LogEnd, true).await;
+        assert!(matches!(read, Err(sluice_storage::LogError::Corrupt(_))), "{read:?}");
         log.close().await.unwrap();
 
         // Delete the oldest segment's index: rebuilt from the log.
@@ -119,7 +124,8 @@ fn real_files_recover_after_an_unclean_stop_damage_and_a_lost_index() {
         let log = open_dma(&directory).await;
         assert!(log.recovery_report().rebuilt_index_count >= 1);
         assert_eq!(std::fs::read(&indexes[0]).unwrap(), original, "rebuilt index matches the original");
-        assert_eq!(read_all(&log, Offset(0)).await.len(), sent.len() - 1);
+        assert_eq!(read_until(&log, Offset(0), damaged).await.len(), sent.len() - 1);
+        assert_eq!(log.recovery_report().corrupt_ranges.len(), 1, "the damage is found again");
         log.close().await.unwrap();
     });
 }

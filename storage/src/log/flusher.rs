@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::checkpoint::{write_leader_epochs, write_log_start_checkpoint};
+use super::checkpoint::{
+    write_clean_shutdown, write_leader_epochs, write_log_start_checkpoint, write_recovery_point,
+};
 use super::retention::{delete_segments_below_log_start, retention, truncate};
 use super::{io_error, Command, CommandSlot, Durability, LogError, LogInner, LogState, PendingBatch};
 use crate::batch::BatchHeader;
@@ -332,9 +334,12 @@ async fn sync_active<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError> {
     Ok(())
 }
 
-/// Seals the active segment (synced) and starts a new one at `base_offset`.
+/// Seals the active segment (synced) and starts a new one at `base_offset`. The recovery point moves to the new
+/// segment in between: everything before it is durable now, and a crash after the new segment exists must find
+/// the recovery point already there, so that no segment after the recovery point's is ever durable data.
 async fn roll<S: Storage>(inner: &LogInner<S>, base_offset: Offset) -> Result<(), LogError> {
     seal_active(inner).await?;
+    write_recovery_point(inner, base_offset).await?;
     let segment =
         Segment::create(&inner.storage, &inner.directory, base_offset, inner.runtime.clock.now_ms())
             .await
@@ -348,7 +353,12 @@ async fn roll<S: Storage>(inner: &LogInner<S>, base_offset: Offset) -> Result<()
 async fn run_flusher_command<S: Storage>(inner: &LogInner<S>, command: Command) -> Result<(), LogError> {
     match command {
         Command::Close => {
-            let result = seal_active(inner).await;
+            let mut result = seal_active(inner).await;
+            if result.is_ok() {
+                // Close runs on a drained log: everything up to the log end is synced now.
+                let end = inner.state.borrow().next_offset;
+                result = write_clean_shutdown(inner, end).await;
+            }
             inner.state.borrow_mut().closed = true;
             result
         }

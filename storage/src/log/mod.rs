@@ -187,6 +187,10 @@ pub enum LogError {
         source: io::Error,
     },
     Closed,
+    /// The offsets asked for lie in a byte range of a segment that held durable data and failed validation at
+    /// open (a bit flip, a damaged sector). The batches before and after it read normally; the offsets in it
+    /// are never handed out again.
+    Corrupt(CorruptRange),
 }
 
 impl fmt::Display for LogError {
@@ -206,6 +210,7 @@ impl fmt::Display for LogError {
                 write!(formatter, "{operation} {} failed: {source}", path.display())
             }
             LogError::Closed => write!(formatter, "log is closed"),
+            LogError::Corrupt(range) => write!(formatter, "{range}"),
             LogError::InvalidConfig(reason) => write!(formatter, "invalid log configuration: {reason}"),
             LogError::UnexpectedOffset { expected, base_offset } => {
                 let kind = if base_offset > expected { "a gap" } else { "an overlap" };
@@ -230,15 +235,63 @@ fn io_error<'path>(operation: &'static str, path: &'path Path) -> impl FnOnce(io
     move |source| LogError::Io { operation, path: path.to_path_buf(), source }
 }
 
+/// A byte range of a segment that held durable data and failed validation at open. It is kept, never cut: reads of
+/// its offsets fail with [`LogError::Corrupt`], reads around it work, and its offsets are never reused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorruptRange {
+    pub segment_path: PathBuf,
+    pub segment_base: Offset,
+    /// File position of the first bad byte (where the invalid batch starts).
+    pub position: u64,
+    /// Bytes from `position` to the next valid batch, or to the segment's end when none follows.
+    pub size: u64,
+    /// The first offset the range holds (the offset the invalid batch should have started at).
+    pub base_offset: Offset,
+    /// The offset just past the range: the next valid batch's base offset, the next segment's base offset, or
+    /// the durable log end.
+    pub end_offset: Offset,
+}
+
+impl CorruptRange {
+    pub fn contains(&self, offset: Offset) -> bool {
+        self.base_offset <= offset && offset < self.end_offset
+    }
+}
+
+impl fmt::Display for CorruptRange {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            formatter,
+            "{}: {} corrupt bytes at position {} hold offsets {} to {} (durable data that failed validation)",
+            self.segment_path.display(),
+            self.size,
+            self.position,
+            self.base_offset,
+            self.end_offset
+        )
+    }
+}
+
 /// What recovery found, for logs and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     pub segment_count: usize,
-    /// Bytes read by recovery scans (not the whole log).
+    /// Bytes read by recovery scans (not the whole log): each durable segment from its last index entry (or whole
+    /// when its index is rebuilt), and the data that may not have been synced.
     pub scanned_size: u64,
-    /// Bytes cut off at the first invalid batch, including whole segments after it.
+    /// Of `scanned_size`, the bytes of valid batches at or past the recovery point: data that may not have been
+    /// synced before the log stopped. Zero after a clean shutdown.
+    pub unsynced_scanned_size: u64,
+    /// Bytes cut off at the first invalid batch past the recovery point, including whole segments after it.
     pub truncated_size: u64,
     pub rebuilt_index_count: usize,
+    /// The log was closed cleanly (the clean-shutdown marker was there): everything in it was durable.
+    pub clean_shutdown: bool,
+    /// Everything below this offset was durable when the log stopped (the recovery point checkpoint, or the log
+    /// end recorded at a clean shutdown); `None` when neither file was there, and then every batch may be unsynced.
+    pub recovery_point: Option<Offset>,
+    /// Damage found in durable data: kept, reported, and answered with [`LogError::Corrupt`] on reads.
+    pub corrupt_ranges: Vec<CorruptRange>,
 }
 
 /// A partition log. Cloning shares it (shard-local `Rc`).
@@ -298,6 +351,9 @@ struct LogState<S: Storage> {
     /// `epochs_persisted_version`.
     epochs_version: u64,
     epochs_persisted_version: u64,
+    /// The recovery point checkpoint as on disk: every batch below it is durable. Written at each roll and at
+    /// close, lowered by truncation (see `checkpoint.rs`).
+    recovery_point: Option<Offset>,
 }
 
 #[derive(Clone)]
@@ -356,6 +412,7 @@ impl<S: Storage> Log<S> {
         let clock = &*runtime.clock;
         let (segments, recovery, log_start_offset) =
             open_segments(&storage, &directory, &config, clock).await?;
+        let recovery_point = recovery.recovery_point;
         let next_offset = segments.last().invariant("at least one segment").next_offset;
         let (epochs, epochs_changed) =
             open_leader_epochs(&storage, &directory, log_start_offset, next_offset).await;
@@ -388,6 +445,7 @@ impl<S: Storage> Log<S> {
                 epochs,
                 epochs_version: u64::from(epochs_changed),
                 epochs_persisted_version: 0,
+                recovery_point,
             }),
             flusher_wakeup: Notify::default(),
             progress: Notify::default(),

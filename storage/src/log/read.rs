@@ -136,12 +136,14 @@ impl<S: Storage> Log<S> {
                     return Ok((Vec::new(), None));
                 }
                 let segment = &state.segments[index - 1];
-                let (_, position) = segment.index.lookup(relative(segment.base_offset, target));
+                let (_, lookup) = segment.index.lookup(relative(segment.base_offset, target));
+                // Around a corrupt range: start past one wholly before the target, stop at the next one.
+                let (start, end) = segment.readable_span(target, lookup.0).map_err(LogError::Corrupt)?;
                 let chunk_size = take_max.min(READ_CHUNK_SIZE_MAX) as u64;
-                let size_hint = (segment.index.chunk_end(position.0, chunk_size) - position.0) as usize;
+                let size_hint = (segment.index.chunk_end(start, chunk_size).min(end) - start) as usize;
                 let file = segment.file.clone();
                 let (base, path) = (segment.base_offset, segment.path.clone());
-                (base, file, position, size_hint, path, segment.size, segment.next_offset)
+                (base, file, FilePosition(start), size_hint, path, end, segment.next_offset)
             };
             if target >= segment_next {
                 let state = self.inner.state.borrow();
@@ -193,7 +195,9 @@ impl<S: Storage> Log<S> {
                 .map(|segment| {
                     let start = segment.time_index.scan_start(timestamp);
                     let (_, position) = segment.index.lookup(start);
-                    let reader = ReadOnlySegment::<S> { file: segment.file.clone(), size: segment.size };
+                    // A corrupt range ends the search in this segment: batches past it are not looked at.
+                    let size = segment.readable_end(position.0);
+                    let reader = ReadOnlySegment::<S> { file: segment.file.clone(), size };
                     (reader, position, segment.path.clone())
                 })
                 .collect()

@@ -63,11 +63,13 @@ pub(super) fn start_read_ahead<S: Storage>(inner: &Rc<LogInner<S>>, chunk_size: 
                 _ => return,
             }
         }
-        if frontier.position >= segment.size {
+        // A corrupt range stops read-ahead: the reader's own read there gets the error.
+        let readable_end = segment.readable_end(frontier.position);
+        if frontier.position >= readable_end {
             return;
         }
         let chunk_end = segment.index.chunk_end(frontier.position, chunk_size as u64);
-        (segment.file.clone(), segment.size.min(chunk_end))
+        (segment.file.clone(), readable_end.min(chunk_end))
     };
     if inner.cache.contains(inner.id, frontier.offset) {
         return;

@@ -3,7 +3,7 @@
 
 use std::io;
 
-use super::checkpoint::{write_leader_epochs, write_log_start_checkpoint};
+use super::checkpoint::{lower_recovery_point, write_leader_epochs, write_log_start_checkpoint};
 use super::read::read_segment_batches;
 use super::read_ahead::forget_read_ahead;
 use super::{io_error, Command, Log, LogError, LogInner};
@@ -62,6 +62,8 @@ pub(super) async fn truncate<S: Storage>(inner: &LogInner<S>, offset: Offset) ->
         assert!(state.unflushed.is_empty(), "truncation with {} batches unwritten", state.unflushed.len());
         assert_eq!(state.durable_offset, next_offset, "truncation of an unsynced log");
     }
+    // Before any file changes: the offsets from `offset` on will hold new batches that are not yet synced.
+    lower_recovery_point(inner, offset).await?;
     truncate_drop_segments(inner, offset).await?;
     let mut segment = inner.state.borrow_mut().segments.pop().invariant("a segment remains");
     let result =
@@ -85,6 +87,8 @@ pub(super) async fn truncate<S: Storage>(inner: &LogInner<S>, offset: Offset) ->
         );
         state.assert_offsets();
     }
+    // A batch straddling the target went whole: the log now ends below it.
+    lower_recovery_point(inner, new_end).await?;
     forget_read_ahead(inner);
     inner.cache.remove_from(inner.id, new_end);
     if new_end < log_start {
@@ -126,9 +130,10 @@ async fn truncate_segment<S: Storage>(
     } else if let Some((position, base)) = truncate_segment_find_cut(segment, offset).await? {
         segment.truncate_at(position, base).await?;
         // The time index bounds the maximum only up to its last entry; rescan the rest for the rest.
-        let from = FilePosition(segment.index.entries.last().map_or(0, |entry| entry.position as u64));
+        let from = segment.index.entries.last().map_or(0, |entry| entry.position as u64);
         let mut max_timestamp = segment.max_timestamp;
-        read_segment_batches(&*segment.file, segment.size, from, 1 << 20, |header| {
+        let end = segment.readable_end(from);
+        read_segment_batches(&*segment.file, end, FilePosition(from), 1 << 20, |header| {
             max_timestamp = max_timestamp.max(header.max_timestamp.get());
             Accept::Skip
         })
@@ -145,10 +150,15 @@ async fn truncate_segment_find_cut<S: Storage>(
     segment: &Segment<S>,
     offset: Offset,
 ) -> io::Result<Option<(u64, Offset)>> {
-    let (_, position) = segment.index.lookup(relative(segment.base_offset, offset));
+    let (_, lookup) = segment.index.lookup(relative(segment.base_offset, offset));
+    let (position, end) = match segment.readable_span(offset, lookup.0) {
+        Ok(span) => span,
+        // The target lies in a corrupt range: cut where the range starts.
+        Err(range) => return Ok(Some((range.position, range.base_offset))),
+    };
     let mut cut = None;
-    let mut scan_position = position.0;
-    let batches = read_segment_batches(&*segment.file, segment.size, position, 1 << 20, |header| {
+    let mut scan_position = position;
+    let batches = read_segment_batches(&*segment.file, end, FilePosition(position), 1 << 20, |header| {
         if header.last_offset() >= offset {
             cut = Some((scan_position, header.base_offset()));
             Accept::Stop

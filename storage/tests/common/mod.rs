@@ -57,12 +57,16 @@ pub async fn open<S: Storage>(storage: &S, config: LogConfig) -> Log<S> {
 
 /// Reads every batch from `from` to the log end, following segments.
 pub async fn read_all<S: Storage>(log: &Log<S>, from: Offset) -> Vec<Bytes> {
+    read_until(log, from, log.log_end_offset()).await
+}
+
+/// Reads every batch whose base offset lies in `[from, end)`, following segments.
+pub async fn read_until<S: Storage>(log: &Log<S>, from: Offset, end: Offset) -> Vec<Bytes> {
     let mut batches = Vec::new();
     let mut offset = from;
-    let end = log.log_end_offset();
     // Bounded: each read returns at least one batch or the loop stops.
     while offset < end {
-        let chunk = log.read(offset, 64 * 1024, ReadBound::LogEnd, true).await.expect("read");
+        let chunk = log.read(offset, 64 * 1024, ReadBound::Below(end), true).await.expect("read");
         let Some(last) = chunk.last() else {
             panic!("read at {offset} returned nothing before the end {end}")
         };
