@@ -69,6 +69,18 @@ pub struct Config {
     pub shard_channel_capacity: usize,
     /// Requests one connection may have in flight before the broker stops reading from it.
     pub connection_inflight_max: usize,
+    /// `queued.max.request.bytes`: request bytes the whole broker holds between reading a frame's size and writing
+    /// its response; a connection whose next frame does not fit stops reading until it does. `None`: unbounded
+    /// (`-1`). Never below `request_size_max`, so every admissible frame fits.
+    pub request_queued_size_max: Option<usize>,
+    /// `max.connections`: connections open at once over all shards; more are closed at accept. `None` (`-1`):
+    /// the descriptor limit less a reserve (see `server::connection_count_bound`), which also caps any value set.
+    pub connection_count_max: Option<usize>,
+    /// `max.connections.per.ip`: connections open at once from one client address.
+    pub connection_count_per_ip_max: usize,
+    /// `connections.max.idle.ms`: a connection with nothing in flight that sends nothing for this long is closed.
+    /// `None` (`-1`): never.
+    pub connection_idle_max: Option<Duration>,
     /// `producer.id.expiration.ms`: a partition forgets an idempotent producer that has not written for this long.
     pub producer_id_expiration: Duration,
     /// Consumer groups: see [`crate::group`]. Kafka's names and defaults.
@@ -179,6 +191,14 @@ struct Settings {
     shard_channel_capacity: i64,
     #[serde(rename = "connection.inflight.max")]
     connection_inflight_max: i64,
+    #[serde(rename = "queued.max.request.bytes")]
+    request_queued_size_max: i64,
+    #[serde(rename = "max.connections")]
+    connection_count_max: i64,
+    #[serde(rename = "max.connections.per.ip")]
+    connection_count_per_ip_max: i64,
+    #[serde(rename = "connections.max.idle.ms")]
+    connection_idle_max_ms: i64,
     #[serde(rename = "producer.id.expiration.ms")]
     producer_id_expiration_ms: i64,
     #[serde(rename = "group.initial.rebalance.delay.ms")]
@@ -311,6 +331,7 @@ impl Config {
             )));
         }
         let groups = GroupConfig::build(&settings)?;
+        let connections = ConnectionSettings::build(&settings, request_size_max)?;
         let millis = |value: usize| Duration::from_millis(value as u64);
         Ok(Config {
             listen,
@@ -345,6 +366,10 @@ impl Config {
             cache_size_max: positive("cache.size.bytes", settings.cache_size_max)?,
             shard_channel_capacity: positive("shard.channel.capacity", settings.shard_channel_capacity)?,
             connection_inflight_max: positive("connection.inflight.max", settings.connection_inflight_max)?,
+            request_queued_size_max: connections.request_queued_size_max,
+            connection_count_max: connections.connection_count_max,
+            connection_count_per_ip_max: connections.connection_count_per_ip_max,
+            connection_idle_max: connections.connection_idle_max,
             producer_id_expiration: millis(positive(
                 "producer.id.expiration.ms",
                 settings.producer_id_expiration_ms,
@@ -381,6 +406,47 @@ impl Settings {
         if let Some(node_id) = overrides.node_id {
             self.node_id = node_id.into();
         }
+    }
+}
+
+/// The connection limits of [`Config`], checked together (issue 13).
+struct ConnectionSettings {
+    request_queued_size_max: Option<usize>,
+    connection_count_max: Option<usize>,
+    connection_count_per_ip_max: usize,
+    connection_idle_max: Option<Duration>,
+}
+
+impl ConnectionSettings {
+    fn build(settings: &Settings, request_size_max: usize) -> Result<ConnectionSettings, ConfigError> {
+        let request_queued_size_max = match settings.request_queued_size_max {
+            -1 => None,
+            size if size >= 1 && size as u64 >= request_size_max as u64 => Some(size as usize),
+            size => {
+                return Err(ConfigError(format!(
+                    "queued.max.request.bytes = {size} must be -1 (no limit) or at least \
+                     socket.request.max.bytes {request_size_max}, so that every admissible request fits"
+                )))
+            }
+        };
+        let connection_count_max = match settings.connection_count_max {
+            -1 => None,
+            count => Some(within("max.connections", count, 1..=i64::from(i32::MAX))? as usize),
+        };
+        let connection_idle_max = match settings.connection_idle_max_ms {
+            -1 => None,
+            millis => Some(Duration::from_millis(positive("connections.max.idle.ms", millis)? as u64)),
+        };
+        Ok(ConnectionSettings {
+            request_queued_size_max,
+            connection_count_max,
+            connection_count_per_ip_max: within(
+                "max.connections.per.ip",
+                settings.connection_count_per_ip_max,
+                1..=i64::from(i32::MAX),
+            )? as usize,
+            connection_idle_max,
+        })
     }
 }
 
@@ -804,6 +870,38 @@ mod tests {
         assert_eq!(load("").unwrap().advertised(), ("127.0.0.1".to_string(), 9092));
         let config = load("\"advertised.listeners\" = \"PLAINTEXT://broker.example:9093\"").unwrap();
         assert_eq!(config.advertised(), ("broker.example".to_string(), 9093));
+    }
+
+    /// The connection limits (issue 13): bounded defaults, Kafka's -1 where it means "none", and a request budget
+    /// that can never be smaller than the largest admissible frame.
+    #[test]
+    fn connection_limits_have_bounded_defaults_and_checked_values() {
+        let config = load("").unwrap();
+        assert_eq!(config.request_queued_size_max, Some(512 << 20));
+        assert_eq!(config.connection_count_max, None);
+        assert_eq!(config.connection_count_per_ip_max, i32::MAX as usize);
+        assert_eq!(config.connection_idle_max, Some(Duration::from_secs(600)));
+        let config = load(
+            "\"queued.max.request.bytes\" = -1\n\"max.connections\" = 7\n\"max.connections.per.ip\" = 2\n\
+             \"connections.max.idle.ms\" = -1",
+        )
+        .unwrap();
+        assert_eq!(config.request_queued_size_max, None);
+        assert_eq!(config.connection_count_max, Some(7));
+        assert_eq!(config.connection_count_per_ip_max, 2);
+        assert_eq!(config.connection_idle_max, None);
+        let cases = [
+            ("\"queued.max.request.bytes\" = 1048576",
+             "queued.max.request.bytes = 1048576 must be -1 (no limit) or at least socket.request.max.bytes 104857600, so that every admissible request fits"),
+            ("\"queued.max.request.bytes\" = 0",
+             "queued.max.request.bytes = 0 must be -1 (no limit) or at least socket.request.max.bytes 104857600, so that every admissible request fits"),
+            ("\"max.connections\" = 0", "max.connections = 0 must be at least 1"),
+            ("\"max.connections.per.ip\" = 0", "max.connections.per.ip = 0 must be at least 1"),
+            ("\"connections.max.idle.ms\" = 0", "connections.max.idle.ms = 0 must be at least 1"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(load(text).unwrap_err().0, expected, "{text}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! table, starts one pinned glommio executor per shard, and on SIGTERM/SIGINT stops accepting, lets in-flight
 //! requests finish, closes every log and returns.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -15,7 +15,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 const BLOCKING_THREADS: usize = 4;
 
 use crate::config::Config;
-use crate::connection;
+use crate::connection::{self, ConnectionLimits, ShardConnections};
 use sluice_replication::{NodeId, ShardId};
 
 use crate::cluster::PartitionManager;
@@ -37,6 +37,10 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// A running broker (for tests and embedding): the bound address and a way to stop it.
 pub struct Broker {
     pub address: SocketAddr,
+    /// The open-file limit before and after start-up raised it.
+    pub descriptor_limit: DescriptorLimit,
+    /// The connection limits every shard shares (`max.connections` as bounded by the descriptor limit).
+    pub connections: Arc<ConnectionLimits>,
     stop: Arc<AtomicBool>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
     running: Arc<AtomicUsize>,
@@ -64,7 +68,12 @@ impl Broker {
 pub fn run(config: Config) -> Result<(), String> {
     let signals = block_stop_signals()?;
     let broker = start(config)?;
-    log::info!("sluice listening on {}", broker.address);
+    log::info!(
+        "sluice listening on {} ({}; max.connections {})",
+        broker.address,
+        broker.descriptor_limit,
+        broker.connections.connection_count_max()
+    );
     loop {
         if let Some(signal) = wait_for_signal(&signals, Duration::from_millis(200)) {
             log::info!("signal {signal}: shutting down");
@@ -85,6 +94,9 @@ pub fn start(config: Config) -> Result<Broker, String> {
     let address = probe_listen_address(config.listen)?;
     let config = Config { listen: address, ..config };
     prepare_data_dir(&config)?;
+    let descriptor_limit = raise_descriptor_limit();
+    let connections =
+        Arc::new(ConnectionLimits::new(&config, connection_count_bound(&config, &descriptor_limit)));
     let table = Arc::new(TopicTable::load(&config.data_dir, NodeId(config.node_id))?);
     let shard_count = match config.shard_count {
         Some(count) => count,
@@ -111,6 +123,7 @@ pub fn start(config: Config) -> Result<Broker, String> {
             drained: drained.clone(),
             shard_count,
             started: started_sender.clone(),
+            connections: connections.clone(),
         };
         let request_mesh = request_mesh.clone();
         let reply_mesh = reply_mesh.clone();
@@ -131,7 +144,7 @@ pub fn start(config: Config) -> Result<Broker, String> {
         handles.push(handle);
     }
     drop(started_sender);
-    let broker = Broker { address, stop, handles, running };
+    let broker = Broker { address, descriptor_limit, connections, stop, handles, running };
     for _ in 0..shard_count {
         match started_receiver.recv() {
             Ok(Ok(())) => {}
@@ -161,6 +174,7 @@ struct ShardContext {
     drained: Arc<AtomicUsize>,
     shard_count: usize,
     started: mpsc::Sender<Result<(), String>>,
+    connections: Arc<ConnectionLimits>,
 }
 
 /// A shard's life, in order. Each transition is logged; going back is a broken invariant.
@@ -253,7 +267,8 @@ async fn run_shard(
     lifecycle.enter(ShardPhase::Serving);
     log::debug!("shard {} serving {} partitions", shard.id, shard.partitions.partition_count());
     let background = run_shard_background(&shard, &context);
-    run_shard_accept(&shard, listener, connection_queue).await;
+    let connections = Rc::new(ShardConnections::new(context.connections.clone()));
+    run_shard_accept(&shard, listener, connection_queue, &connections).await;
 
     lifecycle.enter(ShardPhase::Draining);
     run_shard_drain(&shard, &context, background).await;
@@ -344,6 +359,7 @@ async fn run_shard_accept(
     shard: &Rc<Shard>,
     listener: glommio::net::TcpListener,
     connection_queue: glommio::TaskQueueHandle,
+    connections: &Rc<ShardConnections>,
 ) {
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
@@ -356,7 +372,20 @@ async fn run_shard_accept(
         match accepted {
             None => break,
             Some(Ok(stream)) => {
-                let task = connection::serve(shard.clone(), stream, connection_queue);
+                // Over max.connections or max.connections.per.ip: closed at once, before any byte is read.
+                let peer = stream.peer_addr();
+                let ip = peer.as_ref().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |address| address.ip());
+                let slot = match connections.limits.try_open(ip) {
+                    Ok(slot) => slot,
+                    Err(reason) => {
+                        let peer = peer.map_or_else(|_| "?".to_string(), |address| address.to_string());
+                        connections.refused(&peer, &reason);
+                        drop(stream);
+                        continue;
+                    }
+                };
+                let task =
+                    connection::serve(shard.clone(), stream, connection_queue, connections.clone(), slot);
                 if let Err(error) =
                     glommio::spawn_local_into(task, connection_queue).map(|task| task.detach())
                 {
@@ -435,6 +464,93 @@ fn bind_shard_listener(address: SocketAddr) -> std::io::Result<glommio::net::Tcp
     Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
+/// The process's open-file limit (RLIMIT_NOFILE) as start-up found and left it. Every connection, segment file and
+/// listener is a descriptor, and 20,000 idle connections exhausted them (issue 13). The soft limit is often 1,024
+/// where the hard limit allows far more, so start-up raises the soft limit to the hard one and says so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DescriptorLimit {
+    pub soft_before: libc::rlim_t,
+    pub soft: libc::rlim_t,
+    pub hard: libc::rlim_t,
+    /// Why the soft limit could not be raised, if it could not.
+    pub problem: Option<String>,
+}
+
+impl std::fmt::Display for DescriptorLimit {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.problem {
+            Some(problem) => write!(
+                formatter,
+                "open files: soft limit {} (cannot raise it to the hard limit {}: {problem})",
+                self.soft, self.hard
+            ),
+            None if self.soft_before < self.soft => write!(
+                formatter,
+                "open files: soft limit raised from {} to {} (the hard limit)",
+                self.soft_before, self.soft
+            ),
+            None => write!(formatter, "open files: soft limit {} (the hard limit {})", self.soft, self.hard),
+        }
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (or to the kernel's `fs.nr_open` when the hard limit is
+/// unlimited, since the soft limit may not exceed it). A failure is reported in the result, not fatal: the broker
+/// still runs, with `max.connections` bounded by the lower limit.
+fn raise_descriptor_limit() -> DescriptorLimit {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given, which lives for the whole call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        let problem = std::io::Error::last_os_error().to_string();
+        return DescriptorLimit { soft_before: 1024, soft: 1024, hard: 1024, problem: Some(problem) };
+    }
+    let soft_before = limit.rlim_cur;
+    let mut target = limit.rlim_max;
+    if target == libc::RLIM_INFINITY {
+        target = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|text| text.trim().parse::<libc::rlim_t>().ok())
+            .unwrap_or(1 << 20);
+    }
+    let hard = target;
+    if limit.rlim_cur >= target {
+        return DescriptorLimit { soft_before, soft: soft_before, hard, problem: None };
+    }
+    let raised = libc::rlimit { rlim_cur: target, rlim_max: limit.rlim_max };
+    // SAFETY: setrlimit only reads the struct it is given, which lives for the whole call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        let problem = std::io::Error::last_os_error().to_string();
+        return DescriptorLimit { soft_before, soft: soft_before, hard, problem: Some(problem) };
+    }
+    DescriptorLimit { soft_before, soft: hard, hard, problem: None }
+}
+
+/// `max.connections` as the broker applies it: the configured value, but never more than the descriptors left
+/// after [`descriptor_reserve`]; `-1` (the default) means exactly that bound. A configured value above it is
+/// lowered with a warning, since accepting past it would fail with EMFILE in the middle of serving instead.
+fn connection_count_bound(config: &Config, limit: &DescriptorLimit) -> usize {
+    let soft = usize::try_from(limit.soft).unwrap_or(usize::MAX);
+    let bound = soft.saturating_sub(descriptor_reserve(soft)).max(1);
+    match config.connection_count_max {
+        None => bound,
+        Some(count) if count > bound => {
+            log::warn!(
+                "max.connections {count} lowered to {bound}: the open-file limit is {soft}, less {} kept for files",
+                descriptor_reserve(soft)
+            );
+            bound
+        }
+        Some(count) => count,
+    }
+}
+
+/// Descriptors kept back from connections for everything else the broker opens: segment and index files, the data
+/// directory, one listener per shard, io_uring rings and eventfds, the blocking pool. A tenth of the limit, at least
+/// 1,024 — but at most half, so that a small limit still leaves room for connections.
+fn descriptor_reserve(limit: usize) -> usize {
+    (limit / 10).max(1024).min(limit / 2)
+}
+
 /// Fails with one clear line if the address is taken; resolves port 0 to a concrete port.
 /// The probe binds without SO_REUSEPORT, so it also fails when another SO_REUSEPORT listener (a second
 /// broker) holds the port, which the shards' own SO_REUSEPORT binds would silently share. It has SO_REUSEADDR
@@ -486,4 +602,30 @@ fn wait_for_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
     // SAFETY: `set` was initialised by block_stop_signals; a null siginfo pointer is allowed.
     let signal = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &timeout) };
     (signal > 0).then_some(signal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reserve is a tenth of the limit, at least 1,024, at most half.
+    #[test]
+    fn descriptor_reserve_leaves_room_for_files_and_connections() {
+        let cases = [(20, 10), (1024, 512), (4096, 1024), (20_000, 2000), (1 << 20, (1 << 20) / 10)];
+        for (limit, expected) in cases {
+            assert_eq!(descriptor_reserve(limit), expected, "limit {limit}");
+        }
+    }
+
+    /// `-1` takes the descriptor bound; a value under it is kept; a value over it is lowered to it.
+    #[test]
+    fn max_connections_is_bounded_by_the_descriptor_limit() {
+        let limit = DescriptorLimit { soft_before: 1024, soft: 20_000, hard: 20_000, problem: None };
+        let config =
+            |text: &str| Config::from_toml(text, &crate::config::ConfigOverrides::default()).unwrap();
+        assert_eq!(connection_count_bound(&config(""), &limit), 18_000);
+        assert_eq!(connection_count_bound(&config("\"max.connections\" = 500"), &limit), 500);
+        assert_eq!(connection_count_bound(&config("\"max.connections\" = 2147483647"), &limit), 18_000);
+        assert_eq!(limit.to_string(), "open files: soft limit raised from 1024 to 20000 (the hard limit)");
+    }
 }
