@@ -1,10 +1,30 @@
-//! Fetch (key 1), v4–16. Fetch sessions are declined (session id 0 in every response), so every request is a
-//! full fetch. Long polling: when less than `min_bytes` is available the handler waits on the owners'
-//! per-partition notifications (woken by appends that move the high watermark) or until `max_wait_ms`.
+//! Fetch (key 1), v4–16, with KIP-74's response limit and KIP-227's fetch sessions ([`session`]).
+//!
+//! Reads: partitions are read concurrently (their owners' caches, disks in parallel, or across the mesh) in
+//! *waves* of consecutive partitions, each read bounded by its own limit and by what the response has left when
+//! the wave starts. The response is then assembled in order, charging each partition only the bytes it actually
+//! returned (KIP-74): an empty partition costs nothing, the first partition with data always gets at least its
+//! first batch even when that batch is larger than either limit, and data that no longer fits is dropped — that
+//! partition is answered with no records and its high watermark, and the client fetches it next time.
+//!
+//! Memory: a wave takes partitions while the bytes they may return sum to less than what the response has left
+//! (at least [`WAVE_SIZE_MIN`]), so one fetch holds at most that plus one partition's limit plus one oversized
+//! first batch, and the response itself is capped at [`RESPONSE_SIZE_MAX`]. In the common catch-up case (a
+//! response limit of tens of partitions' limits) the first wave reads every partition that can fit at once.
+//!
+//! Fairness across requests: a session keeps its partitions in fetch order and moves those that returned
+//! records to the end, so partitions listed later are served on the next requests. Sessionless clients
+//! (librdkafka) rotate their own lists.
+//!
+//! Long polling: when less than `min_bytes` is available the handler waits on the owners' per-partition
+//! notifications (woken by appends that move the high watermark) or until `max_wait_ms`.
 //!
 //! The response is written by hand rather than through the codec so that record batches go out as their own
 //! `Bytes` chunks (from the shard cache or a direct-I/O read buffer) with no copy in user space.
 
+mod session;
+
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -16,18 +36,35 @@ use kafka_protocol::messages::FetchRequest;
 use sluice_storage::records::put_varint_unsigned;
 
 use super::{HandlerResult, RequestContext, Response};
-use crate::cluster::partition::{PartitionOp, PartitionReply};
+use crate::cluster::partition::{PartitionOp, PartitionReply, PartitionResult};
 use crate::codec;
 use crate::errors::{ErrorCode, KafkaError, ResponseError};
 use crate::shard::Shard;
 use crate::shard::ShardRequest;
+use session::{Mode, PartitionKey, Plan, Served, Wanted};
 use sluice_replication::{ShardId, TopicPartition};
 use sluice_storage::Offset;
 
 /// Bound on a fetch's wait, whatever the client asks (a parked request holds a connection slot).
 const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
 
+/// The most record bytes one response carries, whatever the client asks: Kafka's broker `fetch.max.bytes`
+/// default (55 MiB, 57,671,680 bytes), a little above the Java consumer's 50 MiB default request limit.
+const RESPONSE_SIZE_MAX: usize = 55 << 20;
+
+/// A wave of reads may plan at least this many bytes, so that a small response limit (even 1 byte) still reads
+/// many partitions at once instead of one after another; 1 MiB is the default per-partition limit of the Java
+/// consumer and librdkafka, so it costs no more memory than one ordinary partition read.
+const WAVE_SIZE_MIN: usize = 1 << 20;
+
+/// A topic as the response names it.
+struct Topic {
+    name: String,
+    topic_id: [u8; 16],
+}
+
 struct PartitionFetch {
+    topic: Rc<Topic>,
     index: i32,
     offset: i64,
     size_max: usize,
@@ -37,138 +74,293 @@ struct PartitionFetch {
     high_watermark: i64,
     log_start_offset: i64,
     batches: Vec<Bytes>,
+    /// Left out of an incremental session's response: nothing new since the client last heard of it.
+    omitted: bool,
 }
 
-struct TopicFetch {
-    name: String,
-    topic_id: [u8; 16],
-    partitions: Vec<PartitionFetch>,
+impl PartitionFetch {
+    /// Below the high watermark and readable: a read that returned nothing was held back by its limit.
+    fn has_unread_data(&self) -> bool {
+        !self.unknown && !self.error.is_error() && self.offset < self.high_watermark
+    }
 }
 
-#[allow(clippy::too_many_lines)] // over 70 lines before the limit; to be split
 pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: FetchRequest) -> HandlerResult {
     let version = context.api_version;
-    let table = shard.topics();
-    let mut topics: Vec<TopicFetch> = body
-        .topics
-        .iter()
-        .map(|topic| {
-            let entry = if version >= 13 {
-                table.find_by_id(topic.topic_id.as_bytes())
-            } else {
-                table.get(topic.topic.0.as_str())
-            };
-            let missing = if version >= 13 {
-                ResponseError::UnknownTopicId
-            } else {
-                ResponseError::UnknownTopicOrPartition
-            };
-            TopicFetch {
-                name: entry.map_or_else(|| topic.topic.0.to_string(), |entry| entry.name.clone()),
-                topic_id: *topic.topic_id.as_bytes(),
-                partitions: topic
-                    .partitions
-                    .iter()
-                    .map(|partition| PartitionFetch {
-                        index: partition.partition,
-                        offset: partition.fetch_offset,
-                        size_max: partition.partition_max_bytes.max(0) as usize,
-                        unknown: false,
-                        error: match entry {
-                            None => missing.into(),
-                            Some(entry)
-                                if partition.partition < 0
-                                    || partition.partition >= entry.partition_count =>
-                            {
-                                ResponseError::UnknownTopicOrPartition.into()
-                            }
-                            Some(_) => ErrorCode::NONE,
-                        },
-                        high_watermark: -1,
-                        log_start_offset: -1,
-                        batches: Vec::new(),
-                    })
-                    .map(|mut partition| {
-                        partition.unknown = partition.error.is_error();
-                        partition
-                    })
-                    .collect(),
-            }
-        })
-        .collect();
-    let response_size_max = if body.max_bytes <= 0 { usize::MAX } else { body.max_bytes as usize };
+    let (requested, forgotten) = request_partitions(&body, version);
+    let begun = session::CACHE.with_borrow_mut(|cache| {
+        cache.begin(version, body.session_id, body.session_epoch, requested, &forgotten)
+    });
+    let plan = match begun {
+        Ok(plan) => plan,
+        Err(error) => return encode(context, error.into(), 0, &[]).map(Some),
+    };
+    let mut partitions = resolve(shard, version, &plan.wanted);
+    let response_size_max = match usize::try_from(body.max_bytes) {
+        Ok(size) if size > 0 => size.min(RESPONSE_SIZE_MAX),
+        _ => RESPONSE_SIZE_MAX,
+    };
     let min_bytes = body.min_bytes.max(0) as usize;
     let wait = Duration::from_millis(body.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MAX);
     let deadline = Instant::now() + wait;
-
     loop {
-        // Every partition is read at once (its owner's cache, its disk, or across the mesh), each within a budget
-        // fixed up front: its own limit, and what the response limit leaves after the partitions before it. A
-        // partition with a budget returns at least one batch even when that batch is larger (which partition is
-        // the first non-empty one is not known before the reads finish, and a consumer must never be stuck behind
-        // a batch larger than its fetch size), so the response may pass max_bytes by that much.
-        let mut reads = Vec::new();
-        let mut planned = 0usize;
-        for topic in topics.iter() {
-            for partition in topic.partitions.iter().filter(|partition| !partition.unknown) {
-                let budget = response_size_max.saturating_sub(planned).min(partition.size_max);
-                let op = PartitionOp::Read {
-                    offset: sluice_storage::Offset(partition.offset),
-                    size_max: budget,
-                    min_one: budget > 0,
-                };
-                planned = planned.saturating_add(budget.max(1));
-                let (shard, name, index) = (shard.clone(), topic.name.clone(), partition.index);
-                reads.push(glommio::spawn_local(async move { shard.partition_call(&name, index, op).await }));
-            }
-        }
-        let mut reads = reads.into_iter();
-        let mut total = 0usize;
-        let mut any_error = false;
-        for topic in topics.iter_mut() {
-            for partition in topic.partitions.iter_mut() {
-                if partition.unknown {
-                    any_error = true;
-                    continue;
-                }
-                let Some(read) = reads.next() else { break };
-                match read.await {
-                    Ok(PartitionReply::Read { batches, high_watermark, log_start_offset, error }) => {
-                        total += batches.iter().map(Bytes::len).sum::<usize>();
-                        partition.batches = batches;
-                        partition.high_watermark = high_watermark.0;
-                        partition.log_start_offset = log_start_offset.0;
-                        partition.error = error;
-                        any_error |= error.is_error();
-                    }
-                    Ok(_) => {
-                        partition.error = ResponseError::UnknownServerError.into();
-                        any_error = true;
-                    }
-                    Err(KafkaError { code, .. }) => {
-                        partition.error = code;
-                        any_error = true;
-                    }
-                }
-            }
-        }
+        let read = read_partitions(shard, &mut partitions, response_size_max).await;
         let now = Instant::now();
-        if total >= min_bytes || any_error || now >= deadline || shard.is_shutting_down() {
+        if read.size >= min_bytes || read.any_error || now >= deadline || shard.is_shutting_down() {
             break;
         }
-        wait_for_data(shard, &topics, deadline - now).await;
+        wait_for_data(shard, &partitions, deadline - now).await;
     }
-    encode(context, &topics).map(Some)
+    let session_id = finish_session(&plan, &mut partitions);
+    encode(context, ErrorCode::NONE, session_id, &partitions).map(Some)
+}
+
+/// The request's partitions in its order, and the partitions it asks its session to forget.
+fn request_partitions(body: &FetchRequest, version: i16) -> (Vec<Wanted>, Vec<PartitionKey>) {
+    let topic_key = |name: &str, topic_id: &[u8; 16]| {
+        if version >= 13 {
+            (String::new(), *topic_id)
+        } else {
+            (name.to_string(), [0; 16])
+        }
+    };
+    let mut requested = Vec::new();
+    for topic in &body.topics {
+        let (name, topic_id) = topic_key(topic.topic.0.as_str(), topic.topic_id.as_bytes());
+        for partition in &topic.partitions {
+            requested.push(Wanted {
+                key: PartitionKey { topic: name.clone(), topic_id, index: partition.partition },
+                offset: partition.fetch_offset,
+                size_max: partition.partition_max_bytes.max(0) as usize,
+            });
+        }
+    }
+    let mut forgotten = Vec::new();
+    for topic in &body.forgotten_topics_data {
+        let (name, topic_id) = topic_key(topic.topic.0.as_str(), topic.topic_id.as_bytes());
+        for index in &topic.partitions {
+            forgotten.push(PartitionKey { topic: name.clone(), topic_id, index: *index });
+        }
+    }
+    (requested, forgotten)
+}
+
+/// A topic as a request names it, and its partition count (`None`: no such topic).
+type TopicLookup = (Rc<Topic>, Option<i32>);
+
+/// Looks the plan's partitions up in the topic table: unknown topics and partitions are answered with an error.
+fn resolve(shard: &Rc<Shard>, version: i16, wanted: &[Wanted]) -> Vec<PartitionFetch> {
+    let table = shard.topics();
+    let missing =
+        if version >= 13 { ResponseError::UnknownTopicId } else { ResponseError::UnknownTopicOrPartition };
+    // Topic lookups by id scan the table: one per distinct topic, not per partition.
+    let mut topics: HashMap<(&str, [u8; 16]), TopicLookup> = HashMap::new();
+    let mut partitions = Vec::with_capacity(wanted.len());
+    for wanted in wanted {
+        let key = &wanted.key;
+        let (topic, partition_count) = topics
+            .entry((key.topic.as_str(), key.topic_id))
+            .or_insert_with(|| {
+                let entry =
+                    if version >= 13 { table.find_by_id(&key.topic_id) } else { table.get(&key.topic) };
+                let name = entry.map_or_else(|| key.topic.clone(), |entry| entry.name.clone());
+                let topic = Rc::new(Topic { name, topic_id: key.topic_id });
+                (topic, entry.map(|entry| entry.partition_count))
+            })
+            .clone();
+        let error = match partition_count {
+            None => missing.into(),
+            Some(count) if key.index < 0 || key.index >= count => {
+                ResponseError::UnknownTopicOrPartition.into()
+            }
+            Some(_) => ErrorCode::NONE,
+        };
+        partitions.push(PartitionFetch {
+            topic,
+            index: key.index,
+            offset: wanted.offset,
+            size_max: wanted.size_max,
+            unknown: error.is_error(),
+            error,
+            high_watermark: -1,
+            log_start_offset: -1,
+            batches: Vec::new(),
+            omitted: false,
+        });
+    }
+    partitions
+}
+
+/// What one pass over the partitions put in the response.
+struct ReadOutcome {
+    size: usize,
+    any_error: bool,
+}
+
+/// The response being assembled in order: what it holds and what it has left.
+struct Assembly {
+    size: usize,
+    remaining: usize,
+    /// The first batch kept past the limits (KIP-74's exception), 0 when none.
+    exception_size: usize,
+}
+
+impl Assembly {
+    /// Keeps the prefix of `partition`'s batches that fits what the response has left — and the first batch of
+    /// the first partition with data whatever its size — and drops the rest, which the client fetches next time.
+    fn keep(&mut self, partition: &mut PartitionFetch) {
+        let mut kept_size = 0usize;
+        let mut kept_count = 0usize;
+        for batch in &partition.batches {
+            let first = self.size == 0 && kept_count == 0;
+            if kept_size + batch.len() > self.remaining {
+                if !first {
+                    break;
+                }
+                self.exception_size = batch.len();
+            }
+            kept_size += batch.len();
+            kept_count += 1;
+        }
+        partition.batches.truncate(kept_count);
+        self.size += kept_size;
+        self.remaining = self.remaining.saturating_sub(kept_size);
+    }
+}
+
+/// Reads every partition (in waves, see the module comment) and keeps what fits the response, in order.
+async fn read_partitions(
+    shard: &Rc<Shard>,
+    partitions: &mut [PartitionFetch],
+    response_size_max: usize,
+) -> ReadOutcome {
+    let mut assembly = Assembly { size: 0, remaining: response_size_max, exception_size: 0 };
+    let mut any_error = false;
+    let mut start = 0;
+    while start < partitions.len() {
+        let end = read_wave_end(partitions, start, assembly.remaining);
+        let wave = &mut partitions[start..end];
+        let remaining = assembly.remaining;
+        let response_empty = assembly.size == 0;
+        // The wave's first partition may be the response's first with data: it gets KIP-74's exception now
+        // rather than a second read. Any later one that turns out to be first gets a second read below.
+        let reads: Vec<_> = wave
+            .iter()
+            .enumerate()
+            .map(|(position, partition)| {
+                (!partition.unknown)
+                    .then(|| spawn_read(shard, partition, remaining, response_empty && position == 0))
+            })
+            .collect();
+        for (partition, read) in wave.iter_mut().zip(reads) {
+            let Some(read) = read else {
+                any_error = true;
+                continue;
+            };
+            apply_read(partition, read.await);
+            if partition.batches.is_empty() && assembly.size == 0 && partition.has_unread_data() {
+                let read = spawn_read(shard, partition, assembly.remaining, true);
+                apply_read(partition, read.await);
+            }
+            any_error |= partition.error.is_error();
+            assembly.keep(partition);
+        }
+        start = end;
+    }
+    assert!(
+        assembly.size <= response_size_max.saturating_add(assembly.exception_size),
+        "a response of {} bytes passed its limit of {response_size_max} by more than one batch of {}",
+        assembly.size,
+        assembly.exception_size,
+    );
+    ReadOutcome { size: assembly.size, any_error }
+}
+
+/// The end of the wave of reads that starts at `start`: partitions join while the bytes they may return (each
+/// its own limit, at most `remaining`) sum to less than `remaining` or [`WAVE_SIZE_MIN`]. Once the response is
+/// full every partition left joins one wave of reads of no bytes, which only learn high watermarks.
+fn read_wave_end(partitions: &[PartitionFetch], start: usize, remaining: usize) -> usize {
+    let wave_size_max = remaining.max(WAVE_SIZE_MIN);
+    let mut planned = 0usize;
+    let mut end = start;
+    while end < partitions.len() && planned < wave_size_max {
+        if !partitions[end].unknown {
+            planned = planned.saturating_add(partitions[end].size_max.min(remaining));
+        }
+        end += 1;
+    }
+    assert!(end > start || start == partitions.len(), "a wave holds at least one partition");
+    end
+}
+
+/// Starts reading `partition` on its owner, within its own limit and `remaining`.
+fn spawn_read(
+    shard: &Rc<Shard>,
+    partition: &PartitionFetch,
+    remaining: usize,
+    min_one: bool,
+) -> glommio::Task<PartitionResult> {
+    let op = PartitionOp::Read {
+        offset: Offset(partition.offset),
+        size_max: partition.size_max.min(remaining),
+        min_one,
+    };
+    let (shard, name, index) = (shard.clone(), partition.topic.name.clone(), partition.index);
+    glommio::spawn_local(async move { shard.partition_call(&name, index, op).await })
+}
+
+fn apply_read(partition: &mut PartitionFetch, read: PartitionResult) {
+    match read {
+        Ok(PartitionReply::Read { batches, high_watermark, log_start_offset, error }) => {
+            partition.batches = batches;
+            partition.high_watermark = high_watermark.0;
+            partition.log_start_offset = log_start_offset.0;
+            partition.error = error;
+        }
+        Ok(_) => {
+            partition.batches.clear();
+            partition.error = ResponseError::UnknownServerError.into();
+        }
+        Err(KafkaError { code, .. }) => {
+            partition.batches.clear();
+            partition.error = code;
+        }
+    }
+}
+
+/// Opens or updates the request's session with what was answered; marks the partitions an incremental response
+/// leaves out. Returns the session id for the response (0: none).
+fn finish_session(plan: &Plan, partitions: &mut [PartitionFetch]) -> i32 {
+    assert_eq!(plan.wanted.len(), partitions.len(), "one partition answered per partition planned");
+    let served: Vec<Served> = partitions
+        .iter()
+        .map(|partition| Served {
+            high_watermark: partition.high_watermark,
+            log_start_offset: partition.log_start_offset,
+            has_records: !partition.batches.is_empty(),
+            has_error: partition.error.is_error(),
+        })
+        .collect();
+    match plan.mode {
+        Mode::Sessionless => 0,
+        Mode::New => session::CACHE.with_borrow_mut(|cache| cache.create(&plan.wanted, &served)),
+        Mode::Incremental { id } => {
+            let listed = session::CACHE.with_borrow_mut(|cache| cache.finish(id, &plan.wanted, &served));
+            for (partition, listed) in partitions.iter_mut().zip(listed) {
+                partition.omitted = !listed;
+            }
+            id
+        }
+    }
 }
 
 /// Parks until an owner reports new data on any fetched partition, or `timeout`.
-async fn wait_for_data(shard: &Rc<Shard>, topics: &[TopicFetch], timeout: Duration) {
+async fn wait_for_data(shard: &Rc<Shard>, partitions: &[PartitionFetch], timeout: Duration) {
     let mut by_owner: Vec<Vec<(TopicPartition, Offset)>> = vec![Vec::new(); shard.count];
-    for topic in topics {
-        for partition in &topic.partitions {
-            by_owner[shard.owner(&topic.name, partition.index).0]
-                .push((TopicPartition::new(&topic.name, partition.index), Offset(partition.offset)));
-        }
+    for partition in partitions.iter().filter(|partition| !partition.unknown) {
+        let name = &partition.topic.name;
+        by_owner[shard.owner(name, partition.index).0]
+            .push((TopicPartition::new(name, partition.index), Offset(partition.offset)));
     }
     let mut waits: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::new();
     for (owner, partitions) in by_owner.into_iter().enumerate() {
@@ -201,76 +393,119 @@ impl<F: Future> MapUnit for F {
     }
 }
 
-/// Writes the response: header and fields into `head` buffers, record batches as their own chunks.
-#[allow(clippy::too_many_lines)] // over 70 lines before the limit; to be split
-fn encode(context: &RequestContext, topics: &[TopicFetch]) -> Result<Response, codec::CodecError> {
+/// The listed partitions grouped into runs of one topic, in order: a session's rotation can list a topic's
+/// partitions apart, and then the topic appears once per run, as Kafka's responses do.
+fn topic_runs(partitions: &[PartitionFetch]) -> Vec<Vec<&PartitionFetch>> {
+    let mut runs: Vec<Vec<&PartitionFetch>> = Vec::new();
+    for partition in partitions.iter().filter(|partition| !partition.omitted) {
+        match runs.last_mut() {
+            Some(run) if Rc::ptr_eq(&run[0].topic, &partition.topic) => run.push(partition),
+            _ => runs.push(vec![partition]),
+        }
+    }
+    runs
+}
+
+/// A response under construction: header and fields in `head`, record batches as their own chunks.
+struct Encoder {
+    version: i16,
+    flexible: bool,
+    head: BytesMut,
+    chunks: Vec<Bytes>,
+    frame_size: usize,
+}
+
+impl Encoder {
+    fn put_array_size(&mut self, count: usize) {
+        if self.flexible {
+            put_varint_unsigned(&mut self.head, count as u64 + 1);
+        } else {
+            self.head.put_i32(count as i32);
+        }
+    }
+
+    fn put_topic(&mut self, topic: &Topic) {
+        if self.version >= 13 {
+            self.head.put_slice(&topic.topic_id);
+        } else if self.flexible {
+            put_varint_unsigned(&mut self.head, topic.name.len() as u64 + 1);
+            self.head.put_slice(topic.name.as_bytes());
+        } else {
+            self.head.put_i16(topic.name.len() as i16);
+            self.head.put_slice(topic.name.as_bytes());
+        }
+    }
+
+    fn put_partition(&mut self, partition: &PartitionFetch) {
+        self.head.put_i32(partition.index);
+        self.head.put_i16(partition.error.code());
+        self.head.put_i64(partition.high_watermark);
+        self.head.put_i64(partition.high_watermark); // last_stable_offset: no transactions yet
+        if self.version >= 5 {
+            self.head.put_i64(partition.log_start_offset);
+        }
+        self.put_array_size(0); // aborted_transactions
+        if self.version >= 11 {
+            self.head.put_i32(-1); // preferred_read_replica
+        }
+        let records_size: usize = partition.batches.iter().map(Bytes::len).sum();
+        if self.flexible {
+            put_varint_unsigned(&mut self.head, records_size as u64 + 1);
+        } else {
+            self.head.put_i32(records_size as i32);
+        }
+        if records_size > 0 {
+            let finished = self.head.split().freeze();
+            self.frame_size += finished.len();
+            self.chunks.push(finished);
+            for batch in &partition.batches {
+                self.frame_size += batch.len();
+                self.chunks.push(batch.clone());
+            }
+        }
+        if self.flexible {
+            self.head.put_u8(0); // partition tagged fields
+        }
+    }
+}
+
+/// Writes the response: the listed partitions (all but those an incremental session omits) under `error` (a
+/// session's refusal, with no partitions) and `session_id`.
+fn encode(
+    context: &RequestContext,
+    error: ErrorCode,
+    session_id: i32,
+    partitions: &[PartitionFetch],
+) -> Result<Response, codec::CodecError> {
     let version = context.api_version;
-    let flexible = version >= 12;
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut head = codec::begin_frame(context.api_key, version, context.correlation_id, 256);
-    let put_array_size = |buffer: &mut BytesMut, count: usize| {
-        if flexible {
-            put_varint_unsigned(buffer, count as u64 + 1);
-        } else {
-            buffer.put_i32(count as i32);
-        }
+    let mut encoder = Encoder {
+        version,
+        flexible: version >= 12,
+        head: codec::begin_frame(context.api_key, version, context.correlation_id, 256),
+        chunks: Vec::new(),
+        frame_size: 0,
     };
-    head.put_i32(0); // throttle_time_ms
+    encoder.head.put_i32(0); // throttle_time_ms
     if version >= 7 {
-        head.put_i16(0); // error_code
-        head.put_i32(0); // session_id: fetch sessions are declined
+        encoder.head.put_i16(error.code());
+        encoder.head.put_i32(session_id);
     }
-    put_array_size(&mut head, topics.len());
-    let mut frame_size = 0usize;
-    for topic in topics {
-        if version >= 13 {
-            head.put_slice(&topic.topic_id);
-        } else if flexible {
-            put_varint_unsigned(&mut head, topic.name.len() as u64 + 1);
-            head.put_slice(topic.name.as_bytes());
-        } else {
-            head.put_i16(topic.name.len() as i16);
-            head.put_slice(topic.name.as_bytes());
+    let runs = topic_runs(partitions);
+    encoder.put_array_size(runs.len());
+    for run in &runs {
+        encoder.put_topic(&run[0].topic);
+        encoder.put_array_size(run.len());
+        for partition in run {
+            encoder.put_partition(partition);
         }
-        put_array_size(&mut head, topic.partitions.len());
-        for partition in &topic.partitions {
-            head.put_i32(partition.index);
-            head.put_i16(partition.error.code());
-            head.put_i64(partition.high_watermark);
-            head.put_i64(partition.high_watermark); // last_stable_offset: no transactions yet
-            if version >= 5 {
-                head.put_i64(partition.log_start_offset);
-            }
-            put_array_size(&mut head, 0); // aborted_transactions
-            if version >= 11 {
-                head.put_i32(-1); // preferred_read_replica
-            }
-            let records_size: usize = partition.batches.iter().map(Bytes::len).sum();
-            if flexible {
-                put_varint_unsigned(&mut head, records_size as u64 + 1);
-            } else {
-                head.put_i32(records_size as i32);
-            }
-            if records_size > 0 {
-                let finished = head.split().freeze();
-                frame_size += finished.len();
-                chunks.push(finished);
-                for batch in &partition.batches {
-                    frame_size += batch.len();
-                    chunks.push(batch.clone());
-                }
-            }
-            if flexible {
-                head.put_u8(0); // partition tagged fields
-            }
-        }
-        if flexible {
-            head.put_u8(0); // topic tagged fields
+        if encoder.flexible {
+            encoder.head.put_u8(0); // topic tagged fields
         }
     }
-    if flexible {
-        head.put_u8(0); // response tagged fields
+    if encoder.flexible {
+        encoder.head.put_u8(0); // response tagged fields
     }
+    let Encoder { head, mut chunks, mut frame_size, .. } = encoder;
     frame_size += head.len();
     chunks.push(head.freeze());
     // The size prefix sits in the first chunk.
@@ -286,60 +521,135 @@ mod tests {
     use kafka_protocol::messages::{ApiKey, FetchResponse};
     use kafka_protocol::protocol::Decodable;
 
-    /// The hand-written encoder agrees with the codec's decoder for every advertised version.
+    fn partition(topic: &Rc<Topic>, index: i32, batches: Vec<Bytes>) -> PartitionFetch {
+        PartitionFetch {
+            topic: topic.clone(),
+            index,
+            offset: 0,
+            size_max: 1 << 20,
+            unknown: false,
+            error: ErrorCode::NONE,
+            high_watermark: 2,
+            log_start_offset: 0,
+            batches,
+            omitted: false,
+        }
+    }
+
+    fn decode(response: &Response, version: i16) -> FetchResponse {
+        let mut frame = BytesMut::new();
+        for chunk in &response.chunks {
+            frame.extend_from_slice(chunk);
+        }
+        let mut frame = frame.freeze();
+        let size = i32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+        assert_eq!(size + 4, frame.len(), "v{version}");
+        let _ = frame.split_to(4);
+        let header = codec::decode_response_header(&mut frame, ApiKey::Fetch, version).unwrap();
+        assert_eq!(header.correlation_id, 42);
+        let decoded = FetchResponse::decode(&mut frame, version).unwrap();
+        assert!(frame.is_empty(), "v{version}: trailing bytes");
+        decoded
+    }
+
+    /// The hand-written encoder agrees with the codec's decoder for every advertised version, including a topic
+    /// listed twice (a session's rotation) and a partition an incremental response omits.
     #[test]
     fn hand_written_response_decodes_with_the_codec() {
         let batch = sluice_storage::batch::testing::make_batch(2, 2, 1000);
+        let orders = Rc::new(Topic { name: "orders".into(), topic_id: [7; 16] });
+        let audit = Rc::new(Topic { name: "audit".into(), topic_id: [8; 16] });
         for version in 4..=16 {
-            let topics = vec![TopicFetch {
-                name: "orders".into(),
-                topic_id: [7; 16],
-                partitions: vec![
-                    PartitionFetch {
-                        index: 0,
-                        offset: 0,
-                        size_max: 0,
-                        unknown: false,
-                        error: ErrorCode::NONE,
-                        high_watermark: 2,
-                        log_start_offset: 0,
-                        batches: vec![batch.clone(), batch.clone()],
-                    },
-                    PartitionFetch {
-                        index: 1,
-                        offset: 9,
-                        size_max: 0,
-                        unknown: false,
-                        error: ResponseError::OffsetOutOfRange.into(),
-                        high_watermark: 0,
-                        log_start_offset: 0,
-                        batches: vec![],
-                    },
-                ],
-            }];
+            let mut out_of_range = partition(&orders, 1, vec![]);
+            out_of_range.error = ResponseError::OffsetOutOfRange.into();
+            let mut omitted = partition(&audit, 1, vec![]);
+            omitted.omitted = true;
+            let partitions = vec![
+                partition(&orders, 0, vec![batch.clone(), batch.clone()]),
+                out_of_range,
+                partition(&audit, 0, vec![]),
+                omitted,
+                partition(&orders, 2, vec![batch.clone()]),
+            ];
             let context = RequestContext { api_key: ApiKey::Fetch, api_version: version, correlation_id: 42 };
-            let response = encode(&context, &topics).unwrap();
-            let mut frame = BytesMut::new();
-            for chunk in &response.chunks {
-                frame.extend_from_slice(chunk);
+            let decoded = decode(&encode(&context, ErrorCode::NONE, 99, &partitions).unwrap(), version);
+            let runs: Vec<Vec<i32>> = decoded
+                .responses
+                .iter()
+                .map(|topic| topic.partitions.iter().map(|partition| partition.partition_index).collect())
+                .collect();
+            assert_eq!(runs, vec![vec![0, 1], vec![0], vec![2]], "v{version}");
+            let first = &decoded.responses[0].partitions;
+            assert_eq!(first[0].high_watermark, 2);
+            assert_eq!(first[0].records.as_ref().unwrap().len(), batch.len() * 2, "v{version}");
+            assert_eq!(first[1].error_code, ResponseError::OffsetOutOfRange.code());
+            if version >= 7 {
+                assert_eq!(decoded.session_id, 99);
             }
-            let mut frame = frame.freeze();
-            let size = i32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
-            assert_eq!(size + 4, frame.len(), "v{version}");
-            let _ = frame.split_to(4);
-            let header = codec::decode_response_header(&mut frame, ApiKey::Fetch, version).unwrap();
-            assert_eq!(header.correlation_id, 42);
-            let decoded = FetchResponse::decode(&mut frame, version).unwrap();
-            assert!(frame.is_empty(), "v{version}: trailing bytes");
-            let partitions = &decoded.responses[0].partitions;
-            assert_eq!(partitions[0].high_watermark, 2);
-            assert_eq!(partitions[0].records.as_ref().unwrap().len(), batch.len() * 2, "v{version}");
-            assert_eq!(partitions[1].error_code, ResponseError::OffsetOutOfRange.code());
             if version >= 13 {
-                assert_eq!(decoded.responses[0].topic_id.as_bytes(), &[7; 16]);
+                assert_eq!(decoded.responses[1].topic_id.as_bytes(), &[8; 16]);
             } else {
-                assert_eq!(decoded.responses[0].topic.0.as_str(), "orders");
+                assert_eq!(decoded.responses[1].topic.0.as_str(), "audit");
             }
+        }
+    }
+
+    /// A session's refusal is a top-level error with no partitions.
+    #[test]
+    fn session_errors_encode_at_the_top_level() {
+        let context = RequestContext { api_key: ApiKey::Fetch, api_version: 12, correlation_id: 42 };
+        let error = ResponseError::FetchSessionIdNotFound.into();
+        let decoded = decode(&encode(&context, error, 0, &[]).unwrap(), 12);
+        assert_eq!(decoded.error_code, ResponseError::FetchSessionIdNotFound.code());
+        assert!(decoded.responses.is_empty());
+    }
+
+    /// KIP-74 assembly: each partition is charged what it returned; the first batch of the first partition with
+    /// data is kept whatever its size; what does not fit is dropped whole batches at a time.
+    #[test]
+    fn assembly_keeps_what_fits_and_the_first_batch() {
+        let topic = Rc::new(Topic { name: "t".into(), topic_id: [0; 16] });
+        let batch = |size: usize| Bytes::from(vec![0u8; size]);
+        // (response limit, each partition's batch sizes, the batch counts kept, the response size)
+        type Case = (usize, Vec<Vec<usize>>, Vec<usize>, usize);
+        let cases: Vec<Case> = vec![
+            (1, vec![vec![], vec![], vec![70, 70]], vec![0, 0, 1], 70),
+            (100, vec![vec![], vec![40, 40], vec![30]], vec![0, 2, 0], 80),
+            (100, vec![vec![150, 10], vec![10]], vec![1, 0], 150),
+            (100, vec![vec![60], vec![30, 30], vec![10]], vec![1, 1, 1], 100),
+        ];
+        for (limit, sizes, kept_counts, size) in cases {
+            let mut assembly = Assembly { size: 0, remaining: limit, exception_size: 0 };
+            let mut kept = Vec::new();
+            for (index, sizes) in sizes.iter().enumerate() {
+                let mut fetched =
+                    partition(&topic, index as i32, sizes.iter().map(|size| batch(*size)).collect());
+                assembly.keep(&mut fetched);
+                kept.push(fetched.batches.len());
+            }
+            assert_eq!((kept, assembly.size), (kept_counts, size), "limit {limit}, batches {sizes:?}");
+            assert!(assembly.size <= limit + assembly.exception_size);
+        }
+    }
+
+    /// Waves plan about what the response has left (at least WAVE_SIZE_MIN), and everything once it is full.
+    #[test]
+    fn waves_bound_what_they_plan_to_read() {
+        let topic = Rc::new(Topic { name: "t".into(), topic_id: [0; 16] });
+        let partitions: Vec<PartitionFetch> =
+            (0..2000).map(|index| partition(&topic, index, vec![])).collect();
+        let mebibyte = 1 << 20;
+        // (start, response remaining, wave end)
+        let cases = [
+            (0, 50 * mebibyte, 50),
+            (1990, 50 * mebibyte, 2000),
+            (0, mebibyte / 2, 2),
+            (0, 1, WAVE_SIZE_MIN),
+            (0, 0, 2000),
+            (2000, 0, 2000),
+        ];
+        for (start, remaining, end) in cases {
+            assert_eq!(read_wave_end(&partitions, start, remaining), end.min(2000), "{start} {remaining}");
         }
     }
 }
