@@ -22,6 +22,14 @@ use crate::config::{Config, FlushPolicy};
 /// How long shutdown waits for one log to flush, sync and close.
 const LOG_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How many logs shutdown closes at once. One close is a chain of dependent I/Os (the last write, an fdatasync,
+/// then per index file an ftruncate on glommio's blocking-thread pool, an fdatasync and a close, then the log
+/// file's ftruncate and fdatasync), so it keeps the disk at queue depth one: one after another, 2,800 closes took
+/// 12.9 s. 64 at once keep an SSD's queue full (they reach their throughput around depth 32 to 64) while staying
+/// within half of glommio's 128-entry ring and far below its blocking pool's 4,096-request queue, so thousands of
+/// partitions never flush at once.
+const LOG_CLOSE_CONCURRENCY: usize = 64;
+
 pub struct PartitionManager<S: Storage> {
     config: Arc<Config>,
     storage: S,
@@ -206,10 +214,27 @@ impl<S: Storage> PartitionManager<S> {
         }
     }
 
-    /// Flushes, syncs and closes every owned log (shutdown).
+    /// Flushes, syncs and closes every owned log (shutdown), [`LOG_CLOSE_CONCURRENCY`] at a time, each bounded by
+    /// [`LOG_CLOSE_TIMEOUT`] from its own start (a close waiting for its turn is not charged for the wait).
     pub async fn close_all(&self) {
-        for partition in self.all() {
-            partition.close(LOG_CLOSE_TIMEOUT).await;
+        let started = std::time::Instant::now();
+        let partitions = self.all();
+        let count = partitions.len();
+        let permits = Rc::new(glommio::sync::Semaphore::new(LOG_CLOSE_CONCURRENCY as u64));
+        let mut closes = Vec::with_capacity(count);
+        for partition in partitions {
+            match permits.acquire_static_permit(1).await {
+                Ok(permit) => closes.push(glommio::spawn_local(async move {
+                    partition.close(LOG_CLOSE_TIMEOUT).await;
+                    drop(permit);
+                })),
+                // The semaphore is never closed; were it, the close still happens, in line.
+                Err(_) => partition.close(LOG_CLOSE_TIMEOUT).await,
+            }
         }
+        for close in closes {
+            close.await;
+        }
+        log::info!("shard {}: closed {count} logs in {:?}", self.shard, started.elapsed());
     }
 }
