@@ -24,6 +24,13 @@ use serde::Deserialize;
 /// The configuration `sluice` runs with when given no file: a single-node broker on 127.0.0.1:9092, data in `./data`.
 pub const DEFAULT_CONFIG: &str = include_str!("default_config.toml");
 
+/// The bounds of `log.segment.bytes` and of the topic-level `segment.bytes`. The top is Kafka's: a segment's byte
+/// positions are 32-bit signed in its offset index, so Kafka refuses anything above 2^31 - 1 (an `int` config).
+/// The bottom is the log's own (`LogConfig::validate`): one 4,096-byte direct-I/O block. Kafka allows 14 (one
+/// record batch header), but a smaller value here would pass the configuration and then fail every log open.
+pub const SEGMENT_SIZE_MIN: i64 = sluice_storage::BLOCK_SIZE as i64;
+pub const SEGMENT_SIZE_MAX: i64 = i32::MAX as i64;
+
 /// How appends become durable (`log.flush.policy`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlushPolicy {
@@ -346,7 +353,11 @@ impl Config {
             )? as i32,
             // Checked above to be 1, so it fits.
             replication_factor_default: settings.replication_factor_default as i16,
-            segment_size_max: positive("log.segment.bytes", settings.segment_size_max)? as u64,
+            segment_size_max: within(
+                "log.segment.bytes",
+                settings.segment_size_max,
+                SEGMENT_SIZE_MIN..=SEGMENT_SIZE_MAX,
+            )? as u64,
             segment_age_max: millis(positive("log.segment.ms", settings.segment_age_max_ms)?),
             retention_age_max: optional_limit("log.retention.ms", settings.retention_age_max_ms)?
                 .map(Duration::from_millis),
@@ -840,7 +851,9 @@ mod tests {
     #[test]
     fn bad_value_is_one_line_with_key_and_value() {
         let cases = [
-            ("log.segment.bytes = 0", "log.segment.bytes = 0 must be at least 1"),
+            ("log.segment.bytes = 0", "log.segment.bytes = 0 must be at least 4096"),
+            ("\"log.segment.bytes\" = 2147483648", "log.segment.bytes = 2147483648 must be at most 2147483647"),
+            ("\"log.segment.bytes\" = 4095", "log.segment.bytes = 4095 must be at least 4096"),
             ("num.partitions = \"x\"", "config: num.partitions = \"x\" is a string, not an integer like its default 1"),
             ("\"log.flush.policy\" = 1", "config: log.flush.policy = 1 is an integer, not a string like its default \"fsync\""),
             ("\"log.segment.bytes\" = 1.5", "config: log.segment.bytes = 1.5 is a float, not an integer like its default 1073741824"),

@@ -4,7 +4,8 @@
 //! joined; stopped when the server's shutdown flag is raised.
 //!
 //! Routing: [`Shard::produce`] and [`Shard::partition_call`] run a partition operation on the owning shard, locally
-//! or over the mesh; [`Shard::admin`] sends topic changes to shard 0, the single writer of the topic table;
+//! or over the mesh; [`Shard::admin`] sends topic changes to shard 0, the single writer of the topic table, which
+//! commits each new table in two phases (every shard opens what it adds, then the table is saved and installed);
 //! [`Shard::group_call`] reaches a group's coordinator. The messages are [`ShardRequest`] and [`ShardReply`].
 
 use std::cell::{Cell, RefCell};
@@ -60,8 +61,13 @@ pub enum ShardRequest {
         changes: Vec<TopicChange>,
         validate_only: bool,
     },
-    /// Shard 0 hands every shard the new table; the reply says the shard has opened or removed its logs.
-    ApplyTopics(Arc<TopicTable>),
+    /// Phase one of a topic change from shard 0: open the partitions the new table adds, without serving them;
+    /// the reply says whether every one opened.
+    PrepareTopics(Arc<TopicTable>),
+    /// Phase two, once shard 0 has saved the table: install it (serve the prepared partitions, remove deleted ones).
+    InstallTopics(Arc<TopicTable>),
+    /// The change was not committed: close and remove the partitions phase one opened.
+    DiscardTopics,
     /// A new producer id; only shard 0 serves these (it owns the allocator).
     AllocateProducerId,
     /// A consumer-group call, served by the shard that coordinates the group.
@@ -189,7 +195,7 @@ impl Shard {
             // connection's pipelined produce requests in the order it sent them.
             ShardRequest::Produce { topic_partition, records, acks } => {
                 let produced = match self.partitions.get(&topic_partition.topic, topic_partition.partition) {
-                    None => Err(unknown_partition()),
+                    None => Err(self.missing_partition(&topic_partition)),
                     Some(owned) => owned.produce(records, acks).await,
                 };
                 let shard = self.clone();
@@ -232,7 +238,15 @@ impl Shard {
                     Box::pin(self.admin_local(changes, validate_only));
                 ShardReply::Admin(admin.await)
             }
-            ShardRequest::ApplyTopics(table) => ShardReply::Applied(self.apply_topics(table).await),
+            ShardRequest::PrepareTopics(table) => ShardReply::Applied(self.partitions.prepare(&table).await),
+            ShardRequest::InstallTopics(table) => {
+                self.install_topics(table).await;
+                ShardReply::Applied(Ok(()))
+            }
+            ShardRequest::DiscardTopics => {
+                self.partitions.discard_prepared().await;
+                ShardReply::Applied(Ok(()))
+            }
             ShardRequest::AllocateProducerId => ShardReply::ProducerId(self.allocate_producer_id_local()),
             ShardRequest::Group(request) => {
                 // Boxed for the same reason as admin: a group call may create __consumer_offsets.
@@ -245,8 +259,17 @@ impl Shard {
 
     async fn partition_local(&self, topic_partition: &TopicPartition, op: PartitionOp) -> PartitionResult {
         match self.partitions.get(&topic_partition.topic, topic_partition.partition) {
-            None => Err(unknown_partition()),
+            None => Err(self.missing_partition(topic_partition)),
             Some(owned) => owned.execute(op).await,
+        }
+    }
+
+    /// The answer for an owned partition that is not served: KAFKA_STORAGE_ERROR with the reason if it could not
+    /// be opened, else UNKNOWN_TOPIC_OR_PARTITION.
+    fn missing_partition(&self, topic_partition: &TopicPartition) -> KafkaError {
+        match self.partitions.failure(topic_partition) {
+            Some(reason) => KafkaError::with_message(ResponseError::KafkaStorageError, reason),
+            None => unknown_partition(),
         }
     }
 
@@ -289,7 +312,7 @@ impl Shard {
         let owner = self.owner(&topic_partition.topic, topic_partition.partition);
         if owner == self.id {
             return match self.partitions.get(&topic_partition.topic, topic_partition.partition) {
-                None => ready(Err(unknown_partition())),
+                None => ready(Err(self.missing_partition(topic_partition))),
                 Some(owned) => match owned.produce(records, acks).await {
                     Ok(produced) => Box::pin(produced.acknowledged()),
                     Err(error) => ready(Err(error)),
@@ -367,7 +390,7 @@ impl Shard {
         }
     }
 
-    /// Shard 0: applies changes to a copy of the table, persists it, hands it to every shard, then answers.
+    /// Shard 0: applies changes to a copy of the table, commits it (see [`Shard::commit_topics`]), then answers.
     async fn admin_local(self: &Rc<Self>, changes: Vec<TopicChange>, validate_only: bool) -> AdminResults {
         assert_eq!(self.id, ShardId(0), "only shard 0 writes the topic table");
         let Ok(_permit) = self.admin_lock.acquire_permit(1).await else {
@@ -386,27 +409,52 @@ impl Shard {
             return results;
         }
         table.version += 1;
-        if let Err(error) = table.save(&self.config.data_dir) {
-            log::error!("{error}");
+        if let Err(error) = self.commit_topics(Arc::new(table)).await {
             let failure = KafkaError::with_message(ResponseError::KafkaStorageError, error);
             return results.into_iter().map(|result| result.and(Err(failure.clone()))).collect();
         }
-        let table = Arc::new(table);
-        let mut failures = Vec::new();
-        for target in 0..self.count {
-            match self.call(ShardId(target), ShardRequest::ApplyTopics(table.clone())).await {
-                Ok(ShardReply::Applied(Ok(()))) => {}
-                Ok(ShardReply::Applied(Err(error))) => failures.push(error),
-                Ok(other) => failures.push(format!("{:?}", unexpected_reply(&other))),
-                Err(error) => failures.push(format!("{error:?}")),
-            }
-        }
-        if let Some(error) = failures.first() {
-            log::error!("applying topic table version {}: {error}", table.version);
-            let failure = KafkaError::with_message(ResponseError::KafkaStorageError, error.clone());
-            return results.into_iter().map(|result| result.and(Err(failure.clone()))).collect();
-        }
         results
+    }
+
+    /// Shard 0: commits a new table in two phases. Every shard first opens the partitions the table adds (not yet
+    /// served); only when all did is the table saved — the commit point — and then installed on every shard. If
+    /// any shard could not open its partitions (EMFILE, a file in the way), or the save failed, every shard closes
+    /// and removes what it opened and the table is neither saved nor installed: a refused change leaves nothing
+    /// behind, and the saved table only ever names partitions that opened. A crash between the phases leaves
+    /// partition directories the saved table does not name; start-up removes them.
+    async fn commit_topics(self: &Rc<Self>, table: Arc<TopicTable>) -> Result<(), String> {
+        let prepared = self.call_every_shard(|| ShardRequest::PrepareTopics(table.clone())).await;
+        let failure = match prepared {
+            Err(error) => Some(error),
+            Ok(()) => table.save(&self.config.data_dir).err(),
+        };
+        if let Some(error) = failure {
+            log::error!("topic table version {} not committed: {error}", table.version);
+            if let Err(discard) = self.call_every_shard(|| ShardRequest::DiscardTopics).await {
+                log::error!("discarding the partitions of topic table version {}: {discard}", table.version);
+            }
+            return Err(error);
+        }
+        let installed = self.call_every_shard(|| ShardRequest::InstallTopics(table.clone())).await;
+        installed.inspect_err(|error| {
+            log::error!("installing topic table version {} (saved): {error}", table.version);
+        })
+    }
+
+    /// Sends a request to every shard, this one included, one after another (each even after another failed);
+    /// the first failure, if any.
+    async fn call_every_shard(self: &Rc<Self>, request: impl Fn() -> ShardRequest) -> Result<(), String> {
+        let mut first_failure = None;
+        for target in 0..self.count {
+            let failure = match self.call(ShardId(target), request()).await {
+                Ok(ShardReply::Applied(Ok(()))) => continue,
+                Ok(ShardReply::Applied(Err(error))) => error,
+                Ok(other) => format!("{:?}", unexpected_reply(&other)),
+                Err(error) => format!("{error:?}"),
+            };
+            first_failure.get_or_insert(format!("shard {target}: {failure}"));
+        }
+        first_failure.map_or(Ok(()), Err)
     }
 
     /// A producer id unique for the life of the data directory, from shard 0's allocator.
@@ -433,17 +481,17 @@ impl Shard {
         }
     }
 
-    /// Installs a newer table and opens or removes this shard's logs to match. The table is installed only once
-    /// the partitions it names are open, so a request never sees a topic whose partition is not there yet.
-    pub async fn apply_topics(&self, table: Arc<TopicTable>) -> Result<(), String> {
+    /// Phase two of a topic change: installs a newer table, serving the partitions phase one opened and removing
+    /// the logs of deleted topics. The table is installed only once the partitions it names are open (or known
+    /// not to open), so a request never sees a topic whose partition is not there yet.
+    async fn install_topics(&self, table: Arc<TopicTable>) {
         if table.version < self.topics().version {
-            return Ok(());
+            return;
         }
-        let applied = self.partitions.apply(&table).await;
+        self.partitions.install(&table).await;
         if table.version >= self.topics().version {
             *self.topics.borrow_mut() = table;
         }
-        applied
     }
 
     /// Sends a group call to the shard that coordinates `group` and waits for the answer.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sluice_replication::{LeaderEpoch, NodeId};
 
-use crate::config::Config;
+use crate::config::{Config, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
 use crate::errors::{KafkaError, ResponseError};
 
 /// The internal topic holding consumer groups' commits and metadata; its partitions place the groups.
@@ -191,7 +191,7 @@ impl TopicEntry {
 
 /// A random version-4 UUID as 32 hex digits. `RandomState` draws its keys from the OS's random source, which
 /// avoids a dependency for sixteen bytes.
-fn new_topic_id() -> String {
+pub(crate) fn new_topic_id() -> String {
     let mut bytes = [0u8; 16];
     for half in bytes.chunks_mut(8) {
         let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
@@ -248,6 +248,13 @@ fn number_at_least(minimum: i64) -> impl Fn(&str) -> Result<(), String> {
     move |text: &str| match text.trim().parse::<i64>() {
         Ok(value) if value >= minimum => Ok(()),
         _ => Err(format!("\"{text}\" is not a number of at least {minimum}")),
+    }
+}
+
+fn number_within(minimum: i64, maximum: i64) -> impl Fn(&str) -> Result<(), String> {
+    move |text: &str| match text.trim().parse::<i64>() {
+        Ok(value) if (minimum..=maximum).contains(&value) => Ok(()),
+        _ => Err(format!("\"{text}\" is not a number between {minimum} and {maximum}")),
     }
 }
 
@@ -312,7 +319,7 @@ pub const TOPIC_CONFIG_KEYS: &[TopicConfigKey] = &[
         name: "segment.bytes",
         broker_name: "log.segment.bytes",
         default: |config| config.segment_size_max.to_string(),
-        validate: |text| number_at_least(14)(text),
+        validate: |text| number_within(SEGMENT_SIZE_MIN, SEGMENT_SIZE_MAX)(text),
     },
     TopicConfigKey {
         name: "segment.ms",
@@ -412,8 +419,9 @@ impl TopicSettings {
         // A compact-only topic keeps everything (Kafka never deletes it by time or size; Sluice does not compact).
         let compact_only = is_compact_only(configs);
         TopicSettings {
-            segment_size_max: number("segment.bytes")
-                .map_or(config.segment_size_max, |value| value.max(14) as u64),
+            segment_size_max: number("segment.bytes").map_or(config.segment_size_max, |value| {
+                value.clamp(SEGMENT_SIZE_MIN, SEGMENT_SIZE_MAX) as u64
+            }),
             segment_age_max: number("segment.ms")
                 .map_or(config.segment_age_max, |value| Duration::from_millis(value.max(1) as u64)),
             retention_age_max: number("retention.ms")
@@ -628,6 +636,28 @@ mod tests {
         assert_eq!(settings.timestamp_kind, TimestampKind::LogAppendTime);
         configs.insert("bogus".to_string(), "1".to_string());
         assert!(validate_topic_configs(&configs).is_err());
+    }
+
+    /// segment.bytes is refused outside what Kafka and the log accept, with the key, the value and the bounds.
+    #[test]
+    fn segment_bytes_is_bounded_by_kafka_and_the_log() {
+        let check = |value: &str, expected: Result<(), String>| {
+            let configs = BTreeMap::from([("segment.bytes".to_string(), value.to_string())]);
+            assert_eq!(validate_topic_configs(&configs), expected, "{value}");
+        };
+        let refused = |value: &str| -> Result<(), String> {
+            Err(format!("segment.bytes: \"{value}\" is not a number between 4096 and 2147483647"))
+        };
+        check("4096", Ok(()));
+        check("2147483647", Ok(()));
+        check("2147483648", refused("2147483648"));
+        check("4095", refused("4095"));
+        check("14", refused("14"));
+        check("-1", refused("-1"));
+        // A value stored before the bound (a table written by an older broker) is clamped, never handed to the log.
+        let config = Config::from_toml("", &ConfigOverrides::default()).unwrap();
+        let configs = BTreeMap::from([("segment.bytes".to_string(), "99999999999".to_string())]);
+        assert_eq!(TopicSettings::resolve(&config, &configs).segment_size_max, i32::MAX as u64);
     }
 
     #[test]
