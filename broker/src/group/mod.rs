@@ -8,8 +8,8 @@
 //! Durability: an OffsetCommit is answered only after its records are in the partition's log and fsynced (acks=all
 //! semantics, whatever `log.flush.policy` says for produce); a SyncGroup is answered after the group's metadata
 //! record (members and assignments) is. At start every shard replays its `__consumer_offsets` partitions
-//! ([`GroupCoordinator::load`]) before it serves group requests (COORDINATOR_LOAD_IN_PROGRESS until then). The
-//! records use Kafka's layout ([`store`]). The topic is created on first use, with no time or size retention:
+//! ([`GroupCoordinator::load`]) before it serves group requests (COORDINATOR_LOAD_IN_PROGRESS until then; a heartbeat
+//! is answered NONE meanwhile, as Kafka does). The records use Kafka's layout ([`store`]). The topic is created on first use, with no time or size retention:
 //! offsets expire by `offsets.retention.minutes` instead, written as tombstones. Kafka compacts this topic; Sluice
 //! does not compact yet, so the log grows with every commit and a restart replays all of it.
 //!
