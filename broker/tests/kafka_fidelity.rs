@@ -678,6 +678,8 @@ fn member_joins_and_syncs(address: SocketAddr, group: &str) -> i32 {
 /// The first group on a brand-new data directory: two consumers join at once while `__consumer_offsets` is being
 /// created, and neither JoinGroup nor SyncGroup ever answers COORDINATOR_NOT_AVAILABLE (the topic's partitions
 /// are opened on every shard before the table naming them is installed; until then, COORDINATOR_LOAD_IN_PROGRESS).
+/// At a2909bc, before two-phase topic creation, this failed in its first rounds: SyncGroup answered
+/// COORDINATOR_NOT_AVAILABLE ("__consumer_offsets-N is not on shard S").
 #[test]
 fn the_first_group_on_a_fresh_broker_syncs_without_coordinator_not_available() {
     for round in 0..4 {
