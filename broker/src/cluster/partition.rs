@@ -119,7 +119,12 @@ impl<S: Storage> Produced<S> {
     pub async fn acknowledged(self) -> PartitionResult {
         let end = self.info.last_offset.next();
         if self.wait == AckWait::Durable {
-            self.partition.log.wait_durable(end).await.map_err(|error| from_log_error(&error))?;
+            if let Err(error) = self.partition.log.wait_durable(end).await {
+                // The producer hears of the failed flush; the batch stays queued and becomes durable once the
+                // log writes again, and consumers must then see it even if nothing else is produced.
+                self.partition.publish_when_durable(end);
+                return Err(from_log_error(&error));
+            }
             self.partition.durable(end);
         }
         Ok(PartitionReply::Appended {
@@ -230,13 +235,7 @@ impl<S: Storage> Partition<S> {
         let end = info.last_offset.next();
         if wait == AckWait::Sequenced && self.replica.borrow().visibility() == Visibility::Durable {
             // Answered once sequenced, but visible only once durable: wait for the sync in the background.
-            let partition = self.clone();
-            glommio::spawn_local(async move {
-                if partition.log.wait_durable(end).await.is_ok() {
-                    partition.durable(end);
-                }
-            })
-            .detach();
+            self.publish_when_durable(end);
         }
         self.clone().snapshot_after_roll();
         Ok(Produced { partition: self.clone(), info, wait })
@@ -342,6 +341,18 @@ impl<S: Storage> Partition<S> {
     }
 
     /// The log is durable up to `end`: the replica may commit it.
+    /// Moves the high watermark to `end` once the log has made it durable, through failed flushes and repairs;
+    /// the task ends when the log closes or truncates below `end`.
+    fn publish_when_durable(self: &Rc<Self>, end: Offset) {
+        let partition = self.clone();
+        glommio::spawn_local(async move {
+            if partition.log.wait_durable_through_failures(end).await.is_ok() {
+                partition.durable(end);
+            }
+        })
+        .detach();
+    }
+
     fn durable(&self, end: Offset) {
         let moved = self.replica.borrow_mut().durable(end);
         if moved.is_some() {
