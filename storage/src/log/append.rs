@@ -204,7 +204,11 @@ impl<S: Storage> Log<S> {
                     }
                     if state.failure_count != failure_count_start {
                         // A flush failed while this waited: its caller hears of it now, and may retry.
-                        let reason = state.stalled.clone().unwrap_or_default();
+                        // (A poisoning may already be repaired: the batches are queued again either way.)
+                        let reason = state.stalled.clone().unwrap_or_else(|| {
+                            "a write or sync failed; the log repaired itself and writes the batches again"
+                                .into()
+                        });
                         return Err(LogError::Stalled(reason));
                     }
                 }
