@@ -121,7 +121,12 @@ impl<S: Storage> Produced<S> {
     pub async fn acknowledged(self) -> PartitionResult {
         let end = self.info.last_offset.next();
         if self.wait == AckWait::Durable {
-            self.partition.log.wait_durable(end).await.map_err(|error| from_log_error(&error))?;
+            if let Err(error) = self.partition.log.wait_durable(end).await {
+                // The producer hears of the failed flush; the batch stays queued and becomes durable once the
+                // log writes again, and consumers must then see it even if nothing else is produced.
+                self.partition.publish_when_durable(end);
+                return Err(from_log_error(&error));
+            }
             self.partition.durable(end);
         }
         Ok(PartitionReply::Appended {
@@ -232,13 +237,7 @@ impl<S: Storage> Partition<S> {
         let end = info.last_offset.next();
         if wait == AckWait::Sequenced && self.replica.borrow().visibility() == Visibility::Durable {
             // Answered once sequenced, but visible only once durable: wait for the sync in the background.
-            let partition = self.clone();
-            glommio::spawn_local(async move {
-                if partition.log.wait_durable(end).await.is_ok() {
-                    partition.durable(end);
-                }
-            })
-            .detach();
+            self.publish_when_durable(end);
         }
         self.clone().snapshot_after_roll();
         Ok(Produced { partition: self.clone(), info, wait })
@@ -341,6 +340,18 @@ impl<S: Storage> Partition<S> {
     /// A follower's fetch from this leader: batches up to the log end (followers read above the high watermark).
     pub async fn read_replica(&self, offset: Offset, size_max: usize) -> Result<Vec<Bytes>, KafkaError> {
         self.log.read(offset, size_max, ReadBound::LogEnd, true).await.map_err(|error| from_log_error(&error))
+    }
+
+    /// Moves the high watermark to `end` once the log has made it durable, through failed flushes and repairs;
+    /// the task ends when the log closes or truncates below `end`.
+    fn publish_when_durable(self: &Rc<Self>, end: Offset) {
+        let partition = self.clone();
+        glommio::spawn_local(async move {
+            if partition.log.wait_durable_through_failures(end).await.is_ok() {
+                partition.durable(end);
+            }
+        })
+        .detach();
     }
 
     /// The log is durable up to `end`: the replica may commit it.
