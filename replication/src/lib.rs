@@ -28,6 +28,8 @@
 //! no runtime" is a rule about this crate's code, kept by review: nothing here may name `sluice_storage::Log` or
 //! any other I/O type of storage.
 
+pub mod metadata;
+pub mod quorum;
 pub mod replica;
 pub mod seams;
 pub mod sim;
