@@ -26,16 +26,38 @@ pub const BATCH_RECORD_COUNT_MAX: usize = 16_384;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CodecError {
-    Truncated { needed: usize, remaining: usize },
-    UnknownBatchFormat { format: u8 },
-    UnknownRecordType { record_type: u8 },
-    UnknownRecordVersion { record_type: u8, version: u8 },
-    InvalidUtf8 { offset: usize },
-    InvalidTag { tag: u8, offset: usize },
-    CountTooLarge { count: usize, count_max: usize },
-    TrailingBytes { count: usize },
+    Truncated {
+        needed: usize,
+        remaining: usize,
+    },
+    UnknownBatchFormat {
+        format: u8,
+    },
+    UnknownRecordType {
+        record_type: u8,
+    },
+    UnknownRecordVersion {
+        record_type: u8,
+        version: u8,
+    },
+    InvalidUtf8 {
+        offset: usize,
+    },
+    InvalidTag {
+        tag: u8,
+        offset: usize,
+    },
+    CountTooLarge {
+        count: usize,
+        count_max: usize,
+    },
+    TrailingBytes {
+        count: usize,
+    },
     /// A snapshot's image decoded but breaks the image's own rules.
-    InvalidImage { reason: String },
+    InvalidImage {
+        reason: String,
+    },
 }
 
 impl fmt::Display for CodecError {
@@ -45,16 +67,22 @@ impl fmt::Display for CodecError {
                 write!(formatter, "truncated: {needed} more bytes needed, {remaining} remain")
             }
             CodecError::UnknownBatchFormat { format } => write!(formatter, "unknown batch format {format}"),
-            CodecError::UnknownRecordType { record_type } => write!(formatter, "unknown record type {record_type}"),
+            CodecError::UnknownRecordType { record_type } => {
+                write!(formatter, "unknown record type {record_type}")
+            }
             CodecError::UnknownRecordVersion { record_type, version } => {
                 write!(formatter, "record type {record_type} has unknown version {version}")
             }
             CodecError::InvalidUtf8 { offset } => write!(formatter, "string at byte {offset} is not UTF-8"),
-            CodecError::InvalidTag { tag, offset } => write!(formatter, "tag {tag} at byte {offset} is not 0 or 1"),
+            CodecError::InvalidTag { tag, offset } => {
+                write!(formatter, "tag {tag} at byte {offset} is not 0 or 1")
+            }
             CodecError::CountTooLarge { count, count_max } => {
                 write!(formatter, "count {count} exceeds the limit of {count_max}")
             }
-            CodecError::TrailingBytes { count } => write!(formatter, "{count} bytes left after the last field"),
+            CodecError::TrailingBytes { count } => {
+                write!(formatter, "{count} bytes left after the last field")
+            }
             CodecError::InvalidImage { reason } => write!(formatter, "snapshot image is invalid: {reason}"),
         }
     }

@@ -40,12 +40,23 @@ pub enum AdminRequest {
         /// Explicit replica lists, one per partition, honoured as given (leader first).
         assignment: Option<Vec<Vec<NodeId>>>,
     },
-    DeleteTopic { name: String },
+    DeleteTopic {
+        name: String,
+    },
     /// Grows the topic to `partition_count` partitions in total.
-    CreatePartitions { name: String, partition_count: i32 },
-    AlterConfigs { resource: ConfigResource, changes: Vec<(String, Option<String>)> },
+    CreatePartitions {
+        name: String,
+        partition_count: i32,
+    },
+    AlterConfigs {
+        resource: ConfigResource,
+        changes: Vec<(String, Option<String>)>,
+    },
     RegisterBroker(BrokerRegistration),
-    AllocateProducerIds { broker: NodeId, broker_epoch: BrokerEpoch },
+    AllocateProducerIds {
+        broker: NodeId,
+        broker_epoch: BrokerEpoch,
+    },
 }
 
 /// Why the controller refuses a request; each maps to one Kafka error code in the broker.
@@ -81,13 +92,24 @@ impl fmt::Display for ControllerError {
                 "replication factor {requested} is not between 1 and the {live_broker_count} live brokers"
             ),
             ControllerError::InvalidPartitions { requested, current } => {
-                write!(formatter, "partition count {requested} is invalid (current {current}, max {PARTITION_COUNT_MAX})")
+                write!(
+                    formatter,
+                    "partition count {requested} is invalid (current {current}, max {PARTITION_COUNT_MAX})"
+                )
             }
-            ControllerError::InvalidReplicaAssignment { reason } => write!(formatter, "replica assignment: {reason}"),
-            ControllerError::TopicAlreadyExists { name } => write!(formatter, "topic {name:?} already exists"),
-            ControllerError::InvalidTopicName { name, reason } => write!(formatter, "topic name {name:?} {reason}"),
+            ControllerError::InvalidReplicaAssignment { reason } => {
+                write!(formatter, "replica assignment: {reason}")
+            }
+            ControllerError::TopicAlreadyExists { name } => {
+                write!(formatter, "topic {name:?} already exists")
+            }
+            ControllerError::InvalidTopicName { name, reason } => {
+                write!(formatter, "topic name {name:?} {reason}")
+            }
             ControllerError::UnknownTopic { name } => write!(formatter, "topic {name:?} does not exist"),
-            ControllerError::InvalidConfig { key } => write!(formatter, "configuration key {key:?} is invalid"),
+            ControllerError::InvalidConfig { key } => {
+                write!(formatter, "configuration key {key:?} is invalid")
+            }
             ControllerError::UnknownBroker { broker } => write!(formatter, "{broker} is not registered"),
             ControllerError::StaleBrokerEpoch { broker, epoch, current } => {
                 write!(formatter, "{broker} sent epoch {epoch}; its current epoch is {current}")
@@ -105,7 +127,8 @@ impl std::error::Error for ControllerError {}
 pub fn plan(image: &MetadataImage, request: &AdminRequest) -> Result<Vec<MetadataRecord>, ControllerError> {
     match request {
         AdminRequest::CreateTopic { name, id, partition_count, replication_factor, configs, assignment } => {
-            let shape = TopicShape { partition_count: *partition_count, replication_factor: *replication_factor };
+            let shape =
+                TopicShape { partition_count: *partition_count, replication_factor: *replication_factor };
             plan_create_topic(image, name, *id, shape, configs, assignment.as_deref())
         }
         AdminRequest::DeleteTopic { name } => {
@@ -153,7 +176,10 @@ fn plan_create_topic(
         return Err(ControllerError::TopicAlreadyExists { name: name.to_string() });
     }
     if id == TopicId::ZERO || image.topic(id).is_some() {
-        return Err(ControllerError::InvalidTopicName { name: name.to_string(), reason: "has a used or zero id" });
+        return Err(ControllerError::InvalidTopicName {
+            name: name.to_string(),
+            reason: "has a used or zero id",
+        });
     }
     if let Some(key) = configs.keys().find(|key| !valid_config_key(key)) {
         return Err(ControllerError::InvalidConfig { key: key.clone() });
@@ -162,16 +188,16 @@ fn plan_create_topic(
         Some(lists) => check_assignment(image, lists)?.to_vec(),
         None => {
             if shape.partition_count < 1 || shape.partition_count > PARTITION_COUNT_MAX {
-                return Err(ControllerError::InvalidPartitions { requested: shape.partition_count, current: 0 });
+                return Err(ControllerError::InvalidPartitions {
+                    requested: shape.partition_count,
+                    current: 0,
+                });
             }
             placement(image, shape.partition_count as usize, shape.replication_factor)?
         }
     };
-    let mut records = vec![MetadataRecord::Topic(TopicRecord {
-        name: name.to_string(),
-        id,
-        configs: configs.clone(),
-    })];
+    let mut records =
+        vec![MetadataRecord::Topic(TopicRecord { name: name.to_string(), id, configs: configs.clone() })];
     records.extend(partition_records(id, 0, replica_lists));
     Ok(records)
 }
@@ -242,7 +268,10 @@ fn placement(
 ) -> Result<Vec<Vec<NodeId>>, ControllerError> {
     let live: Vec<PlacementBroker> = image
         .live_brokers()
-        .map(|broker| PlacementBroker { broker: broker.registration.broker, rack: broker.registration.rack.clone() })
+        .map(|broker| PlacementBroker {
+            broker: broker.registration.broker,
+            rack: broker.registration.rack.clone(),
+        })
         .collect();
     if replication_factor < 1 || replication_factor as usize > live.len() {
         return Err(ControllerError::InvalidReplicationFactor {
@@ -264,7 +293,11 @@ fn check_assignment<'a>(
     }
     for (partition, replicas) in lists.iter().enumerate() {
         if replicas.is_empty() || replicas.len() != lists[0].len() {
-            return invalid(format!("partition {partition} has {} replicas, partition 0 has {}", replicas.len(), lists[0].len()));
+            return invalid(format!(
+                "partition {partition} has {} replicas, partition 0 has {}",
+                replicas.len(),
+                lists[0].len()
+            ));
         }
         if let Some(unknown) = replicas.iter().find(|node| image.broker(**node).is_none()) {
             return invalid(format!("partition {partition} names unregistered {unknown}"));

@@ -216,7 +216,8 @@ impl MetadataImage {
                 });
             }
         }
-        let broker = BrokerImage { registration: registration.clone(), epoch: BrokerEpoch(index), fenced: true };
+        let broker =
+            BrokerImage { registration: registration.clone(), epoch: BrokerEpoch(index), fenced: true };
         self.brokers.insert(registration.broker, broker);
         Ok(())
     }
@@ -261,7 +262,8 @@ impl MetadataImage {
         if record.partition != expected {
             return Err(ImageError::PartitionOutOfOrder { id, partition: record.partition, expected });
         }
-        let invalid = |reason: String| ImageError::InvalidReplicas { id, partition: record.partition, reason };
+        let invalid =
+            |reason: String| ImageError::InvalidReplicas { id, partition: record.partition, reason };
         if record.leader_epoch.0 < 0 || record.partition_epoch < 0 {
             return Err(invalid("epochs start at 0".into()));
         }
@@ -305,9 +307,8 @@ impl MetadataImage {
                 current: current.leader_epoch,
             });
         }
-        check_replicas(&self.brokers, &current.replicas, &change.isr, change.leader).map_err(|reason| {
-            ImageError::InvalidReplicas { id, partition: partition_index, reason }
-        })?;
+        check_replicas(&self.brokers, &current.replicas, &change.isr, change.leader)
+            .map_err(|reason| ImageError::InvalidReplicas { id, partition: partition_index, reason })?;
         let topic = Arc::make_mut(topic);
         let partition = &mut topic.partitions[partition_index as usize];
         partition.leader = change.leader;
@@ -324,7 +325,8 @@ impl MetadataImage {
         let configs = match &change.resource {
             ConfigResource::Broker(broker) => self.broker_configs.entry(*broker).or_default(),
             ConfigResource::Topic(name) => {
-                let id = self.topic_ids.get(name).ok_or(ImageError::UnknownTopicName { name: name.clone() })?;
+                let id =
+                    self.topic_ids.get(name).ok_or(ImageError::UnknownTopicName { name: name.clone() })?;
                 let topic = self.topics.get_mut(id).ok_or(ImageError::UnknownTopicId { id: *id })?;
                 &mut Arc::make_mut(topic).configs
             }
@@ -344,7 +346,8 @@ impl MetadataImage {
     }
 
     fn apply_producer_ids(&mut self, block: &ProducerIdsBlock) -> Result<(), ImageError> {
-        let broker = self.brokers.get(&block.broker).ok_or(ImageError::UnknownBroker { broker: block.broker })?;
+        let broker =
+            self.brokers.get(&block.broker).ok_or(ImageError::UnknownBroker { broker: block.broker })?;
         if broker.epoch != block.broker_epoch {
             return Err(ImageError::StaleBrokerEpoch {
                 broker: block.broker,
@@ -374,7 +377,10 @@ impl MetadataImage {
         assert_eq!(self.topics.len(), self.topic_ids.len(), "topic name and id maps disagree");
         for (name, id) in &self.topic_ids {
             let topic = self.topics.get(id);
-            assert!(topic.is_some_and(|topic| &topic.name == name), "topic {name:?} maps to a missing id {id}");
+            assert!(
+                topic.is_some_and(|topic| &topic.name == name),
+                "topic {name:?} maps to a missing id {id}"
+            );
         }
         for topic in self.topics.values() {
             for partition in &topic.partitions {
@@ -402,7 +408,9 @@ fn check_replicas(
     if let Some(unknown) = replicas.iter().find(|node| !brokers.contains_key(node)) {
         return Err(format!("replica {unknown} is not registered"));
     }
-    if isr.iter().collect::<BTreeSet<_>>().len() != isr.len() || !isr.iter().all(|node| replicas.contains(node)) {
+    if isr.iter().collect::<BTreeSet<_>>().len() != isr.len()
+        || !isr.iter().all(|node| replicas.contains(node))
+    {
         return Err(format!("ISR {isr:?} is not a set inside replicas {replicas:?}"));
     }
     if leader != NodeId::NONE && !isr.contains(&leader) {
@@ -460,7 +468,8 @@ impl MetadataImage {
         image.producer_id_next = reader.i64()?;
         for _ in 0..reader.count(30)? {
             let registration = decode_registration(&mut reader)?;
-            let broker = BrokerImage { epoch: BrokerEpoch(reader.u64()?), fenced: reader.bool()?, registration };
+            let broker =
+                BrokerImage { epoch: BrokerEpoch(reader.u64()?), fenced: reader.bool()?, registration };
             image.brokers.insert(broker.registration.broker, broker);
         }
         for _ in 0..reader.count(8)? {

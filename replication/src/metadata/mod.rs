@@ -12,7 +12,9 @@ pub mod records;
 mod tests;
 
 pub use codec::{decode_batch, encode_batch, CodecError};
-pub use controller::{plan, AdminRequest, BrokerHeartbeats, ControllerError, Heartbeat, PRODUCER_ID_BLOCK_SIZE};
+pub use controller::{
+    plan, AdminRequest, BrokerHeartbeats, ControllerError, Heartbeat, PRODUCER_ID_BLOCK_SIZE,
+};
 pub use image::{BrokerImage, ImageError, MetadataImage, PartitionImage, TopicImage};
 pub use records::{
     BrokerEpoch, BrokerRegistration, ConfigChange, ConfigResource, Listener, MetadataRecord, PartitionChange,

@@ -32,7 +32,8 @@ pub fn place_replicas(
             let leader_index = (start + partition) % count;
             let mut chosen = vec![leader_index];
             while chosen.len() < replication_factor {
-                let walk = (1..count).map(|step| (leader_index + step) % count).filter(|i| !chosen.contains(i));
+                let walk =
+                    (1..count).map(|step| (leader_index + step) % count).filter(|i| !chosen.contains(i));
                 let racks_used: Vec<&Option<String>> = chosen.iter().map(|&i| &sorted[i].rack).collect();
                 let candidates: Vec<usize> = walk.collect();
                 let fresh_rack = candidates
@@ -79,7 +80,8 @@ mod tests {
         let list = brokers(&[Some("a"), Some("a"), Some("b"), Some("b"), Some("c"), Some("c")]);
         for start in 0..6 {
             for replicas in place_replicas(&list, 6, 3, start) {
-                let racks: BTreeSet<_> = replicas.iter().map(|node| list[node.0 as usize].rack.clone()).collect();
+                let racks: BTreeSet<_> =
+                    replicas.iter().map(|node| list[node.0 as usize].rack.clone()).collect();
                 assert_eq!(racks.len(), 3, "{replicas:?} repeats a rack");
             }
         }

@@ -122,14 +122,22 @@ pub struct ProducerIdsBlock {
 pub enum MetadataRecord {
     RegisterBroker(BrokerRegistration),
     /// KRaft's `FenceBrokerRecord`: the broker missed its session; it leads nothing and joins no ISR.
-    FenceBroker { broker: NodeId, epoch: BrokerEpoch },
+    FenceBroker {
+        broker: NodeId,
+        epoch: BrokerEpoch,
+    },
     /// KRaft's `UnfenceBrokerRecord`: the broker caught up with the log and may lead again.
-    UnfenceBroker { broker: NodeId, epoch: BrokerEpoch },
+    UnfenceBroker {
+        broker: NodeId,
+        epoch: BrokerEpoch,
+    },
     Topic(TopicRecord),
     Partition(PartitionRecord),
     PartitionChange(PartitionChange),
     Config(ConfigChange),
     /// KRaft's `RemoveTopicRecord`: the topic, its partitions and its configuration are gone.
-    RemoveTopic { id: TopicId },
+    RemoveTopic {
+        id: TopicId,
+    },
     ProducerIds(ProducerIdsBlock),
 }

@@ -32,8 +32,12 @@ fn cluster(count: i32) -> (MetadataImage, BrokerHeartbeats) {
     }
     for broker in 0..count {
         let epoch = image.broker(NodeId(broker)).unwrap().epoch;
-        let heartbeat =
-            Heartbeat { broker: NodeId(broker), broker_epoch: epoch, metadata_offset: epoch.0, want_fence: false };
+        let heartbeat = Heartbeat {
+            broker: NodeId(broker),
+            broker_epoch: epoch,
+            metadata_offset: epoch.0,
+            want_fence: false,
+        };
         let records = heartbeats.heartbeat(&image, Duration::ZERO, &heartbeat).unwrap();
         assert!(matches!(records[0], MetadataRecord::UnfenceBroker { .. }));
         image = commit(&image, &records);
@@ -64,8 +68,11 @@ fn create_topic_spreads_leaders() {
     for partition in &topic.partitions {
         *leaders.entry(partition.leader).or_insert(0) += 1;
         assert_eq!(partition.isr, partition.replicas);
-        let racks: BTreeSet<_> =
-            partition.replicas.iter().map(|node| image.broker(*node).unwrap().registration.rack.clone()).collect();
+        let racks: BTreeSet<_> = partition
+            .replicas
+            .iter()
+            .map(|node| image.broker(*node).unwrap().registration.rack.clone())
+            .collect();
         assert_eq!(racks.len(), 3);
     }
     assert_eq!(leaders.values().copied().collect::<Vec<_>>(), [4, 4, 4]);
@@ -77,7 +84,10 @@ fn create_topic_spreads_leaders() {
         plan(&image, &create_topic("orders", 3, 1, 1)),
         Err(ControllerError::TopicAlreadyExists { name: "orders".into() })
     );
-    assert!(matches!(plan(&image, &create_topic("bad/name", 4, 1, 1)), Err(ControllerError::InvalidTopicName { .. })));
+    assert!(matches!(
+        plan(&image, &create_topic("bad/name", 4, 1, 1)),
+        Err(ControllerError::InvalidTopicName { .. })
+    ));
 }
 
 // Fenced brokers take no new replicas; explicit assignments are honoured; delete, create partitions and config
@@ -104,7 +114,10 @@ fn admin_requests_become_records() {
     let grow = AdminRequest::CreatePartitions { name: "t".into(), partition_count: 5 };
     let image = commit(&image, &plan(&image, &grow).unwrap());
     assert_eq!(image.topic_by_name("t").unwrap().partitions.len(), 5);
-    assert!(matches!(plan(&image, &grow), Err(ControllerError::InvalidPartitions { requested: 5, current: 5 })));
+    assert!(matches!(
+        plan(&image, &grow),
+        Err(ControllerError::InvalidPartitions { requested: 5, current: 5 })
+    ));
     let alter = AdminRequest::AlterConfigs {
         resource: ConfigResource::Topic("t".into()),
         changes: vec![("cleanup.policy".into(), Some("compact".into()))],
@@ -128,7 +141,8 @@ fn producer_id_blocks_never_overlap() {
     for broker in [0, 1, 0] {
         let epoch = image.broker(NodeId(broker)).unwrap().epoch;
         let records =
-            plan(&image, &AdminRequest::AllocateProducerIds { broker: NodeId(broker), broker_epoch: epoch }).unwrap();
+            plan(&image, &AdminRequest::AllocateProducerIds { broker: NodeId(broker), broker_epoch: epoch })
+                .unwrap();
         let MetadataRecord::ProducerIds(block) = &records[0] else { panic!("not a block: {records:?}") };
         blocks.push((block.first_producer_id, block.first_producer_id + i64::from(block.size)));
         image = commit(&image, &records);
@@ -143,7 +157,8 @@ fn producer_id_blocks_never_overlap() {
         image.apply_batch(image.applied_index() + 1, &second),
         Err(ImageError::ProducerIdsNotContiguous { first: 3000, expected: 4000 })
     );
-    let stale = AdminRequest::AllocateProducerIds { broker: NodeId(0), broker_epoch: BrokerEpoch(epoch.0 + 1) };
+    let stale =
+        AdminRequest::AllocateProducerIds { broker: NodeId(0), broker_epoch: BrokerEpoch(epoch.0 + 1) };
     assert!(matches!(plan(&image, &stale), Err(ControllerError::StaleBrokerEpoch { .. })));
 }
 
@@ -157,7 +172,12 @@ fn session_timeout_fences_and_moves_leaders() {
     let now = Duration::from_secs(5);
     for broker in [0, 1] {
         let epoch = image.broker(NodeId(broker)).unwrap().epoch;
-        let beat = Heartbeat { broker: NodeId(broker), broker_epoch: epoch, metadata_offset: 100, want_fence: false };
+        let beat = Heartbeat {
+            broker: NodeId(broker),
+            broker_epoch: epoch,
+            metadata_offset: 100,
+            want_fence: false,
+        };
         assert_eq!(heartbeats.heartbeat(&image, now, &beat).unwrap(), vec![]);
     }
     assert_eq!(heartbeats.expire(&image, Duration::from_secs(9)), vec![]);
@@ -176,10 +196,12 @@ fn session_timeout_fences_and_moves_leaders() {
     assert_eq!(heartbeats.expire(&image, Duration::from_secs(10)), vec![], "one broker at a time");
     // Fence 0 too: partitions replicated on {0, 2} keep ISR [0] and lose their leader.
     let image = commit(&image, &controller::fence_records(&image, NodeId(0)));
-    let offline = image.topic_by_name("t").unwrap().partitions.iter().filter(|p| p.leader == NodeId::NONE).count();
+    let offline =
+        image.topic_by_name("t").unwrap().partitions.iter().filter(|p| p.leader == NodeId::NONE).count();
     assert!(offline > 0);
     let epoch = image.broker(NodeId(0)).unwrap().epoch;
-    let beat = Heartbeat { broker: NodeId(0), broker_epoch: epoch, metadata_offset: epoch.0, want_fence: false };
+    let beat =
+        Heartbeat { broker: NodeId(0), broker_epoch: epoch, metadata_offset: epoch.0, want_fence: false };
     let image = commit(&image, &heartbeats.heartbeat(&image, now, &beat).unwrap());
     assert!(image.topic_by_name("t").unwrap().partitions.iter().all(|p| p.leader != NodeId::NONE));
 }
@@ -210,7 +232,13 @@ fn image_refuses_invalid_transitions() {
         (change(follower, vec![partition.leader], 1, 1), "leader outside the ISR"),
         (MetadataRecord::RemoveTopic { id: TopicId(99) }, "unknown topic"),
         (MetadataRecord::FenceBroker { broker: NodeId(0), epoch: BrokerEpoch(999) }, "stale broker epoch"),
-        (MetadataRecord::UnfenceBroker { broker: NodeId(0), epoch: image.broker(NodeId(0)).unwrap().epoch }, "no-op"),
+        (
+            MetadataRecord::UnfenceBroker {
+                broker: NodeId(0),
+                epoch: image.broker(NodeId(0)).unwrap().epoch,
+            },
+            "no-op",
+        ),
     ];
     for (record, what) in cases {
         let result = image.apply_batch(image.applied_index() + 1, std::slice::from_ref(&record));

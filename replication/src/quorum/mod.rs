@@ -4,9 +4,9 @@
 //! ticks, proposals and syncs, and carries out what comes back.
 
 pub mod node;
-pub mod storage;
 #[cfg(test)]
 mod simulation;
+pub mod storage;
 
 pub use node::{
     node_id, raft_id, Applied, AppliedKind, BrokenRule, ProposalError, ProposalId, QuorumConfig, QuorumError,

@@ -148,14 +148,23 @@ pub struct ProposalId(pub u64);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProposalError {
     /// Only the leader (the active controller) proposes; `leader` is where to go, if known.
-    NotLeader { leader: Option<NodeId> },
-    TooManyPending { pending_count_max: usize },
+    NotLeader {
+        leader: Option<NodeId>,
+    },
+    TooManyPending {
+        pending_count_max: usize,
+    },
     /// raft-rs dropped it (a leadership transfer, the uncommitted-size limit).
     Dropped,
     /// Another leader's entry took the proposal's place: it never took effect.
-    Superseded { index: u64 },
+    Superseded {
+        index: u64,
+    },
     /// Committed, but the image refused it when applied: it had no effect on any node.
-    Refused { index: u64, error: ImageError },
+    Refused {
+        index: u64,
+        error: ImageError,
+    },
     /// A snapshot replaced the log past the proposal; whether it was committed is unknown.
     OutcomeUnknown,
     /// The node stopped on a storage or raft error (see `QuorumError::Stopped`).
@@ -165,15 +174,21 @@ pub enum ProposalError {
 impl fmt::Display for ProposalError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProposalError::NotLeader { leader: Some(leader) } => write!(formatter, "not the leader; {leader} is"),
-            ProposalError::NotLeader { leader: None } => write!(formatter, "not the leader; no leader is known"),
+            ProposalError::NotLeader { leader: Some(leader) } => {
+                write!(formatter, "not the leader; {leader} is")
+            }
+            ProposalError::NotLeader { leader: None } => {
+                write!(formatter, "not the leader; no leader is known")
+            }
             ProposalError::TooManyPending { pending_count_max } => {
                 write!(formatter, "{pending_count_max} proposals are already pending")
             }
             ProposalError::Dropped => write!(formatter, "the proposal was dropped"),
             ProposalError::Superseded { index } => write!(formatter, "another entry took index {index}"),
             ProposalError::Refused { index, error } => write!(formatter, "entry {index} refused: {error}"),
-            ProposalError::OutcomeUnknown => write!(formatter, "a snapshot replaced the log past the proposal"),
+            ProposalError::OutcomeUnknown => {
+                write!(formatter, "a snapshot replaced the log past the proposal")
+            }
             ProposalError::Stopped => write!(formatter, "the quorum node stopped"),
         }
     }
@@ -348,7 +363,10 @@ impl<S: QuorumStorage> QuorumNode<S> {
         self.check_running()?;
         let local_only = matches!(
             message.msg_type,
-            MessageType::MsgHup | MessageType::MsgBeat | MessageType::MsgUnreachable | MessageType::MsgSnapStatus
+            MessageType::MsgHup
+                | MessageType::MsgBeat
+                | MessageType::MsgUnreachable
+                | MessageType::MsgSnapStatus
         );
         if message.to == raft_id(self.config.node) && !local_only {
             match self.raw.step(message) {
@@ -374,7 +392,9 @@ impl<S: QuorumStorage> QuorumNode<S> {
             return Err(ProposalError::NotLeader { leader: self.leader() });
         }
         if self.pending.len() >= self.config.proposal_pending_count_max {
-            return Err(ProposalError::TooManyPending { pending_count_max: self.config.proposal_pending_count_max });
+            return Err(ProposalError::TooManyPending {
+                pending_count_max: self.config.proposal_pending_count_max,
+            });
         }
         let context = proposal.0.to_be_bytes().to_vec();
         self.raw.propose(context, encode_batch(records)).map_err(|_| ProposalError::Dropped)?;

@@ -28,7 +28,9 @@ pub enum QuorumStorageError {
 impl fmt::Display for QuorumStorageError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            QuorumStorageError::Io { operation, reason } => write!(formatter, "metadata log {operation}: {reason}"),
+            QuorumStorageError::Io { operation, reason } => {
+                write!(formatter, "metadata log {operation}: {reason}")
+            }
         }
     }
 }
