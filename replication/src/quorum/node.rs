@@ -400,8 +400,11 @@ impl<S: QuorumStorage> QuorumNode<S> {
         self.raw.propose(context, encode_batch(records)).map_err(|_| ProposalError::Dropped)?;
         let index = self.raw.raft.raft_log.last_index();
         let term = self.raw.raft.term;
-        assert!(!self.pending.contains_key(&index), "two proposals at index {index}");
-        self.pending.insert(index, (term, proposal));
+        // A proposal of an earlier reign at the same index was cut from the log when this one took its place.
+        if let Some((earlier_term, earlier)) = self.pending.insert(index, (term, proposal)) {
+            assert!(earlier_term < term, "two proposals at index {index} in term {term}");
+            out.proposals.push((earlier, Err(ProposalError::Superseded { index })));
+        }
         if self.config.broken_rule == Some(BrokenRule::AcknowledgeBeforeCommit) {
             self.pending.remove(&index);
             out.proposals.push((proposal, Ok(index)));
