@@ -556,11 +556,10 @@ impl<S: QuorumStorage> QuorumNode<S> {
     }
 
     fn apply_entry(&mut self, entry: &Entry, out: &mut QuorumOutput) {
+        // raft-rs delivers each committed entry once, after `applied` (the snapshot's index at restart) and after any
+        // snapshot it installs; a repeat or a gap means the driver broke a rule.
         let applied_index = self.image.applied_index();
-        if entry.index <= applied_index {
-            return; // covered by a snapshot installed in the same sync
-        }
-        assert_eq!(entry.index, applied_index + 1, "entries are applied in order without gaps");
+        assert_eq!(entry.index, applied_index + 1, "entries are applied in order without gaps or repeats");
         let batch = match entry.entry_type {
             EntryType::EntryNormal if !entry.data.is_empty() => decode_batch(&entry.data).ok(),
             // Membership is fixed at bootstrap: this driver proposes no configuration change.
@@ -643,4 +642,91 @@ fn validate(config: &QuorumConfig) -> Result<(), QuorumError> {
         return invalid("snapshot_entry_count and proposal_pending_count_max must be positive".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::{ConfigChange, ConfigResource};
+    use crate::quorum::storage::MemQuorumStorage;
+
+    fn cluster() -> Vec<QuorumNode<MemQuorumStorage>> {
+        let voters = vec![NodeId(0), NodeId(1), NodeId(2)];
+        (0..3)
+            .map(|index| {
+                let config = QuorumConfig {
+                    jitter_seed: index,
+                    ..QuorumConfig::new(NodeId(index as i32), voters.clone(), vec![])
+                };
+                QuorumNode::open(config, MemQuorumStorage::new()).unwrap()
+            })
+            .collect()
+    }
+
+    /// One round on a perfect network: every node ticks and syncs, then every message is delivered, until quiet.
+    fn round(
+        nodes: &mut [QuorumNode<MemQuorumStorage>],
+        outcomes: &mut Vec<(ProposalId, Result<u64, ProposalError>)>,
+    ) {
+        let mut out = QuorumOutput::default();
+        for node in nodes.iter_mut() {
+            node.tick(&mut out).unwrap();
+            node.sync(&mut out).unwrap();
+        }
+        while !out.messages.is_empty() {
+            for message in std::mem::take(&mut out.messages) {
+                let to = node_id(message.to).0 as usize;
+                nodes[to].step(message, &mut out).unwrap();
+                nodes[to].sync(&mut out).unwrap();
+            }
+        }
+        outcomes.append(&mut out.proposals);
+    }
+
+    fn record(value: &str) -> Vec<MetadataRecord> {
+        vec![MetadataRecord::Config(ConfigChange {
+            resource: ConfigResource::Broker(NodeId(0)),
+            key: "k".into(),
+            value: Some(value.into()),
+        })]
+    }
+
+    // A follower refuses proposals and names the leader; the leader's proposal is acknowledged once applied, every
+    // node's image then holds it, and a node restarted from its storage comes back to an equal image.
+    #[test]
+    fn propose_commit_restart() {
+        let mut nodes = cluster();
+        let mut outcomes = Vec::new();
+        for _ in 0..40 {
+            round(&mut nodes, &mut outcomes);
+        }
+        let leader = nodes.iter().position(|node| node.is_leader()).expect("a leader after 40 rounds");
+        let follower = (leader + 1) % 3;
+        let mut out = QuorumOutput::default();
+        assert_eq!(
+            nodes[follower].propose(ProposalId(1), &record("a"), &mut out),
+            Err(ProposalError::NotLeader { leader: Some(NodeId(leader as i32)) })
+        );
+        nodes[leader].propose(ProposalId(2), &record("b"), &mut out).unwrap();
+        assert!(out.proposals.is_empty(), "acknowledged before commit");
+        for message in out.messages {
+            nodes[node_id(message.to).0 as usize].step(message, &mut QuorumOutput::default()).unwrap();
+        }
+        for _ in 0..5 {
+            round(&mut nodes, &mut outcomes);
+        }
+        assert!(matches!(outcomes.as_slice(), [(ProposalId(2), Ok(_))]), "{outcomes:?}");
+        for node in &nodes {
+            assert_eq!(node.image().broker_configs(NodeId(0)).unwrap()["k"], "b");
+        }
+        let config = nodes[follower].config.clone();
+        let storage = nodes[follower].storage().clone();
+        let restarted = QuorumNode::open(config, storage).unwrap();
+        assert_eq!(restarted.image().applied_index(), 0, "no snapshot yet: the image is rebuilt by replay");
+        nodes[follower] = restarted;
+        for _ in 0..5 {
+            round(&mut nodes, &mut outcomes);
+        }
+        assert_eq!(nodes[follower].image(), nodes[leader].image());
+    }
 }
