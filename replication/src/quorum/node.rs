@@ -235,6 +235,14 @@ struct UnsyncedReady {
     committed: Vec<Entry>,
 }
 
+/// Readies written and not yet synced, at most. The host syncs after every batch of inputs (the simulator at
+/// random, the broker when its fdatasync completes), so a few are normal; thousands mean a host that never syncs,
+/// and the queue would otherwise grow without bound.
+pub const UNSYNCED_READY_COUNT_MAX: usize = 4_096;
+
+/// One member of the metadata quorum. In the broker it will live on one shard (the controller's), created at
+/// start from its storage and dropped at shutdown after a final `sync`; every other shard sees only the
+/// `Arc<MetadataImage>` it publishes. Not wired into the broker yet.
 pub struct QuorumNode<S: QuorumStorage> {
     raw: RawNode<S>,
     config: QuorumConfig,
@@ -507,6 +515,10 @@ impl<S: QuorumStorage> QuorumNode<S> {
             self.raw.on_persist_ready(number);
             self.raw.advance_apply_to(self.image.applied_index());
         } else {
+            assert!(
+                self.unsynced.len() < UNSYNCED_READY_COUNT_MAX,
+                "{UNSYNCED_READY_COUNT_MAX} Readies wait for a sync: the host never calls `sync`"
+            );
             self.unsynced.push_back(unsynced);
         }
         Ok(())
