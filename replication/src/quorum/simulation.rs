@@ -320,6 +320,8 @@ pub struct Scenario {
     pub partition_probability: f64,
     pub heal_probability: f64,
     pub request_probability: f64,
+    /// The network of the safety phase.
+    pub faults: Faults,
     pub broken_rule: Option<BrokenRule>,
 }
 
@@ -335,7 +337,31 @@ impl Scenario {
             partition_probability: 0.001,
             heal_probability: 0.002,
             request_probability: 0.05,
+            faults: Faults {
+                loss_probability: 0.05,
+                duplication_probability: 0.05,
+                delay_min: Duration::from_millis(1),
+                delay_max: Duration::from_millis(25),
+            },
             broken_rule: None,
+        }
+    }
+
+    /// Two and a half times the crashes, three times the partitions, 15% of messages lost, delays as long as the
+    /// shortest election timeout. (Much harsher and the cluster barely commits, which tests little.)
+    pub fn harsh(voter_count: usize, learner_count: usize) -> Scenario {
+        Scenario {
+            crash_probability: 0.005,
+            restart_probability: 0.03,
+            partition_probability: 0.003,
+            heal_probability: 0.004,
+            faults: Faults {
+                loss_probability: 0.15,
+                duplication_probability: 0.1,
+                delay_min: Duration::from_millis(1),
+                delay_max: Duration::from_millis(100),
+            },
+            ..Scenario::new(voter_count, learner_count)
         }
     }
 }
@@ -392,14 +418,8 @@ impl Harness {
                 SimQuorumNode::new(config, prng.fork())
             })
             .collect();
-        let faults = Faults {
-            loss_probability: 0.05,
-            duplication_probability: 0.05,
-            delay_min: Duration::from_millis(1),
-            delay_max: Duration::from_millis(25),
-        };
         let config = SimConfig {
-            network: NetworkConfig { node_count, queue_length_max: 10_000, faults },
+            network: NetworkConfig { node_count, queue_length_max: 10_000, faults: scenario.faults.clone() },
             tick_interval: TICK_INTERVAL,
             outbox_length_max: 4_096,
         };
@@ -654,6 +674,14 @@ mod tests {
         assert_coverage(&reports);
     }
 
+    // Harsher faults (`Scenario::harsh`) keep every invariant too, and the cluster still converges once healed.
+    #[test]
+    fn harsh_faults() {
+        let reports = sweep(50, &Scenario::harsh(3, 1));
+        eprintln!("harsh, 3 voters + 1 learner: {}", summary(&reports));
+        assert_coverage(&reports);
+    }
+
     // A seed is a replay: the same seed gives the same run, entry for entry.
     #[test]
     fn same_seed_same_run() {
@@ -699,16 +727,19 @@ mod tests {
     fn long_run() {
         let count =
             std::env::var("SLUICE_SIM_SEEDS").ok().and_then(|text| text.parse().ok()).unwrap_or(10_000);
-        for scenario in [Scenario::new(3, 1), Scenario::new(5, 2)] {
+        for scenario in
+            [Scenario::new(3, 1), Scenario::new(5, 2), Scenario::harsh(3, 1), Scenario::harsh(5, 2)]
+        {
             let started = Instant::now();
             let mut reports = Vec::new();
             for (index, seed) in seeds(count).into_iter().enumerate() {
                 reports.push(run(seed, &scenario).unwrap_or_else(|violation| panic!("{violation}")));
                 if (index + 1) % 1_000 == 0 || index + 1 == count {
                     eprintln!(
-                        "{} voters + {} learners: {} in {:.1} s",
+                        "{} voters + {} learners{}: {} in {:.1} s",
                         scenario.voter_count,
                         scenario.learner_count,
+                        if scenario.crash_probability > 0.002 { " (harsh)" } else { "" },
                         summary(&reports),
                         started.elapsed().as_secs_f64()
                     );
