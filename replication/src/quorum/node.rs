@@ -436,6 +436,13 @@ impl<S: QuorumStorage> QuorumNode<S> {
         if self.unsynced.is_empty() {
             return Ok(());
         }
+        self.sync_unsynced(out)?;
+        self.maybe_snapshot()?;
+        self.process(out)
+    }
+
+    /// Syncs storage, releases every waiting Ready in order, and tells raft-rs they are persisted and applied.
+    fn sync_unsynced(&mut self, out: &mut QuorumOutput) -> Result<(), QuorumError> {
         self.raw.mut_store().sync()?;
         let mut last_number = 0;
         while let Some(ready) = self.unsynced.pop_front() {
@@ -444,8 +451,7 @@ impl<S: QuorumStorage> QuorumNode<S> {
         }
         self.raw.on_persist_ready(last_number);
         self.raw.advance_apply_to(self.image.applied_index());
-        self.maybe_snapshot()?;
-        self.process(out)
+        Ok(())
     }
 
     fn check_running(&self) -> Result<(), QuorumError> {
@@ -519,7 +525,14 @@ impl<S: QuorumStorage> QuorumNode<S> {
                 self.unsynced.len() < UNSYNCED_READY_COUNT_MAX,
                 "{UNSYNCED_READY_COUNT_MAX} Readies wait for a sync: the host never calls `sync`"
             );
+            let installs_snapshot = unsynced.snapshot.is_some();
             self.unsynced.push_back(unsynced);
+            // A snapshot cuts the stored log at its index at once, while raft-rs's `applied` stays behind until the
+            // snapshot is released; a campaign in between reads entries from `applied + 1` and finds them
+            // compacted (a fatal error in raft-rs 0.7). So an installed snapshot is synced and applied here.
+            if installs_snapshot {
+                self.sync_unsynced(out)?;
+            }
         }
         Ok(())
     }
