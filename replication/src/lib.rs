@@ -5,7 +5,12 @@
 //! commit notifications, so that whole clusters run deterministically in one thread under simulation tests. It
 //! imports no runtime, opens no socket, starts no thread and reads no clock.
 //!
-//! What exists today is the ground the protocols will stand on; neither protocol is built yet:
+//! What exists today: the metadata quorum's core (not yet run by the broker) and the ground the ISR data path will
+//! stand on:
+//! - `metadata`: KRaft-like metadata records, their versioned encoding, the immutable `MetadataImage` that
+//!   validates every transition, and the controller that turns admin requests into records.
+//! - `quorum`: the Raft driver around tikv's `raft::RawNode` over a storage seam with explicit sync points, and its
+//!   deterministic simulation (tests only).
 //! - `replica`: one replica's offsets (log end, durable end, high watermark) and the acknowledgement rule — the
 //!   seam the broker's partition layer calls; a cluster of one today, where ISR replication plugs in next.
 //! - `types`: the vocabulary — `NodeId`, `ShardId`, `LeaderEpoch`, `TopicPartition` — plus `Offset`, re-exported
@@ -28,6 +33,8 @@
 //! no runtime" is a rule about this crate's code, kept by review: nothing here may name `sluice_storage::Log` or
 //! any other I/O type of storage.
 
+pub mod metadata;
+pub mod quorum;
 pub mod replica;
 pub mod seams;
 pub mod sim;

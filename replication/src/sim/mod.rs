@@ -180,6 +180,11 @@ where
         &self.nodes
     }
 
+    /// For faults applied to nodes between steps: crashes, restarts, client requests queued for the next tick.
+    pub fn nodes_mut(&mut self) -> &mut [N] {
+        &mut self.nodes
+    }
+
     /// For faults: partitions, heals, changes of loss and delay.
     pub fn network_mut(&mut self) -> &mut SimNetwork<N::Message> {
         &mut self.network

@@ -1,0 +1,22 @@
+//! The cluster's metadata as a replicated state machine: typed records (`records`), their binary encoding
+//! (`codec`), the immutable `MetadataImage` they build (`image`), and the controller that turns admin requests into
+//! records (`controller`, with replica `placement`). Nothing here knows about Raft: `crate::quorum` carries encoded
+//! record batches through the log and applies the committed ones to the image.
+
+pub mod codec;
+pub mod controller;
+pub mod image;
+pub mod placement;
+pub mod records;
+#[cfg(test)]
+mod tests;
+
+pub use codec::{decode_batch, encode_batch, CodecError};
+pub use controller::{
+    plan, AdminRequest, BrokerHeartbeats, ControllerError, Heartbeat, PRODUCER_ID_BLOCK_SIZE,
+};
+pub use image::{BrokerImage, ImageError, MetadataImage, PartitionImage, TopicImage};
+pub use records::{
+    BrokerEpoch, BrokerRegistration, ConfigChange, ConfigResource, Listener, MetadataRecord, PartitionChange,
+    PartitionRecord, ProducerIdsBlock, TopicId, TopicRecord,
+};
