@@ -426,6 +426,25 @@ impl<S: Storage> Partition<S> {
         })
     }
 
+    /// Where a scan that failed at `offset` can go on: the end of the nearest corrupt range at or after it (damage
+    /// found at open in durable data, kept and reported, never cut — see storage's `CorruptRange`). `None` when no
+    /// such range explains the failure. Always past `offset`, so a scan that skips with it moves forward.
+    pub fn past_corrupt_range(&self, offset: Offset) -> Option<Offset> {
+        let report = self.log.recovery_report();
+        let range = report
+            .corrupt_ranges
+            .iter()
+            .filter(|range| range.end_offset > offset)
+            .min_by_key(|range| range.base_offset)?;
+        log::error!(
+            "{}: scan skips offsets {} to {}: {range}",
+            self.topic_partition,
+            offset,
+            range.end_offset
+        );
+        Some(range.end_offset)
+    }
+
     /// Batches from `offset`, below the high watermark only (consumers, and the group coordinator's replay).
     pub async fn read_committed(
         &self,
@@ -518,6 +537,11 @@ impl<S: Storage> Partition<S> {
                 Ok(batches) if !batches.is_empty() => batches,
                 Ok(_) => break,
                 Err(error) => {
+                    // Damage in durable data costs only its own range: the producers after it are still loaded.
+                    if let Some(next) = self.past_corrupt_range(offset) {
+                        offset = next;
+                        continue;
+                    }
                     log::error!(
                         "{}: producer state scan stopped at offset {offset}: {error}",
                         self.topic_partition

@@ -867,6 +867,11 @@ impl GroupCoordinator {
                 Ok(batches) if !batches.is_empty() => batches,
                 Ok(_) => break,
                 Err(error) => {
+                    // A corrupt range costs only the commits inside it; the ones after it are still replayed.
+                    if let Some(next) = partition.past_corrupt_range(offset) {
+                        offset = next;
+                        continue;
+                    }
                     log::error!(
                         "{OFFSETS_TOPIC}-{}: replay stopped at offset {}: {error:?}",
                         partition.topic_partition().partition,
