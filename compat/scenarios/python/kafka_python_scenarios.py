@@ -251,11 +251,12 @@ for label, pinned in OLD_PROTOCOLS.items():
             create_topic(client, topic, 2)
             client.close()
             with_timestamps = pinned >= (0, 10)
-            items = [(index % 2, None if index % 5 == 0 else f"key-{index}".encode(),
-                      None if index % 11 == 0 else f"value-{index}-".encode() * (index % 7 + 1),
+            # Null keys and null values (tombstones), never both: kafka-python refuses a message with neither.
+            items = [(index % 2, None if index % 5 == 1 else f"key-{index}".encode(),
+                      None if index % 10 == 4 else f"value-{index}-".encode() * (index % 7 + 1),
                       model.BASE_TIMESTAMP_MS + index if with_timestamps else None)
                      for index in range(OLD_RECORD_COUNT)]
-            producer = KafkaProducer(bootstrap_servers=bootstrap, api_version=pinned, acks=1, linger_ms=5,
+            producer = KafkaProducer(bootstrap_servers=bootstrap, api_version=pinned, acks="all", linger_ms=5,
                                      compression_type=None if codec == "none" else codec)
             futures = [producer.send(topic, key=key, value=value, partition=partition, timestamp_ms=timestamp)
                        for partition, key, value, timestamp in items]
