@@ -21,6 +21,8 @@ use crate::sync::OneshotSender;
 use sluice_replication::{Acks, TopicPartition};
 
 type Pending = Acknowledgement;
+/// A topic's name, its id (v13) and its partitions' pending answers, in request order.
+type PendingTopic = (String, uuid::Uuid, Vec<(i32, Pending)>);
 
 #[allow(clippy::too_many_lines)] // over 70 lines before the limit; to be split
 pub async fn handle(
@@ -45,8 +47,7 @@ pub async fn handle(
     let missing = if by_id { ResponseError::UnknownTopicId } else { ResponseError::UnknownTopicOrPartition };
     let table = shard.topics();
     let valid_acks = matches!(acks, -1..=1);
-    let mut pending: Vec<(String, uuid::Uuid, Vec<(i32, Pending)>)> =
-        Vec::with_capacity(body.topic_data.len());
+    let mut pending: Vec<PendingTopic> = Vec::with_capacity(body.topic_data.len());
     let mut record_errors: std::collections::HashMap<(String, i32), Vec<i32>> = Default::default();
     for (topic, name) in body.topic_data.into_iter().zip(names) {
         let entry = table.get(&name);
