@@ -13,7 +13,7 @@
 //! before it is merged, and an unknown key is an error that names it and the closest known key (a typo must not
 //! silently fall back to a default).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
@@ -96,6 +96,18 @@ pub struct Config {
     /// write extends the file), "fallocate" or "prewrite" (zeros written and synced ahead, so that data writes
     /// overwrite and an fdatasync needs no ext4 journal commit), in steps of `log.segment.space.step.bytes`.
     pub segment_space: sluice_storage::SegmentSpace,
+    /// Where each value came from, for DescribeConfigs (Kafka's config sources).
+    pub origins: ConfigOrigins,
+}
+
+/// Every key of the default file with its value after the file and the flags, as text in Kafka's units; which of
+/// them the file or a flag set (Kafka's STATIC_BROKER_CONFIG; the rest are DEFAULT_CONFIG); and the Kafka broker
+/// keys the file set that have no effect here. DescribeConfigs answers from it.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigOrigins {
+    pub values: BTreeMap<String, String>,
+    pub static_keys: BTreeSet<String>,
+    pub ignored: BTreeMap<String, String>,
 }
 
 /// The group coordinator's settings (Kafka's `group.*` and `offsets.*` keys).
@@ -142,6 +154,90 @@ const ALIASES: &[(&str, &str)] = &[
     ("index.interval.bytes", "log.index.interval.bytes"),
     ("max.message.bytes", "message.max.bytes"),
 ];
+
+/// Kafka broker keys in time units other than the default file's: a Kafka `server.properties` sets
+/// `log.retention.hours = 168`, which is `log.retention.ms` times 3,600,000 (-1, "forever", stays -1).
+const UNIT_ALIASES: &[(&str, &str, i64)] = &[
+    ("log.retention.hours", "log.retention.ms", 3_600_000),
+    ("log.retention.minutes", "log.retention.ms", 60_000),
+    ("log.roll.hours", "log.segment.ms", 3_600_000),
+];
+
+/// Kafka broker keys that have no effect on a single node that keeps no ZooKeeper, no replicas, no compaction and
+/// one message format, and whose absence changes no guarantee: a Kafka `server.properties` translated to TOML
+/// keeps them, and each is accepted with one warning line. Keys whose absence would weaken what the operator asked
+/// for (`ssl.*`, `sasl.*`, `authorizer.class.name`, `super.users`, ...) are not here: they are refused as unknown.
+const IGNORED_KEYS: &[&str] = &[
+    "auto.leader.rebalance.enable",
+    "background.threads",
+    "broker.id.generation.enable",
+    "broker.rack",
+    "compression.type",
+    "controlled.shutdown.enable",
+    "controller.listener.names",
+    "controller.quorum.bootstrap.servers",
+    "controller.quorum.voters",
+    "delete.topic.enable",
+    "group.coordinator.rebalance.protocols",
+    "inter.broker.listener.name",
+    "inter.broker.protocol.version",
+    "leader.imbalance.check.interval.seconds",
+    "leader.imbalance.per.broker.percentage",
+    "listener.security.protocol.map",
+    "log.cleaner.backoff.ms",
+    "log.cleaner.dedupe.buffer.size",
+    "log.cleaner.delete.retention.ms",
+    "log.cleaner.enable",
+    "log.cleaner.io.buffer.size",
+    "log.cleaner.min.cleanable.ratio",
+    "log.cleaner.min.compaction.lag.ms",
+    "log.cleaner.threads",
+    "log.cleanup.policy",
+    "log.flush.offset.checkpoint.interval.ms",
+    "log.flush.scheduler.interval.ms",
+    "log.flush.start.offset.checkpoint.interval.ms",
+    "log.index.size.max.bytes",
+    "log.message.format.version",
+    "log.message.timestamp.type",
+    "log.preallocate",
+    "log.retention.check.interval.ms",
+    "log.segment.delete.delay.ms",
+    "metadata.log.dir",
+    "metric.reporters",
+    "metrics.num.samples",
+    "metrics.sample.window.ms",
+    "min.insync.replicas",
+    "num.io.threads",
+    "num.network.threads",
+    "num.recovery.threads.per.data.dir",
+    "num.replica.fetchers",
+    "offsets.commit.timeout.ms",
+    "offsets.load.buffer.size",
+    "offsets.topic.replication.factor",
+    "offsets.topic.segment.bytes",
+    "process.roles",
+    "queued.max.requests",
+    "replica.fetch.max.bytes",
+    "replica.lag.time.max.ms",
+    "replica.socket.timeout.ms",
+    "request.timeout.ms",
+    "reserved.broker.max.id",
+    "socket.listen.backlog.size",
+    "socket.receive.buffer.bytes",
+    "socket.send.buffer.bytes",
+    "transaction.state.log.min.isr",
+    "transaction.state.log.num.partitions",
+    "transaction.state.log.replication.factor",
+    "transactional.id.expiration.ms",
+    "unclean.leader.election.enable",
+];
+
+/// Prefixes of ignored Kafka keys: ZooKeeper's connection settings (a single node keeps its metadata itself).
+const IGNORED_KEY_PREFIXES: &[&str] = &["zookeeper."];
+
+fn is_ignored_key(name: &str) -> bool {
+    IGNORED_KEYS.contains(&name) || IGNORED_KEY_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+}
 
 /// The merged layers, one field per key of the default file, in Kafka's names and units and not yet checked.
 /// No field has `#[serde(default)]` and every field is required: a key missing from the default file fails the
@@ -273,18 +369,28 @@ impl Config {
     /// Merges the default layer and the user's `(text, origin)` key by key, deserializes the result once, applies
     /// the flags, and checks it all in [`Config::build`], so that a flag's value meets the same limits as a file's.
     fn load_layers(user: Option<(&str, &str)>, overrides: &ConfigOverrides) -> Result<Config, ConfigError> {
-        let mut values = parse_layer(DEFAULT_CONFIG, DEFAULT_ORIGIN, None)?;
+        let mut values = parse_layer(DEFAULT_CONFIG, DEFAULT_ORIGIN, None)?.values;
+        let mut origins = ConfigOrigins::default();
         if let Some((text, origin)) = user {
             let layer = parse_layer(text, origin, Some(&values))?;
-            values.extend(layer);
+            for (name, value) in &layer.ignored {
+                log::warn!("{origin}: {name} = {value} is a Kafka key with no effect here; ignored");
+            }
+            origins.static_keys.extend(layer.values.keys().cloned());
+            origins.ignored = layer.ignored;
+            values.extend(layer.values);
         }
+        origins.values = values.iter().map(|(name, value)| (name.clone(), value_text(value))).collect();
         // Every user value has a key and a type taken from the default layer, so a failure here means the default
         // file and `Settings` disagree: a bug that `every_default_key_is_known_and_parses` catches before release.
         let mut settings: Settings = toml::Value::Table(values)
             .try_into()
             .map_err(|error| ConfigError(format!("{DEFAULT_ORIGIN}: {}", one_line(&error.to_string()))))?;
         settings.apply(overrides);
-        Config::build(settings)
+        origins.apply(overrides);
+        let mut config = Config::build(settings)?;
+        config.origins = origins;
+        Ok(config)
     }
 
     /// Checks every value against its limits and converts Kafka's names and units into the broker's.
@@ -387,6 +493,7 @@ impl Config {
             )?),
             groups,
             segment_space,
+            origins: ConfigOrigins::default(),
         })
     }
 
@@ -417,6 +524,33 @@ impl Settings {
         if let Some(node_id) = overrides.node_id {
             self.node_id = node_id.into();
         }
+    }
+}
+
+impl ConfigOrigins {
+    /// A flag's value replaces the file's and counts as set by the operator (Kafka treats `--override` so).
+    fn apply(&mut self, overrides: &ConfigOverrides) {
+        let flags = [
+            ("listen", overrides.listen.clone()),
+            ("advertised.listeners", overrides.advertised_listener.clone()),
+            ("log.dirs", overrides.data_dir.as_ref().map(|path| path.display().to_string())),
+            ("shards", overrides.shard_count.map(|count| count.to_string())),
+            ("node.id", overrides.node_id.map(|id| id.to_string())),
+        ];
+        for (name, value) in flags {
+            if let Some(value) = value {
+                self.values.insert(name.to_string(), value);
+                self.static_keys.insert(name.to_string());
+            }
+        }
+    }
+}
+
+/// A TOML value as Kafka writes a config value: strings without quotes.
+fn value_text(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(text) => text.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -566,22 +700,33 @@ fn parse_host_port(text: &str, name: &str) -> Result<(String, u16), ConfigError>
     Ok((host.to_string(), port))
 }
 
+/// One parsed layer: its values under the default file's key names, and the ignored Kafka keys it set.
+struct Layer {
+    values: toml::Table,
+    ignored: BTreeMap<String, String>,
+}
+
 /// One layer as a flat table under the default file's key names. `defaults` is the default layer, which says
 /// which keys exist and each one's type; the default layer itself is read with `None`. Errors begin with `origin`.
-fn parse_layer(text: &str, origin: &str, defaults: Option<&toml::Table>) -> Result<toml::Table, ConfigError> {
+fn parse_layer(text: &str, origin: &str, defaults: Option<&toml::Table>) -> Result<Layer, ConfigError> {
     let table: toml::Table = toml::from_str(text)
         .map_err(|error| ConfigError(format!("{origin}: {}", one_line(&error.to_string()))))?;
     let mut flat = BTreeMap::new();
     parse_layer_flatten("", table, &mut flat).map_err(|error| ConfigError(format!("{origin}: {error}")))?;
-    let mut layer = toml::Table::new();
+    let mut layer = Layer { values: toml::Table::new(), ignored: BTreeMap::new() };
     // The spelling the layer used for each key, to name both when two aliases set the same key.
     let mut spellings: BTreeMap<&str, String> = BTreeMap::new();
     for (name, value) in flat {
         let Some(defaults) = defaults else {
-            layer.insert(name, value);
+            layer.values.insert(name, value);
             continue;
         };
-        let key = ALIASES.iter().find(|(alias, _)| *alias == name).map_or(name.as_str(), |(_, key)| *key);
+        if is_ignored_key(&name) {
+            layer.ignored.insert(name, value_text(&value));
+            continue;
+        }
+        let (unit_key, value) = parse_layer_unit(&name, value, origin)?;
+        let key = ALIASES.iter().find(|(alias, _)| *alias == name).map_or(unit_key, |(_, key)| *key);
         let Some((key, default)) = defaults.get_key_value(key) else {
             return Err(ConfigError(format!(
                 "{origin}: unknown key \"{name}\" (the closest known key is \"{}\")",
@@ -600,9 +745,32 @@ fn parse_layer(text: &str, origin: &str, defaults: Option<&toml::Table>) -> Resu
                 "{origin}: \"{previous}\" and \"{name}\" both set {key}; keep one"
             )));
         }
-        layer.insert(key.clone(), value);
+        layer.values.insert(key.clone(), value);
     }
     Ok(layer)
+}
+
+/// A key of [`UNIT_ALIASES`] becomes its default-file key with the value converted (`log.retention.hours = 168`
+/// is `log.retention.ms = 604800000`); any other key passes unchanged. Error lines name the key as written.
+fn parse_layer_unit<'a>(
+    name: &'a str,
+    value: toml::Value,
+    origin: &str,
+) -> Result<(&'a str, toml::Value), ConfigError> {
+    let Some((_, key, factor)) = UNIT_ALIASES.iter().find(|(alias, _, _)| *alias == name) else {
+        return Ok((name, value));
+    };
+    let converted = match value.as_integer() {
+        Some(-1) => Some(-1),
+        Some(amount) if amount >= 0 => amount.checked_mul(*factor),
+        _ => None,
+    };
+    match converted {
+        Some(millis) => Ok((key, toml::Value::Integer(millis))),
+        None => Err(ConfigError(format!(
+            "{origin}: {name} = {value} must be -1 or a non-negative integer that fits {key} in milliseconds"
+        ))),
+    }
 }
 
 /// Flattens nested tables into dotted keys. Two spellings of one key in one layer (`log.segment.bytes = 1` and
@@ -749,12 +917,17 @@ mod tests {
     /// this proves the file's keys are exactly `Settings`' fields, none with a default of its own in code.
     #[test]
     fn every_default_key_is_known_and_parses() {
-        let builtin = format!("{:?}", load("").unwrap());
-        let defaults = parse_layer(DEFAULT_CONFIG, DEFAULT_ORIGIN, None).unwrap();
+        // The origins differ by design (a key the file sets is STATIC_BROKER_CONFIG even at its default value).
+        let without_origins = |mut config: Config| {
+            config.origins = ConfigOrigins::default();
+            format!("{config:?}")
+        };
+        let builtin = without_origins(load("").unwrap());
+        let defaults = parse_layer(DEFAULT_CONFIG, DEFAULT_ORIGIN, None).unwrap().values;
         for (key, value) in &defaults {
             let config =
                 load(&format!("\"{key}\" = {value}")).unwrap_or_else(|error| panic!("{key}: {error}"));
-            assert_eq!(format!("{config:?}"), builtin, "{key} = {value} changed the configuration");
+            assert_eq!(without_origins(config), builtin, "{key} = {value} changed the configuration");
             let mut without = defaults.clone();
             without.remove(key);
             let result = toml::Value::Table(without).try_into::<Settings>();
@@ -765,7 +938,7 @@ mod tests {
     /// Every alias names a key of the default file and is not itself one, so no key has two homes after a merge.
     #[test]
     fn aliases_point_at_default_keys() {
-        let defaults = parse_layer(DEFAULT_CONFIG, DEFAULT_ORIGIN, None).unwrap();
+        let defaults = parse_layer(DEFAULT_CONFIG, DEFAULT_ORIGIN, None).unwrap().values;
         for (alias, key) in ALIASES {
             assert!(defaults.contains_key(*key), "alias {alias} points at unknown key {key}");
             assert!(!defaults.contains_key(*alias), "alias {alias} is also a key of the default file");
@@ -785,12 +958,19 @@ mod tests {
             "[log]\nsegment.bytes = 4096",
             "\"segment.bytes\" = 4096",
         ];
+        // The origins differ by design: they record which key the file set.
+        let without_origins = |mut config: Config| {
+            config.origins = ConfigOrigins::default();
+            format!("{config:?}")
+        };
         for text in spellings {
-            assert_eq!(format!("{:?}", load(text).unwrap()), format!("{expected:?}"), "{text}");
+            let config = load(text).unwrap();
+            assert!(config.origins.static_keys.contains("log.segment.bytes"), "{text}");
+            assert_eq!(without_origins(config), without_origins(expected.clone()), "{text}");
         }
         let groups = GroupConfig { size_max: 5, ..builtin.groups.clone() };
         let expected = Config { groups, ..builtin };
-        assert_eq!(format!("{:?}", load("\"group.max.size\" = 5").unwrap()), format!("{expected:?}"));
+        assert_eq!(without_origins(load("\"group.max.size\" = 5").unwrap()), without_origins(expected));
     }
 
     /// Each flag beats the file's value for its key; a flag not given leaves the file's value.
@@ -915,6 +1095,55 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(load(text).unwrap_err().0, expected, "{text}");
         }
+    }
+
+    /// A Kafka server.properties translated to TOML starts: keys with no effect here are accepted and listed
+    /// once each as ignored (the loader logs one warning line per key), unit variants of known keys are
+    /// converted, and a security key is still refused, since ignoring it would weaken what the operator asked for.
+    #[test]
+    fn kafka_broker_keys_without_effect_are_accepted_and_listed() {
+        let text = "\"delete.topic.enable\" = true\n\"log.cleaner.enable\" = false\n\
+                    \"zookeeper.connect\" = \"localhost:2181\"\n\"zookeeper.connection.timeout.ms\" = 18000\n\
+                    \"inter.broker.protocol.version\" = \"3.9\"\n\"num.network.threads\" = 3\n\
+                    \"log.retention.hours\" = 168\n\"log.roll.hours\" = 1\n\"num.partitions\" = 3\n";
+        let config = load(text).unwrap();
+        let ignored: Vec<&str> = config.origins.ignored.keys().map(String::as_str).collect();
+        assert_eq!(
+            ignored,
+            [
+                "delete.topic.enable",
+                "inter.broker.protocol.version",
+                "log.cleaner.enable",
+                "num.network.threads",
+                "zookeeper.connect",
+                "zookeeper.connection.timeout.ms"
+            ]
+        );
+        assert_eq!(config.origins.ignored["zookeeper.connect"], "localhost:2181");
+        assert_eq!(config.retention_age_max, Some(Duration::from_millis(7 * DAY_MS)));
+        assert_eq!(config.segment_age_max, Duration::from_secs(3600));
+        assert_eq!(config.partition_count_default, 3);
+        assert!(config.origins.static_keys.contains("log.retention.ms"));
+        assert!(config.origins.static_keys.contains("num.partitions"));
+        assert!(!config.origins.static_keys.contains("log.segment.bytes"));
+        assert_eq!(load("\"log.retention.hours\" = -1").unwrap().retention_age_max, None);
+        let both = load("\"log.retention.hours\" = 1\n\"log.retention.ms\" = 5").unwrap_err();
+        assert!(both.0.contains("both set log.retention.ms"), "{both}");
+        let refused = load("\"ssl.keystore.location\" = \"/x\"").unwrap_err();
+        assert!(refused.0.contains("unknown key \"ssl.keystore.location\""), "{refused}");
+    }
+
+    /// The origins say what the file and the flags set, with every key's effective value as text.
+    #[test]
+    fn origins_record_file_and_flag_values() {
+        let overrides = ConfigOverrides { node_id: Some(4), ..Default::default() };
+        let config = Config::from_toml("\"log.flush.interval.ms\" = 1000", &overrides).unwrap();
+        let static_keys: Vec<&str> = config.origins.static_keys.iter().map(String::as_str).collect();
+        assert_eq!(static_keys, ["log.flush.interval.ms", "node.id"]);
+        assert_eq!(config.origins.values["node.id"], "4");
+        assert_eq!(config.origins.values["log.flush.interval.messages"], "10000");
+        assert_eq!(config.origins.values["log.flush.policy"], "fsync");
+        assert!(load("").unwrap().origins.static_keys.is_empty());
     }
 
     #[test]

@@ -72,7 +72,9 @@ pub fn from_log_error(error: &LogError) -> KafkaError {
         LogError::BatchTooLarge { .. } => ResponseError::MessageTooLarge,
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         // A poisoned or failing log is Kafka's "storage error": clients retry elsewhere or later.
-        LogError::Poisoned(_) | LogError::Io { .. } => ResponseError::KafkaStorageError,
+        LogError::Poisoned(_) | LogError::Stalled(_) | LogError::Io { .. } => {
+            ResponseError::KafkaStorageError
+        }
         LogError::Corrupt(_) => ResponseError::KafkaStorageError,
         // A closed log is a partition that is going away (shutdown or deletion).
         LogError::Closed => ResponseError::NotLeaderOrFollower,
@@ -102,6 +104,7 @@ mod tests {
                 ResponseError::OffsetOutOfRange,
             ),
             (LogError::Poisoned("x".into()), ResponseError::KafkaStorageError),
+            (LogError::Stalled("x".into()), ResponseError::KafkaStorageError),
             (LogError::Closed, ResponseError::NotLeaderOrFollower),
         ];
         for (error, expected) in cases {

@@ -154,6 +154,19 @@ impl<S: Storage> Segment<S> {
 
     /// Makes a recovered segment the active one again: reloads its tail block and reopens its index files.
     pub(crate) async fn reopen_for_writing(&mut self, storage: &S, directory: &Path) -> io::Result<()> {
+        self.reopen_for_writing_with(storage, directory, true).await
+    }
+
+    /// [`Segment::reopen_for_writing`] that leaves the index files as they are (`empty_indexes` false): the repair
+    /// of a poisoned log keeps them, as they hold nothing its rewrite of the same batches at the same positions
+    /// contradicts, and truncating them would need space again to rewrite them. The next index write rewrites
+    /// them from their first block, over blocks they already own.
+    pub(crate) async fn reopen_for_writing_with(
+        &mut self,
+        storage: &S,
+        directory: &Path,
+        empty_indexes: bool,
+    ) -> io::Result<()> {
         if self.writer.is_some() {
             return Ok(());
         }
@@ -165,11 +178,13 @@ impl<S: Storage> Segment<S> {
         }
         let allocated_size = self.file.size().await?;
         let index_file = storage.open(&index_path, true).await?;
-        index_file.truncate(0).await?;
         let time_index_file = storage.open(&time_index_path, true).await?;
-        time_index_file.truncate(0).await?;
-        // The index files are rewritten from the in-memory entries, which recovery validated; emptied first so
-        // that no stale entry survives past the rewritten ones.
+        if empty_indexes {
+            // The index files are rewritten from the in-memory entries, which recovery validated; emptied first
+            // so that no stale entry survives past the rewritten ones.
+            index_file.truncate(0).await?;
+            time_index_file.truncate(0).await?;
+        }
         self.writer = Some(SegmentWriter {
             tail: tail.to_vec(),
             allocated_size,
@@ -265,6 +280,14 @@ impl<S: Storage> Segment<S> {
     pub(crate) async fn truncate_at(&mut self, position: u64, next_offset: Offset) -> io::Result<()> {
         assert!(position <= self.size);
         self.file.truncate(position).await?;
+        self.cut_in_memory(position, next_offset).await;
+        Ok(())
+    }
+
+    /// [`Segment::truncate_at`] that leaves the file as it is: the bytes past `position` are to be written again,
+    /// the same, by the repair of a poisoned log (which must not need space to succeed).
+    pub(crate) async fn cut_in_memory(&mut self, position: u64, next_offset: Offset) {
+        assert!(position <= self.size);
         self.size = position;
         self.next_offset = next_offset;
         self.index.truncate_from_position(position);
@@ -280,7 +303,6 @@ impl<S: Storage> Segment<S> {
             // reopen_for_writing reloads the new tail block and rewrites the index files from memory.
             writer.discard().await;
         }
-        Ok(())
     }
 
     /// Validates batches from `position` (a batch boundary holding `self.next_offset`) to the end of the file,
@@ -581,6 +603,20 @@ impl<S: Storage> SegmentWriter<S> {
         }
         result?;
         self.tail = new_tail;
+        Ok(())
+    }
+
+    /// Makes room for data up to `end` per the segment-space policy, before `write` hands any byte to the kernel,
+    /// so a caller can tell a failed allocation (nothing written) from a failed write.
+    pub(crate) async fn reserve(
+        &mut self,
+        file: &Rc<S::File>,
+        end: u64,
+        settings: &WriteSettings,
+    ) -> io::Result<()> {
+        if align_up(end) > self.allocated_size {
+            self.prepare_space(file, align_up(end), settings).await?;
+        }
         Ok(())
     }
 

@@ -30,6 +30,11 @@ struct SimState {
     files: BTreeMap<PathBuf, Rc<RefCell<FileImages>>>,
     fail_next_write: bool,
     fail_next_sync: bool,
+    fail_next_allocate: bool,
+    /// No free blocks: creating a file, writing past a file's end and allocating fail with ENOSPC.
+    disk_full: bool,
+    /// No free descriptors: every open fails with EMFILE.
+    descriptors_exhausted: bool,
     tear_next_write_sectors: Option<usize>,
     /// Successful syncs so far, across all files: the "sync points" of a workload.
     sync_count: u64,
@@ -70,6 +75,10 @@ fn halted_error() -> io::Error {
     io::Error::other("simulated power cut: the disk no longer answers")
 }
 
+/// Linux's errno values, so that messages read as the real ones do ("No space left on device").
+const ENOSPC: i32 = 28;
+const EMFILE: i32 = 24;
+
 impl SimStorage {
     pub fn new() -> SimStorage {
         SimStorage::default()
@@ -80,9 +89,38 @@ impl SimStorage {
         self.state.borrow_mut().fail_next_write = true;
     }
 
-    /// The next sync fails with an I/O error (what fsyncgate is about: the data may or may not be on disk).
+    /// The next sync fails with an I/O error, and the file's unsynced writes stay in the live image but never
+    /// reach the durable one, not even through a later sync that succeeds: what Linux does when writeback fails
+    /// (the pages are marked clean), the fsyncgate case. Only writing them again makes them durable.
     pub fn fail_next_sync(&self) {
         self.state.borrow_mut().fail_next_sync = true;
+    }
+
+    /// The next `allocate` (fallocate) fails with ENOSPC and changes nothing.
+    pub fn fail_next_allocate(&self) {
+        self.state.borrow_mut().fail_next_allocate = true;
+    }
+
+    /// Fills the disk (or frees it again): while full, creating a file, a write that extends a file and an
+    /// allocation fail with ENOSPC, as on a full ext4; overwrites of existing bytes and syncs still work.
+    pub fn set_disk_full(&self, full: bool) {
+        self.state.borrow_mut().disk_full = full;
+    }
+
+    /// Runs out of file descriptors (or gets them back): while out, every open fails with EMFILE.
+    pub fn set_descriptors_exhausted(&self, exhausted: bool) {
+        self.state.borrow_mut().descriptors_exhausted = exhausted;
+    }
+
+    /// Clears every injected fault (not a halt): the disk has space and descriptors again.
+    pub fn clear_faults(&self) {
+        let mut state = self.state.borrow_mut();
+        state.fail_next_write = false;
+        state.fail_next_sync = false;
+        state.fail_next_allocate = false;
+        state.tear_next_write_sectors = None;
+        state.disk_full = false;
+        state.descriptors_exhausted = false;
     }
 
     /// The next write stores only its first `sectors` 512-byte sectors, then fails.
@@ -167,6 +205,7 @@ impl SimStorage {
         }
         state.fail_next_write = false;
         state.fail_next_sync = false;
+        state.fail_next_allocate = false;
         state.tear_next_write_sectors = None;
         state.halt_after_sync_count = None;
         state.halted = false;
@@ -191,6 +230,12 @@ impl Storage for SimStorage {
     async fn open(&self, path: &Path, create: bool) -> io::Result<SimFile> {
         self.check_halted()?;
         let mut state = self.state.borrow_mut();
+        if state.descriptors_exhausted {
+            return Err(io::Error::from_raw_os_error(EMFILE));
+        }
+        if state.disk_full && create && !state.files.contains_key(path) {
+            return Err(io::Error::from_raw_os_error(ENOSPC));
+        }
         let images = match state.files.get(path) {
             Some(images) => images.clone(),
             None if create => {
@@ -266,12 +311,19 @@ impl StorageFile for SimFile {
     async fn write_at(&self, buffer: Vec<u8>, position: u64) -> io::Result<()> {
         assert!(position.is_multiple_of(crate::BLOCK_SIZE as u64), "unaligned direct write at {position}");
         self.storage.check_halted()?;
-        let (fail, tear) = {
+        let (fail, tear, full) = {
             let mut state = self.storage.state.borrow_mut();
-            (std::mem::take(&mut state.fail_next_write), state.tear_next_write_sectors.take())
+            (
+                std::mem::take(&mut state.fail_next_write),
+                state.tear_next_write_sectors.take(),
+                state.disk_full,
+            )
         };
         if fail {
             return Err(io::Error::other("simulated write failure"));
+        }
+        if full && position as usize + buffer.len() > self.images.borrow().live.len() {
+            return Err(io::Error::from_raw_os_error(ENOSPC));
         }
         let mut data = buffer;
         if let Some(sectors) = tear {
@@ -300,6 +352,7 @@ impl StorageFile for SimFile {
         {
             let mut state = self.storage.state.borrow_mut();
             if std::mem::take(&mut state.fail_next_sync) {
+                self.images.borrow_mut().unsynced.clear();
                 return Err(io::Error::other("simulated fdatasync failure"));
             }
         }
@@ -329,6 +382,13 @@ impl StorageFile for SimFile {
 
     async fn allocate(&self, size: u64) -> io::Result<()> {
         self.storage.check_halted()?;
+        {
+            let mut state = self.storage.state.borrow_mut();
+            let full = state.disk_full && (self.images.borrow().live.len() as u64) < size;
+            if std::mem::take(&mut state.fail_next_allocate) || full {
+                return Err(io::Error::from_raw_os_error(ENOSPC));
+            }
+        }
         let mut images = self.images.borrow_mut();
         if (images.live.len() as u64) < size {
             let operation = Operation::Truncate { size: size as usize };

@@ -8,7 +8,9 @@
 //!
 //! Visibility: under `log.flush.policy = "fsync"` the high watermark moves only once the data is fdatasync'd, so a
 //! consumer never reads a record a crash could take back; under "interval" it moves as soon as the append is
-//! sequenced (Kafka's behaviour). Consumers and the group coordinator's replay read only below it.
+//! sequenced (Kafka's behaviour). Consumers and the group coordinator's replay read only below it. A ListOffsets,
+//! Fetch or DeleteRecords that arrives while appends are sequenced but not yet durable first waits for their flush
+//! ([`Partition::execute`]), so a client reads its own acks=1 writes as it would from Kafka.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -123,7 +125,12 @@ impl<S: Storage> Produced<S> {
     pub async fn acknowledged(self) -> PartitionResult {
         let end = self.info.last_offset.next();
         if self.wait == AckWait::Durable {
-            self.partition.log.wait_durable(end).await.map_err(|error| from_log_error(&error))?;
+            if let Err(error) = self.partition.log.wait_durable(end).await {
+                // The producer hears of the failed flush; the batch stays queued and becomes durable once the
+                // log writes again, and consumers must then see it even if nothing else is produced.
+                self.partition.publish_when_durable(end);
+                return Err(from_log_error(&error));
+            }
             self.partition.durable(end);
         }
         Ok(PartitionReply::Appended {
@@ -234,13 +241,7 @@ impl<S: Storage> Partition<S> {
         let end = info.last_offset.next();
         if wait == AckWait::Sequenced && self.replica.borrow().visibility() == Visibility::Durable {
             // Answered once sequenced, but visible only once durable: wait for the sync in the background.
-            let partition = self.clone();
-            glommio::spawn_local(async move {
-                if partition.log.wait_durable(end).await.is_ok() {
-                    partition.durable(end);
-                }
-            })
-            .detach();
+            self.publish_when_durable(end);
         }
         self.clone().snapshot_after_roll();
         Ok(Produced { partition: self.clone(), info, wait })
@@ -345,6 +346,18 @@ impl<S: Storage> Partition<S> {
         self.log.read(offset, size_max, ReadBound::LogEnd, true).await.map_err(|error| from_log_error(&error))
     }
 
+    /// Moves the high watermark to `end` once the log has made it durable, through failed flushes and repairs;
+    /// the task ends when the log closes or truncates below `end`.
+    fn publish_when_durable(self: &Rc<Self>, end: Offset) {
+        let partition = self.clone();
+        glommio::spawn_local(async move {
+            if partition.log.wait_durable_through_failures(end).await.is_ok() {
+                partition.durable(end);
+            }
+        })
+        .detach();
+    }
+
     /// The log is durable up to `end`: the replica may commit it.
     fn durable(&self, end: Offset) {
         let moved = self.replica.borrow_mut().durable(end);
@@ -359,6 +372,9 @@ impl<S: Storage> Partition<S> {
     }
 
     pub async fn execute(&self, op: PartitionOp) -> PartitionResult {
+        if !matches!(op, PartitionOp::Describe) {
+            self.settle().await;
+        }
         match op {
             PartitionOp::Read { offset, size_max, min_one } => {
                 Ok(self.read(offset, size_max, min_one).await?)
@@ -374,6 +390,24 @@ impl<S: Storage> Partition<S> {
                 offset_lag: self.log.log_end_offset().0 - self.high_watermark().0,
             }),
         }
+    }
+
+    /// Read-your-writes: a ListOffsets, Fetch or DeleteRecords that arrives after an append was sequenced (and
+    /// perhaps answered, acks=0/1) but before it is durable waits for that append's flush, so that it answers with
+    /// the high watermark past it, as Kafka's single replica does, while consumers still never read what a crash
+    /// could take back. Only under `fsync` visibility is anything sequenced above the high watermark; the wait is
+    /// one group-commit sync (typically well under a millisecond). A log that cannot sync (poisoned, closed)
+    /// answers with the high watermark it has.
+    async fn settle(&self) {
+        let end = self.replica.borrow().log_end();
+        if self.high_watermark() >= end || self.replica.borrow().role() != Role::Leader {
+            return;
+        }
+        match self.log.wait_durable(end).await {
+            Ok(()) => self.durable(end),
+            Err(error) => log::debug!("{}: read not settled at {end}: {error}", self.topic_partition),
+        }
+        assert!(self.high_watermark() <= self.log.log_end_offset(), "the high watermark passed the log end");
     }
 
     /// A consumer's read: committed batches only (below the high watermark).

@@ -373,8 +373,20 @@ pub const TOPIC_CONFIG_KEYS: &[TopicConfigKey] = &[
     accepted!("max.compaction.lag.ms", "log.cleaner.max.compaction.lag.ms", "9223372036854775807", number),
     accepted!("min.cleanable.dirty.ratio", "log.cleaner.min.cleanable.ratio", "0.5", text),
     accepted!("file.delete.delay.ms", "log.segment.delete.delay.ms", "60000", number),
-    accepted!("flush.messages", "log.flush.interval.messages", "9223372036854775807", number),
-    accepted!("flush.ms", "log.flush.interval.ms", "9223372036854775807", number),
+    // A topic's flush.* changes nothing (flushing follows log.flush.policy for every log), but the broker keys they
+    // default from are Sluice's own thresholds, so those are what is reported, not Kafka's Long.MAX.
+    TopicConfigKey {
+        name: "flush.messages",
+        broker_name: "log.flush.interval.messages",
+        default: |config| config.flush_interval_messages.to_string(),
+        validate: |text| number_at_least(0)(text),
+    },
+    TopicConfigKey {
+        name: "flush.ms",
+        broker_name: "log.flush.interval.ms",
+        default: |config| config.flush_interval.as_millis().to_string(),
+        validate: |text| number_at_least(0)(text),
+    },
     accepted!("preallocate", "log.preallocate", "false", text),
     accepted!("segment.index.bytes", "log.index.size.max.bytes", "10485760", number),
     accepted!("segment.jitter.ms", "log.roll.jitter.ms", "0", number),

@@ -8,8 +8,8 @@
 //! Durability: an OffsetCommit is answered only after its records are in the partition's log and fsynced (acks=all
 //! semantics, whatever `log.flush.policy` says for produce); a SyncGroup is answered after the group's metadata
 //! record (members and assignments) is. At start every shard replays its `__consumer_offsets` partitions
-//! ([`GroupCoordinator::load`]) before it serves group requests (COORDINATOR_LOAD_IN_PROGRESS until then). The
-//! records use Kafka's layout ([`store`]). The topic is created on first use, with no time or size retention:
+//! ([`GroupCoordinator::load`]) before it serves group requests (COORDINATOR_LOAD_IN_PROGRESS until then; a heartbeat
+//! is answered NONE meanwhile, as Kafka does). The records use Kafka's layout ([`store`]). The topic is created on first use, with no time or size retention:
 //! offsets expire by `offsets.retention.minutes` instead, written as tombstones. Kafka compacts this topic; Sluice
 //! does not compact yet, so the log grows with every commit and a restart replays all of it.
 //!
@@ -231,6 +231,19 @@ pub async fn ensure_offsets_topic<H: GroupHost>(shard: &Rc<H>) -> Result<(), Kaf
     }
 }
 
+/// Kafka's first check: the group id, before the coordinator's state (loading, shutting down) and before anything
+/// else in the request (session timeout, member, generation). The membership APIs need a group id; commits and
+/// offset fetches accept the empty one, as Kafka does for backward compatibility.
+fn is_invalid_group_id(request: &GroupRequest) -> bool {
+    match request {
+        GroupRequest::Join { group, .. }
+        | GroupRequest::Sync { group, .. }
+        | GroupRequest::Heartbeat { group, .. }
+        | GroupRequest::Leave { group, .. } => group.is_empty(),
+        _ => false,
+    }
+}
+
 /// One shard's groups.
 pub struct GroupCoordinator {
     groups: RefCell<HashMap<String, Group>>,
@@ -280,9 +293,14 @@ impl OffsetsLog {
 
 impl GroupCoordinator {
     pub async fn serve<H: GroupHost>(&self, shard: &Rc<H>, request: GroupRequest) -> GroupReply {
+        if is_invalid_group_id(&request) {
+            return GroupReply::Error(ResponseError::InvalidGroupId.into());
+        }
         if self.loading.get() {
             return match request {
                 GroupRequest::List => GroupReply::Listed(Vec::new()),
+                // Kafka answers a heartbeat blindly while the group loads: the member keeps its place.
+                GroupRequest::Heartbeat { .. } => GroupReply::Error(ErrorCode::NONE),
                 _ => GroupReply::Error(ResponseError::CoordinatorLoadInProgress.into()),
             };
         }
@@ -374,13 +392,11 @@ impl GroupCoordinator {
 
     async fn join<H: GroupHost>(&self, shard: &Rc<H>, group_id: &str, params: JoinParams) -> JoinOutcome {
         let config = &shard.config().groups;
+        assert!(!group_id.is_empty(), "serve refuses an empty group id before it joins");
         if params.session_timeout < config.session_timeout_min
             || params.session_timeout > config.session_timeout_max
         {
             return JoinOutcome::error(ResponseError::InvalidSessionTimeout.into(), &params.member_id);
-        }
-        if group_id.is_empty() {
-            return JoinOutcome::error(ResponseError::InvalidGroupId.into(), &params.member_id);
         }
         if let Err(error) = ensure_offsets_topic(shard).await {
             log::warn!("group {group_id}: cannot create {OFFSETS_TOPIC}: {error:?}");
@@ -473,9 +489,6 @@ impl GroupCoordinator {
         generation: i32,
         offsets: Vec<OffsetToCommit>,
     ) -> GroupReply {
-        if group_id.is_empty() {
-            return GroupReply::Commit(vec![ResponseError::InvalidGroupId.into(); offsets.len()]);
-        }
         let check = {
             let groups = self.groups.borrow();
             match groups.get(group_id) {

@@ -35,6 +35,8 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: AlterConf
             shard.admin(vec![change], body.validate_only).await.pop().unwrap_or(Ok(()))
         };
         let mut response = AlterConfigsResourceResponse::default();
+        // The codec's default is an empty string; Kafka sends null on success.
+        response.error_message = None;
         response.resource_type = resource.resource_type;
         response.resource_name = resource.resource_name;
         if let Err(error) = result {

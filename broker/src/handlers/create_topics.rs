@@ -83,6 +83,8 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: CreateTop
         };
         let mut response = CreatableTopicResult::default();
         response.name = topic.name.clone();
+        // The codec's default is an empty string; Kafka sends null on success.
+        response.error_message = None;
         match result {
             Ok(()) => {
                 if version >= 5 {

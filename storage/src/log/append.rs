@@ -116,6 +116,10 @@ impl<S: Storage> Log<S> {
                 if state.unflushed_size == 0 || state.unflushed_size + size <= unflushed_size_max {
                     return Ok(());
                 }
+                if let Some(reason) = &state.stalled {
+                    // Full while the flusher cannot write: refuse rather than wait for space that may not come.
+                    return Err(LogError::Stalled(reason.clone()));
+                }
             }
             self.inner.flusher_wakeup.notify_all();
             self.inner.progress.notified().await;
@@ -156,6 +160,8 @@ impl<S: Storage> Log<S> {
             next_offset = batch.last_offset.next();
         }
         state.next_offset = next_offset;
+        // A stalled flusher retries at once for a new append, so the append's own wait sees a fresh attempt.
+        state.retry_requested = state.stalled.is_some();
         assert!(state.next_offset > log_end_before, "an append moves the log end");
         state.assert_offsets();
     }
@@ -163,6 +169,18 @@ impl<S: Storage> Log<S> {
     /// Waits until every offset below `offset_end` is written and fdatasync'd (forcing a sync under the interval
     /// policy).
     pub async fn wait_durable(&self, offset_end: Offset) -> Result<(), LogError> {
+        self.wait_durable_with(offset_end, false).await
+    }
+
+    /// [`Log::wait_durable`] that outlasts failed flushes: it waits through a stall or a poisoning and its repair,
+    /// and fails only when the offsets leave the log or the log closes. For those who publish what became
+    /// durable (the high watermark) rather than answer a client.
+    pub async fn wait_durable_through_failures(&self, offset_end: Offset) -> Result<(), LogError> {
+        self.wait_durable_with(offset_end, true).await
+    }
+
+    async fn wait_durable_with(&self, offset_end: Offset, through_failures: bool) -> Result<(), LogError> {
+        let failure_count_start = self.inner.state.borrow().failure_count;
         loop {
             {
                 let mut state = self.inner.state.borrow_mut();
@@ -177,11 +195,22 @@ impl<S: Storage> Log<S> {
                 if state.durable_offset >= offset_end {
                     return Ok(());
                 }
-                if let Some(reason) = &state.poisoned {
-                    return Err(LogError::Poisoned(reason.clone()));
-                }
                 if state.closed {
                     return Err(LogError::Closed);
+                }
+                if !through_failures {
+                    if let Some(reason) = &state.poisoned {
+                        return Err(LogError::Poisoned(reason.clone()));
+                    }
+                    if state.failure_count != failure_count_start {
+                        // A flush failed while this waited: its caller hears of it now, and may retry.
+                        // (A poisoning may already be repaired: the batches are queued again either way.)
+                        let reason = state.stalled.clone().unwrap_or_else(|| {
+                            "a write or sync failed; the log repaired itself and writes the batches again"
+                                .into()
+                        });
+                        return Err(LogError::Stalled(reason));
+                    }
                 }
                 state.sync_requested = true;
             }

@@ -2,14 +2,16 @@
 //! the durability policy, rolls segments and runs the commands that change files.
 
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::checkpoint::{
     write_clean_shutdown, write_leader_epochs, write_log_start_checkpoint, write_recovery_point,
 };
+use super::repair::repair;
 use super::retention::{delete_segments_below_log_start, retention, truncate};
+use super::SegmentSpace;
 use super::{io_error, Command, CommandSlot, Durability, LogError, LogInner, LogState, PendingBatch};
 use crate::batch::BatchHeader;
 use crate::invariant::Invariant;
@@ -20,12 +22,49 @@ use crate::types::Offset;
 /// A flush round writes at most this many `write_size_max` buffers.
 const FLUSH_ROUND_WRITE_COUNT: usize = 32;
 
+/// The first retry after a failure comes this soon: a descriptor or a few blocks freed by another partition are
+/// often back within milliseconds. Each failed retry doubles the wait up to `RETRY_DELAY_MAX`.
+const RETRY_DELAY_MIN: Duration = Duration::from_millis(1);
+/// A disk that stays full costs each poisoned log one repair attempt (a read of its unsynced tail) this often.
+const RETRY_DELAY_MAX: Duration = Duration::from_secs(2);
+
 enum FlusherAction {
     Flush,
     Sync,
     Command(Command, Rc<CommandSlot>),
+    /// Re-verify the tail of a poisoned log from disk and accept appends again (`repair.rs`).
+    Repair,
     Exit,
     Wait(Option<Duration>),
+}
+
+/// How a flusher step failed. Errors before any byte reached the kernel (fallocate, opening a new segment,
+/// a checkpoint written whole or not at all) leave the log's files as they were: `Transient`, the batches stay
+/// queued and are retried. A failed write, sync or file change leaves the tail unknown (fsyncgate: after a failed
+/// fdatasync nobody can say what is on disk): `Poisoning`, until `repair` re-verifies it.
+pub(super) enum StepError {
+    Transient(LogError),
+    Poisoning(LogError),
+}
+
+impl From<LogError> for StepError {
+    fn from(error: LogError) -> Self {
+        StepError::Poisoning(error)
+    }
+}
+
+impl StepError {
+    fn into_error(self) -> LogError {
+        match self {
+            StepError::Transient(error) | StepError::Poisoning(error) => error,
+        }
+    }
+}
+
+/// The wait before retry number `failure_count` (1 after the first failure).
+fn retry_delay(failure_count: u32) -> Duration {
+    let doublings = failure_count.saturating_sub(1).min(16);
+    RETRY_DELAY_MIN.saturating_mul(1 << doublings).min(RETRY_DELAY_MAX)
 }
 
 pub(super) async fn run_flusher<S: Storage>(inner: Rc<LogInner<S>>) {
@@ -56,32 +95,112 @@ pub(super) async fn run_flusher<S: Storage>(inner: Rc<LogInner<S>>) {
                 finish(&inner, result);
             }
             FlusherAction::Sync => {
-                let result = sync_active(&inner).await;
+                let result = sync_active(&inner).await.map_err(StepError::from);
                 finish(&inner, result);
             }
             FlusherAction::Command(command, slot) => {
                 let result = run_flusher_command(&inner, command).await;
-                if let Err(error) = &result {
+                let result = match result {
+                    Ok(()) => Ok(()),
                     // A command that failed half-way may have left files and memory apart: stop writing.
-                    let reason = error.to_string();
-                    log::error!("log {} poisoned: {reason}", inner.directory.display());
-                    inner.state.borrow_mut().poisoned.get_or_insert(reason);
-                }
-                *slot.result.borrow_mut() = Some(result.map_err(|error| error.to_string()));
+                    Err(StepError::Poisoning(error)) => Err(poison(&inner, error)),
+                    Err(StepError::Transient(error)) => Err(error),
+                };
+                *slot.result.borrow_mut() = Some(result);
                 inner.progress.notify_all();
+            }
+            FlusherAction::Repair => {
+                let result = repair(&inner).await;
+                finish_repair(&inner, result);
             }
         }
         inner.runtime.spawner.yield_if_needed().await;
     }
 }
 
-fn finish<S: Storage>(inner: &LogInner<S>, result: Result<(), LogError>) {
-    if let Err(error) = result {
-        let reason = error.to_string();
-        log::error!("log {} poisoned: {reason}", inner.directory.display());
-        inner.state.borrow_mut().poisoned.get_or_insert(reason);
+/// Records a flush's outcome: success clears a stall and the backoff; a failure stalls or poisons the log and
+/// schedules the retry.
+fn finish<S: Storage>(inner: &LogInner<S>, result: Result<(), StepError>) {
+    match result {
+        Ok(()) => {
+            let mut state = inner.state.borrow_mut();
+            if let Some(reason) = state.stalled.take() {
+                log::info!("log {}: writing again after: {reason}", inner.directory.display());
+            }
+            state.retry_failure_count = 0;
+        }
+        // A close cannot wait for a disk that may never come back: a failure while closing poisons.
+        Err(StepError::Transient(error)) if !inner.state.borrow().closing => {
+            let reason = error.to_string();
+            let mut state = inner.state.borrow_mut();
+            if state.stalled.is_none() {
+                log::warn!(
+                    "log {}: write failed before reaching the disk: {reason}",
+                    inner.directory.display()
+                );
+            }
+            state.stalled = Some(reason);
+            state.failure_count += 1;
+            schedule_retry(inner, &mut state);
+        }
+        Err(error) => {
+            poison(inner, error.into_error());
+        }
     }
     inner.progress.notify_all();
+}
+
+/// Poisons the log (appends refused, the tail to be re-verified by `repair`) and returns the error for whoever
+/// asked.
+fn poison<S: Storage>(inner: &LogInner<S>, error: LogError) -> LogError {
+    let reason = error.to_string();
+    let mut state = inner.state.borrow_mut();
+    if state.poisoned.is_none() {
+        log::error!("log {} poisoned until its tail is re-verified: {reason}", inner.directory.display());
+    }
+    state.poisoned.get_or_insert(reason);
+    state.stalled = None;
+    state.failure_count += 1;
+    schedule_retry(inner, &mut state);
+    error
+}
+
+fn schedule_retry<S: Storage>(inner: &LogInner<S>, state: &mut LogState<S>) {
+    state.retry_failure_count = state.retry_failure_count.saturating_add(1);
+    state.retry_at = inner.runtime.clock.now() + retry_delay(state.retry_failure_count);
+    state.retry_requested = false;
+}
+
+fn finish_repair<S: Storage>(inner: &LogInner<S>, result: Result<(), LogError>) {
+    let mut state = inner.state.borrow_mut();
+    match result {
+        Ok(()) => {
+            // The backoff stays: only a flush that succeeds resets it, so a disk that is still full costs one
+            // repair per (growing) delay, not a busy loop of repairs and failed writes.
+            state.poisoned = None;
+            state.repair_count += 1;
+        }
+        Err(error) => {
+            log::warn!(
+                "log {}: repair attempt {} failed, retrying in {:?}: {error}",
+                inner.directory.display(),
+                state.retry_failure_count,
+                retry_delay(state.retry_failure_count + 1)
+            );
+            schedule_retry(inner, &mut state);
+        }
+    }
+    drop(state);
+    inner.progress.notify_all();
+}
+
+/// While a stalled log's retry is not due, it neither writes nor syncs: how long until it is, or `None` when the
+/// flusher may write now (no stall, an append asked for a retry, or the time has come).
+fn stall_remaining<S: Storage>(state: &LogState<S>, now: Instant) -> Option<Duration> {
+    if state.stalled.is_none() || state.retry_requested || state.closing || now >= state.retry_at {
+        return None;
+    }
+    Some(state.retry_at - now)
 }
 
 fn next_flusher_action<S: Storage>(inner: &LogInner<S>) -> FlusherAction {
@@ -89,13 +208,21 @@ fn next_flusher_action<S: Storage>(inner: &LogInner<S>) -> FlusherAction {
     let config = inner.config.borrow();
     let mut state = inner.state.borrow_mut();
     if state.poisoned.is_some() {
-        return next_flusher_action_poisoned(inner, &mut state);
+        return next_flusher_action_poisoned(inner, &mut state, now);
     }
-    let has_unflushed = !state.unflushed.is_empty();
-    let unsynced = state.durable_offset < state.flushed_offset;
     // Truncation and close need everything written and synced first; the other commands run between flushes,
     // so a steady stream of appends cannot starve them.
     let command_drains = state.commands.front().map(|(command, _)| command.needs_drained_log());
+    if let Some(remaining) = stall_remaining(&state, now) {
+        if command_drains == Some(false) {
+            let (command, slot) = state.commands.pop_front().invariant("checked above");
+            return FlusherAction::Command(command, slot);
+        }
+        return FlusherAction::Wait(Some(remaining));
+    }
+    state.retry_requested = false;
+    let has_unflushed = !state.unflushed.is_empty();
+    let unsynced = state.durable_offset < state.flushed_offset;
     let draining = command_drains == Some(true);
     if has_unflushed {
         let flush_now = draining
@@ -145,25 +272,37 @@ fn next_flusher_action<S: Storage>(inner: &LogInner<S>) -> FlusherAction {
     }
 }
 
-/// A poisoned log writes nothing more; commands still get an answer, and a close still closes.
-fn next_flusher_action_poisoned<S: Storage>(inner: &LogInner<S>, state: &mut LogState<S>) -> FlusherAction {
+/// A poisoned log writes nothing until its repair: deletions below the log start still run, other commands get
+/// the reason, a close still closes, and the repair is tried when its backoff has passed.
+fn next_flusher_action_poisoned<S: Storage>(
+    inner: &LogInner<S>,
+    state: &mut LogState<S>,
+    now: Instant,
+) -> FlusherAction {
     if let Some((command, slot)) = state.commands.pop_front() {
+        if command.leaves_tail_alone() {
+            return FlusherAction::Command(command, slot);
+        }
         if matches!(command, Command::Close) {
             state.closed = true;
         }
-        *slot.result.borrow_mut() = Some(Err(state.poisoned.clone().unwrap_or_default()));
+        *slot.result.borrow_mut() = Some(Err(LogError::Poisoned(state.poisoned.clone().unwrap_or_default())));
         inner.progress.notify_all();
         return FlusherAction::Wait(Some(Duration::ZERO));
     }
     if state.closed {
         FlusherAction::Exit
-    } else {
+    } else if state.closing {
         FlusherAction::Wait(None)
+    } else if now >= state.retry_at {
+        FlusherAction::Repair
+    } else {
+        FlusherAction::Wait(Some(state.retry_at - now))
     }
 }
 
 /// Writes every pending batch, rolling segments as needed; under the fsync policy, syncs once at the end.
-async fn flush_unflushed<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError> {
+async fn flush_unflushed<S: Storage>(inner: &LogInner<S>) -> Result<(), StepError> {
     let config = inner.config.borrow().clone();
     let settings = WriteSettings {
         index_interval_size: config.index_interval_size,
@@ -187,7 +326,8 @@ async fn flush_unflushed<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError
             .cloned()
             .collect()
     };
-    write_leader_epochs(inner).await?;
+    // Written whole to a temporary file and renamed: a failure leaves the old checkpoint, and the log's files.
+    write_leader_epochs(inner).await.map_err(StepError::Transient)?;
     let mut group: Vec<Bytes> = Vec::new();
     let mut group_size = 0u64;
     let mut written = 0usize;
@@ -197,10 +337,13 @@ async fn flush_unflushed<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError
             let mut state = inner.state.borrow_mut();
             let active = state.active();
             let size = active.size + group_size;
-            size > 0
-                && (size + batch.bytes.len() as u64 > config.segment_size_max
-                    || batch.last_offset.0 - active.base_offset.0 > i32::MAX as i64
-                    || now_ms - active.created_ms >= config.segment_age_max.as_millis() as i64)
+            // A sealed active segment is what a roll that could not create the next one leaves behind.
+            let sealed = active.writer.is_none() && group_size == 0;
+            sealed
+                || size > 0
+                    && (size + batch.bytes.len() as u64 > config.segment_size_max
+                        || batch.last_offset.0 - active.base_offset.0 > i32::MAX as i64
+                        || now_ms - active.created_ms >= config.segment_age_max.as_millis() as i64)
         };
         if needs_roll {
             write_group(inner, &mut group, &settings).await?;
@@ -224,7 +367,7 @@ async fn write_group<S: Storage>(
     inner: &LogInner<S>,
     group: &mut Vec<Bytes>,
     settings: &WriteSettings,
-) -> Result<(), LogError> {
+) -> Result<(), StepError> {
     if group.is_empty() {
         return Ok(());
     }
@@ -249,6 +392,15 @@ async fn write_group<S: Storage>(
         expected_offset = header.map_or(expected_offset, |header| header.last_offset().next());
     }
     let group_size: u64 = group.iter().map(|batch| batch.len() as u64).sum();
+    // Space first: a fallocate that fails has handed no byte of the batches to the kernel.
+    if let Err(error) = writer.reserve(&file, size + group_size, settings).await {
+        inner.state.borrow_mut().active().writer = Some(writer);
+        let error = io_error("allocating space in", &path)(error);
+        return Err(match settings.segment_space {
+            SegmentSpace::Prewrite { .. } => StepError::Poisoning(error),
+            SegmentSpace::Grow | SegmentSpace::Fallocate { .. } => StepError::Transient(error),
+        });
+    }
     let mut result = writer.write(&file, size, group, settings).await;
     if result.is_ok() {
         let writes = {
@@ -265,15 +417,21 @@ async fn write_group<S: Storage>(
     }
     inner.state.borrow_mut().active().writer = Some(writer);
     group.clear();
-    result.map_err(io_error("writing", &path))
+    Ok(result.map_err(io_error("writing", &path))?)
 }
 
-/// Seals the active segment in place (see `SegmentWriter::seal`); it stays readable.
+/// Seals the active segment in place (see `SegmentWriter::seal`); it stays readable. One a failed roll left
+/// sealed is left as it is.
 async fn seal_active<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError> {
     let (writer, file, size, path, writes, index_count, time_index_count) = {
         let mut state = inner.state.borrow_mut();
         let active = state.active();
-        let writer = active.take_writer();
+        let Some(writer) = active.writer.take() else {
+            // Sealed (synced) by the failed roll, and nothing is written to a sealed segment since.
+            state.durable_offset = state.durable_offset.max(state.flushed_offset);
+            state.assert_offsets();
+            return Ok(());
+        };
         let writes = active.pending_index_writes(&writer, 0);
         let counts = (active.index.entries.len(), active.time_index.entries.len());
         (writer, active.file.clone(), active.size, active.path.clone(), writes, counts.0, counts.1)
@@ -337,20 +495,32 @@ async fn sync_active<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError> {
 /// Seals the active segment (synced) and starts a new one at `base_offset`. The recovery point moves to the new
 /// segment in between: everything before it is durable now, and a crash after the new segment exists must find
 /// the recovery point already there, so that no segment after the recovery point's is ever durable data.
-async fn roll<S: Storage>(inner: &LogInner<S>, base_offset: Offset) -> Result<(), LogError> {
+///
+/// Once the old segment is sealed, a failure to record the recovery point or to create the new segment's files
+/// (no descriptor, no inode) has changed no byte of the log: the roll is retried at the next flush, which finds
+/// the active segment sealed.
+async fn roll<S: Storage>(inner: &LogInner<S>, base_offset: Offset) -> Result<(), StepError> {
     seal_active(inner).await?;
-    write_recovery_point(inner, base_offset).await?;
-    let segment =
-        Segment::create(&inner.storage, &inner.directory, base_offset, inner.runtime.clock.now_ms())
-            .await
-            .map_err(io_error("creating a segment in", &inner.directory))?;
+    write_recovery_point(inner, base_offset).await.map_err(StepError::Transient)?;
+    let created =
+        Segment::create(&inner.storage, &inner.directory, base_offset, inner.runtime.clock.now_ms()).await;
+    let segment = match created {
+        Ok(segment) => segment,
+        Err(error) => {
+            // Half-created files hold nothing; the retry creates them again.
+            for path in Segment::<S>::paths(&inner.directory, base_offset) {
+                let _ = inner.storage.remove(&path).await;
+            }
+            return Err(StepError::Transient(io_error("creating a segment in", &inner.directory)(error)));
+        }
+    };
     // The new files' directory entries must be durable before anything in them is acknowledged.
     inner.storage.sync_directory(&inner.directory).await.map_err(io_error("syncing", &inner.directory))?;
     inner.state.borrow_mut().segments.push(segment);
     Ok(())
 }
 
-async fn run_flusher_command<S: Storage>(inner: &LogInner<S>, command: Command) -> Result<(), LogError> {
+async fn run_flusher_command<S: Storage>(inner: &LogInner<S>, command: Command) -> Result<(), StepError> {
     match command {
         Command::Close => {
             let mut result = seal_active(inner).await;
@@ -360,9 +530,15 @@ async fn run_flusher_command<S: Storage>(inner: &LogInner<S>, command: Command) 
                 result = write_clean_shutdown(inner, end).await;
             }
             inner.state.borrow_mut().closed = true;
-            result
+            Ok(result?)
         }
-        Command::TruncateTo(offset) => truncate(inner, offset).await,
+        Command::TruncateTo(offset) => {
+            inner.state.borrow_mut().truncating = true;
+            let result = truncate(inner, offset).await;
+            // Left set on failure: the repair then takes the log end from disk.
+            inner.state.borrow_mut().truncating = result.is_err();
+            Ok(result?)
+        }
         Command::Roll => {
             let (flushed_offset, empty) = {
                 let mut state = inner.state.borrow_mut();
@@ -376,13 +552,21 @@ async fn run_flusher_command<S: Storage>(inner: &LogInner<S>, command: Command) 
             roll(inner, flushed_offset).await
         }
         Command::DeleteBefore(offset) => {
-            {
+            let previous = {
                 let mut state = inner.state.borrow_mut();
-                state.log_start_offset = state.log_start_offset.max(offset);
+                let previous = state.log_start_offset;
+                state.log_start_offset = previous.max(offset);
+                previous
+            };
+            if let Err(error) = write_log_start_checkpoint(inner).await {
+                // Nothing deleted, nothing recorded: as if the request had not come.
+                inner.state.borrow_mut().log_start_offset = previous;
+                return Err(StepError::Transient(error));
             }
-            write_log_start_checkpoint(inner).await?;
-            delete_segments_below_log_start(inner).await
+            // A segment whose files could not be removed is already out of the log: a restart finds it below
+            // the recorded log start and removes it then.
+            delete_segments_below_log_start(inner).await.map_err(StepError::Transient)
         }
-        Command::Retention(now) => retention(inner, now).await,
+        Command::Retention(now) => retention(inner, now).await.map_err(StepError::Transient),
     }
 }

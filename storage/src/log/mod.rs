@@ -18,6 +18,7 @@ mod flusher;
 mod read;
 mod read_ahead;
 mod recovery;
+mod repair;
 mod retention;
 
 use std::cell::{Cell, RefCell};
@@ -179,8 +180,12 @@ pub enum LogError {
         expected: Offset,
         base_offset: Offset,
     },
-    /// A write or sync failed earlier; the log accepts no more appends until it is reopened.
+    /// A write or sync failed: what is on disk past the durable offset is unknown, and the log accepts no appends
+    /// until its flusher has re-verified the tail from disk (`repair.rs`), which it retries with backoff.
     Poisoned(String),
+    /// A flush failed before any byte reached the kernel (no space to allocate, no descriptor for a new segment):
+    /// nothing on disk changed, the batches stay queued, and the flusher retries at the next append or timer.
+    Stalled(String),
     Io {
         operation: &'static str,
         path: PathBuf,
@@ -204,7 +209,13 @@ impl fmt::Display for LogError {
                 write!(formatter, "offset {offset} is outside the log [{log_start}, {log_end}]")
             }
             LogError::Poisoned(reason) => {
-                write!(formatter, "log is read-only after an I/O failure: {reason}")
+                write!(
+                    formatter,
+                    "log is read-only after an I/O failure, until its tail is re-verified: {reason}"
+                )
+            }
+            LogError::Stalled(reason) => {
+                write!(formatter, "log write failed before reaching the disk, will be retried: {reason}")
             }
             LogError::Io { operation, path, source } => {
                 write!(formatter, "{operation} {} failed: {source}", path.display())
@@ -341,7 +352,22 @@ struct LogState<S: Storage> {
     last_sync: Instant,
     sync_requested: bool,
     commands: VecDeque<(Command, Rc<CommandSlot>)>,
+    /// A write, sync or file change failed: appends are refused until `repair` has re-verified the tail.
     poisoned: Option<String>,
+    /// The last flush failed before handing any byte to the kernel; cleared by the next one that succeeds.
+    stalled: Option<String>,
+    /// Bumped by every failed flush (stalled or poisoned): a `wait_durable` that sees it move fails.
+    failure_count: u64,
+    /// When the flusher next retries after a failure (a stalled flush or the repair of a poisoned log), and how
+    /// many retries in a row have failed (the backoff's exponent).
+    retry_at: Instant,
+    retry_failure_count: u32,
+    /// An append arrived since the last failure: a stalled flusher retries at once rather than at `retry_at`.
+    retry_requested: bool,
+    /// Set while a truncation changes files: if it fails half-way, the repair takes the log end from disk.
+    truncating: bool,
+    /// Times a poisoned log was repaired without a restart.
+    repair_count: u64,
     /// `close` was called: no more appends.
     closing: bool,
     closed: bool,
@@ -376,11 +402,18 @@ impl Command {
     fn needs_drained_log(&self) -> bool {
         matches!(self, Command::TruncateTo(_) | Command::Close)
     }
+
+    /// Deletion below the log start touches only closed segments and checkpoints, never the active segment's
+    /// tail: it runs on a poisoned log too (DeleteRecords and retention can free space while the log waits for
+    /// its repair), and its failure poisons nothing.
+    fn leaves_tail_alone(&self) -> bool {
+        matches!(self, Command::DeleteBefore(_) | Command::Retention(_))
+    }
 }
 
 #[derive(Default)]
 struct CommandSlot {
-    result: RefCell<Option<Result<(), String>>>,
+    result: RefCell<Option<Result<(), LogError>>>,
 }
 
 thread_local! {
@@ -440,6 +473,13 @@ impl<S: Storage> Log<S> {
                 sync_requested: false,
                 commands: VecDeque::new(),
                 poisoned: None,
+                stalled: None,
+                failure_count: 0,
+                retry_at: runtime.clock.now(),
+                retry_failure_count: 0,
+                retry_requested: false,
+                truncating: false,
+                repair_count: 0,
                 closing: false,
                 closed: false,
                 epochs,
@@ -508,6 +548,16 @@ impl<S: Storage> Log<S> {
 
     pub fn poisoned(&self) -> Option<String> {
         self.inner.state.borrow().poisoned.clone()
+    }
+
+    /// Why the last flush failed before reaching the disk, while its batches wait for a retry.
+    pub fn stalled(&self) -> Option<String> {
+        self.inner.state.borrow().stalled.clone()
+    }
+
+    /// How many times this log was repaired after being poisoned (see `repair.rs`).
+    pub fn repair_count(&self) -> u64 {
+        self.inner.state.borrow().repair_count
     }
 
     /// The leader epoch of the newest sequenced batch that carried one, if any.
@@ -598,7 +648,7 @@ impl<S: Storage> Log<S> {
         self.inner.flusher_wakeup.notify_all();
         loop {
             if let Some(result) = slot.result.borrow_mut().take() {
-                return result.map_err(LogError::Poisoned);
+                return result;
             }
             self.inner.progress.notified().await;
         }

@@ -222,28 +222,28 @@ pub(super) async fn recover<S: Storage>(
 }
 
 /// Where a segment sits in the log, for its recovery.
-struct SegmentPlace {
-    base_offset: Offset,
-    is_last: bool,
+pub(super) struct SegmentPlace {
+    pub(super) base_offset: Offset,
+    pub(super) is_last: bool,
     /// The base offset of the segment after it, if any.
-    next_base: Option<Offset>,
+    pub(super) next_base: Option<Offset>,
     /// Every batch below this offset was durable before the log stopped.
-    durable_below: Offset,
+    pub(super) durable_below: Offset,
 }
 
 /// One segment as recovery left it, before the checks against its neighbours.
-struct RecoveredSegment<S: Storage> {
-    segment: Segment<S>,
+pub(super) struct RecoveredSegment<S: Storage> {
+    pub(super) segment: Segment<S>,
     /// The file's size before any cut.
-    file_size: u64,
+    pub(super) file_size: u64,
     /// An invalid batch past the recovery point ended the scan and the file was cut there: nothing after it in
     /// the log is kept.
-    cut: bool,
+    pub(super) cut: bool,
 }
 
 /// Opens one segment, loads its indexes (or schedules their rebuild in `rewrite_bases`), scans it from its last
 /// index entry below the recovery point and cuts the file at the end of its valid batches past it.
-async fn recover_segment<S: Storage>(
+pub(super) async fn recover_segment<S: Storage>(
     storage: &S,
     directory: &Path,
     config: &LogConfig,

@@ -146,7 +146,7 @@ async fn truncate_segment<S: Storage>(
 }
 
 /// The file position and base offset of the first batch in `segment` that holds an offset at or above `offset`.
-async fn truncate_segment_find_cut<S: Storage>(
+pub(super) async fn truncate_segment_find_cut<S: Storage>(
     segment: &Segment<S>,
     offset: Offset,
 ) -> io::Result<Option<(u64, Offset)>> {
