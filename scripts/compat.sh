@@ -10,7 +10,10 @@
 # Each suite gets a fresh broker ($SLUICE_BIN, default target/release/sluice) on a free loopback port with a
 # temporary data directory, stopped with SIGTERM afterwards (it must exit 0). Each suite prints
 # `SUITE: N passed, N failed, N skipped`; the run exits non-zero if any failure is not on compat/known-failures.txt
-# (scenario scripts mark features not built yet as pending in the script itself). Heavy artefacts (librdkafka
+# (scenario scripts mark features not built yet as pending in the script itself). The kafka-python suite includes
+# old clients: `old-protocol-0.10.1-*` and `old-protocol-0.9-*` pin kafka-python's `api_version`, so it skips
+# ApiVersions and speaks Produce v1–2, Fetch v1–3 and message formats v0/v1 (Kafka 3.9's oldest versions, issue 14).
+# Heavy artefacts (librdkafka
 # builds, npm packages) are cached under target/compat/; logs go to target/compat/logs/.
 #
 # Every dependency is at a fixed version: the Node packages in compat/node/package-lock.json (installed with npm ci),

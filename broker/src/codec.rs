@@ -8,46 +8,40 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
-/// What the broker advertises and accepts: (API, lowest version, highest version).
-/// Produce is advertised from 0 although only 3+ is accepted (KAFKA-18659: older librdkafka checks Produce v0
-/// before it enables compression). Requests below [`accepted_min`] are refused with UNSUPPORTED_VERSION.
+use crate::codec_legacy;
+
+/// What the broker advertises and accepts: (API, lowest version, highest version). The lowest is what Kafka 3.9
+/// accepted (versions Kafka 4 removed are decoded by [`crate::codec_legacy`]); the highest is Kafka 4.1's where
+/// the `kafka-protocol` crate has it.
 pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 0, 11),
-    (ApiKey::Fetch, 4, 16),
-    (ApiKey::ListOffsets, 1, 8),
-    (ApiKey::Metadata, 0, 12),
-    (ApiKey::OffsetCommit, 2, 9),
-    (ApiKey::OffsetFetch, 1, 9),
-    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::Produce, 0, 13),
+    (ApiKey::Fetch, 0, 18),
+    (ApiKey::ListOffsets, 0, 10),
+    (ApiKey::Metadata, 0, 13),
+    (ApiKey::OffsetCommit, 0, 9),
+    (ApiKey::OffsetFetch, 0, 9),
+    (ApiKey::FindCoordinator, 0, 6),
     (ApiKey::JoinGroup, 0, 9),
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 5),
     (ApiKey::SyncGroup, 0, 5),
-    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 6),
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::ApiVersions, 0, 4),
-    (ApiKey::CreateTopics, 2, 7),
-    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::CreateTopics, 0, 7),
+    (ApiKey::DeleteTopics, 0, 6),
     (ApiKey::DeleteRecords, 0, 2),
-    (ApiKey::OffsetForLeaderEpoch, 2, 4),
-    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::OffsetForLeaderEpoch, 0, 4),
+    (ApiKey::DescribeConfigs, 0, 4),
     (ApiKey::AlterConfigs, 0, 2),
-    (ApiKey::DescribeLogDirs, 1, 4),
+    (ApiKey::DescribeLogDirs, 0, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
-    (ApiKey::DescribeCluster, 0, 1),
-    (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::InitProducerId, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
 ];
-
-/// The lowest version actually served (differs from the advertised range only for Produce).
-pub fn accepted_min(api_key: ApiKey) -> Option<i16> {
-    match api_key {
-        ApiKey::Produce => Some(3),
-        _ => SUPPORTED_APIS.iter().find(|(key, _, _)| *key == api_key).map(|(_, min, _)| *min),
-    }
-}
 
 pub fn advertised_range(api_key: ApiKey) -> Option<(i16, i16)> {
     SUPPORTED_APIS.iter().find(|(key, _, _)| *key == api_key).map(|(_, min, max)| (*min, *max))
@@ -122,8 +116,7 @@ pub fn decode_request(frame: Bytes) -> Result<Request, CodecError> {
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
     let api_key =
         ApiKey::try_from(api_key_raw).map_err(|()| CodecError::UnknownApiKey { api_key: api_key_raw })?;
-    let (_, max) = advertised_range(api_key).ok_or(CodecError::UnknownApiKey { api_key: api_key_raw })?;
-    let min = accepted_min(api_key).unwrap_or(0);
+    let (min, max) = advertised_range(api_key).ok_or(CodecError::UnknownApiKey { api_key: api_key_raw })?;
     if api_version < min || api_version > max {
         return Err(CodecError::UnsupportedVersion { api_key, api_version, correlation_id });
     }
@@ -131,8 +124,12 @@ pub fn decode_request(frame: Bytes) -> Result<Request, CodecError> {
     let mut buffer = frame;
     let header = RequestHeader::decode(&mut buffer, api_key.request_header_version(api_version))
         .map_err(|error| malformed(format!("header: {error}")))?;
-    let body = RequestKind::decode(api_key, &mut buffer, api_version)
-        .map_err(|error| malformed(error.to_string()))?;
+    let body = if codec_legacy::is_legacy(api_key, api_version) {
+        codec_legacy::decode_request(api_key, api_version, buffer).map_err(malformed)?
+    } else {
+        RequestKind::decode(api_key, &mut buffer, api_version)
+            .map_err(|error| malformed(error.to_string()))?
+    };
     Ok(Request {
         api_key,
         api_version,
@@ -170,14 +167,21 @@ pub fn finish_frame(head: &mut BytesMut, frame_size: usize) {
     head[0..4].copy_from_slice(&size.to_be_bytes());
 }
 
-/// Encodes a whole response frame with the codec.
-pub fn encode_response<M: Encodable>(
+/// Encodes a whole response frame with the codec (or, for versions it no longer has, [`codec_legacy`]).
+pub fn encode_response<M: Encodable + 'static>(
     api_key: ApiKey,
     api_version: i16,
     correlation_id: i32,
     body: &M,
 ) -> Result<Bytes, CodecError> {
     let encode_error = |reason: String| CodecError::Encode { api_key, api_version, reason };
+    if codec_legacy::is_legacy(api_key, api_version) {
+        let mut buffer = begin_frame(api_key, api_version, correlation_id, 256);
+        codec_legacy::encode_response(api_key, api_version, body, &mut buffer).map_err(encode_error)?;
+        let frame_size = buffer.len();
+        finish_frame(&mut buffer, frame_size);
+        return Ok(buffer.freeze());
+    }
     let size = body.compute_size(api_version).map_err(|error| encode_error(error.to_string()))?;
     let mut buffer = begin_frame(api_key, api_version, correlation_id, size);
     body.encode(&mut buffer, api_version).map_err(|error| encode_error(error.to_string()))?;
@@ -246,9 +250,9 @@ mod tests {
             decode_request(Bytes::from_static(&[0, 18, 0, 9, 0, 0, 0, 5])),
             Err(CodecError::UnsupportedVersion { correlation_id: 5, .. })
         ));
-        // Produce v2 is advertised (KAFKA-18659) but not served.
+        // Produce v14 is past Kafka 4.1's newest.
         assert!(matches!(
-            decode_request(Bytes::from_static(&[0, 0, 0, 2, 0, 0, 0, 5])),
+            decode_request(Bytes::from_static(&[0, 0, 0, 14, 0, 0, 0, 5])),
             Err(CodecError::UnsupportedVersion { .. })
         ));
         assert!(matches!(

@@ -10,6 +10,7 @@
 pub mod alloc;
 pub mod cluster;
 pub mod codec;
+pub mod codec_legacy;
 pub mod config;
 pub mod connection;
 pub mod errors;

@@ -34,6 +34,10 @@ const PRODUCER_SCAN_READ_SIZE: usize = 4 << 20;
 pub const OFFSET_LATEST: i64 = -1;
 pub const OFFSET_EARLIEST: i64 = -2;
 pub const OFFSET_MAX_TIMESTAMP: i64 = -3;
+/// v8 (KIP-405): the start of the local log, which without tiered storage is the log start.
+pub const OFFSET_EARLIEST_LOCAL: i64 = -4;
+/// v9 (KIP-1005): the last offset in tiered storage; without it Kafka answers offset -1, epoch -1.
+pub const OFFSET_LATEST_TIERED: i64 = -5;
 
 /// A partition operation that may run on another shard (produce has its own path, [`Partition::produce`]).
 #[derive(Debug)]
@@ -636,7 +640,8 @@ impl<S: Storage> Partition<S> {
             |error: records::RecordError| KafkaError::with_message(ResponseError::CorruptMessage, error.0);
         let found = match timestamp {
             OFFSET_LATEST => return Ok(offset(high_watermark, -1)),
-            OFFSET_EARLIEST => return Ok(offset(self.log.log_start_offset().0, -1)),
+            OFFSET_EARLIEST | OFFSET_EARLIEST_LOCAL => return Ok(offset(self.log.log_start_offset().0, -1)),
+            OFFSET_LATEST_TIERED => return Ok(not_found),
             OFFSET_MAX_TIMESTAMP => {
                 let batch = self.log.max_timestamp_batch().await.map_err(|error| from_log_error(&error))?;
                 batch.map(|batch| records::find_max_timestamp_record(&batch)).transpose().map_err(corrupt)?

@@ -1,5 +1,6 @@
-//! DescribeGroups (key 15), v0–5: state, protocol and members of each group. As in Kafka, member metadata and
-//! assignments are shown only while the group is Stable; an unknown group is reported as "Dead".
+//! DescribeGroups (key 15), v0–6: state, protocol and members of each group. As in Kafka, member metadata and
+//! assignments are shown only while the group is Stable; an unknown group is reported as "Dead", and from v6
+//! (KIP-1043) also with GROUP_ID_NOT_FOUND.
 
 use std::rc::Rc;
 
@@ -50,7 +51,13 @@ pub async fn handle(
                     })
                     .collect();
             }
-            GroupReply::Described(None) => described.group_state = str_bytes("Dead"),
+            GroupReply::Described(None) => {
+                described.group_state = str_bytes("Dead");
+                if version >= 6 {
+                    described.error_code = ResponseError::GroupIdNotFound.code();
+                    described.error_message = Some(str_bytes(&format!("Group {name} not found.")));
+                }
+            }
             GroupReply::Error(error) => described.error_code = error.code(),
             _ => described.error_code = ResponseError::UnknownServerError.code(),
         }

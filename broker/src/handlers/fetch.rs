@@ -1,4 +1,5 @@
-//! Fetch (key 1), v4–16, with KIP-74's response limit and KIP-227's fetch sessions ([`session`]).
+//! Fetch (key 1), v0–18, with KIP-74's response limit and KIP-227's fetch sessions ([`session`]). v17–18 add
+//! only fields a follower sends.
 //!
 //! Reads: partitions are read concurrently (their owners' caches, disks in parallel, or across the mesh) in
 //! *waves* of consecutive partitions, each read bounded by its own limit and by what the response has left when
@@ -21,6 +22,10 @@
 //!
 //! The response is written by hand rather than through the codec so that record batches go out as their own
 //! `Bytes` chunks (from the shard cache or a direct-I/O read buffer) with no copy in user space.
+//!
+//! Fetch v0–3 (removed in Kafka 4) predate record batches: their answers carry message sets of format v0 (Fetch
+//! v0–1) or v1 (v2–3), converted down from the log's batches ([`down_convert`]) — a copy and, for compressed
+//! batches, an inflation and a compression per response, so these old clients cost more per byte.
 
 mod session;
 
@@ -112,6 +117,9 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: FetchRequ
         wait_for_data(shard, &partitions, deadline - now).await;
     }
     let session_id = finish_session(&plan, &mut partitions);
+    if version < 4 {
+        down_convert(version, &mut partitions);
+    }
     encode(context, ErrorCode::NONE, session_id, &partitions).map(Some)
 }
 
@@ -393,6 +401,38 @@ impl<F: Future> MapUnit for F {
     }
 }
 
+/// Replaces each partition's batches by one message set of the format Fetch `version` (0–3) reads: magic 0 for
+/// v0–1, magic 1 for v2–3. Before v3 the partition's limit holds and a first message larger than it is sent in
+/// part, as Kafka did (old clients then retry with a larger limit); v3 keeps what the read kept (KIP-74's first
+/// batch). zstd batches cannot be expressed: the partition gets UNSUPPORTED_COMPRESSION_TYPE, as from Kafka.
+fn down_convert(version: i16, partitions: &mut [PartitionFetch]) {
+    use sluice_storage::records::message_set::{batches_to_message_set, ConversionError, MAGIC_V0, MAGIC_V1};
+    assert!(version < 4, "Fetch v{version} carries record batches");
+    let magic = if version >= 2 { MAGIC_V1 } else { MAGIC_V0 };
+    for partition in partitions.iter_mut().filter(|partition| !partition.batches.is_empty()) {
+        let fetched_size: usize = partition.batches.iter().map(Bytes::len).sum();
+        let size_max = if version >= 3 { partition.size_max.max(fetched_size) } else { partition.size_max };
+        let fetched = match partition.batches.as_slice() {
+            [one] => one.clone(),
+            many => many.concat().into(),
+        };
+        let mut message_set = BytesMut::with_capacity(fetched_size + fetched_size / 4);
+        match batches_to_message_set(&fetched, magic, partition.offset, size_max, &mut message_set) {
+            Ok(()) => partition.batches = vec![message_set.freeze()],
+            Err(error) => {
+                partition.batches.clear();
+                partition.error = match error {
+                    ConversionError::UnsupportedCompression(_) => {
+                        ResponseError::UnsupportedCompressionType.into()
+                    }
+                    ConversionError::Corrupt(_) => ResponseError::CorruptMessage.into(),
+                };
+            }
+        }
+        partition.batches.retain(|batch| !batch.is_empty());
+    }
+}
+
 /// The listed partitions grouped into runs of one topic, in order: a session's rotation can list a topic's
 /// partitions apart, and then the topic appears once per run, as Kafka's responses do.
 fn topic_runs(partitions: &[PartitionFetch]) -> Vec<Vec<&PartitionFetch>> {
@@ -440,11 +480,15 @@ impl Encoder {
         self.head.put_i32(partition.index);
         self.head.put_i16(partition.error.code());
         self.head.put_i64(partition.high_watermark);
-        self.head.put_i64(partition.high_watermark); // last_stable_offset: no transactions yet
+        if self.version >= 4 {
+            self.head.put_i64(partition.high_watermark); // last_stable_offset: no transactions yet
+        }
         if self.version >= 5 {
             self.head.put_i64(partition.log_start_offset);
         }
-        self.put_array_size(0); // aborted_transactions
+        if self.version >= 4 {
+            self.put_array_size(0); // aborted_transactions
+        }
         if self.version >= 11 {
             self.head.put_i32(-1); // preferred_read_replica
         }
@@ -485,7 +529,9 @@ fn encode(
         chunks: Vec::new(),
         frame_size: 0,
     };
-    encoder.head.put_i32(0); // throttle_time_ms
+    if version >= 1 {
+        encoder.head.put_i32(0); // throttle_time_ms
+    }
     if version >= 7 {
         encoder.head.put_i16(error.code());
         encoder.head.put_i32(session_id);
@@ -559,7 +605,7 @@ mod tests {
         let batch = sluice_storage::batch::testing::make_batch(2, 2, 1000);
         let orders = Rc::new(Topic { name: "orders".into(), topic_id: [7; 16] });
         let audit = Rc::new(Topic { name: "audit".into(), topic_id: [8; 16] });
-        for version in 4..=16 {
+        for version in 4..=18 {
             let mut out_of_range = partition(&orders, 1, vec![]);
             out_of_range.error = ResponseError::OffsetOutOfRange.into();
             let mut omitted = partition(&audit, 1, vec![]);
@@ -592,6 +638,48 @@ mod tests {
                 assert_eq!(decoded.responses[1].topic.0.as_str(), "audit");
             }
         }
+    }
+
+    /// Fetch v0–3 answers carry message sets of magic 0 (v0–1) or 1 (v2–3) in the old layout: no throttle time in
+    /// v0, no last stable offset or aborted transactions; a zstd batch is refused with its error code.
+    #[test]
+    fn old_versions_answer_with_converted_message_sets() {
+        let topic = Rc::new(Topic { name: "t".into(), topic_id: [0; 16] });
+        let batch = sluice_storage::batch::testing::make_batch(2, 3, 1000);
+        for version in 0..=3i16 {
+            let mut partitions = vec![partition(&topic, 0, vec![batch.clone()])];
+            down_convert(version, &mut partitions);
+            let context = RequestContext { api_key: ApiKey::Fetch, api_version: version, correlation_id: 42 };
+            let response = encode(&context, ErrorCode::NONE, 0, &partitions).unwrap();
+            let frame: Vec<u8> = response.chunks.concat();
+            let mut body = &frame[8..]; // size and correlation id
+            if version >= 1 {
+                assert_eq!(&body[..4], &[0; 4], "v{version} throttle time");
+                body = &body[4..];
+            }
+            // One topic "t", one partition 0, no error, high watermark 2, then the message set.
+            let expected: [&[u8]; 5] =
+                [&[0, 0, 0, 1, 0, 1, b't'], &[0, 0, 0, 1], &[0; 4], &[0; 2], &2i64.to_be_bytes()];
+            assert_eq!(&body[..25], &expected.concat()[..], "v{version}");
+            body = &body[25..];
+            let size = i32::from_be_bytes(body[..4].try_into().unwrap()) as usize;
+            let set = &body[4..];
+            assert_eq!(set.len(), size, "v{version}: the message set ends the frame");
+            let magic = if version >= 2 { 1 } else { 0 };
+            let mut rest = set;
+            let mut offsets = Vec::new();
+            while let Some(message) = sluice_storage::records::message_set::next_message(&mut rest).unwrap() {
+                assert_eq!(message.magic, magic);
+                offsets.push(message.offset);
+            }
+            assert_eq!(offsets, vec![0, 1], "v{version}");
+        }
+        let mut builder = sluice_storage::BatchBuilder::new(sluice_storage::Compression::Zstd, 64);
+        builder.append(0, None, Some(&[b"v"]));
+        let mut partitions = vec![partition(&topic, 0, vec![builder.finish(0).unwrap()])];
+        down_convert(2, &mut partitions);
+        assert!(partitions[0].batches.is_empty());
+        assert_eq!(partitions[0].error.code(), ResponseError::UnsupportedCompressionType.code());
     }
 
     /// A session's refusal is a top-level error with no partitions.

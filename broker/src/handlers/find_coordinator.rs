@@ -1,7 +1,8 @@
-//! FindCoordinator (key 10), v0–4: for a group (key type 0) this node is the coordinator — every group lives on
+//! FindCoordinator (key 10), v0–6: for a group (key type 0) this node is the coordinator — every group lives on
 //! some shard of it, and a request reaching any shard is forwarded there ([`crate::group`]). Answering also
 //! creates `__consumer_offsets` if needed, as Kafka does. Transactions (key type 1) are not supported: their keys
-//! get COORDINATOR_NOT_AVAILABLE with a message saying so. v4 batches keys.
+//! get COORDINATOR_NOT_AVAILABLE with a message saying so, as do share groups (key type 2, v6). v4 batches keys;
+//! v5 and v6 only add error codes a group lookup never returns.
 //!
 //! Advertised even before groups existed because librdkafka enables LZ4 only when the broker advertises
 //! FindCoordinator (`rdkafka_feature.c`, a proxy for brokers ≥ 0.8.2).
@@ -30,7 +31,7 @@ pub async fn handle(
     let located: Located = if key_type != KEY_TYPE_GROUP {
         Err(KafkaError::with_message(
             ResponseError::CoordinatorNotAvailable,
-            "transactions are not supported by this broker",
+            format!("coordinator key type {key_type} is not supported by this broker (only groups, type 0)"),
         ))
     } else {
         group::ensure_offsets_topic(shard).await.map(|()| {
@@ -93,7 +94,7 @@ mod tests {
             Ok((7, "127.0.0.1".to_string(), 9092)),
             Err(KafkaError::with_message(ResponseError::CoordinatorNotAvailable, "no")),
         ];
-        for version in 0..=4 {
+        for version in 0..=6 {
             for located in &cases {
                 let context = RequestContext {
                     api_key: ApiKey::FindCoordinator,

@@ -1,5 +1,7 @@
-//! ListOffsets (key 2), v1–8: earliest (-2), latest (-1, the high watermark), max timestamp (-3) and by
-//! timestamp (the first record at or after it, found inside its batch).
+//! ListOffsets (key 2), v0–10: earliest (-2), latest (-1, the high watermark), max timestamp (-3), earliest
+//! local (-4, v8: the log start, there being no tiered storage), latest tiered (-5, v9: none, offset -1) and by
+//! timestamp (the first record at or after it, found inside its batch). v0 is answered in its old layout
+//! (`codec_legacy`); v10's remote-read timeout has nothing to wait for.
 
 use std::rc::Rc;
 

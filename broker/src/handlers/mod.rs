@@ -57,7 +57,7 @@ pub struct RequestContext {
 
 impl RequestContext {
     /// Encodes `body` as this request's response.
-    pub fn respond<M: Encodable>(&self, body: &M) -> HandlerResult {
+    pub fn respond<M: Encodable + 'static>(&self, body: &M) -> HandlerResult {
         let frame = codec::encode_response(self.api_key, self.api_version, self.correlation_id, body)?;
         Ok(Some(Response { chunks: vec![frame] }))
     }

@@ -1,8 +1,12 @@
-//! Produce (key 0), v3–11 (advertised from 0, see KAFKA-18659). Two completions per partition: *sequenced*
-//! (offsets fixed; the connection may start its next request) and *acknowledged* (durable per `acks` and the
-//! flush policy). Record sets are `Bytes` slices of the request frame and reach the owning shard uncopied.
+//! Produce (key 0), v0–13. Two completions per partition: *sequenced* (offsets fixed; the connection may start
+//! its next request) and *acknowledged* (durable per `acks` and the flush policy). Record sets are `Bytes`
+//! slices of the request frame and reach the owning shard uncopied — except the message sets of v0–2 (formats
+//! v0/v1), which are checked and converted to one v2 batch here ([`up_convert`]) so that the log stays all v2.
+//! v13 names topics by id (KIP-516).
 
 use std::rc::Rc;
+
+use bytes::Bytes;
 
 use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
@@ -17,6 +21,8 @@ use crate::sync::OneshotSender;
 use sluice_replication::{Acks, TopicPartition};
 
 type Pending = Acknowledgement;
+/// A topic's name, its id (v13) and its partitions' pending answers, in request order.
+type PendingTopic = (String, uuid::Uuid, Vec<(i32, Pending)>);
 
 #[allow(clippy::too_many_lines)] // over 70 lines before the limit; to be split
 pub async fn handle(
@@ -26,18 +32,38 @@ pub async fn handle(
     sequenced: OneshotSender<()>,
 ) -> HandlerResult {
     let acks = body.acks;
-    let names: Vec<String> = body.topic_data.iter().map(|topic| topic.name.0.to_string()).collect();
-    auto_create(shard, &names).await;
+    let version = context.api_version;
+    let by_id = version >= 13;
+    let names: Vec<String> = if by_id {
+        let table = shard.topics();
+        let name_of =
+            |id: &[u8; 16]| table.find_by_id(id).map(|entry| entry.name.clone()).unwrap_or_default();
+        body.topic_data.iter().map(|topic| name_of(topic.topic_id.as_bytes())).collect()
+    } else {
+        let names: Vec<String> = body.topic_data.iter().map(|topic| topic.name.0.to_string()).collect();
+        auto_create(shard, &names).await;
+        names
+    };
+    let missing = if by_id { ResponseError::UnknownTopicId } else { ResponseError::UnknownTopicOrPartition };
     let table = shard.topics();
     let valid_acks = matches!(acks, -1..=1);
-    let mut pending: Vec<(String, Vec<(i32, Pending)>)> = Vec::with_capacity(body.topic_data.len());
+    let mut pending: Vec<PendingTopic> = Vec::with_capacity(body.topic_data.len());
     let mut record_errors: std::collections::HashMap<(String, i32), Vec<i32>> = Default::default();
-    for topic in body.topic_data {
-        let name = topic.name.0.to_string();
+    for (topic, name) in body.topic_data.into_iter().zip(names) {
         let entry = table.get(&name);
         let mut partitions = Vec::with_capacity(topic.partition_data.len());
-        for partition in topic.partition_data {
+        for mut partition in topic.partition_data {
             let index = partition.index;
+            let ready = |result: PartitionResult| -> Pending { Box::pin(std::future::ready(result)) };
+            if version < 3 {
+                match partition.records.map(up_convert).transpose() {
+                    Ok(records) => partition.records = records,
+                    Err(error) => {
+                        partitions.push((index, ready(Err(error))));
+                        continue;
+                    }
+                }
+            }
             // A compacted topic refuses records without a key (the batch fails; record_errors name them).
             let mut keyless = match (entry, &partition.records) {
                 (Some(entry), Some(records)) if crate::cluster::topic_table::is_compacted(&entry.configs) => {
@@ -45,7 +71,6 @@ pub async fn handle(
                 }
                 _ => None,
             };
-            let ready = |result: PartitionResult| -> Pending { Box::pin(std::future::ready(result)) };
             let future: Pending = match (entry, partition.records) {
                 _ if !valid_acks => ready(Err(KafkaError::new(ResponseError::InvalidRequiredAcks))),
                 _ if keyless.is_some() => {
@@ -55,7 +80,7 @@ pub async fn handle(
                         format!("compacted topic {name} cannot accept records without a key"),
                     )))
                 }
-                (None, _) => ready(Err(KafkaError::new(ResponseError::UnknownTopicOrPartition))),
+                (None, _) => ready(Err(KafkaError::new(missing))),
                 (Some(entry), _) if index < 0 || index >= entry.partition_count => {
                     ready(Err(KafkaError::new(ResponseError::UnknownTopicOrPartition)))
                 }
@@ -74,13 +99,13 @@ pub async fn handle(
             };
             partitions.push((index, future));
         }
-        pending.push((name, partitions));
+        pending.push((name, topic.topic_id, partitions));
     }
     // Every partition is sequenced (local) or queued in order to its owner (remote).
     let _ = sequenced.send(());
 
     let mut responses = Vec::with_capacity(pending.len());
-    for (name, partitions) in pending {
+    for (name, topic_id, partitions) in pending {
         let mut partition_responses = Vec::with_capacity(partitions.len());
         for (index, future) in partitions {
             let mut response = PartitionProduceResponse::default();
@@ -120,7 +145,11 @@ pub async fn handle(
             partition_responses.push(response);
         }
         let mut topic = TopicProduceResponse::default();
-        topic.name = topic_name(&name);
+        if by_id {
+            topic.topic_id = topic_id;
+        } else {
+            topic.name = topic_name(&name);
+        }
         topic.partition_responses = partition_responses;
         responses.push(topic);
     }
@@ -130,4 +159,14 @@ pub async fn handle(
     let mut response = ProduceResponse::default();
     response.responses = responses;
     context.respond(&response)
+}
+
+/// A Produce v0–2 message set (formats v0/v1) as one v2 batch: CRC-32s checked, compressed wrappers unwrapped
+/// and their codec kept, offsets left to the log, timestamps the messages' own or (magic 0) the broker's clock.
+fn up_convert(message_set: Bytes) -> Result<Bytes, KafkaError> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64);
+    sluice_storage::records::message_set::message_set_to_batch(&message_set, now_ms)
+        .map_err(|error| KafkaError::with_message(ResponseError::CorruptMessage, error.0))
 }

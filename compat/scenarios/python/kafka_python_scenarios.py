@@ -41,8 +41,8 @@ def consumer(bootstrap, **settings):
     return KafkaConsumer(**config)
 
 
-def consume_partitions(bootstrap, topic, partitions, count=model.RECORD_COUNT):
-    client = consumer(bootstrap)
+def consume_partitions(bootstrap, topic, partitions, count=model.RECORD_COUNT, **settings):
+    client = consumer(bootstrap, **settings)
     assigned = [TopicPartition(topic, partition) for partition in range(partitions)]
     client.assign(assigned)
     client.seek_to_beginning()
@@ -232,6 +232,45 @@ def consumer_group_commit(bootstrap):
     listed = client.list_groups()
     assert group in [entry["group_id"] if isinstance(entry, dict) else entry[0] for entry in listed], listed
     client.close()
+
+
+# Clients pinned to an old protocol, as deployed applications are: kafka-python with `api_version` set skips
+# ApiVersions and speaks that broker's versions. (0, 10, 1): Produce v2 and Fetch v3 with message format v1
+# (timestamps), ListOffsets v1, Metadata v2. (0, 9): Produce v1 and Fetch v1 with format v0 (no timestamps),
+# ListOffsets v0, Metadata v0 — and lz4 with old Kafka's frame header checksum. zstd needs format v2.
+OLD_PROTOCOLS = {"0.10.1": (0, 10, 1), "0.9": (0, 9)}
+OLD_RECORD_COUNT = 300
+
+for label, pinned in OLD_PROTOCOLS.items():
+    for codec in ("none", "gzip", "snappy", "lz4"):
+        @scenario(f"old-protocol-{label}-{codec}", basic=codec == "gzip")
+        def old_protocol(bootstrap, pinned=pinned, codec=codec):
+            """Keys, null keys, null values, timestamps (format v1), byte-exact through the v2 log and back."""
+            topic = unique_topic(f"old-{codec}")
+            client = admin(bootstrap)
+            create_topic(client, topic, 2)
+            client.close()
+            with_timestamps = pinned >= (0, 10)
+            # Null keys and null values (tombstones), never both: kafka-python refuses a message with neither.
+            items = [(index % 2, None if index % 5 == 1 else f"key-{index}".encode(),
+                      None if index % 10 == 4 else f"value-{index}-".encode() * (index % 7 + 1),
+                      model.BASE_TIMESTAMP_MS + index if with_timestamps else None)
+                     for index in range(OLD_RECORD_COUNT)]
+            producer = KafkaProducer(bootstrap_servers=bootstrap, api_version=pinned, acks="all", linger_ms=5,
+                                     compression_type=None if codec == "none" else codec)
+            futures = [producer.send(topic, key=key, value=value, partition=partition, timestamp_ms=timestamp)
+                       for partition, key, value, timestamp in items]
+            producer.flush(timeout=TIMEOUT_S)
+            for future in futures:
+                future.get(timeout=TIMEOUT_S)
+            producer.close(timeout=TIMEOUT_S)
+            consumed = consume_partitions(bootstrap, topic, 2, api_version=pinned)
+            for partition in range(2):
+                want = [(offset, key, value, timestamp) for offset, (_, key, value, timestamp)
+                        in enumerate(item for item in items if item[0] == partition)]
+                got = [(offset, key, value, timestamp if with_timestamps else None)
+                       for offset, key, value, _, timestamp in consumed[partition]]
+                assert got == want, f"partition {partition}: {len(got)} read, {len(want)} produced; first {got[:2]}"
 
 
 @scenario("transactions", unsupported="transactions")

@@ -8,11 +8,13 @@
 //! - [`BatchBuilder`] and [`encode_batch`] write batches, compressed or not.
 //! - `compression`: the codecs, and inflation bounded by [`INFLATED_SIZE_MAX`].
 //! - `varint`: Kafka's varints and varlongs.
+//! - [`message_set`]: message formats v0 and v1 (Produce v0–2, Fetch v0–3), converted to and from v2 batches.
 //!
 //! Batches on the broker's produce and fetch paths are never parsed beyond their headers.
 
 mod builder;
 mod compression;
+pub mod message_set;
 mod varint;
 
 pub use builder::{encode_batch, BatchBuilder, KeyValue, RECORD_FRAMING_SIZE_MAX};
