@@ -738,3 +738,58 @@ fn kafka_keys_without_effect_start_the_binary_with_one_warning_each() {
     }
     let _ = std::fs::remove_dir_all(&directory);
 }
+
+/// One produce of a keyless batch to `topic`-`partition` with `acks`; returns the partition's error code.
+fn produce_code(client: &mut Client, topic: &str, partition: i32, acks: i16) -> i16 {
+    let mut partition_data = PartitionProduceData::default();
+    partition_data.index = partition;
+    partition_data.records = Some(make_batch(1, 100, 1_000));
+    let mut data = TopicProduceData::default();
+    data.name = TopicName(text(topic));
+    data.partition_data = vec![partition_data];
+    let mut request = ProduceRequest::default();
+    request.acks = acks;
+    request.timeout_ms = 30_000;
+    request.topic_data = vec![data];
+    client.call(&request, 8).responses[0].partition_responses[0].error_code
+}
+
+fn topic_exists(client: &mut Client, topic: &str) -> bool {
+    let mut wanted = MetadataRequestTopic::default();
+    wanted.name = Some(TopicName(text(topic)));
+    let mut request = MetadataRequest::default();
+    request.topics = Some(vec![wanted]);
+    request.allow_auto_topic_creation = false;
+    client.call(&request, 9).topics[0].error_code == NONE
+}
+
+#[test]
+fn produce_checks_in_kafkas_order() {
+    const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    const INVALID_REQUIRED_ACKS: i16 = 21;
+    const INVALID_RECORD: i16 = 87;
+    let running = Running::start("produce-order", "");
+    let mut client = running.client();
+    let mut creatable = CreatableTopic::default();
+    creatable.name = TopicName(text("compacted"));
+    creatable.num_partitions = 1;
+    creatable.replication_factor = 1;
+    let mut policy = kafka_protocol::messages::create_topics_request::CreatableTopicConfig::default();
+    policy.name = text("cleanup.policy");
+    policy.value = Some(text("compact"));
+    creatable.configs = vec![policy];
+    let mut create = CreateTopicsRequest::default();
+    create.topics = vec![creatable];
+    create.timeout_ms = 60_000;
+    assert_eq!(client.call(&create, 5).topics[0].error_code, NONE);
+    // A keyless batch to a partition that does not exist: the partition is checked before the records.
+    assert_eq!(produce_code(&mut client, "compacted", 5, 1), UNKNOWN_TOPIC_OR_PARTITION);
+    assert_eq!(produce_code(&mut client, "compacted", 0, 1), INVALID_RECORD);
+    // Invalid acks are refused before a topic is auto-created.
+    assert_eq!(produce_code(&mut client, "never-created", 0, 2), INVALID_REQUIRED_ACKS);
+    assert!(!topic_exists(&mut client, "never-created"), "a refused produce created its topic");
+    assert_eq!(produce_code(&mut client, "auto-created", 0, 1), NONE);
+    assert!(topic_exists(&mut client, "auto-created"));
+    drop(client);
+    running.stop();
+}

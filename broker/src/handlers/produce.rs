@@ -34,6 +34,8 @@ pub async fn handle(
     let acks = body.acks;
     let version = context.api_version;
     let by_id = version >= 13;
+    // Kafka checks acks before anything else: a request it refuses creates no topic.
+    let valid_acks = matches!(acks, -1..=1);
     let names: Vec<String> = if by_id {
         let table = shard.topics();
         let name_of =
@@ -41,12 +43,13 @@ pub async fn handle(
         body.topic_data.iter().map(|topic| name_of(topic.topic_id.as_bytes())).collect()
     } else {
         let names: Vec<String> = body.topic_data.iter().map(|topic| topic.name.0.to_string()).collect();
-        auto_create(shard, &names).await;
+        if valid_acks {
+            auto_create(shard, &names).await;
+        }
         names
     };
     let missing = if by_id { ResponseError::UnknownTopicId } else { ResponseError::UnknownTopicOrPartition };
     let table = shard.topics();
-    let valid_acks = matches!(acks, -1..=1);
     let mut pending: Vec<PendingTopic> = Vec::with_capacity(body.topic_data.len());
     let mut record_errors: std::collections::HashMap<(String, i32), Vec<i32>> = Default::default();
     for (topic, name) in body.topic_data.into_iter().zip(names) {
@@ -71,25 +74,26 @@ pub async fn handle(
                 }
                 _ => None,
             };
+            // Kafka's order: acks, the internal topic, the partition's existence, then the records themselves.
             let future: Pending = match (entry, partition.records) {
                 _ if !valid_acks => ready(Err(KafkaError::new(ResponseError::InvalidRequiredAcks))),
-                _ if keyless.is_some() => {
-                    record_errors.insert((name.clone(), index), keyless.take().unwrap_or_default());
-                    ready(Err(KafkaError::with_message(
-                        ResponseError::InvalidRecord,
-                        format!("compacted topic {name} cannot accept records without a key"),
-                    )))
-                }
                 (None, _) => ready(Err(KafkaError::new(missing))),
-                (Some(entry), _) if index < 0 || index >= entry.partition_count => {
-                    ready(Err(KafkaError::new(ResponseError::UnknownTopicOrPartition)))
-                }
-                (Some(_), None) => ready(Err(KafkaError::new(ResponseError::CorruptMessage))),
                 // Only the group coordinator writes the internal topic (Kafka refuses it the same way).
                 (Some(entry), _) if entry.name == crate::group::OFFSETS_TOPIC => {
                     ready(Err(KafkaError::with_message(
                         ResponseError::InvalidTopicException,
                         "clients cannot produce to the internal topic __consumer_offsets",
+                    )))
+                }
+                (Some(entry), _) if index < 0 || index >= entry.partition_count => {
+                    ready(Err(KafkaError::new(ResponseError::UnknownTopicOrPartition)))
+                }
+                (Some(_), None) => ready(Err(KafkaError::new(ResponseError::CorruptMessage))),
+                _ if keyless.is_some() => {
+                    record_errors.insert((name.clone(), index), keyless.take().unwrap_or_default());
+                    ready(Err(KafkaError::with_message(
+                        ResponseError::InvalidRecord,
+                        format!("compacted topic {name} cannot accept records without a key"),
                     )))
                 }
                 (Some(_), Some(records)) => match Acks::from_wire(acks) {
