@@ -745,18 +745,31 @@ mod tests {
 
     // The same invariants hold with every node on the on-disk metadata log (`DiskQuorumStorage`) over a simulated
     // directory: crashes keep synced bytes and a random part of the rest, and every restart goes through recovery.
+    // Three voters and one learner, five and two, and harsh faults.
     #[test]
-    fn disk_storage_three_voters_one_learner() {
-        let reports: Vec<RunReport> = seeds(40)
-            .into_iter()
-            .map(|seed| {
-                run_with::<DiskQuorumStorage<MemDir>>(seed, &Scenario::new(3, 1))
-                    .unwrap_or_else(|violation| panic!("{violation}"))
-            })
-            .collect();
-        eprintln!("on disk, 3 voters + 1 learner: {}", summary(&reports));
-        assert!(reports.iter().map(|report| report.crash_count).sum::<u64>() > 0, "no crash");
-        assert_coverage(&reports);
+    fn disk_storage_keeps_every_invariant() {
+        for (count, scenario) in
+            [(100, Scenario::new(3, 1)), (30, Scenario::new(5, 2)), (30, Scenario::harsh(3, 1))]
+        {
+            let reports: Vec<RunReport> = seeds(count)
+                .into_iter()
+                .map(|seed| {
+                    run_with::<DiskQuorumStorage<MemDir>>(seed, &scenario)
+                        .unwrap_or_else(|violation| panic!("{violation}"))
+                })
+                .collect();
+            let shape = format!("{} voters + {} learners", scenario.voter_count, scenario.learner_count);
+            eprintln!(
+                "on disk, {shape} (crash probability {}): {}",
+                scenario.crash_probability,
+                summary(&reports)
+            );
+            assert!(
+                reports.iter().map(|report| report.crash_count).sum::<u64>() > 0 || count == 1,
+                "no crash"
+            );
+            assert_coverage(&reports);
+        }
     }
 
     // Seeds that once found driver bugs (a re-elected leader's proposal at an index its earlier one held; a

@@ -200,6 +200,11 @@ fn crash_at_random_points_keeps_the_synced_prefix() {
                 expectation.appended
             );
             assert!(recovered.hard_state.commit <= recovered.last_index());
+            let mut expected_names = vec![log_file_name(recovered.first_index()), STATE_FILE.to_string()];
+            if recovered.snapshot_index() > 0 {
+                expected_names.insert(1, snapshot_file_name(recovered.snapshot_index()));
+            }
+            assert_eq!(reopened.dir().list().unwrap(), expected_names, "seed {seed:#x}: files left over");
             torn_count += u64::from(reopened.recovery().torn_size > 0);
             leftover_count += reopened.recovery().leftover_file_count;
             recovered_entry_count += reopened.recovery().entry_frame_count;
