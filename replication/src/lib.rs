@@ -9,8 +9,10 @@
 //! stand on:
 //! - `metadata`: KRaft-like metadata records, their versioned encoding, the immutable `MetadataImage` that
 //!   validates every transition, and the controller that turns admin requests into records.
-//! - `quorum`: the Raft driver around tikv's `raft::RawNode` over a storage seam with explicit sync points, and its
-//!   deterministic simulation (tests only).
+//! - `quorum`: the Raft driver around tikv's `raft::RawNode` over a storage seam with explicit sync points, the
+//!   metadata log on disk behind that seam (`quorum::disk`, over a small synchronous directory seam: real files via
+//!   blocking `std::fs` — the one place this crate touches a file, meant for a thread of its own — or a simulated
+//!   directory), and its deterministic simulation (tests only).
 //! - `replica`: one replica's offsets (log end, durable end, high watermark) and the acknowledgement rule — the
 //!   seam the broker's partition layer calls; a cluster of one today, where ISR replication plugs in next.
 //! - `types`: the vocabulary — `NodeId`, `ShardId`, `LeaderEpoch`, `TopicPartition` — plus `Offset`, re-exported

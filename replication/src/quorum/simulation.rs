@@ -25,8 +25,8 @@ use crate::metadata::{
     MetadataRecord, TopicId,
 };
 use crate::quorum::{
-    node_id, Applied, AppliedKind, BrokenRule, MemQuorumStorage, ProposalError, ProposalId, QuorumConfig,
-    QuorumNode, QuorumOutput,
+    node_id, Applied, AppliedKind, BrokenRule, DiskQuorumStorage, LogState, MemDir, MemQuorumStorage,
+    ProposalError, ProposalId, QuorumConfig, QuorumNode, QuorumOutput, QuorumStorage,
 };
 use crate::sim::{Faults, NetworkConfig, Node, Outbox, Prng, SimConfig, Simulation, Violation};
 use crate::types::NodeId;
@@ -43,12 +43,68 @@ pub enum NodeEvent {
     },
 }
 
+/// A storage the simulation can run a node on: what it starts from, what survives a crash, and the disk after one
+/// (already reopened, as the restarted node will find it).
+pub trait SimDisk: QuorumStorage + Sized {
+    fn fresh() -> Self;
+    /// Everything synced: what any crash must preserve.
+    fn durable_state(&self) -> &LogState;
+    fn crash_and_reopen(&self, prng: &mut Prng) -> Self;
+}
+
+impl SimDisk for MemQuorumStorage {
+    fn fresh() -> Self {
+        MemQuorumStorage::new()
+    }
+
+    fn durable_state(&self) -> &LogState {
+        self.durable()
+    }
+
+    fn crash_and_reopen(&self, prng: &mut Prng) -> Self {
+        self.crash(prng)
+    }
+}
+
+/// The on-disk log over a simulated directory. A crash keeps the directory's synced bytes and names plus a random
+/// part of the rest; recovery must then restore at least what was synced, or the node panics (a violation).
+impl SimDisk for DiskQuorumStorage<MemDir> {
+    fn fresh() -> Self {
+        let mut storage = DiskQuorumStorage::open(MemDir::new()).unwrap();
+        storage.track_synced();
+        storage
+    }
+
+    fn durable_state(&self) -> &LogState {
+        self.synced().unwrap()
+    }
+
+    fn crash_and_reopen(&self, prng: &mut Prng) -> Self {
+        let mut storage = DiskQuorumStorage::open(self.dir().crash(prng))
+            .unwrap_or_else(|error| panic!("reopening after a crash: {error}"));
+        let (synced, recovered) = (self.synced().unwrap(), storage.live());
+        assert!(recovered.hard_state.term >= synced.hard_state.term, "the term went back");
+        assert!(recovered.hard_state.commit >= synced.hard_state.commit, "the commit index went back");
+        assert!(recovered.snapshot_index() >= synced.snapshot_index(), "the snapshot went back");
+        for entry in &synced.entries {
+            let kept =
+                entry.index <= recovered.snapshot_index() || recovered.term(entry.index) == Some(entry.term);
+            assert!(
+                kept || entry.index > recovered.hard_state.commit.max(synced.hard_state.commit),
+                "lost {entry:?}"
+            );
+        }
+        storage.track_synced();
+        storage
+    }
+}
+
 /// One simulated machine: the quorum node while it runs, its disk while it is down.
-pub struct SimQuorumNode {
+pub struct SimQuorumNode<S: SimDisk = MemQuorumStorage> {
     config: QuorumConfig,
-    node: Option<QuorumNode<MemQuorumStorage>>,
+    node: Option<QuorumNode<S>>,
     /// The disk while the node is down (while it runs, the node owns it).
-    disk: Option<MemQuorumStorage>,
+    disk: Option<S>,
     prng: Prng,
     /// Chance that a message delivery also completes the node's pending sync; ticks complete it with
     /// `sync_on_tick_probability`. Between the two, writes stay unsynced across steps, where a crash finds them.
@@ -59,9 +115,9 @@ pub struct SimQuorumNode {
     restart_count: u64,
 }
 
-impl SimQuorumNode {
-    fn new(config: QuorumConfig, prng: Prng) -> SimQuorumNode {
-        let node = QuorumNode::open(config.clone(), MemQuorumStorage::new()).unwrap();
+impl<S: SimDisk> SimQuorumNode<S> {
+    fn new(config: QuorumConfig, prng: Prng) -> SimQuorumNode<S> {
+        let node = QuorumNode::open(config.clone(), S::fresh()).unwrap();
         SimQuorumNode {
             config,
             node: Some(node),
@@ -75,15 +131,15 @@ impl SimQuorumNode {
         }
     }
 
-    pub fn running(&self) -> Option<&QuorumNode<MemQuorumStorage>> {
+    pub fn running(&self) -> Option<&QuorumNode<S>> {
         self.node.as_ref()
     }
 
     /// The durable state of the node's disk, running or not.
-    pub fn durable(&self) -> &crate::quorum::LogState {
+    pub fn durable(&self) -> &LogState {
         match (&self.node, &self.disk) {
-            (Some(node), _) => node.storage().durable(),
-            (None, Some(disk)) => disk.durable(),
+            (Some(node), _) => node.storage().durable_state(),
+            (None, Some(disk)) => disk.durable_state(),
             (None, None) => unreachable!("a simulated node always has a disk"),
         }
     }
@@ -91,7 +147,7 @@ impl SimQuorumNode {
     /// Power cut: the node is gone, its disk keeps the durable part and a random prefix of the rest.
     pub fn crash(&mut self) {
         if let Some(node) = self.node.take() {
-            self.disk = Some(node.storage().crash(&mut self.prng));
+            self.disk = Some(node.storage().crash_and_reopen(&mut self.prng));
             self.requests.clear();
         }
     }
@@ -127,7 +183,7 @@ impl SimQuorumNode {
     }
 }
 
-impl Node for SimQuorumNode {
+impl<S: SimDisk> Node for SimQuorumNode<S> {
     type Message = Message;
 
     fn on_message(&mut self, _now: Duration, _from: NodeId, message: Message, out: &mut Outbox<Message>) {
@@ -192,7 +248,7 @@ impl QuorumChecker {
         self.committed.keys().next_back().copied().unwrap_or(0)
     }
 
-    fn check_nodes(&mut self, nodes: &[SimQuorumNode]) -> Result<(), String> {
+    fn check_nodes<S: SimDisk>(&mut self, nodes: &[SimQuorumNode<S>]) -> Result<(), String> {
         for (index, sim_node) in nodes.iter().enumerate() {
             let id = NodeId(index as i32);
             for event in &sim_node.events[self.event_cursor[index]..] {
@@ -260,7 +316,7 @@ impl QuorumChecker {
         Ok(())
     }
 
-    fn check_leader(&mut self, id: NodeId, node: &QuorumNode<MemQuorumStorage>) -> Result<(), String> {
+    fn check_leader<S: SimDisk>(&mut self, id: NodeId, node: &QuorumNode<S>) -> Result<(), String> {
         if node.role() != StateRole::Leader {
             return Ok(());
         }
@@ -288,7 +344,7 @@ impl QuorumChecker {
     }
 
     /// The highest committed entry survives on a majority of voters' disks (in the log or inside a snapshot).
-    fn check_durable_majority(&self, nodes: &[SimQuorumNode]) -> Result<(), String> {
+    fn check_durable_majority<S: SimDisk>(&self, nodes: &[SimQuorumNode<S>]) -> Result<(), String> {
         let Some((&index, (term, _))) = self.committed.last_key_value() else { return Ok(()) };
         let holders = nodes[..self.voter_count]
             .iter()
@@ -379,8 +435,8 @@ pub struct RunReport {
     pub acknowledged_count: u64,
 }
 
-impl crate::sim::Checker<SimQuorumNode> for QuorumChecker {
-    fn check(&mut self, _now: Duration, nodes: &[SimQuorumNode]) -> Result<(), String> {
+impl<S: SimDisk> crate::sim::Checker<SimQuorumNode<S>> for QuorumChecker {
+    fn check(&mut self, _now: Duration, nodes: &[SimQuorumNode<S>]) -> Result<(), String> {
         self.check_nodes(nodes)
     }
 }
@@ -393,8 +449,8 @@ const SNAPSHOT_ENTRY_COUNT: u64 = 24;
 /// Proposal ids at and above this are the liveness probes.
 const PROBE_ID_BASE: u64 = 1 << 62;
 
-struct Harness {
-    sim: Simulation<SimQuorumNode>,
+struct Harness<S: SimDisk> {
+    sim: Simulation<SimQuorumNode<S>>,
     checker: QuorumChecker,
     prng: Prng,
     scenario: Scenario,
@@ -402,8 +458,8 @@ struct Harness {
     report: RunReport,
 }
 
-impl Harness {
-    fn new(seed: u64, scenario: &Scenario) -> Harness {
+impl<S: SimDisk> Harness<S> {
+    fn new(seed: u64, scenario: &Scenario) -> Harness<S> {
         let node_count = scenario.voter_count + scenario.learner_count;
         let voters: Vec<NodeId> = (0..scenario.voter_count as i32).map(NodeId).collect();
         let learners: Vec<NodeId> = (scenario.voter_count as i32..node_count as i32).map(NodeId).collect();
@@ -595,8 +651,13 @@ fn random_request(prng: &mut Prng, image: &MetadataImage) -> Option<Vec<Metadata
 /// Runs one seed through both phases. A panic inside a node (raft-rs's own assertions, such as "to_commit is out
 /// of range" when a follower lost entries it acknowledged) is a violation too, with the seed to replay it.
 pub fn run(seed: u64, scenario: &Scenario) -> Result<RunReport, Violation> {
+    run_with::<MemQuorumStorage>(seed, scenario)
+}
+
+/// `run` over the storage `S`: `MemQuorumStorage`, or the on-disk log over a simulated directory.
+pub fn run_with<S: SimDisk>(seed: u64, scenario: &Scenario) -> Result<RunReport, Violation> {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut harness = Harness::new(seed, scenario);
+        let mut harness = Harness::<S>::new(seed, scenario);
         harness.safety_phase()?;
         harness.liveness_phase()?;
         Ok(harness.report)
@@ -680,6 +741,35 @@ mod tests {
         let reports = sweep(50, &Scenario::harsh(3, 1));
         eprintln!("harsh, 3 voters + 1 learner: {}", summary(&reports));
         assert_coverage(&reports);
+    }
+
+    // The same invariants hold with every node on the on-disk metadata log (`DiskQuorumStorage`) over a simulated
+    // directory: crashes keep synced bytes and a random part of the rest, and every restart goes through recovery.
+    // Three voters and one learner, five and two, and harsh faults.
+    #[test]
+    fn disk_storage_keeps_every_invariant() {
+        for (count, scenario) in
+            [(100, Scenario::new(3, 1)), (30, Scenario::new(5, 2)), (30, Scenario::harsh(3, 1))]
+        {
+            let reports: Vec<RunReport> = seeds(count)
+                .into_iter()
+                .map(|seed| {
+                    run_with::<DiskQuorumStorage<MemDir>>(seed, &scenario)
+                        .unwrap_or_else(|violation| panic!("{violation}"))
+                })
+                .collect();
+            let shape = format!("{} voters + {} learners", scenario.voter_count, scenario.learner_count);
+            eprintln!(
+                "on disk, {shape} (crash probability {}): {}",
+                scenario.crash_probability,
+                summary(&reports)
+            );
+            assert!(
+                reports.iter().map(|report| report.crash_count).sum::<u64>() > 0 || count == 1,
+                "no crash"
+            );
+            assert_coverage(&reports);
+        }
     }
 
     // Seeds that once found driver bugs (a re-elected leader's proposal at an index its earlier one held; a

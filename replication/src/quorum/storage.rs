@@ -22,7 +22,17 @@ use crate::sim::Prng;
 /// An operating error of the storage: the broker's disk may fail; the in-memory one never does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum QuorumStorageError {
-    Io { operation: &'static str, reason: String },
+    Io {
+        operation: &'static str,
+        reason: String,
+    },
+    /// Durable data failed its check at open (a bad checksum, a frame out of sequence, a missing file): reported,
+    /// never cut, since a torn tail is cut only past what was synced.
+    Corrupt {
+        file: String,
+        position: u64,
+        reason: String,
+    },
 }
 
 impl fmt::Display for QuorumStorageError {
@@ -30,6 +40,9 @@ impl fmt::Display for QuorumStorageError {
         match self {
             QuorumStorageError::Io { operation, reason } => {
                 write!(formatter, "metadata log {operation}: {reason}")
+            }
+            QuorumStorageError::Corrupt { file, position, reason } => {
+                write!(formatter, "metadata log corrupt: {file} at byte {position}: {reason}")
             }
         }
     }
@@ -56,7 +69,7 @@ pub trait QuorumStorage: raft::Storage {
 
 /// One write, as kept in `MemQuorumStorage`'s journal of unsynced writes.
 #[derive(Clone, Debug)]
-enum Write {
+pub(crate) enum Write {
     Append(Vec<Entry>),
     HardState(HardState),
     ConfState(ConfState),
@@ -65,7 +78,7 @@ enum Write {
 }
 
 /// One image of the storage: the snapshot, the entries after it, the hard state and the membership.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct LogState {
     pub hard_state: HardState,
     pub conf_state: ConfState,
@@ -101,7 +114,7 @@ impl LogState {
         self.entries.get(usize::try_from(offset).ok()?)
     }
 
-    fn apply(&mut self, write: &Write) {
+    pub(crate) fn apply(&mut self, write: &Write) {
         match write {
             Write::Append(entries) => self.append(entries),
             Write::HardState(hard_state) => self.hard_state = hard_state.clone(),
@@ -230,7 +243,7 @@ impl QuorumStorage for MemQuorumStorage {
 
 impl raft::Storage for MemQuorumStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(self.live.hard_state.clone(), self.live.conf_state.clone()))
+        Ok(self.live.raft_initial_state())
     }
 
     fn entries(
@@ -240,25 +253,11 @@ impl raft::Storage for MemQuorumStorage {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let log = &self.live;
-        if low < log.first_index() {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        if high > log.last_index() + 1 || low > high {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
-        let start = (low - log.first_index()) as usize;
-        let mut entries = log.entries[start..start + (high - low) as usize].to_vec();
-        raft::util::limit_size(&mut entries, max_size.into());
-        Ok(entries)
+        self.live.raft_entries(low, high, max_size.into())
     }
 
     fn term(&self, index: u64) -> raft::Result<u64> {
-        let log = &self.live;
-        if index < log.snapshot_index() {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        log.term(index).ok_or(raft::Error::Store(StorageError::Unavailable))
+        self.live.raft_term(index)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -270,11 +269,46 @@ impl raft::Storage for MemQuorumStorage {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let snapshot = &self.live.snapshot;
-        if snapshot.get_metadata().index < request_index {
+        self.live.raft_snapshot(request_index)
+    }
+}
+
+/// `raft::Storage`'s answers over one `LogState`, shared by every `QuorumStorage`.
+impl LogState {
+    pub(crate) fn raft_initial_state(&self) -> RaftState {
+        RaftState::new(self.hard_state.clone(), self.conf_state.clone())
+    }
+
+    pub(crate) fn raft_entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: Option<u64>,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first_index() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last_index() + 1 || low > high {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let start = (low - self.first_index()) as usize;
+        let mut entries = self.entries[start..start + (high - low) as usize].to_vec();
+        raft::util::limit_size(&mut entries, max_size);
+        Ok(entries)
+    }
+
+    pub(crate) fn raft_term(&self, index: u64) -> raft::Result<u64> {
+        if index < self.snapshot_index() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        self.term(index).ok_or(raft::Error::Store(StorageError::Unavailable))
+    }
+
+    pub(crate) fn raft_snapshot(&self, request_index: u64) -> raft::Result<Snapshot> {
+        if self.snapshot.get_metadata().index < request_index {
             return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
         }
-        Ok(snapshot.clone())
+        Ok(self.snapshot.clone())
     }
 }
 
