@@ -79,7 +79,12 @@ fn finish<S: Storage>(inner: &LogInner<S>, result: Result<(), LogError>) {
     if let Err(error) = result {
         let reason = error.to_string();
         log::error!("log {} poisoned: {reason}", inner.directory.display());
-        inner.state.borrow_mut().poisoned.get_or_insert(reason);
+        let mut state = inner.state.borrow_mut();
+        state.poisoned.get_or_insert(reason);
+        // A poisoned log writes and syncs nothing more: its file need not stay pinned in the open-file cache.
+        if let Some(writer) = state.segments.last_mut().and_then(|active| active.writer.as_mut()) {
+            writer.unsynced_file = None;
+        }
     }
     inner.progress.notify_all();
 }
@@ -228,12 +233,19 @@ async fn write_group<S: Storage>(
     if group.is_empty() {
         return Ok(());
     }
+    let (segment_file, path) = {
+        let state = inner.state.borrow();
+        let active = state.segments.last().invariant("active segment");
+        (active.file.clone(), active.path.clone())
+    };
+    // The flusher holds no other file here, so it may wait for room in the shard's open-file cache.
+    let file = segment_file.open().await.map_err(io_error("opening", &path))?;
     // The writer is taken out of the active segment while its I/O is in flight, so no borrow of the log state
     // spans an await; readers still see the segment, and these offsets in the unflushed queue.
-    let (mut writer, file, size, path, next_offset) = {
+    let (mut writer, size, next_offset) = {
         let mut state = inner.state.borrow_mut();
         let active = state.active();
-        (active.take_writer(), active.file.clone(), active.size, active.path.clone(), active.next_offset)
+        (active.take_writer(), active.size, active.next_offset)
     };
     // Paired with the append's check after stamping: what goes to disk continues the segment, header by header.
     let mut expected_offset = next_offset;
@@ -324,8 +336,14 @@ async fn sync_active<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError> {
         let active = state.segments.last().invariant("active segment");
         (active.file.clone(), active.path.clone(), state.flushed_offset)
     };
-    file.sync().await.map_err(io_error("syncing", &path))?;
+    // Unsynced writes pinned the file in the cache (see `SegmentWriter::unsynced_file`): this is that descriptor.
+    let open = file.open().await.map_err(io_error("opening", &path))?;
+    open.sync().await.map_err(io_error("syncing", &path))?;
+    drop(open);
     let mut state = inner.state.borrow_mut();
+    if let Some(writer) = state.active().writer.as_mut() {
+        writer.unsynced_file = None; // everything it wrote is durable: the cache may close it when idle
+    }
     state.durable_offset = state.durable_offset.max(flushed);
     state.assert_offsets();
     state.unsynced_size = 0;
