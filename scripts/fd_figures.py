@@ -155,8 +155,9 @@ def main():
     log_path = data_dir.with_suffix(".log")
     port = free_port()
     broker = Broker(args.binary, data_dir, port, args.shards, log_path)
-    print(f"limits: ulimit -Sn {os.popen('sh -c \"ulimit -Sn\"').read().strip()}, "
-          f"ulimit -Hn {os.popen('sh -c \"ulimit -Hn\"').read().strip()}, "
+    soft, hard = (subprocess.run(["sh", "-c", f"ulimit {flag}"], capture_output=True, text=True).stdout.strip()
+                  for flag in ("-Sn", "-Hn"))
+    print(f"limits: ulimit -Sn {soft}, ulimit -Hn {hard}, "
           f"fs.file-max {Path('/proc/sys/fs/file-max').read_text().strip()}, "
           f"vm.max_map_count {Path('/proc/sys/vm/max_map_count').read_text().strip()}")
     broker.start()

@@ -42,7 +42,7 @@ pub struct Broker {
     /// The connection limits every shard shares (`max.connections` as bounded by the descriptor limit).
     pub connections: Arc<ConnectionLimits>,
     /// `log.segment.open.files.max` as applied: idle segment files kept open over all shards.
-    pub open_file_count_max: usize,
+    pub open_files_max: usize,
     stop: Arc<AtomicBool>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
     running: Arc<AtomicUsize>,
@@ -75,7 +75,7 @@ pub fn run(config: Config) -> Result<(), String> {
         broker.address,
         broker.descriptor_limit,
         broker.connections.connection_count_max(),
-        broker.open_file_count_max
+        broker.open_files_max
     );
     loop {
         if let Some(signal) = wait_for_signal(&signals, Duration::from_millis(200)) {
@@ -100,7 +100,7 @@ pub fn start(config: Config) -> Result<Broker, String> {
     let descriptor_limit = raise_descriptor_limit();
     let connections =
         Arc::new(ConnectionLimits::new(&config, connection_count_bound(&config, &descriptor_limit)));
-    let open_file_count_max = open_file_count_bound(&config, &descriptor_limit);
+    let open_files_max = open_file_count_bound(&config, &descriptor_limit);
     let table = Arc::new(TopicTable::load(&config.data_dir, NodeId(config.node_id))?);
     let shard_count = match config.shard_count {
         Some(count) => count,
@@ -128,7 +128,7 @@ pub fn start(config: Config) -> Result<Broker, String> {
             shard_count,
             started: started_sender.clone(),
             connections: connections.clone(),
-            open_file_count_max: (open_file_count_max / shard_count).max(1),
+            open_files_max: (open_files_max / shard_count).max(1),
         };
         let request_mesh = request_mesh.clone();
         let reply_mesh = reply_mesh.clone();
@@ -149,8 +149,7 @@ pub fn start(config: Config) -> Result<Broker, String> {
         handles.push(handle);
     }
     drop(started_sender);
-    let broker =
-        Broker { address, descriptor_limit, connections, open_file_count_max, stop, handles, running };
+    let broker = Broker { address, descriptor_limit, connections, open_files_max, stop, handles, running };
     for _ in 0..shard_count {
         match started_receiver.recv() {
             Ok(Ok(())) => {}
@@ -182,7 +181,7 @@ struct ShardContext {
     started: mpsc::Sender<Result<(), String>>,
     connections: Arc<ConnectionLimits>,
     /// This shard's share of `log.segment.open.files.max`.
-    open_file_count_max: usize,
+    open_files_max: usize,
 }
 
 /// A shard's life, in order. Each transition is logged; going back is a broken invariant.
@@ -297,7 +296,7 @@ async fn run_shard_load(
     mesh_queue: glommio::TaskQueueHandle,
 ) -> Result<Rc<Shard>, String> {
     let shard_id = mesh.shard();
-    let storage = sluice_storage::DmaStorage::new(&context.config.data_dir, context.open_file_count_max)
+    let storage = sluice_storage::DmaStorage::new(&context.config.data_dir, context.open_files_max)
         .await
         .map_err(|error| format!("data directory {}: {error}", context.config.data_dir.display()))?;
     let partitions = PartitionManager::new(context.config.clone(), storage, shard_id, context.shard_count);
