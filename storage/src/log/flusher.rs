@@ -95,7 +95,7 @@ pub(super) async fn run_flusher<S: Storage>(inner: Rc<LogInner<S>>) {
                 finish(&inner, result);
             }
             FlusherAction::Sync => {
-                let result = sync_active(&inner).await.map_err(StepError::from);
+                let result = sync_active(&inner).await;
                 finish(&inner, result);
             }
             FlusherAction::Command(command, slot) => {
@@ -160,6 +160,12 @@ fn poison<S: Storage>(inner: &LogInner<S>, error: LogError) -> LogError {
     }
     state.poisoned.get_or_insert(reason);
     state.stalled = None;
+    // A poisoned log writes and syncs nothing until its repair, which re-verifies the tail through a descriptor of
+    // its own: the file need not stay pinned in the open-file cache meanwhile. (A stalled log keeps its pin: its
+    // unsynced writes are still to be synced through the descriptor that wrote them.)
+    if let Some(writer) = state.segments.last_mut().and_then(|active| active.writer.as_mut()) {
+        writer.unsynced_file = None;
+    }
     state.failure_count += 1;
     schedule_retry(inner, &mut state);
     error
@@ -371,12 +377,21 @@ async fn write_group<S: Storage>(
     if group.is_empty() {
         return Ok(());
     }
+    let (segment_file, path) = {
+        let state = inner.state.borrow();
+        let active = state.segments.last().invariant("active segment");
+        (active.file.clone(), active.path.clone())
+    };
+    // The flusher holds no other file here, so it may wait for room in the shard's open-file cache. A failed open
+    // (EMFILE after an eviction) has handed no byte to the kernel: the log stalls and retries.
+    let file =
+        segment_file.open().await.map_err(|error| StepError::Transient(io_error("opening", &path)(error)))?;
     // The writer is taken out of the active segment while its I/O is in flight, so no borrow of the log state
     // spans an await; readers still see the segment, and these offsets in the unflushed queue.
-    let (mut writer, file, size, path, next_offset) = {
+    let (mut writer, size, next_offset) = {
         let mut state = inner.state.borrow_mut();
         let active = state.active();
-        (active.take_writer(), active.file.clone(), active.size, active.path.clone(), active.next_offset)
+        (active.take_writer(), active.size, active.next_offset)
     };
     // Paired with the append's check after stamping: what goes to disk continues the segment, header by header.
     let mut expected_offset = next_offset;
@@ -476,14 +491,21 @@ fn mark_written<S: Storage>(inner: &LogInner<S>, batches: &[PendingBatch]) {
     inner.progress.notify_all();
 }
 
-async fn sync_active<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError> {
+async fn sync_active<S: Storage>(inner: &LogInner<S>) -> Result<(), StepError> {
     let (file, path, flushed) = {
         let state = inner.state.borrow();
         let active = state.segments.last().invariant("active segment");
         (active.file.clone(), active.path.clone(), state.flushed_offset)
     };
-    file.sync().await.map_err(io_error("syncing", &path))?;
+    // Unsynced writes pinned the file in the cache (see `SegmentWriter::unsynced_file`): this is that descriptor,
+    // and the open a cache hit. One that fails all the same has synced nothing: the log stalls, not poisons.
+    let open = file.open().await.map_err(|error| StepError::Transient(io_error("opening", &path)(error)))?;
+    open.sync().await.map_err(io_error("syncing", &path))?;
+    drop(open);
     let mut state = inner.state.borrow_mut();
+    if let Some(writer) = state.active().writer.as_mut() {
+        writer.unsynced_file = None; // everything it wrote is durable: the cache may close it when idle
+    }
     state.durable_offset = state.durable_offset.max(flushed);
     state.assert_offsets();
     state.unsynced_size = 0;
