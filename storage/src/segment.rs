@@ -80,6 +80,13 @@ pub(crate) struct SegmentWriter<S: Storage> {
     pub(crate) unsynced_file: Option<FileHandle<S::File>>,
 }
 
+/// The open files of a segment being sealed, held from [`SegmentWriter::open_for_seal`] through the seal.
+pub(crate) struct SealFiles<S: Storage> {
+    log: FileHandle<S::File>,
+    index: FileHandle<S::File>,
+    time_index: FileHandle<S::File>,
+}
+
 /// What a scan of a segment's batches found.
 pub(crate) struct ScanOutcome {
     pub(crate) end_position: u64,
@@ -274,9 +281,8 @@ impl<S: Storage> Segment<S> {
     pub(crate) async fn seal(&mut self) -> io::Result<()> {
         let Some(writer) = self.writer.take() else { return Ok(()) };
         let writes = self.pending_index_writes(&writer, 0);
-        writer
-            .seal(&self.file, self.size, writes, self.index.entries.len(), self.time_index.entries.len())
-            .await
+        let files = writer.open_for_seal(&self.file).await?;
+        writer.seal(files, self.size, writes, self.index.entries.len(), self.time_index.entries.len()).await
     }
 
     /// Writes every index entry not yet in the index files.
@@ -688,37 +694,58 @@ impl<S: Storage> SegmentWriter<S> {
         Ok(())
     }
 
-    /// Seals the files: indexes at their exact sizes and synced, preallocated log space released, log synced.
-    /// The index files are closed after it: a closed segment's indexes live in memory and need no descriptor.
+    /// Opens both index files (from the shard's cache, over the cap: the caller holds the `.log`), for a caller to
+    /// hold through [`SegmentWriter::write_indexes`], whose own opens are then cache hits: a failure here (EMFILE,
+    /// for files the cache had closed) comes before any index byte is written.
+    pub(crate) async fn open_indexes(&self) -> io::Result<[FileHandle<S::File>; 2]> {
+        Ok([self.index_file.open_nested().await?, self.time_index_file.open_nested().await?])
+    }
+
+    /// Opens (from the shard's cache) every file [`SegmentWriter::seal`] touches, before it changes any: held
+    /// through the seal, so a shortage of descriptors (EMFILE, for a file the cache had closed) fails here with
+    /// nothing changed and the writer intact. The `.log` is the pinned descriptor if its last writes are unsynced;
+    /// the caller holds no other file (the index files go over the cap, as nested opens).
+    pub(crate) async fn open_for_seal(&self, file: &SegmentFile<S>) -> io::Result<SealFiles<S>> {
+        let log = match &self.unsynced_file {
+            Some(pinned) => pinned.clone(),
+            None => file.open().await?,
+        };
+        let index = self.index_file.open_nested().await?;
+        let time_index = self.time_index_file.open_nested().await?;
+        Ok(SealFiles { log, index, time_index })
+    }
+
+    /// Seals the files (opened by [`SegmentWriter::open_for_seal`]): indexes at their exact sizes and synced,
+    /// preallocated log space released, log synced through the descriptor that wrote it. The index files are
+    /// closed after it: a closed segment's indexes live in memory and need no descriptor.
     pub(crate) async fn seal(
         mut self,
-        file: &SegmentFile<S>,
+        files: SealFiles<S>,
         size: u64,
         writes: Option<IndexWrites>,
         index_count: usize,
         time_index_count: usize,
     ) -> io::Result<()> {
+        let SealFiles { log, index, time_index } = files;
         if let Some(writes) = writes {
+            // Its opens are cache hits: the files are held.
             self.write_indexes(writes).await?;
         }
         let sizes = [
             (index_count * OFFSET_INDEX_ENTRY_SIZE) as u64,
             (time_index_count * TIME_INDEX_ENTRY_SIZE) as u64,
         ];
-        for (index_file, size) in [&self.index_file, &self.time_index_file].into_iter().zip(sizes) {
-            let open = index_file.open_nested().await?;
+        for ((index_file, open), size) in
+            [(&self.index_file, index), (&self.time_index_file, time_index)].into_iter().zip(sizes)
+        {
             open.truncate(size).await?;
             open.sync().await?;
             drop(open);
             index_file.close().await;
         }
-        // The pinned descriptor, if the last writes are not synced yet; else any.
-        let open = match self.unsynced_file.take() {
-            Some(pinned) => pinned,
-            None => file.open_nested().await?,
-        };
-        open.truncate(size).await?;
-        open.sync().await
+        drop(self.unsynced_file.take());
+        log.truncate(size).await?;
+        log.sync().await
     }
 
     /// Drops the write state without writing (a truncation rewrites the indexes from memory afterwards).

@@ -427,7 +427,19 @@ async fn write_group<S: Storage>(
             active.pending_index_writes(&writer, INDEX_WRITE_BATCH_COUNT)
         };
         if let Some(writes) = writes {
-            result = writer.write_indexes(writes).await;
+            match writer.open_indexes().await {
+                Ok(held) => {
+                    result = writer.write_indexes(writes).await;
+                    drop(held);
+                }
+                // No descriptor for an index file the cache had closed (EMFILE): nothing of the indexes is written
+                // now, the log's batches are. The next write or the seal writes the entries from where the files
+                // end (the persisted counts did not move); recovery checks an index against the log anyway.
+                Err(error) => log::warn!(
+                    "log {}: index writes deferred, opening the index files failed: {error}",
+                    inner.directory.display()
+                ),
+            }
         }
     }
     inner.state.borrow_mut().active().writer = Some(writer);
@@ -437,7 +449,7 @@ async fn write_group<S: Storage>(
 
 /// Seals the active segment in place (see `SegmentWriter::seal`); it stays readable. One a failed roll left
 /// sealed is left as it is.
-async fn seal_active<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError> {
+async fn seal_active<S: Storage>(inner: &LogInner<S>) -> Result<(), StepError> {
     let (writer, file, size, path, writes, index_count, time_index_count) = {
         let mut state = inner.state.borrow_mut();
         let active = state.active();
@@ -451,8 +463,17 @@ async fn seal_active<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError> {
         let counts = (active.index.entries.len(), active.time_index.entries.len());
         (writer, active.file.clone(), active.size, active.path.clone(), writes, counts.0, counts.1)
     };
+    // Every file the seal touches is opened first and held through it: no descriptor for one (EMFILE, after the
+    // cache closed it) changes nothing, the writer goes back and the log stalls; a roll is then retried whole.
+    let files = match writer.open_for_seal(&file).await {
+        Ok(files) => files,
+        Err(error) => {
+            inner.state.borrow_mut().active().writer = Some(writer);
+            return Err(StepError::Transient(io_error("opening", &path)(error)));
+        }
+    };
     writer
-        .seal(&file, size, writes, index_count, time_index_count)
+        .seal(files, size, writes, index_count, time_index_count)
         .await
         .map_err(io_error("sealing", &path))?;
     let mut state = inner.state.borrow_mut();
@@ -545,7 +566,8 @@ async fn roll<S: Storage>(inner: &LogInner<S>, base_offset: Offset) -> Result<()
 async fn run_flusher_command<S: Storage>(inner: &LogInner<S>, command: Command) -> Result<(), StepError> {
     match command {
         Command::Close => {
-            let mut result = seal_active(inner).await;
+            // A close cannot wait for descriptors that may never come back: any failure here poisons.
+            let mut result = seal_active(inner).await.map_err(StepError::into_error);
             if result.is_ok() {
                 // Close runs on a drained log: everything up to the log end is synced now.
                 let end = inner.state.borrow().next_offset;
