@@ -85,6 +85,10 @@ pub struct Config {
     pub connection_count_max: Option<usize>,
     /// `max.connections.per.ip`: connections open at once from one client address.
     pub connection_count_per_ip_max: usize,
+    /// `log.segment.open.files.max` (Sluice's own): segment files (`.log`, `.index`, `.timeindex`) the whole broker
+    /// keeps open when idle, split evenly between the shards' caches; others are opened when read or written.
+    /// `None` (`-1`): half the descriptors the connection limit leaves (see `server::open_file_count_bound`).
+    pub segment_open_files_max: Option<usize>,
     /// `connections.max.idle.ms`: a connection with nothing in flight that sends nothing for this long is closed.
     /// `None` (`-1`): never.
     pub connection_idle_max: Option<Duration>,
@@ -300,6 +304,8 @@ struct Settings {
     connection_count_max: i64,
     #[serde(rename = "max.connections.per.ip")]
     connection_count_per_ip_max: i64,
+    #[serde(rename = "log.segment.open.files.max")]
+    segment_open_files_max: i64,
     #[serde(rename = "connections.max.idle.ms")]
     connection_idle_max_ms: i64,
     #[serde(rename = "producer.id.expiration.ms")]
@@ -487,6 +493,10 @@ impl Config {
             connection_count_max: connections.connection_count_max,
             connection_count_per_ip_max: connections.connection_count_per_ip_max,
             connection_idle_max: connections.connection_idle_max,
+            segment_open_files_max: match settings.segment_open_files_max {
+                -1 => None,
+                count => Some(within("log.segment.open.files.max", count, 1..=i64::from(i32::MAX))? as usize),
+            },
             producer_id_expiration: millis(positive(
                 "producer.id.expiration.ms",
                 settings.producer_id_expiration_ms,

@@ -41,6 +41,8 @@ pub struct Broker {
     pub descriptor_limit: DescriptorLimit,
     /// The connection limits every shard shares (`max.connections` as bounded by the descriptor limit).
     pub connections: Arc<ConnectionLimits>,
+    /// `log.segment.open.files.max` as applied: idle segment files kept open over all shards.
+    pub open_files_max: usize,
     stop: Arc<AtomicBool>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
     running: Arc<AtomicUsize>,
@@ -69,10 +71,11 @@ pub fn run(config: Config) -> Result<(), String> {
     let signals = block_stop_signals()?;
     let broker = start(config)?;
     log::info!(
-        "sluice listening on {} ({}; max.connections {})",
+        "sluice listening on {} ({}; max.connections {}; log.segment.open.files.max {})",
         broker.address,
         broker.descriptor_limit,
-        broker.connections.connection_count_max()
+        broker.connections.connection_count_max(),
+        broker.open_files_max
     );
     loop {
         if let Some(signal) = wait_for_signal(&signals, Duration::from_millis(200)) {
@@ -97,6 +100,7 @@ pub fn start(config: Config) -> Result<Broker, String> {
     let descriptor_limit = raise_descriptor_limit();
     let connections =
         Arc::new(ConnectionLimits::new(&config, connection_count_bound(&config, &descriptor_limit)));
+    let open_files_max = open_file_count_bound(&config, &descriptor_limit);
     let table = Arc::new(TopicTable::load(&config.data_dir, NodeId(config.node_id))?);
     let shard_count = match config.shard_count {
         Some(count) => count,
@@ -124,6 +128,7 @@ pub fn start(config: Config) -> Result<Broker, String> {
             shard_count,
             started: started_sender.clone(),
             connections: connections.clone(),
+            open_files_max: (open_files_max / shard_count).max(1),
         };
         let request_mesh = request_mesh.clone();
         let reply_mesh = reply_mesh.clone();
@@ -144,7 +149,7 @@ pub fn start(config: Config) -> Result<Broker, String> {
         handles.push(handle);
     }
     drop(started_sender);
-    let broker = Broker { address, descriptor_limit, connections, stop, handles, running };
+    let broker = Broker { address, descriptor_limit, connections, open_files_max, stop, handles, running };
     for _ in 0..shard_count {
         match started_receiver.recv() {
             Ok(Ok(())) => {}
@@ -175,6 +180,8 @@ struct ShardContext {
     shard_count: usize,
     started: mpsc::Sender<Result<(), String>>,
     connections: Arc<ConnectionLimits>,
+    /// This shard's share of `log.segment.open.files.max`.
+    open_files_max: usize,
 }
 
 /// A shard's life, in order. Each transition is logged; going back is a broken invariant.
@@ -289,7 +296,7 @@ async fn run_shard_load(
     mesh_queue: glommio::TaskQueueHandle,
 ) -> Result<Rc<Shard>, String> {
     let shard_id = mesh.shard();
-    let storage = sluice_storage::DmaStorage::new(&context.config.data_dir)
+    let storage = sluice_storage::DmaStorage::new(&context.config.data_dir, context.open_files_max)
         .await
         .map_err(|error| format!("data directory {}: {error}", context.config.data_dir.display()))?;
     let partitions = PartitionManager::new(context.config.clone(), storage, shard_id, context.shard_count);
@@ -544,6 +551,14 @@ fn connection_count_bound(config: &Config, limit: &DescriptorLimit) -> usize {
     }
 }
 
+/// `log.segment.open.files.max` as the broker applies it: the configured value, or by default (`-1`) half of
+/// [`descriptor_reserve`], which leaves the other half for what the cache may hold beyond its cap while files are in
+/// use (see storage's `open_files.rs`), recovery's index reads, checkpoints, listeners and io_uring.
+fn open_file_count_bound(config: &Config, limit: &DescriptorLimit) -> usize {
+    let soft = usize::try_from(limit.soft).unwrap_or(usize::MAX);
+    config.segment_open_files_max.unwrap_or_else(|| (descriptor_reserve(soft) / 2).max(1))
+}
+
 /// Descriptors kept back from connections for everything else the broker opens: segment and index files, the data
 /// directory, one listener per shard, io_uring rings and eventfds, the blocking pool. A tenth of the limit, at least
 /// 1,024 — but at most half, so that a small limit still leaves room for connections.
@@ -627,5 +642,15 @@ mod tests {
         assert_eq!(connection_count_bound(&config("\"max.connections\" = 500"), &limit), 500);
         assert_eq!(connection_count_bound(&config("\"max.connections\" = 2147483647"), &limit), 18_000);
         assert_eq!(limit.to_string(), "open files: soft limit raised from 1024 to 20000 (the hard limit)");
+    }
+
+    /// `-1` takes half the descriptor reserve; a value set is kept.
+    #[test]
+    fn open_segment_files_default_to_half_the_descriptor_reserve() {
+        let limit = DescriptorLimit { soft_before: 20_000, soft: 20_000, hard: 20_000, problem: None };
+        let config =
+            |text: &str| Config::from_toml(text, &crate::config::ConfigOverrides::default()).unwrap();
+        assert_eq!(open_file_count_bound(&config(""), &limit), 1000);
+        assert_eq!(open_file_count_bound(&config("\"log.segment.open.files.max\" = 64"), &limit), 64);
     }
 }

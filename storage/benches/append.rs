@@ -80,7 +80,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Appends `total` bytes of `batch_size` batches as fast as the log takes them; returns MB/s to durability.
 async fn log_append_rate(directory: PathBuf, batch_size: usize, total: u64) -> f64 {
-    let storage = DmaStorage::new(&directory).await.expect("storage");
+    let storage = DmaStorage::new(&directory, 1024).await.expect("storage");
     let durability = Durability::Interval { bytes: 256 << 20, interval: Duration::from_secs(10) };
     let mut config = log_config(durability);
     config.batch_size_max = 2 << 20;
@@ -114,7 +114,7 @@ async fn log_append_rate(directory: PathBuf, batch_size: usize, total: u64) -> f
 
 /// Raw glommio DMA: sequential `write_at` of `write_size` buffers, one fdatasync at the end; MB/s.
 async fn raw_write_rate(directory: PathBuf, write_size: usize, total: u64) -> f64 {
-    let _ = DmaStorage::new(&directory).await.expect("probe");
+    let _ = DmaStorage::new(&directory, 1024).await.expect("probe");
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -172,7 +172,7 @@ async fn acked_rate(
     segment_space: SegmentSpace,
     duration: Duration,
 ) -> (f64, u64, u64) {
-    let storage = DmaStorage::new(&directory).await.expect("storage");
+    let storage = DmaStorage::new(&directory, 1024).await.expect("storage");
     let mut config = log_config(Durability::Fsync);
     config.segment_space = segment_space;
     let log =
@@ -250,7 +250,7 @@ fn acked(directory: &Path) {
 fn fill_child(directory: &Path) {
     let directory = directory.join("recovery");
     on_executor(move || async move {
-        let storage = DmaStorage::new(&directory).await.expect("storage");
+        let storage = DmaStorage::new(&directory, 1024).await.expect("storage");
         let mut config = log_config(Durability::Fsync);
         config.batch_size_max = 2 << 20;
         let log =
@@ -305,7 +305,7 @@ fn recovery(directory: &Path, size_gib: u64) {
         let path = partition.clone();
         let (elapsed, end, scanned, segments) = on_executor(move || async move {
             let started = Instant::now();
-            let storage = DmaStorage::new(&path).await.expect("storage");
+            let storage = DmaStorage::new(&path, 1024).await.expect("storage");
             let log =
                 Log::open(storage, path.join("p-0"), log_config(Durability::Fsync), BatchCache::new(1 << 20))
                     .await

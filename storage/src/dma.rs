@@ -1,22 +1,24 @@
 //! glommio direct-I/O files: the production implementation of the I/O seam.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::rc::Rc;
 
 use bytes::Bytes;
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
 use crate::invariant::Invariant;
 use crate::io::{Storage, StorageFile};
+use crate::open_files::OpenFiles;
 use crate::types::BLOCK_SIZE;
 
 /// Direct-I/O storage on the local file system. Create one per executor with [`DmaStorage::new`], which works around
-/// glommio's polled-I/O probe (see below) for the data directory's device.
+/// glommio's polled-I/O probe (see below) for the data directory's device; its clones share the executor's cache of
+/// open segment files.
 #[derive(Clone, Debug)]
 pub struct DmaStorage {
-    _private: (),
+    open_files: OpenFiles<DmaStorageFile>,
 }
 
 /// Name of the file that [`DmaStorage::new`] reads first on every executor.
@@ -27,7 +29,9 @@ impl DmaStorage {
     /// it. When that file is empty (a new segment opened read+write), the probe misreads the device and every
     /// later DMA read from this executor fails with EOPNOTSUPP (os error 95). Opening and reading a non-empty file
     /// first settles the probe correctly, so every shard calls this before it opens any segment.
-    pub async fn new(data_directory: &Path) -> io::Result<DmaStorage> {
+    ///
+    /// `open_files_max` caps the segment files this executor keeps open when idle (see `open_files.rs`).
+    pub async fn new(data_directory: &Path, open_files_max: usize) -> io::Result<DmaStorage> {
         std::fs::create_dir_all(data_directory)?;
         let probe_path = data_directory.join(PROBE_FILE_NAME);
         let probe_size = std::fs::metadata(&probe_path).map(|metadata| metadata.len()).unwrap_or(0);
@@ -40,19 +44,24 @@ impl DmaStorage {
         if block.len() != BLOCK_SIZE {
             return Err(io::Error::other(format!("probe file {} read short", probe_path.display())));
         }
-        Ok(DmaStorage { _private: () })
+        Ok(DmaStorage { open_files: OpenFiles::new(open_files_max) })
     }
 
     /// Storage that skips the probe workaround: only for the regression test that shows the bug it avoids.
     #[doc(hidden)]
     pub fn without_probe_workaround() -> DmaStorage {
-        DmaStorage { _private: () }
+        DmaStorage { open_files: OpenFiles::new(1024) }
     }
 }
 
 impl Storage for DmaStorage {
     type File = DmaStorageFile;
 
+    fn open_files(&self) -> &OpenFiles<DmaStorageFile> {
+        &self.open_files
+    }
+
+    /// One descriptor per open file: reads on the blocking pool use the same one (see `read_at`).
     async fn open(&self, path: &Path, create: bool) -> io::Result<DmaStorageFile> {
         let file = OpenOptions::new()
             .read(true)
@@ -61,11 +70,7 @@ impl Storage for DmaStorage {
             .dma_open(path)
             .await
             .map_err(io::Error::from)?;
-        // A second descriptor of the same O_DIRECT open file, owned here, for reads into our own memory.
-        // SAFETY: the descriptor is valid for as long as `file` lives, and dup'ing it borrows nothing.
-        let read_descriptor =
-            unsafe { std::os::fd::BorrowedFd::borrow_raw(file.as_raw_fd()) }.try_clone_to_owned()?;
-        Ok(DmaStorageFile { file, read_descriptor: Arc::new(read_descriptor), path: path.to_path_buf() })
+        Ok(DmaStorageFile { file: Rc::new(file), path: path.to_path_buf() })
     }
 
     async fn remove(&self, path: &Path) -> io::Result<()> {
@@ -97,9 +102,10 @@ impl Storage for DmaStorage {
     }
 }
 
+/// An open direct-I/O file: one descriptor, shared (`Rc`) with the reads in flight on the blocking pool so that it
+/// stays open until the last of them returns.
 pub struct DmaStorageFile {
-    file: DmaFile,
-    read_descriptor: Arc<OwnedFd>,
+    file: Rc<DmaFile>,
     path: PathBuf,
 }
 
@@ -129,7 +135,7 @@ impl AlignedMemory {
     }
 
     /// preads into the memory from `position` until it is full or the file ends; the bytes read become visible.
-    fn fill_from(&mut self, descriptor: &OwnedFd, position: u64) -> io::Result<usize> {
+    fn fill_from(&mut self, descriptor: RawFd, position: u64) -> io::Result<usize> {
         // SAFETY: the pointer and length describe memory this value owns; pread only writes into it.
         let read = unsafe { pread_full(descriptor, self.pointer.as_ptr(), self.layout.size(), position) }?;
         self.filled = read;
@@ -154,15 +160,15 @@ impl Drop for AlignedMemory {
 /// pread until `size` bytes at `buffer` are filled or the end of the file; returns the bytes read.
 ///
 /// # Safety
-/// `buffer` must be valid for writes of `size` bytes for the duration of the call.
-unsafe fn pread_full(descriptor: &OwnedFd, buffer: *mut u8, size: usize, position: u64) -> io::Result<usize> {
+/// `buffer` must be valid for writes of `size` bytes for the duration of the call, and `descriptor` open.
+unsafe fn pread_full(descriptor: RawFd, buffer: *mut u8, size: usize, position: u64) -> io::Result<usize> {
     let mut done = 0;
     // Bounded: every pass reads at least one byte or returns.
     while done < size {
         // SAFETY: `buffer + done .. buffer + size` is writable memory (the caller's promise).
         let count = unsafe {
             libc::pread(
-                descriptor.as_raw_fd(),
+                descriptor,
                 buffer.add(done).cast(),
                 size - done,
                 (position + done as u64) as libc::off_t,
@@ -231,14 +237,24 @@ impl StorageFile for DmaStorageFile {
         let start = position - position % BLOCK_SIZE as u64;
         let lead = (position - start) as usize;
         let aligned_size = (lead + size).div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
-        let descriptor = self.read_descriptor.clone();
-        let (buffer, result) = glommio::executor()
-            .spawn_blocking(move || {
-                let mut buffer = AlignedMemory::new(aligned_size);
-                let result = buffer.fill_from(&descriptor, start);
-                (buffer, result)
-            })
-            .await;
+        // The pread runs on another thread with the file's own descriptor. A detached task holds the file (and so
+        // the descriptor) until the pread has returned, even if this read is dropped meanwhile: a closed and reused
+        // descriptor number can never be read from.
+        let file = self.file.clone();
+        let read = glommio::spawn_local(async move {
+            let descriptor = file.as_raw_fd();
+            let outcome = glommio::executor()
+                .spawn_blocking(move || {
+                    let mut buffer = AlignedMemory::new(aligned_size);
+                    let result = buffer.fill_from(descriptor, start);
+                    (buffer, result)
+                })
+                .await;
+            drop(file);
+            outcome
+        })
+        .detach();
+        let (buffer, result) = read.await.ok_or_else(|| io::Error::other("read task cancelled"))?;
         let read_size = result.map_err(|error| {
             io::Error::new(error.kind(), format!("reading {} at {position}: {error}", self.path.display()))
         })?;
@@ -265,7 +281,8 @@ impl StorageFile for DmaStorageFile {
         self.file.file_size().await.map_err(io::Error::from)
     }
 
+    /// Closes the descriptor now, or, while a read in flight still holds it, when that read returns.
     async fn close(self) -> io::Result<()> {
-        self.file.close().await.map_err(io::Error::from)
+        self.file.close_rc().await.map(drop).map_err(io::Error::from)
     }
 }

@@ -11,9 +11,16 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-/// A directory tree of files: how the log creates, lists and deletes its segment files.
+use crate::open_files::OpenFiles;
+
+/// A directory tree of files: how the log creates, lists and deletes its segment files. One value (and its clones)
+/// per shard: it also holds the shard's cache of open segment files, [`OpenFiles`].
 pub trait Storage: Clone + 'static {
     type File: StorageFile;
+
+    /// The shard's bounded cache of open segment files (see `open_files.rs`): segments open their files through
+    /// it, never with [`Storage::open`] directly.
+    fn open_files(&self) -> &OpenFiles<Self::File>;
 
     /// Opens a file for direct reads and writes, creating it (empty) when `create` is set.
     async fn open(&self, path: &Path, create: bool) -> io::Result<Self::File>;

@@ -16,6 +16,7 @@ pub mod invariant;
 pub mod io;
 pub mod log;
 mod notify;
+pub mod open_files;
 pub mod records;
 pub mod runtime;
 mod segment;
@@ -33,6 +34,7 @@ pub use log::{
     TimestampType,
 };
 pub use notify::{Notified, Notify};
+pub use open_files::{OpenFiles, OpenFilesStats};
 pub use records::{BatchBuilder, Compression, RecordError};
 pub use runtime::{Clock, GlommioSpawner, LogRuntime, ManualClock, Spawner, SystemClock};
 pub use sim::SimStorage;

@@ -3,7 +3,6 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
 use bytes::Bytes;
 
@@ -13,6 +12,7 @@ use crate::index::{OFFSET_INDEX_ENTRY_SIZE, TIME_INDEX_ENTRY_SIZE};
 use crate::invariant::Invariant;
 use crate::io::{Storage, StorageFile};
 use crate::log::{CorruptRange, SegmentSpace};
+use crate::open_files::{FileHandle, SegmentFile};
 use crate::types::{align_down, align_up, Offset, BLOCK_SIZE};
 
 pub(crate) const LOG_SUFFIX: &str = ".log";
@@ -43,7 +43,8 @@ pub(crate) fn parse_segment_file_name(name: &str) -> Option<Offset> {
 pub(crate) struct Segment<S: Storage> {
     pub(crate) base_offset: Offset,
     pub(crate) path: PathBuf,
-    pub(crate) file: Rc<S::File>,
+    /// The `.log` file by name: opened from the shard's cache for each read, write or sync (no descriptor held).
+    pub(crate) file: SegmentFile<S>,
     /// Bytes of batches written to the file (the file itself may be longer: preallocated space).
     pub(crate) size: u64,
     /// The offset after the last batch written.
@@ -69,10 +70,21 @@ pub(crate) struct SegmentWriter<S: Storage> {
     tail: Vec<u8>,
     /// File size reserved with fallocate so far.
     allocated_size: u64,
-    index_file: S::File,
-    time_index_file: S::File,
+    index_file: SegmentFile<S>,
+    time_index_file: SegmentFile<S>,
     index_persisted_count: usize,
     time_index_persisted_count: usize,
+    /// The `.log` file while it holds writes not yet synced: pinned open in the cache, so that the fdatasync that
+    /// makes them durable goes through the descriptor that wrote them (fsyncgate: a write-back error is reported
+    /// to the descriptors open when it happens). Released by the sync (`sync_active`) or the seal.
+    pub(crate) unsynced_file: Option<FileHandle<S::File>>,
+}
+
+/// The open files of a segment being sealed, held from [`SegmentWriter::open_for_seal`] through the seal.
+pub(crate) struct SealFiles<S: Storage> {
+    log: FileHandle<S::File>,
+    index: FileHandle<S::File>,
+    time_index: FileHandle<S::File>,
 }
 
 /// What a scan of a segment's batches found.
@@ -108,12 +120,12 @@ impl<S: Storage> Segment<S> {
             .map(|suffix| directory.join(segment_file_name(base_offset, suffix)))
     }
 
-    /// A segment with no batches and no writer, over an open `.log` file.
-    pub(crate) fn empty(base_offset: Offset, path: PathBuf, file: S::File, created_ms: i64) -> Self {
+    /// A segment with no batches and no writer, over its `.log` file.
+    pub(crate) fn empty(base_offset: Offset, file: SegmentFile<S>, created_ms: i64) -> Self {
         Segment {
             base_offset,
-            path,
-            file: Rc::new(file),
+            path: file.path().to_path_buf(),
+            file,
             size: 0,
             next_offset: base_offset,
             index: OffsetIndex::default(),
@@ -134,13 +146,10 @@ impl<S: Storage> Segment<S> {
         now_ms: i64,
     ) -> io::Result<Self> {
         let [path, index_path, time_index_path] = Self::paths(directory, base_offset);
-        let file = storage.open(&path, true).await?;
-        file.truncate(0).await?;
-        let index_file = storage.open(&index_path, true).await?;
-        index_file.truncate(0).await?;
-        let time_index_file = storage.open(&time_index_path, true).await?;
-        time_index_file.truncate(0).await?;
-        let mut segment = Segment::empty(base_offset, path, file, now_ms);
+        let file = SegmentFile::create(storage, path).await?;
+        let index_file = SegmentFile::create(storage, index_path).await?;
+        let time_index_file = SegmentFile::create(storage, time_index_path).await?;
+        let mut segment = Segment::empty(base_offset, file, now_ms);
         segment.writer = Some(SegmentWriter {
             tail: Vec::new(),
             allocated_size: 0,
@@ -148,6 +157,7 @@ impl<S: Storage> Segment<S> {
             time_index_file,
             index_persisted_count: 0,
             time_index_persisted_count: 0,
+            unsynced_file: None,
         });
         Ok(segment)
     }
@@ -172,19 +182,29 @@ impl<S: Storage> Segment<S> {
         }
         let [_, index_path, time_index_path] = Self::paths(directory, self.base_offset);
         let tail_start = align_down(self.size);
-        let tail = self.file.read_at(tail_start, (self.size - tail_start) as usize).await?;
+        let (tail, allocated_size) = {
+            let file = self.file.open().await?;
+            let tail = file.read_at(tail_start, (self.size - tail_start) as usize).await?;
+            (tail, file.size().await?)
+        };
         if tail.len() as u64 != self.size - tail_start {
             return Err(io::Error::other(format!("{}: tail block read short", self.path.display())));
         }
-        let allocated_size = self.file.size().await?;
-        let index_file = storage.open(&index_path, true).await?;
-        let time_index_file = storage.open(&time_index_path, true).await?;
-        if empty_indexes {
+        // Through the shard's open-file cache, as every segment file: `create` empties the file, `open_existing`
+        // keeps what it holds (creating it only when it is missing).
+        let (index_file, time_index_file) = if empty_indexes {
             // The index files are rewritten from the in-memory entries, which recovery validated; emptied first
             // so that no stale entry survives past the rewritten ones.
-            index_file.truncate(0).await?;
-            time_index_file.truncate(0).await?;
-        }
+            (
+                SegmentFile::create(storage, index_path).await?,
+                SegmentFile::create(storage, time_index_path).await?,
+            )
+        } else {
+            (
+                SegmentFile::open_existing(storage, index_path).await?,
+                SegmentFile::open_existing(storage, time_index_path).await?,
+            )
+        };
         self.writer = Some(SegmentWriter {
             tail: tail.to_vec(),
             allocated_size,
@@ -192,6 +212,7 @@ impl<S: Storage> Segment<S> {
             time_index_file,
             index_persisted_count: 0,
             time_index_persisted_count: 0,
+            unsynced_file: None,
         });
         Ok(())
     }
@@ -260,9 +281,8 @@ impl<S: Storage> Segment<S> {
     pub(crate) async fn seal(&mut self) -> io::Result<()> {
         let Some(writer) = self.writer.take() else { return Ok(()) };
         let writes = self.pending_index_writes(&writer, 0);
-        writer
-            .seal(&self.file, self.size, writes, self.index.entries.len(), self.time_index.entries.len())
-            .await
+        let files = writer.open_for_seal(&self.file).await?;
+        writer.seal(files, self.size, writes, self.index.entries.len(), self.time_index.entries.len()).await
     }
 
     /// Writes every index entry not yet in the index files.
@@ -279,7 +299,7 @@ impl<S: Storage> Segment<S> {
     /// Cuts the segment at `position` (a batch boundary) whose first offset is `next_offset`.
     pub(crate) async fn truncate_at(&mut self, position: u64, next_offset: Offset) -> io::Result<()> {
         assert!(position <= self.size);
-        self.file.truncate(position).await?;
+        self.file.open().await?.truncate(position).await?;
         self.cut_in_memory(position, next_offset).await;
         Ok(())
     }
@@ -352,10 +372,10 @@ impl<S: Storage> Segment<S> {
         let file_size = limits.file_size;
         let mut position = position;
         let mut expected_offset = self.next_offset;
+        let file = self.file.open().await?;
         // Bounded: each pass consumes at least one batch or stops.
         while position < file_size {
-            let chunk =
-                self.file.read_at(position, SCAN_CHUNK_SIZE.min((file_size - position) as usize)).await?;
+            let chunk = file.read_at(position, SCAN_CHUNK_SIZE.min((file_size - position) as usize)).await?;
             let mut cursor = 0usize;
             while cursor < chunk.len() {
                 let rest = &chunk[cursor..];
@@ -375,7 +395,7 @@ impl<S: Storage> Segment<S> {
                             && position + needed as u64 <= file_size =>
                     {
                         // A batch larger than a chunk: read it whole.
-                        let whole = self.file.read_at(position, needed).await?;
+                        let whole = file.read_at(position, needed).await?;
                         match validate_batch(&whole) {
                             Ok((header, _)) => *header,
                             Err(error) => return Ok(Some(error)),
@@ -451,10 +471,11 @@ impl<S: Storage> Segment<S> {
                 && limits.next_base.is_none_or(|next| base < next)
         };
         let mut chunk_start = from;
+        let file = self.file.open().await?;
         // Bounded: each pass moves `chunk_start` forward by at least one byte or returns.
         while chunk_start + BATCH_HEADER_SIZE as u64 <= file_size {
             let size = SCAN_CHUNK_SIZE.min((file_size - chunk_start) as usize);
-            let chunk = self.file.read_at(chunk_start, size).await?;
+            let chunk = file.read_at(chunk_start, size).await?;
             let candidate_count = chunk.len().saturating_sub(BATCH_HEADER_SIZE - 1);
             for cursor in 0..candidate_count {
                 let Ok(header) = BatchHeader::parse(&chunk[cursor..]) else { break };
@@ -465,7 +486,7 @@ impl<S: Storage> Segment<S> {
                 let valid = if cursor + needed <= chunk.len() {
                     validate_batch(&chunk[cursor..]).is_ok()
                 } else if position + needed as u64 <= file_size {
-                    let whole = self.file.read_at(position, needed).await?;
+                    let whole = file.read_at(position, needed).await?;
                     validate_batch(&whole).is_ok()
                 } else {
                     false
@@ -545,7 +566,7 @@ impl<S: Storage> SegmentWriter<S> {
     /// aligned buffers of at most `write_size_max` bytes. The new partial last block is kept for the next call.
     pub(crate) async fn write(
         &mut self,
-        file: &Rc<S::File>,
+        file: &FileHandle<S::File>,
         size: u64,
         batches: &[Bytes],
         settings: &WriteSettings,
@@ -561,6 +582,9 @@ impl<S: Storage> SegmentWriter<S> {
         if data_size == 0 {
             return Ok(());
         }
+        // Pinned from the first write on, whether it succeeds or not: a failed write poisons the log, and the pin
+        // goes with the writer then.
+        self.unsynced_file = Some(file.clone());
         if align_up(end_position) > self.allocated_size {
             self.prepare_space(file, align_up(end_position), settings).await?;
         }
@@ -610,7 +634,7 @@ impl<S: Storage> SegmentWriter<S> {
     /// so a caller can tell a failed allocation (nothing written) from a failed write.
     pub(crate) async fn reserve(
         &mut self,
-        file: &Rc<S::File>,
+        file: &FileHandle<S::File>,
         end: u64,
         settings: &WriteSettings,
     ) -> io::Result<()> {
@@ -623,7 +647,7 @@ impl<S: Storage> SegmentWriter<S> {
     /// Makes room up to at least `end` per the segment-space policy.
     async fn prepare_space(
         &mut self,
-        file: &Rc<S::File>,
+        file: &FileHandle<S::File>,
         end: u64,
         settings: &WriteSettings,
     ) -> io::Result<()> {
@@ -653,40 +677,81 @@ impl<S: Storage> SegmentWriter<S> {
         Ok(())
     }
 
+    /// Writes index bytes behind the log. The index files are opened from the cache without waiting for room (the
+    /// caller may hold the log file) and are not pinned while unsynced: the seal syncs them through whatever
+    /// descriptor is open then, and recovery checks an index against the log before trusting it, so a write lost
+    /// with an evicted descriptor would cost an index rebuild, never data.
     pub(crate) async fn write_indexes(&mut self, writes: IndexWrites) -> io::Result<()> {
         // Time index first: an offset-index entry on disk then implies the time entries before it are too.
-        write_block_range(&self.time_index_file, writes.time_index).await?;
+        if !writes.time_index.1.is_empty() {
+            write_block_range(&*self.time_index_file.open_nested().await?, writes.time_index).await?;
+        }
         self.time_index_persisted_count = writes.time_index_count;
-        write_block_range(&self.index_file, writes.index).await?;
+        if !writes.index.1.is_empty() {
+            write_block_range(&*self.index_file.open_nested().await?, writes.index).await?;
+        }
         self.index_persisted_count = writes.index_count;
         Ok(())
     }
 
-    /// Seals the files: indexes at their exact sizes and synced, preallocated log space released, log synced.
+    /// Opens both index files (from the shard's cache, over the cap: the caller holds the `.log`), for a caller to
+    /// hold through [`SegmentWriter::write_indexes`], whose own opens are then cache hits: a failure here (EMFILE,
+    /// for files the cache had closed) comes before any index byte is written.
+    pub(crate) async fn open_indexes(&self) -> io::Result<[FileHandle<S::File>; 2]> {
+        Ok([self.index_file.open_nested().await?, self.time_index_file.open_nested().await?])
+    }
+
+    /// Opens (from the shard's cache) every file [`SegmentWriter::seal`] touches, before it changes any: held
+    /// through the seal, so a shortage of descriptors (EMFILE, for a file the cache had closed) fails here with
+    /// nothing changed and the writer intact. The `.log` is the pinned descriptor if its last writes are unsynced;
+    /// the caller holds no other file (the index files go over the cap, as nested opens).
+    pub(crate) async fn open_for_seal(&self, file: &SegmentFile<S>) -> io::Result<SealFiles<S>> {
+        let log = match &self.unsynced_file {
+            Some(pinned) => pinned.clone(),
+            None => file.open().await?,
+        };
+        let index = self.index_file.open_nested().await?;
+        let time_index = self.time_index_file.open_nested().await?;
+        Ok(SealFiles { log, index, time_index })
+    }
+
+    /// Seals the files (opened by [`SegmentWriter::open_for_seal`]): indexes at their exact sizes and synced,
+    /// preallocated log space released, log synced through the descriptor that wrote it. The index files are
+    /// closed after it: a closed segment's indexes live in memory and need no descriptor.
     pub(crate) async fn seal(
         mut self,
-        file: &S::File,
+        files: SealFiles<S>,
         size: u64,
         writes: Option<IndexWrites>,
         index_count: usize,
         time_index_count: usize,
     ) -> io::Result<()> {
+        let SealFiles { log, index, time_index } = files;
         if let Some(writes) = writes {
+            // Its opens are cache hits: the files are held.
             self.write_indexes(writes).await?;
         }
-        self.index_file.truncate((index_count * OFFSET_INDEX_ENTRY_SIZE) as u64).await?;
-        self.index_file.sync().await?;
-        self.index_file.close().await?;
-        self.time_index_file.truncate((time_index_count * TIME_INDEX_ENTRY_SIZE) as u64).await?;
-        self.time_index_file.sync().await?;
-        self.time_index_file.close().await?;
-        file.truncate(size).await?;
-        file.sync().await
+        let sizes = [
+            (index_count * OFFSET_INDEX_ENTRY_SIZE) as u64,
+            (time_index_count * TIME_INDEX_ENTRY_SIZE) as u64,
+        ];
+        for ((index_file, open), size) in
+            [(&self.index_file, index), (&self.time_index_file, time_index)].into_iter().zip(sizes)
+        {
+            open.truncate(size).await?;
+            open.sync().await?;
+            drop(open);
+            index_file.close().await;
+        }
+        drop(self.unsynced_file.take());
+        log.truncate(size).await?;
+        log.sync().await
     }
 
+    /// Drops the write state without writing (a truncation rewrites the indexes from memory afterwards).
     pub(crate) async fn discard(self) {
-        let _ = self.index_file.close().await;
-        let _ = self.time_index_file.close().await;
+        self.index_file.close().await;
+        self.time_index_file.close().await;
     }
 }
 
@@ -737,8 +802,8 @@ mod tests {
     fn reads_go_around_corrupt_ranges() {
         let storage = SimStorage::new();
         let path = PathBuf::from("/sim/00000000000000000000.log");
-        let file = futures_lite::future::block_on(storage.open(&path, true)).unwrap();
-        let mut segment: Segment<SimStorage> = Segment::empty(Offset(0), path, file, 0);
+        let file = futures_lite::future::block_on(SegmentFile::create(&storage, path)).unwrap();
+        let mut segment: Segment<SimStorage> = Segment::empty(Offset(0), file, 0);
         segment.size = 10_000;
         segment.corrupt = vec![range(2_000, 500, 20, 25), range(6_000, 4_000, 60, 100)];
         // (target offset, index lookup position) → the span to read, or the index of the range that holds it.

@@ -16,13 +16,25 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use crate::io::{Storage, StorageFile};
+use crate::open_files::OpenFiles;
 
 /// The granularity at which a crash can tear a write: one disk sector.
 pub const SECTOR_SIZE: usize = 512;
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct SimStorage {
     state: Rc<RefCell<SimState>>,
+    open_files: OpenFiles<SimFile>,
+}
+
+/// The cap of [`SimStorage::new`]'s open-file cache: small, so that every simulated test also evicts and reopens
+/// segment files (a log of one segment has three).
+const SIM_OPEN_FILES_MAX: usize = 4;
+
+impl Default for SimStorage {
+    fn default() -> Self {
+        SimStorage::with_open_files_max(SIM_OPEN_FILES_MAX)
+    }
 }
 
 #[derive(Default)]
@@ -82,6 +94,11 @@ const EMFILE: i32 = 24;
 impl SimStorage {
     pub fn new() -> SimStorage {
         SimStorage::default()
+    }
+
+    /// A simulated disk whose open-file cache keeps at most `files_max` idle files open.
+    pub fn with_open_files_max(files_max: usize) -> SimStorage {
+        SimStorage { state: Rc::default(), open_files: OpenFiles::new(files_max) }
     }
 
     /// The next write fails with an I/O error and changes nothing.
@@ -217,15 +234,23 @@ impl SimStorage {
     }
 
     fn check_halted(&self) -> io::Result<()> {
-        if self.state.borrow().halted {
-            return Err(halted_error());
-        }
-        Ok(())
+        check_halted(&self.state)
     }
+}
+
+fn check_halted(state: &RefCell<SimState>) -> io::Result<()> {
+    if state.borrow().halted {
+        return Err(halted_error());
+    }
+    Ok(())
 }
 
 impl Storage for SimStorage {
     type File = SimFile;
+
+    fn open_files(&self) -> &OpenFiles<SimFile> {
+        &self.open_files
+    }
 
     async fn open(&self, path: &Path, create: bool) -> io::Result<SimFile> {
         self.check_halted()?;
@@ -247,7 +272,7 @@ impl Storage for SimStorage {
                 return Err(io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display())))
             }
         };
-        Ok(SimFile { storage: self.clone(), images })
+        Ok(SimFile { state: self.state.clone(), images })
     }
 
     async fn remove(&self, path: &Path) -> io::Result<()> {
@@ -296,7 +321,7 @@ impl Storage for SimStorage {
 
 /// An open simulated file.
 pub struct SimFile {
-    storage: SimStorage,
+    state: Rc<RefCell<SimState>>,
     images: Rc<RefCell<FileImages>>,
 }
 
@@ -310,9 +335,9 @@ impl StorageFile for SimFile {
 
     async fn write_at(&self, buffer: Vec<u8>, position: u64) -> io::Result<()> {
         assert!(position.is_multiple_of(crate::BLOCK_SIZE as u64), "unaligned direct write at {position}");
-        self.storage.check_halted()?;
+        check_halted(&self.state)?;
         let (fail, tear, full) = {
-            let mut state = self.storage.state.borrow_mut();
+            let mut state = self.state.borrow_mut();
             (
                 std::mem::take(&mut state.fail_next_write),
                 state.tear_next_write_sectors.take(),
@@ -340,7 +365,7 @@ impl StorageFile for SimFile {
     }
 
     async fn read_at(&self, position: u64, size: usize) -> io::Result<Bytes> {
-        self.storage.check_halted()?;
+        check_halted(&self.state)?;
         let images = self.images.borrow();
         let start = (position as usize).min(images.live.len());
         let end = (start + size).min(images.live.len());
@@ -348,9 +373,9 @@ impl StorageFile for SimFile {
     }
 
     async fn sync(&self) -> io::Result<()> {
-        self.storage.check_halted()?;
+        check_halted(&self.state)?;
         {
-            let mut state = self.storage.state.borrow_mut();
+            let mut state = self.state.borrow_mut();
             if std::mem::take(&mut state.fail_next_sync) {
                 self.images.borrow_mut().unsynced.clear();
                 return Err(io::Error::other("simulated fdatasync failure"));
@@ -363,7 +388,7 @@ impl StorageFile for SimFile {
                 operation.apply(&mut images.durable);
             }
         }
-        let mut state = self.storage.state.borrow_mut();
+        let mut state = self.state.borrow_mut();
         state.sync_count += 1;
         if state.halt_after_sync_count.is_some_and(|limit| state.sync_count >= limit) {
             state.halted = true;
@@ -372,7 +397,7 @@ impl StorageFile for SimFile {
     }
 
     async fn truncate(&self, size: u64) -> io::Result<()> {
-        self.storage.check_halted()?;
+        check_halted(&self.state)?;
         let operation = Operation::Truncate { size: size as usize };
         let mut images = self.images.borrow_mut();
         operation.apply(&mut images.live);
@@ -381,9 +406,9 @@ impl StorageFile for SimFile {
     }
 
     async fn allocate(&self, size: u64) -> io::Result<()> {
-        self.storage.check_halted()?;
+        check_halted(&self.state)?;
         {
-            let mut state = self.storage.state.borrow_mut();
+            let mut state = self.state.borrow_mut();
             let full = state.disk_full && (self.images.borrow().live.len() as u64) < size;
             if std::mem::take(&mut state.fail_next_allocate) || full {
                 return Err(io::Error::from_raw_os_error(ENOSPC));
@@ -399,7 +424,7 @@ impl StorageFile for SimFile {
     }
 
     async fn size(&self) -> io::Result<u64> {
-        self.storage.check_halted()?;
+        check_halted(&self.state)?;
         Ok(self.images.borrow().live.len() as u64)
     }
 

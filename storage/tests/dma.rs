@@ -46,14 +46,14 @@ fn glommio_probe_bug_is_real_and_worked_around() {
     let scratch = scratch_directory();
     let directory = scratch.path().to_path_buf();
     let with = run(move || async move {
-        let storage = DmaStorage::new(&directory).await.unwrap();
+        let storage = DmaStorage::new(&directory, 8).await.unwrap();
         read_after_opening_an_empty_file(storage, &directory).await
     });
     assert_eq!(with.expect("read with the workaround"), 4096);
 }
 
 async fn open_dma(directory: &Path) -> Log<DmaStorage> {
-    let storage = DmaStorage::new(directory).await.unwrap();
+    let storage = DmaStorage::new(directory, 8).await.unwrap();
     Log::open(storage, directory.join("topic-0"), small_config(), BatchCache::new(1 << 20)).await.unwrap()
 }
 
@@ -135,7 +135,7 @@ fn unaligned_reads_return_exactly_the_bytes_asked_for_and_stop_at_the_end() {
     let scratch = scratch_directory();
     let directory = scratch.path().to_path_buf();
     run(move || async move {
-        let storage = DmaStorage::new(&directory).await.unwrap();
+        let storage = DmaStorage::new(&directory, 8).await.unwrap();
         let pattern: Vec<u8> = (0..10_000u32).map(|index| (index % 251) as u8).collect();
         let path = directory.join("pattern");
         std::fs::write(&path, &pattern).unwrap();
@@ -161,7 +161,7 @@ fn concurrent_catch_up_readers_get_every_batch_once_with_read_ahead_in_flight() 
     let directory = scratch.path().to_path_buf();
     run(move || async move {
         let config = sluice_storage::LogConfig { segment_size_max: 1 << 20, ..small_config() };
-        let storage = DmaStorage::new(&directory).await.unwrap();
+        let storage = DmaStorage::new(&directory, 8).await.unwrap();
         let log = Log::open(storage.clone(), directory.clone(), config.clone(), BatchCache::new(8 << 20))
             .await
             .unwrap();

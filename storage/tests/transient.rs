@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use sluice_storage::batch::testing::make_batch;
-use sluice_storage::{Log, LogConfig, LogError, Offset, SegmentSpace, SimStorage};
+use sluice_storage::{BatchCache, Log, LogConfig, LogError, Offset, SegmentSpace, SimStorage};
 
 /// Waits (a bounded while) until everything below `end` is durable, through failures and repairs.
 async fn settle(log: &Log<SimStorage>, end: Offset) {
@@ -133,6 +133,66 @@ fn no_descriptor_for_a_new_segment_stalls_the_roll_without_poisoning() {
         assert_eq!(log.repair_count(), 0, "never poisoned, never repaired");
         verify_all(&log, &sent).await;
         // The sealed segment and the new one reopen cleanly.
+        log.close().await.unwrap();
+        let log = open(&storage, config.clone()).await;
+        verify_all(&log, &sent).await;
+        verify_after_crash(&storage, log, config, &sent).await;
+    });
+}
+
+/// Opens another log on the same simulated disk and makes one batch durable in it: its files push the first
+/// log's out of the shard's open-file cache (4 files in `SimStorage::new`).
+async fn other_log(storage: &SimStorage, index: usize, config: &LogConfig) -> Log<SimStorage> {
+    let path = std::path::PathBuf::from(format!("/sim/other-{index}"));
+    let log = Log::open(storage.clone(), path, config.clone(), BatchCache::new(1 << 20)).await.unwrap();
+    append_some(&log, 1, 100 + index as u64).await;
+    log.wait_durable(log.log_end_offset()).await.unwrap();
+    log
+}
+
+/// With the open-file cache a descriptor is needed not only for a new segment but to reopen a file the cache
+/// closed: the index files at a roll's seal, the active `.log` at a flush. EMFILE there changes nothing on disk
+/// either, so it stalls the log (never poisons it), and the log goes on once descriptors are back.
+#[test]
+fn no_descriptor_to_reopen_a_file_the_cache_closed_stalls_without_poisoning() {
+    run(|| async {
+        let storage = SimStorage::new();
+        let config = small_config();
+        let log = open(&storage, config.clone()).await;
+        let mut sent = append_some(&log, 10, 1).await;
+        log.wait_durable(log.log_end_offset()).await.unwrap();
+        // Another log's three files close the least recently used of this one: its index files, untouched since
+        // the segment was created (index entries are written at the seal).
+        let mut others = vec![other_log(&storage, 0, &config).await];
+        let segments_before = log.segment_count();
+        storage.set_descriptors_exhausted(true);
+        // A segment's worth: the flush rolls, and the seal needs the index files again.
+        sent.extend(append_some(&log, 30, 2).await);
+        let error = log.wait_durable(log.log_end_offset()).await.unwrap_err();
+        assert!(matches!(error, LogError::Stalled(_)), "{error}");
+        assert!(error.to_string().contains("Too many open files"), "{error}");
+        assert_eq!(log.poisoned(), None);
+        storage.set_descriptors_exhausted(false);
+        sent.extend(append_some(&log, 1, 3).await);
+        log.wait_durable(log.log_end_offset()).await.unwrap();
+        assert!(log.segment_count() > segments_before, "the roll went through once descriptors came back");
+        // Four other logs close every file of this one, the active `.log` too: the next flush must reopen it.
+        for index in 1..5 {
+            others.push(other_log(&storage, index, &config).await);
+        }
+        storage.set_descriptors_exhausted(true);
+        sent.extend(append_some(&log, 1, 4).await);
+        let error = log.wait_durable(log.log_end_offset()).await.unwrap_err();
+        assert!(matches!(error, LogError::Stalled(_)), "{error}");
+        assert_eq!(log.poisoned(), None);
+        storage.set_descriptors_exhausted(false);
+        sent.extend(append_some(&log, 1, 5).await);
+        log.wait_durable(log.log_end_offset()).await.unwrap();
+        assert_eq!(log.repair_count(), 0, "never poisoned, never repaired");
+        verify_all(&log, &sent).await;
+        for other in others {
+            other.close().await.unwrap();
+        }
         log.close().await.unwrap();
         let log = open(&storage, config.clone()).await;
         verify_all(&log, &sent).await;

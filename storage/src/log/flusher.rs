@@ -95,7 +95,7 @@ pub(super) async fn run_flusher<S: Storage>(inner: Rc<LogInner<S>>) {
                 finish(&inner, result);
             }
             FlusherAction::Sync => {
-                let result = sync_active(&inner).await.map_err(StepError::from);
+                let result = sync_active(&inner).await;
                 finish(&inner, result);
             }
             FlusherAction::Command(command, slot) => {
@@ -160,6 +160,12 @@ fn poison<S: Storage>(inner: &LogInner<S>, error: LogError) -> LogError {
     }
     state.poisoned.get_or_insert(reason);
     state.stalled = None;
+    // A poisoned log writes and syncs nothing until its repair, which re-verifies the tail through a descriptor of
+    // its own: the file need not stay pinned in the open-file cache meanwhile. (A stalled log keeps its pin: its
+    // unsynced writes are still to be synced through the descriptor that wrote them.)
+    if let Some(writer) = state.segments.last_mut().and_then(|active| active.writer.as_mut()) {
+        writer.unsynced_file = None;
+    }
     state.failure_count += 1;
     schedule_retry(inner, &mut state);
     error
@@ -371,12 +377,21 @@ async fn write_group<S: Storage>(
     if group.is_empty() {
         return Ok(());
     }
+    let (segment_file, path) = {
+        let state = inner.state.borrow();
+        let active = state.segments.last().invariant("active segment");
+        (active.file.clone(), active.path.clone())
+    };
+    // The flusher holds no other file here, so it may wait for room in the shard's open-file cache. A failed open
+    // (EMFILE after an eviction) has handed no byte to the kernel: the log stalls and retries.
+    let file =
+        segment_file.open().await.map_err(|error| StepError::Transient(io_error("opening", &path)(error)))?;
     // The writer is taken out of the active segment while its I/O is in flight, so no borrow of the log state
     // spans an await; readers still see the segment, and these offsets in the unflushed queue.
-    let (mut writer, file, size, path, next_offset) = {
+    let (mut writer, size, next_offset) = {
         let mut state = inner.state.borrow_mut();
         let active = state.active();
-        (active.take_writer(), active.file.clone(), active.size, active.path.clone(), active.next_offset)
+        (active.take_writer(), active.size, active.next_offset)
     };
     // Paired with the append's check after stamping: what goes to disk continues the segment, header by header.
     let mut expected_offset = next_offset;
@@ -412,7 +427,19 @@ async fn write_group<S: Storage>(
             active.pending_index_writes(&writer, INDEX_WRITE_BATCH_COUNT)
         };
         if let Some(writes) = writes {
-            result = writer.write_indexes(writes).await;
+            match writer.open_indexes().await {
+                Ok(held) => {
+                    result = writer.write_indexes(writes).await;
+                    drop(held);
+                }
+                // No descriptor for an index file the cache had closed (EMFILE): nothing of the indexes is written
+                // now, the log's batches are. The next write or the seal writes the entries from where the files
+                // end (the persisted counts did not move); recovery checks an index against the log anyway.
+                Err(error) => log::warn!(
+                    "log {}: index writes deferred, opening the index files failed: {error}",
+                    inner.directory.display()
+                ),
+            }
         }
     }
     inner.state.borrow_mut().active().writer = Some(writer);
@@ -422,7 +449,7 @@ async fn write_group<S: Storage>(
 
 /// Seals the active segment in place (see `SegmentWriter::seal`); it stays readable. One a failed roll left
 /// sealed is left as it is.
-async fn seal_active<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError> {
+async fn seal_active<S: Storage>(inner: &LogInner<S>) -> Result<(), StepError> {
     let (writer, file, size, path, writes, index_count, time_index_count) = {
         let mut state = inner.state.borrow_mut();
         let active = state.active();
@@ -436,8 +463,17 @@ async fn seal_active<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError> {
         let counts = (active.index.entries.len(), active.time_index.entries.len());
         (writer, active.file.clone(), active.size, active.path.clone(), writes, counts.0, counts.1)
     };
+    // Every file the seal touches is opened first and held through it: no descriptor for one (EMFILE, after the
+    // cache closed it) changes nothing, the writer goes back and the log stalls; a roll is then retried whole.
+    let files = match writer.open_for_seal(&file).await {
+        Ok(files) => files,
+        Err(error) => {
+            inner.state.borrow_mut().active().writer = Some(writer);
+            return Err(StepError::Transient(io_error("opening", &path)(error)));
+        }
+    };
     writer
-        .seal(&file, size, writes, index_count, time_index_count)
+        .seal(files, size, writes, index_count, time_index_count)
         .await
         .map_err(io_error("sealing", &path))?;
     let mut state = inner.state.borrow_mut();
@@ -476,14 +512,21 @@ fn mark_written<S: Storage>(inner: &LogInner<S>, batches: &[PendingBatch]) {
     inner.progress.notify_all();
 }
 
-async fn sync_active<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError> {
+async fn sync_active<S: Storage>(inner: &LogInner<S>) -> Result<(), StepError> {
     let (file, path, flushed) = {
         let state = inner.state.borrow();
         let active = state.segments.last().invariant("active segment");
         (active.file.clone(), active.path.clone(), state.flushed_offset)
     };
-    file.sync().await.map_err(io_error("syncing", &path))?;
+    // Unsynced writes pinned the file in the cache (see `SegmentWriter::unsynced_file`): this is that descriptor,
+    // and the open a cache hit. One that fails all the same has synced nothing: the log stalls, not poisons.
+    let open = file.open().await.map_err(|error| StepError::Transient(io_error("opening", &path)(error)))?;
+    open.sync().await.map_err(io_error("syncing", &path))?;
+    drop(open);
     let mut state = inner.state.borrow_mut();
+    if let Some(writer) = state.active().writer.as_mut() {
+        writer.unsynced_file = None; // everything it wrote is durable: the cache may close it when idle
+    }
     state.durable_offset = state.durable_offset.max(flushed);
     state.assert_offsets();
     state.unsynced_size = 0;
@@ -523,7 +566,8 @@ async fn roll<S: Storage>(inner: &LogInner<S>, base_offset: Offset) -> Result<()
 async fn run_flusher_command<S: Storage>(inner: &LogInner<S>, command: Command) -> Result<(), StepError> {
     match command {
         Command::Close => {
-            let mut result = seal_active(inner).await;
+            // A close cannot wait for descriptors that may never come back: any failure here poisons.
+            let mut result = seal_active(inner).await.map_err(StepError::into_error);
             if result.is_ok() {
                 // Close runs on a drained log: everything up to the log end is synced now.
                 let end = inner.state.borrow().next_offset;

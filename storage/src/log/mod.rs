@@ -610,6 +610,12 @@ impl<S: Storage> Log<S> {
     /// Closes the log and deletes its files (DeleteTopics).
     pub async fn remove(self) -> Result<(), LogError> {
         let _ = self.close().await;
+        // Descriptors before names (files in use by a read close when it ends).
+        let files: Vec<_> =
+            self.inner.state.borrow().segments.iter().map(|segment| segment.file.clone()).collect();
+        for file in files {
+            file.close().await;
+        }
         let names = self
             .inner
             .storage

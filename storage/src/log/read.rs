@@ -3,7 +3,6 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::rc::Rc;
 
 use bytes::Bytes;
 
@@ -12,6 +11,7 @@ use super::{io_error, Log, LogError, ReadBound};
 use crate::batch::{self, BatchHeader};
 use crate::index::relative;
 use crate::io::{Storage, StorageFile};
+use crate::open_files::SegmentFile;
 use crate::segment::Accept;
 use crate::types::{FilePosition, Offset};
 
@@ -156,6 +156,8 @@ impl<S: Storage> Log<S> {
                 }
             }
             let mut next = target;
+            // Held for the read: the shard's open-file cache does not close it meanwhile.
+            let segment_file = segment_file.open().await.map_err(io_error("opening", &path))?;
             let (batches, end) = read_segment_batches_to(
                 &*segment_file,
                 segment_size,
@@ -265,7 +267,7 @@ impl Budget {
 
 /// A segment's file and written size, detached from the log state so reads need no borrow across awaits.
 struct ReadOnlySegment<S: Storage> {
-    file: Rc<S::File>,
+    file: SegmentFile<S>,
     size: u64,
 }
 
@@ -276,7 +278,8 @@ impl<S: Storage> ReadOnlySegment<S> {
         size_hint: usize,
         accept: impl FnMut(&BatchHeader) -> Accept,
     ) -> io::Result<Vec<Bytes>> {
-        read_segment_batches(&*self.file, self.size, position, size_hint, accept).await
+        let file = self.file.open().await?;
+        read_segment_batches(&*file, self.size, position, size_hint, accept).await
     }
 }
 

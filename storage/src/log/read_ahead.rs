@@ -6,6 +6,7 @@ use super::read::read_segment_batches_to;
 use super::LogInner;
 use crate::batch::BatchHeader;
 use crate::io::Storage;
+use crate::open_files::SegmentFile;
 use crate::segment::Accept;
 use crate::types::{FilePosition, Offset};
 
@@ -89,7 +90,7 @@ pub(super) fn start_read_ahead<S: Storage>(inner: &Rc<LogInner<S>>, chunk_size: 
 
 async fn run_read_ahead<S: Storage>(
     inner: Rc<LogInner<S>>,
-    file: Rc<S::File>,
+    file: SegmentFile<S>,
     end: u64,
     frontier: Frontier,
     size: usize,
@@ -108,6 +109,8 @@ async fn run_read_ahead<S: Storage>(
         }
     }
     let _done = Done { inner: &inner, size };
+    // A file that cannot be opened ends the read-ahead: the reader's own read meets and reports the error.
+    let Ok(file) = file.open().await else { return };
     let mut used = 0;
     let result =
         read_segment_batches_to(&*file, end, FilePosition(frontier.position), size, size, |header| {

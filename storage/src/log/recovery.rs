@@ -13,6 +13,7 @@ use crate::epoch::{self, LeaderEpochCache};
 use crate::index::{OffsetIndex, TimeIndex};
 use crate::invariant::Invariant;
 use crate::io::{Storage, StorageFile};
+use crate::open_files::SegmentFile;
 use crate::runtime::Clock;
 use crate::segment::{parse_segment_file_name, ScanLimits, ScanOutcome, Segment};
 use crate::types::Offset;
@@ -183,11 +184,13 @@ pub(super) async fn recover<S: Storage>(
         if !continuous {
             log::warn!("{}: overlaps the previous segment; dropped", segment.path.display());
             report.truncated_size += recovered.file_size;
+            segment.file.close().await;
             let _ = storage.remove(&segment.path).await;
             continue;
         }
         if segment.size == 0 && !is_last {
             // An empty closed segment holds nothing; it is a leftover of an interrupted roll.
+            segment.file.close().await;
             for path in Segment::<S>::paths(directory, base_offset) {
                 let _ = storage.remove(&path).await;
             }
@@ -253,10 +256,13 @@ pub(super) async fn recover_segment<S: Storage>(
 ) -> Result<RecoveredSegment<S>, LogError> {
     let base_offset = place.base_offset;
     let [path, index_path, time_index_path] = Segment::<S>::paths(directory, base_offset);
-    let file = storage.open(&path, false).await.map_err(io_error("opening", &path))?;
-    let file_size = file.size().await.map_err(io_error("sizing", &path))?;
+    let file = SegmentFile::new(storage, path.clone());
+    let file_size = {
+        let open = file.open().await.map_err(io_error("opening", &path))?;
+        open.size().await.map_err(io_error("sizing", &path))?
+    };
     // The creation time is set again, from the log's clock, once the segment is kept.
-    let mut segment: Segment<S> = Segment::empty(base_offset, path.clone(), file, 0);
+    let mut segment: Segment<S> = Segment::empty(base_offset, file, 0);
     let index = match read_index(storage, &index_path, file_size).await {
         Some((index, complete)) if complete || place.is_last => Some(index),
         _ => None,
@@ -320,8 +326,9 @@ async fn recover_segment_cut<S: Storage>(
     let corrupt = outcome.corruption.is_some();
     if corrupt || (is_last && outcome.end_position < file_size) {
         let path = &segment.path;
-        segment.file.truncate(outcome.end_position).await.map_err(io_error("truncating", path))?;
-        segment.file.sync().await.map_err(io_error("syncing", path))?;
+        let file = segment.file.open().await.map_err(io_error("opening", path))?;
+        file.truncate(outcome.end_position).await.map_err(io_error("truncating", path))?;
+        file.sync().await.map_err(io_error("syncing", path))?;
     }
     Ok(corrupt)
 }
@@ -345,9 +352,11 @@ async fn recover_segment_index<S: Storage>(
     let Some(entry) = index.entries.last().copied() else {
         return Ok(Some((0, base_offset)));
     };
-    let header_bytes = StorageFile::read_at(&*segment.file, entry.position as u64, batch::BATCH_HEADER_SIZE)
+    let file = segment.file.open().await.map_err(io_error("opening", &segment.path))?;
+    let header_bytes = StorageFile::read_at(&*file, entry.position as u64, batch::BATCH_HEADER_SIZE)
         .await
         .map_err(io_error("reading", &segment.path))?;
+    drop(file);
     let entry_offset = Offset(base_offset.0 + entry.relative_offset as i64);
     let matches = BatchHeader::parse(&header_bytes).is_ok_and(|header| header.base_offset() == entry_offset);
     // A missing time index makes the whole index suspect: rebuild both from the log.

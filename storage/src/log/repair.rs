@@ -21,7 +21,7 @@ use crate::types::{FilePosition, Offset};
 /// Re-verifies the active segment from disk and makes the log writable again; on error nothing in memory has
 /// changed and the flusher tries again later.
 pub(super) async fn repair<S: Storage>(inner: &LogInner<S>) -> Result<(), LogError> {
-    let (base_offset, durable_offset, created_ms, old_writer, truncating, recovery_point) = {
+    let (base_offset, durable_offset, created_ms, old_writer, old_file, truncating, recovery_point) = {
         let mut state = inner.state.borrow_mut();
         let (durable_offset, truncating, recovery_point) =
             (state.durable_offset, state.truncating, state.recovery_point);
@@ -31,6 +31,7 @@ pub(super) async fn repair<S: Storage>(inner: &LogInner<S>) -> Result<(), LogErr
             durable_offset,
             active.created_ms,
             active.writer.take(),
+            active.file.clone(),
             truncating,
             recovery_point,
         )
@@ -48,6 +49,10 @@ pub(super) async fn repair<S: Storage>(inner: &LogInner<S>) -> Result<(), LogErr
     if let Some(writer) = old_writer {
         writer.discard().await;
     }
+    // Reopened as a restart would: the descriptor that saw the failure leaves the shard's open-file cache (now, or
+    // when a read that holds it ends), and the re-verification below opens the file again through the cache.
+    old_file.close().await;
+    drop(old_file);
     let config = inner.config.borrow().clone();
     let place = SegmentPlace { base_offset, is_last: true, next_base: None, durable_below };
     let mut report = RecoveryReport::default();
@@ -126,10 +131,13 @@ async fn reread_tail<S: Storage>(
         return Ok(Vec::new());
     };
     assert_eq!(base, from, "the durable offset {from} is not a batch boundary");
-    let batches =
-        read_segment_batches(&*segment.file, segment.size, FilePosition(position), 1 << 20, |_| Accept::Take)
+    let batches = {
+        // Held for the read only, through the shard's open-file cache like every segment file.
+        let file = segment.file.open().await.map_err(io_error("opening", &path))?;
+        read_segment_batches(&*file, segment.size, FilePosition(position), 1 << 20, |_| Accept::Take)
             .await
-            .map_err(io_error("reading", &path))?;
+            .map_err(io_error("reading", &path))?
+    };
     let mut pending = Vec::with_capacity(batches.len());
     let mut expected = from;
     for bytes in batches {

@@ -114,6 +114,7 @@ async fn truncate_drop_segments<S: Storage>(inner: &LogInner<S>, offset: Offset)
         };
         let Some(mut segment) = doomed else { return Ok(()) };
         let _ = segment.seal().await;
+        segment.file.close().await;
         remove_segment_files(inner, segment.base_offset).await?;
     }
 }
@@ -133,14 +134,15 @@ async fn truncate_segment<S: Storage>(
         let from = segment.index.entries.last().map_or(0, |entry| entry.position as u64);
         let mut max_timestamp = segment.max_timestamp;
         let end = segment.readable_end(from);
-        read_segment_batches(&*segment.file, end, FilePosition(from), 1 << 20, |header| {
+        let file = segment.file.open().await?;
+        read_segment_batches(&*file, end, FilePosition(from), 1 << 20, |header| {
             max_timestamp = max_timestamp.max(header.max_timestamp.get());
             Accept::Skip
         })
         .await?;
         segment.max_timestamp = max_timestamp;
     }
-    segment.file.sync().await?;
+    segment.file.open().await?.sync().await?;
     segment.reopen_for_writing(&inner.storage, &inner.directory).await?;
     segment.write_indexes().await
 }
@@ -158,7 +160,8 @@ pub(super) async fn truncate_segment_find_cut<S: Storage>(
     };
     let mut cut = None;
     let mut scan_position = position;
-    let batches = read_segment_batches(&*segment.file, end, FilePosition(position), 1 << 20, |header| {
+    let file = segment.file.open().await?;
+    let batches = read_segment_batches(&*file, end, FilePosition(position), 1 << 20, |header| {
         if header.last_offset() >= offset {
             cut = Some((scan_position, header.base_offset()));
             Accept::Stop
@@ -215,7 +218,8 @@ pub(super) async fn delete_segments_below_log_start<S: Storage>(inner: &LogInner
             }
         };
         let Some(segment) = doomed else { break };
-        let _ = segment.file.clone();
+        // The descriptor goes before the name: an idle one now, one a reader holds when its read ends.
+        segment.file.close().await;
         remove_segment_files(inner, segment.base_offset).await?;
     }
     let log_start = {
