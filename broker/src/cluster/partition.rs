@@ -372,7 +372,15 @@ impl<S: Storage> Partition<S> {
     }
 
     pub async fn execute(&self, op: PartitionOp) -> PartitionResult {
-        if !matches!(op, PartitionOp::Describe) {
+        let settle = match op {
+            PartitionOp::Describe => false,
+            // A fetch below the high watermark has committed data to return now: it need not wait for a sync
+            // (under load every fetch would otherwise queue behind one). At or past it, it waits, so a client
+            // fetching what it just wrote gets it.
+            PartitionOp::Read { offset, .. } => offset >= self.high_watermark(),
+            PartitionOp::ListOffset { .. } | PartitionOp::DeleteRecords { .. } => true,
+        };
+        if settle {
             self.settle().await;
         }
         match op {
