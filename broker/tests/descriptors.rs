@@ -5,19 +5,21 @@
 //! still reads back although most of their files were closed meanwhile.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step is the test failing
 
+mod common;
+use common::Client;
+
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use sluice_storage::batch::testing::make_batch;
 
 const PARTITION_COUNT: i32 = 2000;
@@ -26,41 +28,6 @@ const TOPIC: &str = "descriptors";
 const OPEN_FILES_MAX: usize = 500;
 /// Descriptors allowed per partition, everything counted (sockets, io_uring, listeners); the old code held 6.
 const DESCRIPTORS_PER_PARTITION_MAX: f64 = 0.5;
-
-struct Client {
-    stream: TcpStream,
-    correlation_id: i32,
-}
-
-impl Client {
-    fn connect(address: SocketAddr) -> Client {
-        let stream = TcpStream::connect(address).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        Client { stream, correlation_id: 0 }
-    }
-
-    fn call<R: Request + Encodable>(&mut self, request: &R, version: i16) -> R::Response {
-        self.correlation_id += 1;
-        let mut buffer = BytesMut::new();
-        let mut header = RequestHeader::default();
-        header.request_api_key = R::KEY;
-        header.request_api_version = version;
-        header.correlation_id = self.correlation_id;
-        header.client_id = Some(StrBytes::from_static_str("descriptors"));
-        header.encode(&mut buffer, R::header_version(version)).unwrap();
-        request.encode(&mut buffer, version).unwrap();
-        let mut message = (buffer.len() as i32).to_be_bytes().to_vec();
-        message.extend_from_slice(&buffer);
-        self.stream.write_all(&message).unwrap();
-        let mut size = [0u8; 4];
-        self.stream.read_exact(&mut size).unwrap();
-        let mut frame = vec![0u8; i32::from_be_bytes(size) as usize];
-        self.stream.read_exact(&mut frame).unwrap();
-        let mut frame = Bytes::from(frame);
-        ResponseHeader::decode(&mut frame, <R::Response as HeaderVersion>::header_version(version)).unwrap();
-        R::Response::decode(&mut frame, version).unwrap()
-    }
-}
 
 /// The real binary on a free port, killed when dropped.
 struct Process {
@@ -212,7 +179,7 @@ fn two_thousand_partitions_hold_less_than_one_descriptor_each_and_read_back() {
     let directory = directory.canonicalize().unwrap();
 
     let process = Process::start(&directory);
-    let mut client = Client::connect(process.address);
+    let mut client = Client::connect(process.address, Duration::from_secs(120));
     create_topic(&mut client);
     check_descriptors(&process, &directory, "after CreateTopics");
     produce_everywhere(&mut client);
@@ -222,7 +189,7 @@ fn two_thousand_partitions_hold_less_than_one_descriptor_each_and_read_back() {
 
     let process = Process::start(&directory);
     check_descriptors(&process, &directory, "after restart");
-    let mut client = Client::connect(process.address);
+    let mut client = Client::connect(process.address, Duration::from_secs(120));
     let records = fetch_everywhere(&mut client);
     for (index, batch) in &records {
         let expected = make_batch(1, 100, i64::from(*index));

@@ -4,18 +4,18 @@
 //! with two shards (so reads cross the shard mesh) and talks to it with a raw protocol client.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step is the test failing
 
+mod common;
+use common::Client;
+
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use sluice_broker::config::{Config, ConfigOverrides};
 use sluice_broker::server;
 use sluice_storage::batch::testing::make_batch;
@@ -26,45 +26,6 @@ const INVALID_FETCH_SESSION_EPOCH: i16 = 71;
 const MEBIBYTE: i32 = 1 << 20;
 /// Fetch v12: the first flexible version, topics by name, sessions available.
 const FETCH_VERSION: i16 = 12;
-
-struct Client {
-    stream: TcpStream,
-    correlation_id: i32,
-}
-
-impl Client {
-    fn connect(address: SocketAddr) -> Client {
-        let stream = TcpStream::connect(address).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        Client { stream, correlation_id: 0 }
-    }
-
-    fn call<R: Request + Encodable>(&mut self, request: &R, version: i16) -> R::Response {
-        self.correlation_id += 1;
-        let mut buffer = BytesMut::new();
-        let mut header = RequestHeader::default();
-        header.request_api_key = R::KEY;
-        header.request_api_version = version;
-        header.correlation_id = self.correlation_id;
-        header.client_id = Some(StrBytes::from_static_str("fetch-fairness"));
-        header.encode(&mut buffer, R::header_version(version)).unwrap();
-        request.encode(&mut buffer, version).unwrap();
-        let mut message = (buffer.len() as i32).to_be_bytes().to_vec();
-        message.extend_from_slice(&buffer);
-        self.stream.write_all(&message).unwrap();
-        let mut size = [0u8; 4];
-        self.stream.read_exact(&mut size).unwrap();
-        let mut frame = vec![0u8; i32::from_be_bytes(size) as usize];
-        self.stream.read_exact(&mut frame).unwrap();
-        let mut frame = Bytes::from(frame);
-        let header_version = <R::Response as HeaderVersion>::header_version(version);
-        let response_header = ResponseHeader::decode(&mut frame, header_version).unwrap();
-        assert_eq!(response_header.correlation_id, self.correlation_id);
-        let response = R::Response::decode(&mut frame, version).unwrap();
-        assert!(frame.is_empty(), "{} trailing bytes", frame.len());
-        response
-    }
-}
 
 struct Running {
     broker: server::Broker,
@@ -83,7 +44,7 @@ impl Running {
             ..Default::default()
         };
         let broker = server::start(Config::from_toml("", &overrides).unwrap()).unwrap();
-        let client = Client::connect(broker.address);
+        let client = Client::connect(broker.address, Duration::from_secs(60));
         Running { broker, directory, client }
     }
 

@@ -5,20 +5,22 @@
 //! passes (the simulated disk covers the same paths in `storage/tests/transient.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step is the test failing
 
+mod common;
+use common::Client;
+
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use sluice_broker::config::{Config, ConfigOverrides};
 use sluice_broker::server;
 use sluice_storage::batch::testing::make_batch;
@@ -91,41 +93,7 @@ impl Drop for LoopMount {
     }
 }
 
-struct Client {
-    stream: TcpStream,
-    correlation_id: i32,
-}
-
 impl Client {
-    fn connect(address: SocketAddr) -> Client {
-        let stream = TcpStream::connect(address).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        Client { stream, correlation_id: 0 }
-    }
-
-    fn call<R: Request + Encodable>(&mut self, request: &R, version: i16) -> R::Response {
-        self.correlation_id += 1;
-        let mut buffer = BytesMut::new();
-        let mut header = RequestHeader::default();
-        header.request_api_key = R::KEY;
-        header.request_api_version = version;
-        header.correlation_id = self.correlation_id;
-        header.client_id = Some(StrBytes::from_static_str("full-disk"));
-        header.encode(&mut buffer, R::header_version(version)).unwrap();
-        request.encode(&mut buffer, version).unwrap();
-        let mut message = (buffer.len() as i32).to_be_bytes().to_vec();
-        message.extend_from_slice(&buffer);
-        self.stream.write_all(&message).unwrap();
-        let mut size = [0u8; 4];
-        self.stream.read_exact(&mut size).unwrap();
-        let mut frame = vec![0u8; i32::from_be_bytes(size) as usize];
-        self.stream.read_exact(&mut frame).unwrap();
-        let mut frame = Bytes::from(frame);
-        let header_version = <R::Response as HeaderVersion>::header_version(version);
-        ResponseHeader::decode(&mut frame, header_version).unwrap();
-        R::Response::decode(&mut frame, version).unwrap()
-    }
-
     fn create_topic(&mut self) {
         let mut creatable = CreatableTopic::default();
         creatable.name = TopicName(StrBytes::from_static_str(TOPIC));
@@ -322,8 +290,11 @@ fn a_full_disk_heals_without_a_restart_once_space_is_freed() {
     };
     let config = Config::from_toml("\"log.segment.bytes\" = 4194304", &overrides).unwrap();
     let broker = server::start(config).unwrap();
-    let mut load =
-        Load { client: Client::connect(broker.address), timestamp: 1_000, acknowledged: Vec::new() };
+    let mut load = Load {
+        client: Client::connect(broker.address, Duration::from_secs(60)),
+        timestamp: 1_000,
+        acknowledged: Vec::new(),
+    };
     load.client.create_topic();
     for _ in 0..8 {
         assert_eq!(load.produce(), NONE);

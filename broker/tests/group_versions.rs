@@ -5,11 +5,12 @@
 //! decode) and its error codes and values are checked.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step is the test failing
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+mod common;
+use common::Client;
+
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{
@@ -26,53 +27,13 @@ use kafka_protocol::messages::offset_for_leader_epoch_request::{
 };
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use sluice_broker::config::{Config, ConfigOverrides};
 use sluice_broker::server;
 
 const NONE: i16 = 0;
 const MEMBER_ID_REQUIRED: i16 = 79;
 const TOPIC: &str = "versions";
-
-struct Client {
-    stream: TcpStream,
-    correlation_id: i32,
-}
-
-impl Client {
-    fn connect(address: SocketAddr) -> Client {
-        let stream = TcpStream::connect(address).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        Client { stream, correlation_id: 0 }
-    }
-
-    fn call<R: Request + Encodable>(&mut self, request: &R, version: i16) -> R::Response {
-        self.correlation_id += 1;
-        let mut buffer = BytesMut::new();
-        let mut header = RequestHeader::default();
-        header.request_api_key = R::KEY;
-        header.request_api_version = version;
-        header.correlation_id = self.correlation_id;
-        header.client_id = Some(StrBytes::from_static_str("versions"));
-        header.encode(&mut buffer, R::header_version(version)).unwrap();
-        request.encode(&mut buffer, version).unwrap();
-        let mut message = (buffer.len() as i32).to_be_bytes().to_vec();
-        message.extend_from_slice(&buffer);
-        self.stream.write_all(&message).unwrap();
-        let mut size = [0u8; 4];
-        self.stream.read_exact(&mut size).unwrap_or_else(|e| panic!("API {} v{version}: {e}", R::KEY));
-        let mut frame = vec![0u8; i32::from_be_bytes(size) as usize];
-        self.stream.read_exact(&mut frame).unwrap();
-        let mut frame = Bytes::from(frame);
-        let header_version = <R::Response as HeaderVersion>::header_version(version);
-        let response_header = ResponseHeader::decode(&mut frame, header_version).unwrap();
-        assert_eq!(response_header.correlation_id, self.correlation_id);
-        let response = R::Response::decode(&mut frame, version)
-            .unwrap_or_else(|error| panic!("API {} v{version}: response does not decode: {error}", R::KEY));
-        assert!(frame.is_empty(), "API {} v{version}: {} trailing bytes", R::KEY, frame.len());
-        response
-    }
-}
 
 fn text(value: &str) -> StrBytes {
     StrBytes::from_string(value.to_string())
@@ -95,7 +56,7 @@ fn every_group_api_version_round_trips() {
     };
     let config = Config::from_toml("\"group.initial.rebalance.delay.ms\" = 0", &overrides).unwrap();
     let broker = server::start(config).unwrap();
-    let mut client = Client::connect(broker.address);
+    let mut client = Client::connect(broker.address, Duration::from_secs(30));
 
     let mut create = CreateTopicsRequest::default();
     let mut topic = kafka_protocol::messages::create_topics_request::CreatableTopic::default();

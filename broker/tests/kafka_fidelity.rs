@@ -5,13 +5,15 @@
 //! server.properties' no-op keys accepted by the `sluice` binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step is the test failing
 
+mod common;
+use common::Client;
+
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::alter_configs_request::{AlterConfigsResource, AlterableConfig};
 use kafka_protocol::messages::create_partitions_request::{
     CreatePartitionsAssignment, CreatePartitionsTopic,
@@ -32,7 +34,7 @@ use kafka_protocol::messages::offset_commit_request::{
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, Request, StrBytes};
+use kafka_protocol::protocol::{Message, Request, StrBytes};
 use sluice_broker::config::{Config, ConfigOverrides};
 use sluice_broker::server;
 use sluice_storage::batch::testing::make_batch;
@@ -49,48 +51,6 @@ const RESOURCE_BROKER: i8 = 4;
 const SOURCE_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
-
-struct Client {
-    stream: TcpStream,
-    correlation_id: i32,
-}
-
-impl Client {
-    fn connect(address: SocketAddr) -> Client {
-        let stream = TcpStream::connect(address).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        Client { stream, correlation_id: 0 }
-    }
-
-    fn call<R: Request + Encodable>(&mut self, request: &R, version: i16) -> R::Response {
-        self.correlation_id += 1;
-        let mut buffer = BytesMut::new();
-        let mut header = RequestHeader::default();
-        header.request_api_key = R::KEY;
-        header.request_api_version = version;
-        header.correlation_id = self.correlation_id;
-        header.client_id = Some(StrBytes::from_static_str("kafka-fidelity"));
-        header.encode(&mut buffer, R::header_version(version)).unwrap();
-        request.encode(&mut buffer, version).unwrap();
-        let mut message = (buffer.len() as i32).to_be_bytes().to_vec();
-        message.extend_from_slice(&buffer);
-        self.stream.write_all(&message).unwrap();
-        let mut size = [0u8; 4];
-        self.stream
-            .read_exact(&mut size)
-            .unwrap_or_else(|error| panic!("API {} v{version}: {error}", R::KEY));
-        let mut frame = vec![0u8; i32::from_be_bytes(size) as usize];
-        self.stream.read_exact(&mut frame).unwrap();
-        let mut frame = Bytes::from(frame);
-        let header_version = <R::Response as HeaderVersion>::header_version(version);
-        let response_header = ResponseHeader::decode(&mut frame, header_version).unwrap();
-        assert_eq!(response_header.correlation_id, self.correlation_id);
-        let response = R::Response::decode(&mut frame, version)
-            .unwrap_or_else(|error| panic!("API {} v{version}: response does not decode: {error}", R::KEY));
-        assert!(frame.is_empty(), "API {} v{version}: {} trailing bytes", R::KEY, frame.len());
-        response
-    }
-}
 
 struct Running {
     broker: server::Broker,
@@ -113,7 +73,7 @@ impl Running {
     }
 
     fn client(&self) -> Client {
-        Client::connect(self.broker.address)
+        Client::connect(self.broker.address, Duration::from_secs(60))
     }
 
     fn stop(self) {
@@ -635,7 +595,7 @@ fn until_loaded<T>(mut call: impl FnMut() -> (i16, T), what: &str) -> (i16, T) {
 /// One member of a two-member group on a fresh broker: join (through MEMBER_ID_REQUIRED), sync; returns the
 /// generation it synced in. Rebalances (another member joined late) are retried from the join.
 fn member_joins_and_syncs(address: SocketAddr, group: &str) -> i32 {
-    let mut client = Client::connect(address);
+    let mut client = Client::connect(address, Duration::from_secs(60));
     let mut member_id = String::new();
     loop {
         let (code, joined) = until_loaded(
