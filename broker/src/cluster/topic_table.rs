@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -50,29 +51,84 @@ pub struct PartitionAssignment {
     pub replicas: Vec<i32>,
     /// Bumped by each leader change; stamped into the batches the leader writes.
     pub leader_epoch: i32,
+    /// The current leader when the metadata quorum says (cluster mode; `-1`: none can lead). Absent in a cluster
+    /// of one's `topics.toml`: the first replica leads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<i32>,
+    /// The in-sync replicas (cluster mode); empty in a cluster of one, where it is the replica list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub isr: Vec<i32>,
 }
 
 impl PartitionAssignment {
     pub fn on_node(node: NodeId, leader_epoch: LeaderEpoch) -> PartitionAssignment {
-        PartitionAssignment { replicas: vec![node.0], leader_epoch: leader_epoch.0 }
+        PartitionAssignment {
+            replicas: vec![node.0],
+            leader_epoch: leader_epoch.0,
+            leader: None,
+            isr: Vec::new(),
+        }
     }
 
     pub fn leader_epoch(&self) -> LeaderEpoch {
         LeaderEpoch(self.leader_epoch)
     }
 
-    /// The preferred leader (a cluster of one: the only replica).
+    /// The partition's leader: the quorum's choice in a cluster, the only replica in a cluster of one.
     pub fn leader(&self) -> NodeId {
-        self.replicas.first().map_or(NodeId::NONE, |node| NodeId(*node))
+        match self.leader {
+            Some(leader) => NodeId(leader),
+            None => self.replicas.first().map_or(NodeId::NONE, |node| NodeId(*node)),
+        }
+    }
+
+    /// The in-sync replicas (the replica list in a cluster of one).
+    pub fn isr(&self) -> &[i32] {
+        if self.leader.is_none() {
+            &self.replicas
+        } else {
+            &self.isr
+        }
     }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TopicTable {
-    /// Incremented by every change; a shard ignores a table older than the one it has.
+    /// Incremented by every change; a shard ignores a table older than the one it has. In a cluster: the metadata
+    /// log index the table was derived from.
     pub version: u64,
     #[serde(default)]
     pub topics: BTreeMap<String, TopicEntry>,
+    /// The cluster around this broker (brokers, active controller), derived from the metadata image; `None` in a
+    /// cluster of one (no `controller.quorum.voters`).
+    #[serde(skip)]
+    pub cluster: Option<Arc<ClusterView>>,
+}
+
+/// What the metadata quorum says about the brokers, as every shard reads it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClusterView {
+    /// Every registered broker, fenced ones too (by id).
+    pub brokers: BTreeMap<i32, BrokerView>,
+    /// The active controller (the quorum's leader) when known.
+    pub controller: Option<i32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerView {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+    /// A fenced broker missed its session (or has not caught up since registering): it leads nothing.
+    pub fenced: bool,
+}
+
+impl ClusterView {
+    /// Brokers clients may use: registered and unfenced.
+    pub fn live_brokers(&self) -> impl Iterator<Item = &BrokerView> {
+        self.brokers.values().filter(|broker| !broker.fenced)
+    }
 }
 
 impl TopicTable {
