@@ -20,6 +20,7 @@ use sluice_replication::{NodeId, ShardId};
 
 use crate::cluster::PartitionManager;
 use crate::cluster::TopicTable;
+use crate::controller::Cluster;
 use crate::mesh::{Envelope, Mesh};
 use crate::shard::{Shard, ShardReply, ShardRequest};
 
@@ -46,11 +47,16 @@ pub struct Broker {
     stop: Arc<AtomicBool>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
     running: Arc<AtomicUsize>,
+    /// Cluster mode: this node's membership (controller threads, heartbeats).
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Broker {
     /// Asks every shard to stop: stop accepting, finish in-flight requests, close the logs.
     pub fn stop(&self) {
+        if let Some(cluster) = &self.cluster {
+            cluster.stop();
+        }
         self.stop.store(true, Ordering::SeqCst);
     }
 
@@ -101,7 +107,11 @@ pub fn start(config: Config) -> Result<Broker, String> {
     let connections =
         Arc::new(ConnectionLimits::new(&config, connection_count_bound(&config, &descriptor_limit)));
     let open_files_max = open_file_count_bound(&config, &descriptor_limit);
-    let table = Arc::new(TopicTable::load(&config.data_dir, NodeId(config.node_id))?);
+    let cluster = if config.is_cluster() { Some(Cluster::start(&config)?) } else { None };
+    let table = match &cluster {
+        Some(cluster) => Arc::new(cluster.initial_table()),
+        None => Arc::new(TopicTable::load(&config.data_dir, NodeId(config.node_id))?),
+    };
     let shard_count = match config.shard_count {
         Some(count) => count,
         None => std::thread::available_parallelism().map(|count| count.get()).unwrap_or(1),
@@ -129,6 +139,7 @@ pub fn start(config: Config) -> Result<Broker, String> {
             started: started_sender.clone(),
             connections: connections.clone(),
             open_files_max: (open_files_max / shard_count).max(1),
+            cluster: cluster.clone(),
         };
         let request_mesh = request_mesh.clone();
         let reply_mesh = reply_mesh.clone();
@@ -149,7 +160,8 @@ pub fn start(config: Config) -> Result<Broker, String> {
         handles.push(handle);
     }
     drop(started_sender);
-    let broker = Broker { address, descriptor_limit, connections, open_files_max, stop, handles, running };
+    let broker =
+        Broker { address, descriptor_limit, connections, open_files_max, stop, handles, running, cluster };
     for _ in 0..shard_count {
         match started_receiver.recv() {
             Ok(Ok(())) => {}
@@ -164,6 +176,9 @@ pub fn start(config: Config) -> Result<Broker, String> {
                 return Err("a shard stopped during start-up".into());
             }
         }
+    }
+    if let Some(cluster) = &broker.cluster {
+        cluster.start_heartbeats()?;
     }
     Ok(broker)
 }
@@ -182,6 +197,7 @@ struct ShardContext {
     connections: Arc<ConnectionLimits>,
     /// This shard's share of `log.segment.open.files.max`.
     open_files_max: usize,
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// A shard's life, in order. Each transition is logged; going back is a broken invariant.
@@ -300,7 +316,13 @@ async fn run_shard_load(
         .await
         .map_err(|error| format!("data directory {}: {error}", context.config.data_dir.display()))?;
     let partitions = PartitionManager::new(context.config.clone(), storage, shard_id, context.shard_count);
-    let shard = Rc::new(Shard::new(context.config.clone(), context.table.clone(), partitions, mesh));
+    let shard = Rc::new(Shard::new(
+        context.config.clone(),
+        context.table.clone(),
+        partitions,
+        mesh,
+        context.cluster.clone(),
+    ));
     shard.serve_mesh(request_receivers, reply_receivers, mesh_queue);
     if let Some(delay) = test_load_delay(shard_id) {
         log::warn!("shard {shard_id}: loading held back by {delay:?} ({LOAD_DELAY_VARIABLE})");
@@ -358,6 +380,10 @@ fn run_shard_background(shard: &Rc<Shard>, context: &ShardContext) -> Background
             }
         })
     };
+    // Cluster mode: shard 0 installs each metadata image on every shard (it ends at the shutdown signal).
+    if let (Some(cluster), 0) = (&context.cluster, shard.id.0) {
+        glommio::spawn_local(shard.clone().follow_cluster_metadata(cluster.clone())).detach();
+    }
     Background { group_timers, retention, watcher }
 }
 

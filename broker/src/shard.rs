@@ -25,6 +25,7 @@ use crate::cluster::placement::shard_for;
 use crate::cluster::topic_table::{self, apply_change, TopicChange, TopicTable};
 use crate::cluster::PartitionManager;
 use crate::config::Config;
+use crate::controller::Cluster;
 use crate::errors::{KafkaError, ResponseError};
 use crate::group::{GroupCoordinator, GroupHost, GroupReply, GroupRequest};
 use crate::mesh::{Mesh, MeshError, ReplyTo};
@@ -101,6 +102,12 @@ pub struct Shard {
     producer_ids: RefCell<Option<ProducerIdAllocator>>,
     /// The consumer groups this shard coordinates.
     pub groups: GroupCoordinator,
+    /// Cluster mode: this node's membership (`None` for a single-node broker).
+    pub cluster: Option<Arc<Cluster>>,
+    /// Woken whenever a newer topic table is installed on this shard.
+    pub(crate) table_installed: Notify,
+    /// Shard 0 in cluster mode: the rest of the producer-id block the controller gave, `[next, end)`.
+    pub(crate) producer_id_block: Cell<(i64, i64)>,
 }
 
 fn mesh_error(error: MeshError) -> KafkaError {
@@ -128,6 +135,7 @@ impl Shard {
         table: Arc<TopicTable>,
         partitions: PartitionManager<DmaStorage>,
         mesh: Rc<Mesh<ShardRequest, ShardReply>>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Shard {
         Shard {
             id: mesh.shard(),
@@ -143,6 +151,24 @@ impl Shard {
             connections_changed: Notify::default(),
             producer_ids: RefCell::new(None),
             groups: GroupCoordinator::default(),
+            cluster,
+            table_installed: Notify::default(),
+            producer_id_block: Cell::new((0, 0)),
+        }
+    }
+
+    /// Cluster mode: NOT_LEADER_OR_FOLLOWER when another broker (or none) leads the partition. Unknown partitions
+    /// pass, to be answered as before.
+    pub fn check_leader(&self, topic: &str, partition: i32) -> Result<(), KafkaError> {
+        let table = self.topics();
+        if table.cluster.is_none() {
+            return Ok(());
+        }
+        match table.get(topic).and_then(|entry| entry.partition(partition)) {
+            Some(assignment) if assignment.leader().0 != self.config.node_id => {
+                Err(KafkaError::new(ResponseError::NotLeaderOrFollower))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -152,6 +178,10 @@ impl Shard {
 
     pub fn owner(&self, topic: &str, partition: i32) -> ShardId {
         ShardId(shard_for(topic, partition, self.count))
+    }
+
+    pub(crate) fn table_installed_notified(&self) -> crate::sync::Notified<'_> {
+        self.table_installed.notified()
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -247,7 +277,10 @@ impl Shard {
                 self.partitions.discard_prepared().await;
                 ShardReply::Applied(Ok(()))
             }
-            ShardRequest::AllocateProducerId => ShardReply::ProducerId(self.allocate_producer_id_local()),
+            ShardRequest::AllocateProducerId => ShardReply::ProducerId(match self.cluster.clone() {
+                Some(cluster) => self.allocate_producer_id_cluster(&cluster).await,
+                None => self.allocate_producer_id_local(),
+            }),
             ShardRequest::Group(request) => {
                 // Boxed for the same reason as admin: a group call may create __consumer_offsets.
                 let serve: Pin<Box<dyn Future<Output = GroupReply> + '_>> =
@@ -309,6 +342,9 @@ impl Shard {
         acks: Acks,
     ) -> Acknowledgement {
         let ready = |result: PartitionResult| -> Acknowledgement { Box::pin(std::future::ready(result)) };
+        if let Err(error) = self.check_leader(&topic_partition.topic, topic_partition.partition) {
+            return ready(Err(error));
+        }
         let owner = self.owner(&topic_partition.topic, topic_partition.partition);
         if owner == self.id {
             return match self.partitions.get(&topic_partition.topic, topic_partition.partition) {
@@ -339,6 +375,7 @@ impl Shard {
         partition: i32,
         op: PartitionOp,
     ) -> PartitionResult {
+        self.check_leader(topic, partition)?;
         let topic_partition = TopicPartition::new(topic, partition);
         let owner = self.owner(topic, partition);
         if owner == self.id {
@@ -396,6 +433,9 @@ impl Shard {
         let Ok(_permit) = self.admin_lock.acquire_permit(1).await else {
             return vec![Err(KafkaError::new(ResponseError::UnknownServerError)); changes.len()];
         };
+        if let Some(cluster) = self.cluster.clone() {
+            return self.admin_cluster(&cluster, changes, validate_only).await;
+        }
         let node = sluice_replication::NodeId(self.config.node_id);
         let mut table = (*self.topics()).clone();
         let results: AdminResults = changes
@@ -443,7 +483,10 @@ impl Shard {
 
     /// Sends a request to every shard, this one included, one after another (each even after another failed);
     /// the first failure, if any.
-    async fn call_every_shard(self: &Rc<Self>, request: impl Fn() -> ShardRequest) -> Result<(), String> {
+    pub(crate) async fn call_every_shard(
+        self: &Rc<Self>,
+        request: impl Fn() -> ShardRequest,
+    ) -> Result<(), String> {
         let mut first_failure = None;
         for target in 0..self.count {
             let failure = match self.call(ShardId(target), request()).await {
@@ -491,6 +534,7 @@ impl Shard {
         self.partitions.install(&table).await;
         if table.version >= self.topics().version {
             *self.topics.borrow_mut() = table;
+            self.table_installed.notify_all();
         }
     }
 

@@ -138,7 +138,11 @@ impl<S: Storage> PartitionManager<S> {
     /// and left out, and answers KAFKA_STORAGE_ERROR (see [`Self::failure`]): one bad directory does not keep the
     /// broker from serving the rest. Never fails; the `Result` is the start-up sequence's shape.
     pub async fn apply(&self, table: &TopicTable) -> Result<(), String> {
-        self.remove_leftovers(table);
+        // In a cluster the table comes from the metadata quorum and may lag the disk at start (the image is
+        // caught up after the shards load): nothing on disk is removed on its word.
+        if table.cluster.is_none() {
+            self.remove_leftovers(table);
+        }
         self.install(table).await;
         Ok(())
     }
@@ -223,6 +227,12 @@ impl<S: Storage> PartitionManager<S> {
             .values()
             .flat_map(|entry| (0..entry.partition_count).map(move |index| (entry, index)))
             .filter(|(entry, index)| self.owns(&entry.name, *index))
+            // A replica of this node (in a cluster of one, every partition is).
+            .filter(|(entry, index)| {
+                entry
+                    .partition(*index)
+                    .is_some_and(|assignment| assignment.replicas.contains(&self.config.node_id))
+            })
             .collect()
     }
 

@@ -204,6 +204,23 @@ impl TopicEntry {
         entry
     }
 
+    /// A topic as the metadata quorum describes it (cluster mode): its assignments are the quorum's.
+    pub fn from_cluster(
+        name: String,
+        topic_id: String,
+        configs: BTreeMap<String, String>,
+        partitions: Vec<PartitionAssignment>,
+    ) -> TopicEntry {
+        TopicEntry {
+            name,
+            topic_id,
+            partition_count: partitions.len() as i32,
+            legacy_leader_epoch: 0,
+            configs,
+            partitions,
+        }
+    }
+
     /// Partition `index`'s assignment (`None` outside the topic).
     pub fn partition(&self, index: i32) -> Option<&PartitionAssignment> {
         usize::try_from(index).ok().and_then(|index| self.partitions.get(index))

@@ -44,19 +44,40 @@ pub async fn handle(
     } else {
         vec![body.key.to_string()]
     };
+    let located: Vec<Located> = keys.iter().map(|key| locate(shard, key, &located)).collect();
     context.respond(&encode(context.api_version, &keys, &located))
 }
 
-fn encode(version: i16, keys: &[String], located: &Located) -> FindCoordinatorResponse {
+/// In a cluster, a group's coordinator is the leader of its `__consumer_offsets` partition, wherever that is.
+fn locate(shard: &Shard, group: &str, located: &Located) -> Located {
+    let found = located.clone()?;
+    let table = shard.topics();
+    let Some(view) = &table.cluster else { return Ok(found) };
+    let count = table.get(group::OFFSETS_TOPIC).map_or(1, |entry| entry.partition_count);
+    let index = group::offsets_partition(group, count);
+    let leader =
+        table.get(group::OFFSETS_TOPIC).and_then(|entry| entry.partition(index)).map(|p| p.leader().0);
+    match leader.and_then(|leader| view.brokers.get(&leader)).filter(|broker| !broker.fenced) {
+        Some(broker) => Ok((broker.id, broker.host.clone(), broker.port)),
+        None => Err(KafkaError::with_message(
+            ResponseError::CoordinatorNotAvailable,
+            format!("{}-{index} has no leader", group::OFFSETS_TOPIC),
+        )),
+    }
+}
+
+fn encode(version: i16, keys: &[String], located: &[Located]) -> FindCoordinatorResponse {
     let mut response = FindCoordinatorResponse::default();
-    let (node_id, host, port, error, message) = match located {
+    let fields = |located: &Located| match located {
         Ok((node, host, port)) => (*node, host.clone(), i32::from(*port), ErrorCode::NONE, None),
         Err(error) => (-1, String::new(), -1, error.code, error.message.clone()),
     };
     if version >= 4 {
         response.coordinators = keys
             .iter()
-            .map(|key| {
+            .zip(located)
+            .map(|(key, located)| {
+                let (node_id, host, port, error, message) = fields(located);
                 let mut coordinator = Coordinator::default();
                 coordinator.key = str_bytes(key);
                 coordinator.node_id = BrokerId(node_id);
@@ -67,7 +88,8 @@ fn encode(version: i16, keys: &[String], located: &Located) -> FindCoordinatorRe
                 coordinator
             })
             .collect();
-    } else {
+    } else if let Some(located) = located.first() {
+        let (node_id, host, port, error, message) = fields(located);
         response.error_code = error.code();
         if version >= 1 {
             response.error_message = message.as_deref().map(str_bytes);
@@ -101,7 +123,8 @@ mod tests {
                     api_version: version,
                     correlation_id: 3,
                 };
-                let response = context.respond(&encode(version, &keys, located)).unwrap().unwrap();
+                let located = vec![located.clone(); keys.len()];
+                let response = context.respond(&encode(version, &keys, &located)).unwrap().unwrap();
                 let mut frame: Bytes = response.chunks.concat().into();
                 let _ = frame.split_to(4);
                 let header =

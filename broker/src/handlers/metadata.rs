@@ -8,7 +8,12 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
 
-use super::{auto_create, node, str_bytes, topic_name, HandlerResult, RequestContext};
+use kafka_protocol::messages::BrokerId;
+
+use super::{
+    auto_create, brokers_and_controller, partition_nodes, str_bytes, topic_name, HandlerResult,
+    PartitionNodes, RequestContext,
+};
 use crate::cluster::topic_table::validate_topic_name;
 use crate::errors::ResponseError;
 use crate::handlers::describe_cluster::CLUSTER_ID;
@@ -33,11 +38,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: MetadataR
         auto_create(shard, &names).await;
     }
     let table = shard.topics();
-    let (host, port) = shard.config.advertised();
-    let mut broker = MetadataResponseBroker::default();
-    broker.node_id = node(shard);
-    broker.host = str_bytes(&host);
-    broker.port = i32::from(port);
+    let (brokers, controller) = brokers_and_controller(shard, &table);
 
     let describe = |entry: &crate::cluster::topic_table::TopicEntry| {
         let mut topic = MetadataResponseTopic::default();
@@ -49,12 +50,27 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: MetadataR
             .map(|index| {
                 let mut partition = MetadataResponsePartition::default();
                 partition.partition_index = index;
-                partition.leader_id = node(shard);
+                let nodes = match entry.partition(index) {
+                    Some(assignment) => partition_nodes(&table, assignment),
+                    None => PartitionNodes {
+                        leader: -1,
+                        replicas: Vec::new(),
+                        isr: Vec::new(),
+                        offline: Vec::new(),
+                    },
+                };
+                if nodes.leader < 0 {
+                    partition.error_code = ResponseError::LeaderNotAvailable.code();
+                }
+                partition.leader_id = BrokerId(nodes.leader);
                 if version >= 7 {
                     partition.leader_epoch = entry.leader_epoch(index).0;
                 }
-                partition.replica_nodes = vec![node(shard)];
-                partition.isr_nodes = vec![node(shard)];
+                partition.replica_nodes = nodes.replicas.into_iter().map(BrokerId).collect();
+                partition.isr_nodes = nodes.isr.into_iter().map(BrokerId).collect();
+                if version >= 5 {
+                    partition.offline_replicas = nodes.offline.into_iter().map(BrokerId).collect();
+                }
                 partition
             })
             .collect();
@@ -96,12 +112,24 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: MetadataR
             .collect(),
     };
     let mut response = MetadataResponse::default();
-    response.brokers = vec![broker];
+    response.brokers = brokers
+        .into_iter()
+        .map(|(id, host, port, rack)| {
+            let mut broker = MetadataResponseBroker::default();
+            broker.node_id = BrokerId(id);
+            broker.host = str_bytes(&host);
+            broker.port = i32::from(port);
+            if version >= 1 {
+                broker.rack = rack.as_deref().map(str_bytes);
+            }
+            broker
+        })
+        .collect();
     if version >= 2 {
         response.cluster_id = Some(str_bytes(CLUSTER_ID));
     }
     if version >= 1 {
-        response.controller_id = node(shard);
+        response.controller_id = BrokerId(controller);
     }
     response.topics = topics;
     context.respond(&response)

@@ -7,6 +7,8 @@ use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, BrokerId, RequestKind, TopicName};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
+use crate::cluster::topic_table::PartitionAssignment;
+use crate::cluster::TopicTable;
 use crate::codec::{self, CodecError, Request};
 use crate::shard::Shard;
 use crate::sync::OneshotSender;
@@ -134,6 +136,46 @@ pub fn str_bytes(text: &str) -> StrBytes {
 
 pub fn node(shard: &Shard) -> BrokerId {
     BrokerId(shard.config.node_id)
+}
+
+/// A broker clients may reach: (id, host, port, rack).
+pub type BrokerAddress = (i32, String, u16, Option<String>);
+
+/// The brokers Metadata and DescribeCluster list, and the active controller: the live brokers of the cluster
+/// view, or this broker alone (a single node, or a cluster member before its first image).
+pub fn brokers_and_controller(shard: &Shard, table: &TopicTable) -> (Vec<BrokerAddress>, i32) {
+    let (host, port) = shard.config.advertised();
+    let own = (shard.config.node_id, host, port, shard.config.broker_rack.clone());
+    let Some(view) = &table.cluster else { return (vec![own], shard.config.node_id) };
+    let mut brokers: Vec<BrokerAddress> = view
+        .live_brokers()
+        .map(|broker| (broker.id, broker.host.clone(), broker.port, broker.rack.clone()))
+        .collect();
+    if brokers.is_empty() {
+        brokers.push(own);
+    }
+    (brokers, view.controller.unwrap_or(-1))
+}
+
+/// A partition as Metadata describes it: leader (-1 when none can lead), replicas, ISR, offline replicas.
+pub struct PartitionNodes {
+    pub leader: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    pub offline: Vec<i32>,
+}
+
+pub fn partition_nodes(table: &TopicTable, assignment: &PartitionAssignment) -> PartitionNodes {
+    let live = |node: &i32| {
+        table.cluster.as_ref().is_none_or(|view| view.brokers.get(node).is_some_and(|broker| !broker.fenced))
+    };
+    let leader = assignment.leader().0;
+    PartitionNodes {
+        leader: if live(&leader) { leader } else { -1 },
+        replicas: assignment.replicas.clone(),
+        isr: assignment.isr().to_vec(),
+        offline: assignment.replicas.iter().copied().filter(|node| !live(node)).collect(),
+    }
 }
 
 /// Auto-creates the topics in `names` that do not exist, when `auto.create.topics.enable` allows.

@@ -411,7 +411,7 @@ pub fn decode_registration(reader: &mut Reader<'_>) -> Result<BrokerRegistration
     Ok(BrokerRegistration { broker, incarnation, listeners, rack: reader.option_string()? })
 }
 
-fn encode_config_resource(writer: &mut Writer, resource: &ConfigResource) {
+pub fn encode_config_resource(writer: &mut Writer, resource: &ConfigResource) {
     match resource {
         ConfigResource::Broker(broker) => {
             writer.u8(0);
@@ -424,7 +424,7 @@ fn encode_config_resource(writer: &mut Writer, resource: &ConfigResource) {
     }
 }
 
-fn decode_config_resource(reader: &mut Reader<'_>) -> Result<ConfigResource, CodecError> {
+pub fn decode_config_resource(reader: &mut Reader<'_>) -> Result<ConfigResource, CodecError> {
     let offset = reader.position;
     match reader.u8()? {
         0 => Ok(ConfigResource::Broker(NodeId(reader.i32()?))),

@@ -341,6 +341,18 @@ impl<S: QuorumStorage> QuorumNode<S> {
     }
 
     /// The commit index this node knows (durable or not).
+    /// Each voter's replication progress as this leader tracks it, `(voter, highest index known on it)` by
+    /// voter; empty unless this node leads (KIP-595's DescribeQuorum answers it).
+    pub fn voter_progress(&self) -> Vec<(NodeId, u64)> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let mut progress: Vec<(NodeId, u64)> =
+            self.raw.raft.prs().iter().map(|(id, progress)| (node_id(*id), progress.matched)).collect();
+        progress.sort_unstable();
+        progress
+    }
+
     pub fn commit_index(&self) -> u64 {
         self.raw.raft.raft_log.committed
     }

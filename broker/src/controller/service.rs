@@ -1,0 +1,592 @@
+//! The controller of a voter: one thread that owns the `QuorumNode` (raft-rs over `DiskQuorumStorage`, whose
+//! fsyncs would stall a shard's reactor, hence a thread of its own), its listener for the other voters and the
+//! brokers, and a sender thread per other voter. Inputs arrive as [`Event`]s on one bounded channel; after each
+//! batch of them the node syncs its storage, and only then are acknowledgements sent, committed entries applied
+//! and the new image published to the shards ([`MetadataCell`]).
+//!
+//! While this voter leads, it is the active controller: it answers admin writes (validated by
+//! `metadata::plan` against its image, answered once committed), broker heartbeats (registration, unfencing,
+//! and fencing of brokers whose session expired: `BrokerHeartbeats`), metadata fetches and DescribeQuorum.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raft::eraftpb::Message;
+use sluice_replication::metadata::{
+    plan, AdminRequest, BrokerEpoch, BrokerHeartbeats, ControllerError, Heartbeat, MetadataImage,
+    MetadataRecord,
+};
+use sluice_replication::quorum::node::{node_id, ProposalId};
+use sluice_replication::quorum::{DiskQuorumStorage, QuorumNode, QuorumOutput, StdDir};
+use sluice_replication::NodeId;
+
+use super::client::resolve;
+use super::wire::{encode, read_frame, ControlRequest, ControlResponse, Frame, QuorumState, VoterState};
+use super::MetadataCell;
+use crate::errors::ResponseError;
+
+pub type DiskNode = QuorumNode<DiskQuorumStorage<StdDir>>;
+
+/// raft-rs's tick: elections after 10–20 ticks, heartbeats every 2 (see `QuorumConfig::new`).
+pub const TICK: Duration = Duration::from_millis(100);
+/// Events queued for the controller thread at most; raft messages beyond it are dropped (Raft resends).
+const EVENT_QUEUE_CAPACITY: usize = 4_096;
+/// Events handled between two syncs at most.
+const EVENT_BATCH_MAX: usize = 256;
+/// Frames queued for one peer at most; more are dropped.
+const PEER_QUEUE_CAPACITY: usize = 1_024;
+/// Connections the controller listener serves at once (voters and brokers open one per call).
+const CONNECTION_COUNT_MAX: usize = 512;
+/// Metadata fetches held for a newer image at most.
+const WAITING_FETCH_COUNT_MAX: usize = 1_024;
+
+/// Where an answer goes: the connection the request came on.
+#[derive(Clone, Debug)]
+pub struct Responder {
+    stream: Arc<Mutex<TcpStream>>,
+    correlation: u64,
+}
+
+impl Responder {
+    fn respond(&self, response: ControlResponse) {
+        let bytes = encode(&Frame::Response { correlation: self.correlation, response });
+        if let Ok(mut stream) = self.stream.lock() {
+            // A caller that went away gets nothing; it retries.
+            let _ = stream.write_all(&bytes);
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Raft(Message),
+    Request(Responder, ControlRequest),
+}
+
+/// What to answer when a proposal commits.
+#[derive(Debug)]
+enum Reply {
+    Done,
+    Registered,
+    Heartbeat {
+        epoch: BrokerEpoch,
+        fenced: bool,
+    },
+    ProducerIds {
+        first: i64,
+        size: i32,
+    },
+    /// The controller's own proposal (a fence, the migration batch): nobody waits.
+    Internal,
+}
+
+#[derive(Debug)]
+struct Pending {
+    responder: Option<Responder>,
+    reply: Reply,
+    /// The broker whose registration or heartbeat this is (one change in flight per broker).
+    broker: Option<NodeId>,
+}
+
+struct WaitingFetch {
+    responder: Responder,
+    applied_index: u64,
+    deadline: Instant,
+}
+
+pub struct Controller {
+    node: DiskNode,
+    session_timeout: Duration,
+    started: Instant,
+    heartbeats: Option<BrokerHeartbeats>,
+    next_proposal: u64,
+    pending: HashMap<u64, Pending>,
+    /// A controller-initiated proposal is in flight (one at a time: each is computed against the image the
+    /// previous one produced).
+    internal_in_flight: bool,
+    changing_brokers: BTreeSet<NodeId>,
+    waiting_fetches: Vec<WaitingFetch>,
+    peers: BTreeMap<i32, SyncSender<Vec<u8>>>,
+    cell: Arc<MetadataCell>,
+    /// Topics of a single-node data directory (`topics.toml`) still to be written into the metadata log.
+    bootstrap: Vec<MetadataRecord>,
+    last_leader: Option<NodeId>,
+}
+
+/// Binds the controller listener and starts the controller's threads. An address that cannot be bound is a
+/// start-up error.
+pub fn start(
+    node: DiskNode,
+    listen: &str,
+    peers: Vec<(i32, String)>,
+    session_timeout: Duration,
+    cell: Arc<MetadataCell>,
+    bootstrap: Vec<MetadataRecord>,
+) -> Result<(), String> {
+    let socket = resolve(listen)?;
+    let listener = TcpListener::bind(socket)
+        .map_err(|error| format!("cannot listen for the metadata quorum on {listen}: {error}"))?;
+    let (events, receiver) = sync_channel::<Event>(EVENT_QUEUE_CAPACITY);
+    let peer_senders = peers.into_iter().map(|(id, address)| (id, spawn_peer(id, address))).collect();
+    let accept_events = events.clone();
+    spawn("sluice-quorum-accept", move || accept(listener, accept_events))?;
+    let mut controller = Controller {
+        node,
+        session_timeout,
+        started: Instant::now(),
+        heartbeats: None,
+        next_proposal: 1,
+        pending: HashMap::new(),
+        internal_in_flight: false,
+        changing_brokers: BTreeSet::new(),
+        waiting_fetches: Vec::new(),
+        peers: peer_senders,
+        cell,
+        bootstrap,
+        last_leader: None,
+    };
+    controller.publish();
+    spawn("sluice-controller", move || controller.run(&receiver))?;
+    Ok(())
+}
+
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(body)
+        .map(drop)
+        .map_err(|error| format!("cannot start thread {name}: {error}"))
+}
+
+fn accept(listener: TcpListener, events: SyncSender<Event>) {
+    let open = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        if open.load(Ordering::Relaxed) >= CONNECTION_COUNT_MAX {
+            log::warn!("controller listener: {CONNECTION_COUNT_MAX} connections open; refusing one");
+            continue;
+        }
+        let events = events.clone();
+        let open = open.clone();
+        open.fetch_add(1, Ordering::Relaxed);
+        let spawned = spawn("sluice-quorum-conn", move || {
+            serve_connection(stream, &events);
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+        if let Err(error) = spawned {
+            log::warn!("{error}");
+        }
+    }
+}
+
+fn serve_connection(stream: TcpStream, events: &SyncSender<Event>) {
+    let _ = stream.set_nodelay(true);
+    let Ok(writer) = stream.try_clone() else { return };
+    let writer = Arc::new(Mutex::new(writer));
+    let mut reader = std::io::BufReader::new(stream);
+    loop {
+        match read_frame(&mut reader) {
+            Ok(Some(Frame::Raft(message))) => {
+                // A full queue drops the message: raft-rs resends what matters.
+                let _ = events.try_send(Event::Raft(message));
+            }
+            Ok(Some(Frame::Request { correlation, request })) => {
+                let responder = Responder { stream: writer.clone(), correlation };
+                match events.try_send(Event::Request(responder.clone(), request)) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => responder.respond(ControlResponse::Error {
+                        code: ResponseError::RequestTimedOut.code(),
+                        message: "the controller is overloaded".into(),
+                    }),
+                    Err(TrySendError::Disconnected(_)) => return,
+                }
+            }
+            Ok(Some(Frame::Response { .. })) => {}
+            Ok(None) => return,
+            Err(error) => {
+                log::debug!("controller listener: dropping a connection: {error}");
+                return;
+            }
+        }
+    }
+}
+
+/// A sender thread for one peer voter: connects when needed, drops frames while the peer is unreachable.
+fn spawn_peer(id: i32, address: String) -> SyncSender<Vec<u8>> {
+    let (sender, receiver) = sync_channel::<Vec<u8>>(PEER_QUEUE_CAPACITY);
+    let body = move || {
+        let mut stream: Option<TcpStream> = None;
+        let mut failed_at: Option<Instant> = None;
+        while let Ok(frame) = receiver.recv() {
+            if stream.is_none() {
+                if failed_at.is_some_and(|at| at.elapsed() < Duration::from_millis(200)) {
+                    continue;
+                }
+                stream = resolve(&address)
+                    .ok()
+                    .and_then(|socket| TcpStream::connect_timeout(&socket, Duration::from_millis(500)).ok());
+                if let Some(stream) = &stream {
+                    let _ = stream.set_nodelay(true);
+                    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+                } else {
+                    failed_at = Some(Instant::now());
+                    continue;
+                }
+            }
+            if let Some(open) = stream.as_mut() {
+                if open.write_all(&frame).is_err() {
+                    log::debug!("quorum peer {id} at {address}: connection lost");
+                    stream = None;
+                    failed_at = Some(Instant::now());
+                }
+            }
+        }
+    };
+    if let Err(error) = spawn("sluice-quorum-peer", body) {
+        log::error!("{error}");
+    }
+    sender
+}
+
+fn controller_error_code(error: &ControllerError) -> ResponseError {
+    match error {
+        ControllerError::InvalidReplicationFactor { .. } => ResponseError::InvalidReplicationFactor,
+        ControllerError::InvalidPartitions { .. } => ResponseError::InvalidPartitions,
+        ControllerError::InvalidReplicaAssignment { .. } => ResponseError::InvalidReplicaAssignment,
+        ControllerError::TopicAlreadyExists { .. } => ResponseError::TopicAlreadyExists,
+        ControllerError::InvalidTopicName { .. } => ResponseError::InvalidTopicException,
+        ControllerError::UnknownTopic { .. } => ResponseError::UnknownTopicOrPartition,
+        ControllerError::InvalidConfig { .. } => ResponseError::InvalidConfig,
+        ControllerError::UnknownBroker { .. } => ResponseError::BrokerIdNotRegistered,
+        ControllerError::StaleBrokerEpoch { .. } => ResponseError::StaleBrokerEpoch,
+        ControllerError::AlreadyRegistered { .. } => ResponseError::DuplicateBrokerRegistration,
+    }
+}
+
+fn refusal(error: &ControllerError) -> ControlResponse {
+    ControlResponse::Error { code: controller_error_code(error).code(), message: error.to_string() }
+}
+
+impl Controller {
+    fn run(&mut self, events: &Receiver<Event>) {
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let mut out = QuorumOutput::default();
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match events.recv_timeout(wait) {
+                Ok(event) => {
+                    self.handle(event, &mut out);
+                    for _ in 1..EVENT_BATCH_MAX {
+                        match events.try_recv() {
+                            Ok(event) => self.handle(event, &mut out),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if Instant::now() >= next_tick {
+                next_tick = Instant::now() + TICK;
+                if let Err(error) = self.node.tick(&mut out) {
+                    log::error!("metadata quorum stopped: {error}");
+                    return;
+                }
+                self.on_tick(&mut out);
+            }
+            if let Err(error) = self.node.sync(&mut out) {
+                log::error!("metadata quorum stopped: {error}");
+                return;
+            }
+            self.dispatch(out);
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn handle(&mut self, event: Event, out: &mut QuorumOutput) {
+        match event {
+            Event::Raft(message) => {
+                if let Err(error) = self.node.step(message, out) {
+                    log::warn!("metadata quorum: a message was refused: {error}");
+                }
+            }
+            Event::Request(responder, request) => self.request(responder, request, out),
+        }
+    }
+
+    fn image(&self) -> Arc<MetadataImage> {
+        self.node.image().clone()
+    }
+
+    fn request(&mut self, responder: Responder, request: ControlRequest, out: &mut QuorumOutput) {
+        match request {
+            ControlRequest::FetchMetadata { applied_index, wait_ms } => {
+                let image = self.image();
+                if image.applied_index() > applied_index {
+                    responder.respond(ControlResponse::Metadata { image: Some(image.encode()) });
+                } else if self.waiting_fetches.len() >= WAITING_FETCH_COUNT_MAX || wait_ms == 0 {
+                    responder.respond(ControlResponse::Metadata { image: None });
+                } else {
+                    let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms));
+                    self.waiting_fetches.push(WaitingFetch { responder, applied_index, deadline });
+                }
+            }
+            _ if !self.node.is_leader() => {
+                responder.respond(ControlResponse::NotController {
+                    leader: self.node.leader().map(|node| node.0),
+                });
+            }
+            ControlRequest::DescribeQuorum => responder.respond(ControlResponse::Quorum(self.quorum_state())),
+            ControlRequest::Admin { request, validate_only } => {
+                self.admin(responder, &request, validate_only, out)
+            }
+            ControlRequest::Heartbeat { registration, broker_epoch: _, metadata_offset, want_fence } => {
+                let image = self.image();
+                let broker = registration.broker;
+                if self.changing_brokers.contains(&broker) {
+                    let (epoch, fenced) =
+                        image.broker(broker).map_or((0, true), |known| (known.epoch.0, known.fenced));
+                    return responder.respond(ControlResponse::Heartbeat { broker_epoch: epoch, fenced });
+                }
+                let known = image
+                    .broker(broker)
+                    .filter(|known| known.registration.incarnation == registration.incarnation);
+                let Some(known) = known else {
+                    return match plan(&image, &AdminRequest::RegisterBroker(registration)) {
+                        Ok(records) => {
+                            self.propose(records, Some(responder), Reply::Registered, Some(broker), out)
+                        }
+                        Err(error) => responder.respond(refusal(&error)),
+                    };
+                };
+                let heartbeat = Heartbeat { broker, broker_epoch: known.epoch, metadata_offset, want_fence };
+                let now = self.now();
+                let session_timeout = self.session_timeout;
+                let heartbeats =
+                    self.heartbeats.get_or_insert_with(|| BrokerHeartbeats::new(session_timeout, now));
+                match heartbeats.heartbeat(&image, now, &heartbeat) {
+                    Ok(records) if records.is_empty() => responder.respond(ControlResponse::Heartbeat {
+                        broker_epoch: known.epoch.0,
+                        fenced: known.fenced,
+                    }),
+                    Ok(records) => {
+                        let reply = Reply::Heartbeat { epoch: known.epoch, fenced: want_fence };
+                        self.propose(records, Some(responder), reply, Some(broker), out);
+                    }
+                    Err(error) => responder.respond(refusal(&error)),
+                }
+            }
+        }
+    }
+
+    fn admin(
+        &mut self,
+        responder: Responder,
+        request: &AdminRequest,
+        validate_only: bool,
+        out: &mut QuorumOutput,
+    ) {
+        let image = self.image();
+        match plan(&image, request) {
+            Err(error) => responder.respond(refusal(&error)),
+            Ok(_) if validate_only => responder.respond(ControlResponse::Done { index: 0 }),
+            Ok(records) if records.is_empty() => {
+                responder.respond(ControlResponse::Done { index: image.applied_index() });
+            }
+            Ok(records) => {
+                let reply = records
+                    .iter()
+                    .find_map(|record| match record {
+                        MetadataRecord::ProducerIds(block) => {
+                            Some(Reply::ProducerIds { first: block.first_producer_id, size: block.size })
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or(Reply::Done);
+                self.propose(records, Some(responder), reply, None, out);
+            }
+        }
+    }
+
+    fn propose(
+        &mut self,
+        records: Vec<MetadataRecord>,
+        responder: Option<Responder>,
+        reply: Reply,
+        broker: Option<NodeId>,
+        out: &mut QuorumOutput,
+    ) {
+        let id = self.next_proposal;
+        self.next_proposal += 1;
+        match self.node.propose(ProposalId(id), &records, out) {
+            Ok(()) => {
+                if matches!(reply, Reply::Internal) {
+                    self.internal_in_flight = true;
+                }
+                if let Some(broker) = broker {
+                    self.changing_brokers.insert(broker);
+                }
+                self.pending.insert(id, Pending { responder, reply, broker });
+            }
+            Err(error) => {
+                if let Some(responder) = responder {
+                    responder.respond(ControlResponse::Error {
+                        code: ResponseError::NotController.code(),
+                        message: format!("the metadata quorum refused the proposal: {error}"),
+                    });
+                }
+            }
+        }
+    }
+
+    fn quorum_state(&self) -> QuorumState {
+        QuorumState {
+            leader: self.node.leader().map_or(-1, |leader| leader.0),
+            term: self.node.term(),
+            commit_index: self.node.commit_index(),
+            voters: self
+                .node
+                .voter_progress()
+                .into_iter()
+                .map(|(voter, matched)| VoterState { id: voter.0, matched })
+                .collect(),
+        }
+    }
+
+    /// Leader duties on each tick: fence expired brokers, write the migration batch; and the long polls' ends.
+    fn on_tick(&mut self, out: &mut QuorumOutput) {
+        let now_instant = Instant::now();
+        let (expired, waiting): (Vec<_>, Vec<_>) =
+            self.waiting_fetches.drain(..).partition(|fetch| fetch.deadline <= now_instant);
+        self.waiting_fetches = waiting;
+        for fetch in expired {
+            fetch.responder.respond(ControlResponse::Metadata { image: None });
+        }
+        if !self.node.is_leader() || self.internal_in_flight {
+            return;
+        }
+        let image = self.image();
+        let now = self.now();
+        let session_timeout = self.session_timeout;
+        let heartbeats = self.heartbeats.get_or_insert_with(|| BrokerHeartbeats::new(session_timeout, now));
+        let fences = heartbeats.expire(&image, now);
+        if !fences.is_empty() {
+            if let Some(MetadataRecord::FenceBroker { broker, .. }) = fences.first() {
+                log::warn!(
+                    "broker {} missed its session ({} ms): fencing it",
+                    broker.0,
+                    session_timeout.as_millis()
+                );
+            }
+            return self.propose(fences, None, Reply::Internal, None, out);
+        }
+        let self_registered = image.broker(self.node.node()).is_some();
+        if !self.bootstrap.is_empty() && self_registered {
+            let records = super::migration::missing(&image, &self.bootstrap);
+            if records.is_empty() {
+                self.bootstrap.clear();
+            } else {
+                log::info!(
+                    "writing the topics of topics.toml into the metadata log ({} records)",
+                    records.len()
+                );
+                self.propose(records, None, Reply::Internal, None, out);
+            }
+        }
+    }
+
+    fn dispatch(&mut self, out: QuorumOutput) {
+        for message in out.messages {
+            let to = node_id(message.to).0;
+            if let Some(peer) = self.peers.get(&to) {
+                // Full: the peer is slow or down; raft-rs resends.
+                let _ = peer.try_send(encode(&Frame::Raft(message)));
+            }
+        }
+        for (proposal, outcome) in out.proposals {
+            let Some(pending) = self.pending.remove(&proposal.0) else { continue };
+            self.finish(pending, outcome.map_err(|error| error.to_string()));
+        }
+        let leader = self.node.leader();
+        if leader != self.last_leader {
+            self.on_leader_change(leader);
+        }
+        if !out.applied.is_empty() || leader != self.last_leader {
+            self.last_leader = leader;
+            self.publish();
+        }
+    }
+
+    fn finish(&mut self, pending: Pending, outcome: Result<u64, String>) {
+        if let Some(broker) = pending.broker {
+            self.changing_brokers.remove(&broker);
+        }
+        if matches!(pending.reply, Reply::Internal) {
+            self.internal_in_flight = false;
+        }
+        let Some(responder) = pending.responder else { return };
+        let response = match (outcome, pending.reply) {
+            (Err(error), _) => ControlResponse::Error {
+                code: ResponseError::NotController.code(),
+                message: format!("not committed: {error}"),
+            },
+            (Ok(index), Reply::Done | Reply::Internal) => ControlResponse::Done { index },
+            (Ok(index), Reply::Registered) => {
+                ControlResponse::Heartbeat { broker_epoch: index, fenced: true }
+            }
+            (Ok(_), Reply::Heartbeat { epoch, fenced }) => {
+                ControlResponse::Heartbeat { broker_epoch: epoch.0, fenced }
+            }
+            (Ok(_), Reply::ProducerIds { first, size }) => ControlResponse::ProducerIds { first, size },
+        };
+        responder.respond(response);
+    }
+
+    /// Leadership moved: soft state of the old reign goes; waiting callers retry with the new controller.
+    fn on_leader_change(&mut self, leader: Option<NodeId>) {
+        log::info!(
+            "metadata quorum: leader {} (term {}){}",
+            leader.map_or("none".to_string(), |leader| leader.0.to_string()),
+            self.node.term(),
+            if self.node.is_leader() { ": this node is the active controller" } else { "" }
+        );
+        self.heartbeats = if self.node.is_leader() {
+            Some(BrokerHeartbeats::new(self.session_timeout, self.now()))
+        } else {
+            None
+        };
+        if !self.node.is_leader() {
+            for (_, pending) in self.pending.drain() {
+                if let Some(responder) = pending.responder {
+                    responder
+                        .respond(ControlResponse::NotController { leader: leader.map(|leader| leader.0) });
+                }
+            }
+            self.changing_brokers.clear();
+            self.internal_in_flight = false;
+        }
+    }
+
+    fn publish(&mut self) {
+        let image = self.image();
+        let applied = image.applied_index();
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            self.waiting_fetches.drain(..).partition(|fetch| applied > fetch.applied_index);
+        self.waiting_fetches = waiting;
+        if !ready.is_empty() {
+            let encoded = image.encode();
+            for fetch in ready {
+                fetch.responder.respond(ControlResponse::Metadata { image: Some(encoded.clone()) });
+            }
+        }
+        self.cell.publish(image, self.node.leader().map(|leader| leader.0));
+    }
+}
