@@ -162,20 +162,25 @@ pub fn start(config: Config) -> Result<Broker, String> {
     drop(started_sender);
     let broker =
         Broker { address, descriptor_limit, connections, open_files_max, stop, handles, running, cluster };
+    wait_until_started(broker, &started_receiver, shard_count)
+}
+
+/// Waits until every shard listens, then starts the cluster heartbeats (registration); the first start-up error
+/// stops the shards started so far.
+fn wait_until_started(
+    broker: Broker,
+    started: &mpsc::Receiver<Result<(), String>>,
+    shard_count: usize,
+) -> Result<Broker, String> {
     for _ in 0..shard_count {
-        match started_receiver.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                broker.stop();
-                broker.join();
-                return Err(error);
-            }
-            Err(_) => {
-                broker.stop();
-                broker.join();
-                return Err("a shard stopped during start-up".into());
-            }
-        }
+        let failure = match started.recv() {
+            Ok(Ok(())) => continue,
+            Ok(Err(error)) => error,
+            Err(_) => "a shard stopped during start-up".into(),
+        };
+        broker.stop();
+        broker.join();
+        return Err(failure);
     }
     if let Some(cluster) = &broker.cluster {
         cluster.start_heartbeats()?;

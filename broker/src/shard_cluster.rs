@@ -133,13 +133,14 @@ impl Shard {
                 partition_count: *partition_count,
                 replication_factor: -1,
                 configs: configs.clone(),
+                assignment: None,
             },
             other => other.clone(),
         };
         apply_change(&self.config, node, &mut scratch, check)
             .map_err(|error| topic_table::to_kafka_error(&error))?;
         Ok(match change {
-            TopicChange::Create { name, partition_count, replication_factor, configs } => {
+            TopicChange::Create { name, partition_count, replication_factor, configs, assignment } => {
                 AdminRequest::CreateTopic {
                     name,
                     id: TopicId(u128::from_str_radix(&topic_table::new_topic_id(), 16).unwrap_or(1)),
@@ -154,7 +155,9 @@ impl Shard {
                         replication_factor
                     },
                     configs,
-                    assignment: None,
+                    assignment: assignment.map(|lists| {
+                        lists.into_iter().map(|replicas| replicas.into_iter().map(NodeId).collect()).collect()
+                    }),
                 }
             }
             TopicChange::Delete { name } => AdminRequest::DeleteTopic { name },

@@ -57,6 +57,7 @@ impl Node {
             partition_count: 1,
             replication_factor: 1,
             configs: Default::default(),
+            assignment: None,
         };
         apply_change(&config, node, &mut table, create).expect("create the topic");
         // Simulated time: the logs' clock moves only when the simulation says (their tasks still run on glommio).

@@ -535,6 +535,9 @@ pub enum TopicChange {
         partition_count: i32,
         replication_factor: i16,
         configs: BTreeMap<String, String>,
+        /// Explicit replica lists by partition index (cluster mode; a single node takes only `[[node], ...]`,
+        /// checked by the CreateTopics handler).
+        assignment: Option<Vec<Vec<i32>>>,
     },
     Delete {
         name: String,
@@ -587,7 +590,7 @@ pub fn apply_change(
     change: TopicChange,
 ) -> Result<(), TopicTableError> {
     match change {
-        TopicChange::Create { name, partition_count, replication_factor, configs } => {
+        TopicChange::Create { name, partition_count, replication_factor, configs, .. } => {
             validate_topic_name(&name).map_err(TopicTableError::InvalidName)?;
             if table.get(&name).is_some() {
                 return Err(TopicTableError::AlreadyExists(format!("topic \"{name}\" already exists")));
@@ -775,6 +778,7 @@ mod tests {
             partition_count,
             replication_factor,
             configs: BTreeMap::new(),
+            assignment: None,
         };
         assert_eq!(apply_change(&config, node, &mut table, create("t", 2, 1)), Ok(()));
         let before = table.clone();

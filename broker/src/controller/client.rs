@@ -79,7 +79,7 @@ impl ControllerClient {
                     timeout.as_millis()
                 ));
             }
-            if self.leader_hint().is_none() && next_voter % self.voters.len().max(1) == 0 {
+            if self.leader_hint().is_none() && next_voter.is_multiple_of(self.voters.len().max(1)) {
                 std::thread::sleep(ROUND_PAUSE);
             }
         }

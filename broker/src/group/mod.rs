@@ -222,6 +222,7 @@ pub async fn ensure_offsets_topic<H: GroupHost>(shard: &Rc<H>) -> Result<(), Kaf
         partition_count: shard.config().groups.offsets_partition_count,
         replication_factor: -1,
         configs,
+        assignment: None,
     };
     match shard.admin(vec![change]).await.pop() {
         Some(Ok(())) => Ok(()),

@@ -27,6 +27,8 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: CreateTop
         // A manual assignment is valid when it places every replica on this node, one replica per partition
         // (librdkafka's admin tests assign [[0], [0], ...]); it then sets the partition count.
         let node = shard.config.node_id;
+        let cluster = shard.cluster.is_some();
+        let mut assignment = None;
         let mut partition_count = topic.num_partitions;
         let mut replication_factor = topic.replication_factor;
         if topic.assignments.is_empty() {
@@ -36,10 +38,11 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: CreateTop
                 ResponseError::InvalidRequest,
                 "a replica assignment goes with num_partitions and replication_factor -1",
             )));
-        } else if topic
-            .assignments
-            .iter()
-            .any(|assignment| assignment.broker_ids.iter().map(|id| id.0).ne([node]))
+        } else if !cluster
+            && topic
+                .assignments
+                .iter()
+                .any(|assignment| assignment.broker_ids.iter().map(|id| id.0).ne([node]))
         {
             early.push(Some(KafkaError::with_message(
                 ResponseError::InvalidReplicaAssignment,
@@ -57,7 +60,14 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: CreateTop
             } else {
                 early.push(None);
                 partition_count = indexes.len() as i32;
-                replication_factor = 1;
+                let mut by_index: Vec<&_> = topic.assignments.iter().collect();
+                by_index.sort_by_key(|assignment| assignment.partition_index);
+                let replicas: Vec<Vec<i32>> = by_index
+                    .iter()
+                    .map(|assignment| assignment.broker_ids.iter().map(|id| id.0).collect())
+                    .collect();
+                replication_factor = replicas.first().map_or(1, |first| first.len() as i16);
+                assignment = cluster.then_some(replicas);
             }
         }
         changes.push(TopicChange::Create {
@@ -65,6 +75,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: CreateTop
             partition_count,
             replication_factor,
             configs,
+            assignment,
         });
     }
     let accepted: Vec<TopicChange> = changes
@@ -94,7 +105,10 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: CreateTop
                             entry.partition_count
                         });
                     response.num_partitions = partition_count;
-                    response.replication_factor = 1;
+                    response.replication_factor = table
+                        .get(topic.name.0.as_str())
+                        .and_then(|entry| entry.partition(0))
+                        .map_or(1, |assignment| assignment.replicas.len() as i16);
                 }
                 if version >= 7 {
                     if let Some(entry) = table.get(topic.name.0.as_str()) {

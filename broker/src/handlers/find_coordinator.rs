@@ -123,8 +123,8 @@ mod tests {
                     api_version: version,
                     correlation_id: 3,
                 };
-                let located = vec![located.clone(); keys.len()];
-                let response = context.respond(&encode(version, &keys, &located)).unwrap().unwrap();
+                let all = vec![located.clone(); keys.len()];
+                let response = context.respond(&encode(version, &keys, &all)).unwrap().unwrap();
                 let mut frame: Bytes = response.chunks.concat().into();
                 let _ = frame.split_to(4);
                 let header =

@@ -24,6 +24,7 @@ pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
 pub mod describe_log_dirs;
+pub mod describe_quorum;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -117,6 +118,7 @@ pub async fn handle(
             incremental_alter_configs::handle(shard, &context, body).await
         }
         RequestKind::DescribeCluster(body) => describe_cluster::handle(shard, &context, body),
+        RequestKind::DescribeQuorum(body) => describe_quorum::handle(shard, &context, body).await,
         RequestKind::InitProducerId(body) => init_producer_id::handle(shard, &context, body).await,
         _ => Err(CodecError::Malformed {
             api_key: context.api_key as i16,
@@ -190,6 +192,7 @@ pub async fn auto_create(shard: &Rc<Shard>, names: &[String]) {
             table.get(name).is_none() && crate::cluster::topic_table::validate_topic_name(name).is_ok()
         })
         .map(|name| crate::cluster::TopicChange::Create {
+            assignment: None,
             name: name.clone(),
             partition_count: -1,
             replication_factor: -1,
