@@ -109,6 +109,19 @@ impl ReplicaState {
         self.leader_epoch = leader_epoch;
     }
 
+    /// Leads from `leader_epoch` on (the controller elected this replica, or re-elected it with a bumped epoch
+    /// after a fence); epochs never go back.
+    pub fn become_leader(&mut self, leader_epoch: LeaderEpoch) {
+        assert!(
+            leader_epoch >= self.leader_epoch,
+            "epoch {leader_epoch} is older than {}",
+            self.leader_epoch
+        );
+        self.role = Role::Leader;
+        self.leader_epoch = leader_epoch;
+        self.check();
+    }
+
     pub fn log_end(&self) -> Offset {
         self.log_end
     }

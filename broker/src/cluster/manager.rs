@@ -186,6 +186,14 @@ impl<S: Storage> PartitionManager<S> {
                 if let Err(error) = partition.update_config(self.log_config(entry)) {
                     log::warn!("config of {key}: {error}");
                 }
+                // Re-elected in a cluster (a fence and an unfence bump the epoch): stamp the new one.
+                let assignment = entry.partition(index);
+                let epoch = entry.leader_epoch(index);
+                if assignment.is_some_and(|a| a.leader().0 == self.config.node_id)
+                    && epoch > partition.leader_epoch()
+                {
+                    partition.become_leader(epoch);
+                }
                 continue;
             }
             if self.failed.borrow().contains_key(&key) {

@@ -308,6 +308,11 @@ impl<S: Storage> Partition<S> {
         self.replica.borrow_mut().become_follower(leader_epoch);
     }
 
+    /// Leads from `leader_epoch` on: the batches appended from now are stamped with it.
+    pub fn become_leader(&self, leader_epoch: LeaderEpoch) {
+        self.replica.borrow_mut().become_leader(leader_epoch);
+    }
+
     /// A follower's append: batches copied from the leader keep the leader's offsets and epochs. Returns once they
     /// are durable here (a follower's progress must mean "durable here"), then takes the leader's high watermark.
     /// The idempotent producers' state follows the copied batches, so a retry after a failover is deduplicated.
