@@ -48,6 +48,14 @@ pub struct Config {
     pub advertised_listener: Option<(String, u16)>,
     pub data_dir: PathBuf,
     pub node_id: i32,
+    /// `controller.quorum.voters`: empty for a single-node broker (no quorum).
+    pub quorum_voters: Vec<QuorumVoter>,
+    /// `broker.rack`: `None` when empty.
+    pub broker_rack: Option<String>,
+    /// `broker.session.timeout.ms`: a broker that has not heartbeated to the controller for this long is fenced.
+    pub broker_session_timeout: Duration,
+    /// `broker.heartbeat.interval.ms`: how often a broker heartbeats to the controller; below the session timeout.
+    pub broker_heartbeat_interval: Duration,
     /// Executors, one per core; `None` means one per online core.
     pub shard_count: Option<usize>,
     pub partition_count_default: i32,
@@ -102,6 +110,26 @@ pub struct Config {
     pub segment_space: sluice_storage::SegmentSpace,
     /// Where each value came from, for DescribeConfigs (Kafka's config sources).
     pub origins: ConfigOrigins,
+}
+
+/// One entry of `controller.quorum.voters` (`id@host:port`): a voter of the metadata quorum and the address it
+/// serves the quorum on. `host` is kept without the brackets an IPv6 address is written with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuorumVoter {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+}
+
+impl QuorumVoter {
+    /// `host:port`, with an IPv6 host in brackets (`[::1]:19093`), as `ToSocketAddrs` and Kafka write it.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
 }
 
 /// Every key of the default file with its value after the file and the flags, as text in Kafka's units; which of
@@ -175,12 +203,10 @@ const IGNORED_KEYS: &[&str] = &[
     "auto.leader.rebalance.enable",
     "background.threads",
     "broker.id.generation.enable",
-    "broker.rack",
     "compression.type",
     "controlled.shutdown.enable",
     "controller.listener.names",
     "controller.quorum.bootstrap.servers",
-    "controller.quorum.voters",
     "delete.topic.enable",
     "group.coordinator.rebalance.protocols",
     "inter.broker.listener.name",
@@ -259,6 +285,15 @@ struct Settings {
     data_dir: PathBuf,
     #[serde(rename = "node.id")]
     node_id: i64,
+    #[serde(rename = "controller.quorum.voters")]
+    quorum_voters: String,
+    /// Empty: no rack.
+    #[serde(rename = "broker.rack")]
+    broker_rack: String,
+    #[serde(rename = "broker.session.timeout.ms")]
+    broker_session_timeout_ms: i64,
+    #[serde(rename = "broker.heartbeat.interval.ms")]
+    broker_heartbeat_interval_ms: i64,
     shards: i64,
     #[serde(rename = "num.partitions")]
     partition_count_default: i64,
@@ -451,12 +486,18 @@ impl Config {
         }
         let groups = GroupConfig::build(&settings)?;
         let connections = ConnectionSettings::build(&settings, request_size_max)?;
+        let node_id = within("node.id", settings.node_id, i32::MIN.into()..=i32::MAX.into())? as i32;
+        let cluster = ClusterSettings::build(&settings, node_id)?;
         let millis = |value: usize| Duration::from_millis(value as u64);
         Ok(Config {
             listen,
             advertised_listener,
             data_dir: settings.data_dir,
-            node_id: within("node.id", settings.node_id, i32::MIN.into()..=i32::MAX.into())? as i32,
+            node_id,
+            quorum_voters: cluster.quorum_voters,
+            broker_rack: cluster.broker_rack,
+            broker_session_timeout: cluster.broker_session_timeout,
+            broker_heartbeat_interval: cluster.broker_heartbeat_interval,
             shard_count,
             partition_count_default: within(
                 "num.partitions",
@@ -505,6 +546,18 @@ impl Config {
             segment_space,
             origins: ConfigOrigins::default(),
         })
+    }
+
+    /// Whether this node is part of a cluster (`controller.quorum.voters` is set); otherwise it is a single-node
+    /// broker that leads every partition itself.
+    pub fn is_cluster(&self) -> bool {
+        !self.quorum_voters.is_empty()
+    }
+
+    /// This node's entry in `controller.quorum.voters`, if it is a voter; `None` for a single-node broker and for
+    /// a broker-only node of a cluster (a learner of the metadata log).
+    pub fn own_voter(&self) -> Option<&QuorumVoter> {
+        self.quorum_voters.iter().find(|voter| voter.id == self.node_id)
     }
 
     /// The address clients are told to connect to.
@@ -605,6 +658,116 @@ impl ConnectionSettings {
     }
 }
 
+/// The cluster keys of [`Config`] (issue 15), checked together: the quorum's voters against `node.id`, and the
+/// heartbeat interval against the session timeout.
+struct ClusterSettings {
+    quorum_voters: Vec<QuorumVoter>,
+    broker_rack: Option<String>,
+    broker_session_timeout: Duration,
+    broker_heartbeat_interval: Duration,
+}
+
+impl ClusterSettings {
+    fn build(settings: &Settings, node_id: i32) -> Result<ClusterSettings, ConfigError> {
+        let quorum_voters = parse_quorum_voters(&settings.quorum_voters)?;
+        if !quorum_voters.is_empty() && node_id < 0 {
+            return Err(ConfigError(format!(
+                "node.id = {node_id} must be at least 0 when controller.quorum.voters is set"
+            )));
+        }
+        let session_ms = positive("broker.session.timeout.ms", settings.broker_session_timeout_ms)?;
+        let heartbeat_ms = positive("broker.heartbeat.interval.ms", settings.broker_heartbeat_interval_ms)?;
+        // A broker must get more than one heartbeat into each session, or the controller fences it between two.
+        if heartbeat_ms >= session_ms {
+            return Err(ConfigError(format!(
+                "broker.heartbeat.interval.ms {heartbeat_ms} must be less than broker.session.timeout.ms {session_ms}"
+            )));
+        }
+        let broker_rack = match settings.broker_rack.as_str() {
+            "" => None,
+            rack => Some(rack.to_string()),
+        };
+        Ok(ClusterSettings {
+            quorum_voters,
+            broker_rack,
+            broker_session_timeout: Duration::from_millis(session_ms as u64),
+            broker_heartbeat_interval: Duration::from_millis(heartbeat_ms as u64),
+        })
+    }
+}
+
+/// `controller.quorum.voters` in Kafka's form, `id@host:port` separated by commas (spaces around an entry are
+/// allowed); an IPv6 host is written in brackets, `1@[::1]:19093`. Empty (or blank) is no quorum. Each error names
+/// the entry at fault.
+fn parse_quorum_voters(text: &str) -> Result<Vec<QuorumVoter>, ConfigError> {
+    const KEY: &str = "controller.quorum.voters";
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut voters: Vec<QuorumVoter> = Vec::new();
+    for entry in text.split(',').map(str::trim) {
+        let voter = parse_quorum_voters_entry(entry)?;
+        if voters.iter().any(|other| other.id == voter.id) {
+            return Err(ConfigError(format!("{KEY}: voter id {} is listed twice", voter.id)));
+        }
+        if let Some(other) = voters.iter().find(|other| other.host == voter.host && other.port == voter.port)
+        {
+            return Err(ConfigError(format!(
+                "{KEY}: voters {} and {} have the same address {}",
+                other.id,
+                voter.id,
+                voter.address()
+            )));
+        }
+        voters.push(voter);
+    }
+    Ok(voters)
+}
+
+/// One `id@host:port` of `controller.quorum.voters`.
+fn parse_quorum_voters_entry(entry: &str) -> Result<QuorumVoter, ConfigError> {
+    const KEY: &str = "controller.quorum.voters";
+    let malformed = || ConfigError(format!("{KEY}: entry \"{entry}\" is not of the form id@host:port"));
+    let (id, address) = entry.split_once('@').ok_or_else(malformed)?;
+    let digits = id.strip_prefix('-').unwrap_or(id);
+    if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(malformed());
+    }
+    let id = match id.parse::<i64>() {
+        Ok(id) if (0..=i64::from(i32::MAX)).contains(&id) => id as i32,
+        // All digits (and a sign) but not a node id: negative, or too large even for an i64.
+        _ => {
+            return Err(ConfigError(format!(
+                "{KEY}: entry \"{entry}\" has id {id}, outside 0..={}",
+                i32::MAX
+            )))
+        }
+    };
+    // `[v6]:port` or `host:port`; a bare IPv6 address would leave the port ambiguous.
+    let (host, port) = match address.strip_prefix('[') {
+        Some(bracketed) => {
+            let (host, rest) = bracketed.split_once(']').ok_or_else(malformed)?;
+            (host, rest.strip_prefix(':').ok_or_else(malformed)?)
+        }
+        None => address.rsplit_once(':').ok_or_else(malformed)?,
+    };
+    if host.contains(|c: char| c.is_whitespace() || c == '@' || c == '/' || c == '[' || c == ']')
+        || (host.contains(':') && !address.starts_with('['))
+    {
+        return Err(malformed());
+    }
+    if host.is_empty() {
+        return Err(ConfigError(format!("{KEY}: entry \"{entry}\" has an empty host")));
+    }
+    let port = port.parse::<u16>().map_err(|_| {
+        ConfigError(format!("{KEY}: entry \"{entry}\" has port \"{port}\", not a number in 1..=65535"))
+    })?;
+    if port == 0 {
+        return Err(ConfigError(format!("{KEY}: entry \"{entry}\" has port 0; a voter needs a fixed port")));
+    }
+    Ok(QuorumVoter { id, host: host.to_string(), port })
+}
+
 impl GroupConfig {
     fn build(settings: &Settings) -> Result<GroupConfig, ConfigError> {
         let millis = |value: usize| Duration::from_millis(value as u64);
@@ -690,6 +853,11 @@ fn strip_listener_scheme(text: &str) -> &str {
 
 fn parse_listen(text: &str) -> Result<SocketAddr, ConfigError> {
     let address = strip_listener_scheme(text);
+    // Kafka's `PLAINTEXT://:9092`: no host binds every interface.
+    let address = match address.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => address.to_string(),
+    };
     address
         .to_socket_addrs()
         .map_err(|error| ConfigError(format!("listen address \"{text}\" is not HOST:PORT: {error}")))?
@@ -1154,6 +1322,148 @@ mod tests {
         assert_eq!(config.origins.values["log.flush.interval.messages"], "10000");
         assert_eq!(config.origins.values["log.flush.policy"], "fsync");
         assert!(load("").unwrap().origins.static_keys.is_empty());
+    }
+
+    /// Without `controller.quorum.voters` a node is a single-node broker as before; the broker keys take Kafka's
+    /// defaults.
+    #[test]
+    fn cluster_keys_default_to_a_single_node() {
+        let config = load("").unwrap();
+        assert!(config.quorum_voters.is_empty());
+        assert!(!config.is_cluster());
+        assert_eq!(config.own_voter(), None);
+        assert_eq!(config.broker_rack, None);
+        assert_eq!(config.broker_session_timeout, Duration::from_millis(9000));
+        assert_eq!(config.broker_heartbeat_interval, Duration::from_millis(2000));
+        // A blank list is no list, and a negative node.id stays allowed without one.
+        let config = load("\"controller.quorum.voters\" = \" \"\n\"node.id\" = -1").unwrap();
+        assert!(!config.is_cluster());
+    }
+
+    /// Kafka's voter list parses in order; the node finds its own entry by node.id; the cluster keys are known
+    /// keys now, not Kafka keys ignored with a warning.
+    #[test]
+    fn quorum_voters_parse_and_name_this_node() {
+        let text = "\"node.id\" = 2\n\"controller.quorum.voters\" = \
+                    \"1@127.0.0.1:19093, 2@localhost:29093,3@broker-3.example:39093\"\n\
+                    \"broker.rack\" = \"rack-a\"";
+        let config = load(text).unwrap();
+        let voter = |id: i32, host: &str, port: u16| QuorumVoter { id, host: host.to_string(), port };
+        assert_eq!(
+            config.quorum_voters,
+            [voter(1, "127.0.0.1", 19093), voter(2, "localhost", 29093), voter(3, "broker-3.example", 39093)]
+        );
+        assert!(config.is_cluster());
+        assert_eq!(config.own_voter(), Some(&voter(2, "localhost", 29093)));
+        assert_eq!(config.own_voter().unwrap().address(), "localhost:29093");
+        assert_eq!(config.broker_rack.as_deref(), Some("rack-a"));
+        assert!(config.origins.ignored.is_empty(), "{:?}", config.origins.ignored);
+        assert_eq!(
+            config.origins.values["controller.quorum.voters"],
+            "1@127.0.0.1:19093, 2@localhost:29093,3@broker-3.example:39093"
+        );
+        let text = "\"node.id\" = 0\n\"controller.quorum.voters\" = \"0@10.0.0.1:9093\"";
+        assert_eq!(load(text).unwrap().own_voter(), Some(&voter(0, "10.0.0.1", 9093)));
+    }
+
+    /// An IPv6 host is written in brackets; it is kept without them and bracketed again by `address`.
+    #[test]
+    fn quorum_voters_accept_bracketed_ipv6() {
+        let text = "\"node.id\" = 1\n\"controller.quorum.voters\" = \"1@[::1]:19093,2@[fe80::1:2]:29093\"";
+        let config = load(text).unwrap();
+        assert_eq!(config.quorum_voters[0], QuorumVoter { id: 1, host: "::1".to_string(), port: 19093 });
+        assert_eq!(config.quorum_voters[1].host, "fe80::1:2");
+        let addresses: Vec<String> = config.quorum_voters.iter().map(QuorumVoter::address).collect();
+        assert_eq!(addresses, ["[::1]:19093", "[fe80::1:2]:29093"]);
+        // The bracketed form is what the socket address parser takes back.
+        let parsed: SocketAddr = addresses[0].parse().unwrap();
+        assert_eq!(parsed, "[::1]:19093".parse::<SocketAddr>().unwrap());
+    }
+
+    /// A node whose id is not a voter is a broker-only node of the cluster (a learner of the metadata log).
+    #[test]
+    fn node_outside_the_voters_is_a_broker_only_member() {
+        let text = "\"node.id\" = 4\n\"controller.quorum.voters\" = \"1@127.0.0.1:19093,2@127.0.0.1:29093\"";
+        let config = load(text).unwrap();
+        assert!(config.is_cluster());
+        assert_eq!(config.own_voter(), None);
+        assert_eq!(config.quorum_voters.len(), 2);
+    }
+
+    /// Each bad voter list costs one line naming the entry at fault and, for a malformed one, the expected form.
+    #[test]
+    fn bad_quorum_voters_are_one_line_naming_the_entry() {
+        let voters = |list: &str| format!("\"controller.quorum.voters\" = \"{list}\"");
+        let cases = [
+            (voters("1@a:1,1@b:2"), "controller.quorum.voters: voter id 1 is listed twice"),
+            (voters("1@a:1,2@a:1"), "controller.quorum.voters: voters 1 and 2 have the same address a:1"),
+            (voters("1@a:1,b:2"), "controller.quorum.voters: entry \"b:2\" is not of the form id@host:port"),
+            (voters("1@a:1,"), "controller.quorum.voters: entry \"\" is not of the form id@host:port"),
+            (voters("x@a:1"), "controller.quorum.voters: entry \"x@a:1\" is not of the form id@host:port"),
+            (voters("1@a"), "controller.quorum.voters: entry \"1@a\" is not of the form id@host:port"),
+            (voters("1@::1:9093"), "controller.quorum.voters: entry \"1@::1:9093\" is not of the form id@host:port"),
+            (voters("1@[::1]9093"), "controller.quorum.voters: entry \"1@[::1]9093\" is not of the form id@host:port"),
+            (voters("1@a b:1"), "controller.quorum.voters: entry \"1@a b:1\" is not of the form id@host:port"),
+            (voters("-1@a:1"), "controller.quorum.voters: entry \"-1@a:1\" has id -1, outside 0..=2147483647"),
+            (voters("2147483648@a:1"),
+             "controller.quorum.voters: entry \"2147483648@a:1\" has id 2147483648, outside 0..=2147483647"),
+            (voters("1@:1"), "controller.quorum.voters: entry \"1@:1\" has an empty host"),
+            (voters("1@[]:1"), "controller.quorum.voters: entry \"1@[]:1\" has an empty host"),
+            (voters("1@a:0"), "controller.quorum.voters: entry \"1@a:0\" has port 0; a voter needs a fixed port"),
+            (voters("1@a:65536"),
+             "controller.quorum.voters: entry \"1@a:65536\" has port \"65536\", not a number in 1..=65535"),
+            (voters("1@a:") + "\n\"node.id\" = 1",
+             "controller.quorum.voters: entry \"1@a:\" has port \"\", not a number in 1..=65535"),
+            (voters("1@a:1") + "\n\"node.id\" = -1",
+             "node.id = -1 must be at least 0 when controller.quorum.voters is set"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(load(&text).unwrap_err().0, expected, "{text}");
+        }
+    }
+
+    /// The heartbeat interval must be positive and below the session timeout, or a live broker gets fenced.
+    #[test]
+    fn broker_heartbeat_must_be_below_the_session_timeout() {
+        let config =
+            load("\"broker.session.timeout.ms\" = 3000\n\"broker.heartbeat.interval.ms\" = 500").unwrap();
+        assert_eq!(config.broker_session_timeout, Duration::from_secs(3));
+        assert_eq!(config.broker_heartbeat_interval, Duration::from_millis(500));
+        let cases = [
+            (
+                "\"broker.heartbeat.interval.ms\" = 9000",
+                "broker.heartbeat.interval.ms 9000 must be less than broker.session.timeout.ms 9000",
+            ),
+            (
+                "\"broker.session.timeout.ms\" = 1000",
+                "broker.heartbeat.interval.ms 2000 must be less than broker.session.timeout.ms 1000",
+            ),
+            ("\"broker.heartbeat.interval.ms\" = 0", "broker.heartbeat.interval.ms = 0 must be at least 1"),
+            ("\"broker.session.timeout.ms\" = -1", "broker.session.timeout.ms = -1 must be at least 1"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(load(text).unwrap_err().0, expected, "{text}");
+        }
+    }
+
+    /// A node file as `scripts/cluster.sh` writes it, in Kafka's spelling: `listeners` and `advertised.listeners`
+    /// with the `PLAINTEXT://` scheme, and Kafka's empty host for every interface.
+    #[test]
+    fn kafka_listeners_with_scheme_are_accepted() {
+        let text = "\"node.id\" = 1\nlisteners = \"PLAINTEXT://127.0.0.1:19092\"\n\
+                    \"advertised.listeners\" = \"PLAINTEXT://localhost:19092\"\n\
+                    \"controller.quorum.voters\" = \"1@127.0.0.1:19093\"";
+        let config = load(text).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:19092".parse().unwrap());
+        assert_eq!(config.advertised(), ("localhost".to_string(), 19092));
+        assert_eq!(
+            load("listeners = \"PLAINTEXT://:19092\"").unwrap().listen,
+            "0.0.0.0:19092".parse().unwrap()
+        );
+        assert_eq!(
+            load("listeners = \"PLAINTEXT://[::1]:19092\"").unwrap().listen,
+            "[::1]:19092".parse().unwrap()
+        );
     }
 
     #[test]
