@@ -1,5 +1,5 @@
-//! A minimal Kafka client: framing over a blocking TCP socket, version negotiation with ApiVersions, and the admin
-//! calls a benchmark needs (Metadata, CreateTopics, ListOffsets). Requests and responses are encoded by the
+//! A minimal Kafka client: framing over a blocking TCP socket, version negotiation with ApiVersions, and
+//! ListOffsets (Metadata and CreateTopics are in `cluster`). Requests and responses are encoded by the
 //! `kafka-protocol` crate; record batches are ours (`batch.rs`).
 //!
 //! A connection splits into a `RequestWriter` and a `ResponseReader` so that one thread can keep several requests
@@ -11,12 +11,9 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes};
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, RequestHeader,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, ListOffsetsRequest, ListOffsetsResponse, RequestHeader,
     ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
@@ -261,73 +258,6 @@ fn api_name(key: i16) -> &'static str {
 
 pub fn topic_name(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_owned()))
-}
-
-/// Creates `topic` with `partition_count` partitions; an existing topic is fine if it has that many.
-/// Then waits until Metadata shows every partition with a leader.
-pub fn ensure_topic(
-    connection: &mut Connection,
-    versions: &Versions,
-    topic: &str,
-    partition_count: i32,
-) -> Result<(), ClientError> {
-    const TOPIC_ALREADY_EXISTS: i16 = 36;
-    let mut creatable = CreatableTopic::default();
-    creatable.name = topic_name(topic);
-    creatable.num_partitions = partition_count;
-    creatable.replication_factor = 1;
-    let mut request = CreateTopicsRequest::default();
-    request.topics = vec![creatable];
-    request.timeout_ms = 30_000;
-    let response: CreateTopicsResponse = connection.call(&request, versions.create_topics)?;
-    for result in &response.topics {
-        if result.error_code != 0 && result.error_code != TOPIC_ALREADY_EXISTS {
-            return Err(ClientError::Broker {
-                what: format!("CreateTopics {topic}"),
-                error_code: result.error_code,
-            });
-        }
-    }
-    for _attempt in 0..100 {
-        let leaders = partition_leaders(connection, versions, topic)?;
-        if leaders.len() == partition_count as usize && leaders.iter().all(|&leader| leader >= 0) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err(ClientError::Broker {
-        what: format!("topic {topic} has no leader for every partition after 10 s"),
-        error_code: 5,
-    })
-}
-
-/// The leader of each partition of `topic` (index = partition), -1 where there is none.
-pub fn partition_leaders(
-    connection: &mut Connection,
-    versions: &Versions,
-    topic: &str,
-) -> Result<Vec<i32>, ClientError> {
-    let mut request_topic = MetadataRequestTopic::default();
-    request_topic.name = Some(topic_name(topic));
-    let mut request = MetadataRequest::default();
-    request.topics = Some(vec![request_topic]);
-    request.allow_auto_topic_creation = false;
-    let response: MetadataResponse = connection.call(&request, versions.metadata)?;
-    let Some(topic_metadata) = response.topics.first() else {
-        return Ok(Vec::new());
-    };
-    if topic_metadata.error_code != 0 {
-        return Ok(Vec::new());
-    }
-    let mut leaders = vec![-1; topic_metadata.partitions.len()];
-    for partition in &topic_metadata.partitions {
-        if let Some(slot) = leaders.get_mut(partition.partition_index as usize) {
-            if partition.error_code == 0 {
-                *slot = partition.leader_id.0;
-            }
-        }
-    }
-    Ok(leaders)
 }
 
 /// Kafka's special ListOffsets timestamps.

@@ -27,7 +27,8 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use crate::client::{ensure_topic, topic_name, ClientError, Connection};
+use crate::client::{topic_name, ClientError, Connection};
+use crate::cluster::Metadata;
 use sluice_storage::Invariant;
 
 const MEMBER_ID_REQUIRED: i16 = 79;
@@ -274,7 +275,9 @@ pub fn rebalance_latency(
 pub fn commit_rate(bootstrap: &str, topic: &str, clients: usize, duration: Duration) -> Result<f64, String> {
     let mut setup = Connection::connect(bootstrap).map_err(|e| e.to_string())?;
     let versions = setup.negotiate_versions().map_err(|e| e.to_string())?;
-    ensure_topic(&mut setup, &versions, topic, 1).map_err(|e| e.to_string())?;
+    Metadata::new(vec![bootstrap.to_owned()], versions, vec![topic.to_owned()])
+        .create_topics(1)
+        .map_err(|e| e.to_string())?;
     let committed = Arc::new(AtomicU64::new(0));
     let failure: Arc<Mutex<Option<String>>> = Arc::default();
     let deadline = Instant::now() + duration;

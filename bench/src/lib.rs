@@ -3,7 +3,8 @@
 //! by side. It reports publish/consume rates, publish latency, publish delay and end-to-end latency percentiles from
 //! HdrHistogram, and the broker's CPU use. The storage micro-benchmarks live in `storage/benches`.
 //!
-//! Code map: `batch` builds and reads v2 record batches; `client` frames requests over TCP and negotiates versions; `frame` lets requests carry batches without copying;
+//! Code map: `batch` builds and reads v2 record batches; `client` frames requests over TCP and negotiates versions;
+//! `cluster` routes each partition to its leader from Metadata; `frame` lets requests carry batches without copying;
 //! `clock` is the monotonic clock and the open-loop rate clock; `workload` holds the options, payloads and the
 //! partitioner; `producer` and `consumer` are the worker threads; `stats` the shared counters and histograms;
 //! `run` drives a run's phases; `report` prints and writes results; `cpu` reads /proc; `groups` measures the
@@ -12,6 +13,7 @@
 pub mod batch;
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod consumer;
 pub mod cpu;
 pub mod frame;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Parser;
+use sluice_bench::cluster::parse_bootstrap;
 use sluice_bench::report::write_file;
 use sluice_bench::run::{run, RunOptions};
 use sluice_bench::workload::{KeyDistribution, StartOffset, Workload};
@@ -19,7 +20,14 @@ use sluice_storage::records::Compression;
     about = "An OpenMessaging-style load generator for Kafka-compatible brokers"
 )]
 struct Cli {
-    /// Broker address, HOST:PORT. All partitions are produced to and fetched from this broker.
+    /// Bootstrap brokers, HOST:PORT[,HOST:PORT...]. The first that answers is asked for Metadata; each partition is
+    /// then produced to and fetched from its leader, with every producer and consumer keeping one connection per
+    /// leader broker (one in all against a single broker, which is used at the bootstrap address given). A response
+    /// that says the leader moved (NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE, UNKNOWN_TOPIC_OR_PARTITION,
+    /// FENCED_LEADER_EPOCH, NOT_CONTROLLER) refreshes Metadata, at most every 500 ms, and the batch or fetch is
+    /// retried at the new leader, at most 20 times (counted as retries in the report); a partition without a leader
+    /// waits for one for at most 30 s. Topics are created through any bootstrap broker, and the run starts once
+    /// Metadata shows a leader for every partition (at most 30 s).
     #[arg(long, default_value = "127.0.0.1:9092")]
     bootstrap: String,
     /// Number of topics; each gets its own producers and consumers.
@@ -40,10 +48,10 @@ struct Cli {
     /// Key distribution: none (sticky partitioner), round-robin or random keys (murmur2 partitioner).
     #[arg(long, value_enum, default_value_t = KeyDistribution::None)]
     keys: KeyDistribution,
-    /// Producers per topic (one connection each).
+    /// Producers per topic (one connection each per leader broker).
     #[arg(long, default_value_t = 1)]
     producers: usize,
-    /// Consumers per topic (one connection each; the topic's partitions are dealt among them).
+    /// Consumers per topic (one connection each per leader broker; the topic's partitions are dealt among them).
     #[arg(long, default_value_t = 1)]
     consumers: usize,
     /// Messages per second over all producers; 0 = as fast as possible. Otherwise open loop: each message has an
@@ -139,7 +147,13 @@ fn main() -> ExitCode {
     let run_id = format!("{:x}", sluice_bench::clock::now_ns() / 1_000_000 % 0xff_ffff);
     let topics = (0..cli.topics).map(|index| format!("{}-{run_id}-{index}", cli.topic_prefix)).collect();
     let workload = Workload {
-        bootstrap: cli.bootstrap.clone(),
+        bootstrap: match parse_bootstrap(&cli.bootstrap) {
+            Ok(addresses) => addresses,
+            Err(problem) => {
+                eprintln!("sluice-bench: error: {problem}");
+                return ExitCode::from(2);
+            }
+        },
         topics,
         partition_count: cli.partitions,
         message_size: cli.message_size,

@@ -4,9 +4,16 @@
 //! The two share a bounded channel of in-flight requests. The writer pushes an entry before it writes each request,
 //! so the channel's capacity plus the entry the reader holds is the number of requests in flight; when it is full,
 //! the writer blocks — and, with a rate clock, the time it loses shows up as publish delay.
+//!
+//! A producer has one such connection (writer side plus reader thread) per broker that leads one of its topic's
+//! partitions — one in all against a single broker — and sends each partition's batches to its leader's. A batch
+//! answered with a stale-metadata error goes back to the writer over an unbounded channel (it holds at most the
+//! batches of the requests in flight, since the writer drains it before every send), which refreshes the routing
+//! (at most every 500 ms) and sends it again to the new leader, up to `RETRY_COUNT_MAX` times.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
@@ -14,8 +21,9 @@ use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
-use crate::client::{topic_name, ClientError, Connection, ResponseReader, Versions};
+use crate::client::{topic_name, ClientError, Connection, RequestWriter, ResponseReader, Versions};
 use crate::clock::{now_ns, sleep_until_ns, tighten_timer_slack, RateClock};
+use crate::cluster::{error_action, ErrorAction, Metadata, NodeId, RoutingTable, NO_LEADER};
 use crate::run::WorkerContext;
 use crate::stats::{add, record_us, Latencies, Stats};
 use crate::workload::{partition_for_key, KeyDistribution, Payloads, Rng, Workload};
@@ -24,12 +32,21 @@ use sluice_storage::records::{BatchBuilder, RECORD_FRAMING_SIZE_MAX};
 /// Bytes of the send timestamp at the start of each payload (nanoseconds, little-endian).
 pub const TIMESTAMP_SIZE: usize = 8;
 
-/// What the reader needs to account for one request when its response arrives.
+/// What the reader needs to account for one request when its response arrives, and to send a batch again.
 struct InFlight {
     correlation_id: i32,
-    /// (partition, message count, payload bytes) in request order; `send_times_ns` is in the same order.
-    partitions: Vec<(i32, u32, u64)>,
+    /// In request order; `send_times_ns` is in the same order.
+    partitions: Vec<PartitionInFlight>,
     send_times_ns: Vec<u64>,
+}
+
+struct PartitionInFlight {
+    partition: i32,
+    record_count: u32,
+    payload_bytes: u64,
+    /// Times this batch was sent before, after stale-metadata errors.
+    attempts: u32,
+    batch: Bytes,
 }
 
 pub struct ProducerHandle {
@@ -45,10 +62,11 @@ pub fn start(
     start_ns: u64,
     payloads: Arc<Payloads>,
 ) -> ProducerHandle {
-    let WorkerContext { workload, versions, stats, stop } = context;
+    let WorkerContext { workload, versions, stats, stop, metadata } = context;
     let writer = thread::Builder::new().name(format!("producer-{producer_index}")).spawn(move || {
         let mut producer =
-            match Producer::connect(&workload, versions, topic, producer_index, &payloads, &stats) {
+            match Producer::connect(&workload, versions, &metadata, topic, producer_index, &payloads, &stats)
+            {
                 Ok(producer) => producer,
                 Err(error) => {
                     stats.error(format!("producer {producer_index}: connect: {error}"));
@@ -69,15 +87,29 @@ pub fn start(
     }
 }
 
+/// One connection to a partition leader: the writer's half, and the reader thread that takes its acknowledgements.
+struct LeaderConnection {
+    writer: RequestWriter,
+    /// None with acks=0, and once closing.
+    in_flight: Option<SyncSender<InFlight>>,
+    reader: Option<JoinHandle<()>>,
+}
+
 struct Producer<'a> {
     workload: &'a Workload,
     versions: Versions,
+    metadata: &'a Metadata,
     topic: String,
+    producer_index: usize,
     payloads: &'a Payloads,
-    stats: &'a Stats,
-    connection_writer: crate::client::RequestWriter,
-    in_flight: Option<SyncSender<InFlight>>,
-    reader: Option<JoinHandle<()>>,
+    stats: &'a Arc<Stats>,
+    /// The leader of each of the topic's partitions, as of the last refresh this producer saw.
+    leaders: Vec<NodeId>,
+    routes: Arc<RoutingTable>,
+    connections: BTreeMap<NodeId, LeaderConnection>,
+    /// Batches the ack readers send back for another attempt.
+    retry_sender: Sender<Sealed>,
+    retry_receiver: Receiver<Sealed>,
     recorder: Arc<Mutex<Latencies>>,
     builders: Vec<BatchBuilder>,
     send_times_ns: Vec<Vec<u64>>,
@@ -98,24 +130,28 @@ impl<'a> Producer<'a> {
     fn connect(
         workload: &'a Workload,
         versions: Versions,
+        metadata: &'a Metadata,
         topic: String,
         producer_index: usize,
         payloads: &'a Payloads,
         stats: &'a Arc<Stats>,
     ) -> Result<Self, ClientError> {
-        let connection = Connection::connect(&workload.bootstrap)?;
-        let Connection { writer, reader } = connection;
         let partition_count = workload.partition_count as usize;
         let batch_capacity = workload.batch_size.min(256 << 10);
+        let (retry_sender, retry_receiver) = channel();
         let mut producer = Producer {
             workload,
             versions,
+            metadata,
             topic,
+            producer_index,
             payloads,
             stats,
-            connection_writer: writer,
-            in_flight: None,
-            reader: None,
+            leaders: Vec::new(),
+            routes: Arc::default(),
+            connections: BTreeMap::new(),
+            retry_sender,
+            retry_receiver,
             recorder: stats.recorder(),
             builders: (0..partition_count)
                 .map(|_| BatchBuilder::new(workload.compression, batch_capacity))
@@ -131,20 +167,65 @@ impl<'a> Producer<'a> {
             sent_messages_unreported: 0,
             sent_bytes_unreported: 0,
         };
-        if workload.acks != 0 {
-            // Capacity in_flight_max - 1: the reader holds one more entry while it waits for that response.
-            let (sender, receiver) = sync_channel(workload.in_flight_max.saturating_sub(1));
-            let stats = Arc::clone(stats);
-            let recorder = Arc::clone(&producer.recorder);
-            let version = versions.produce;
-            let reader_thread = thread::Builder::new()
-                .name(format!("producer-{producer_index}-acks"))
-                .spawn(move || read_acks(reader, receiver, version, &stats, &recorder))
-                .map_err(ClientError::Io)?;
-            producer.in_flight = Some(sender);
-            producer.reader = Some(reader_thread);
+        producer.set_routes(metadata.table());
+        // Connect to every leader now, before the rate clock starts, as the single connection always was.
+        let all: Vec<i32> = (0..workload.partition_count).collect();
+        for (node, _) in producer.routes.group_by_leader(&producer.topic, &all) {
+            if let Some(address) = producer.routes.address(node).map(str::to_owned) {
+                producer.open(node, &address)?;
+            }
         }
         Ok(producer)
+    }
+
+    fn set_routes(&mut self, routes: Arc<RoutingTable>) {
+        self.leaders = (0..self.workload.partition_count)
+            .map(|partition| routes.leader(&self.topic, partition))
+            .collect();
+        self.routes = routes;
+    }
+
+    /// Opens the connection to leader `node`, and its acknowledgement reader unless acks=0.
+    fn open(&mut self, node: NodeId, address: &str) -> Result<(), ClientError> {
+        let Connection { writer, reader } = Connection::connect(address)?;
+        let mut connection = LeaderConnection { writer, in_flight: None, reader: None };
+        if self.workload.acks != 0 {
+            // Capacity in_flight_max - 1: the reader holds one more entry while it waits for that response.
+            let (sender, receiver) = sync_channel(self.workload.in_flight_max.saturating_sub(1));
+            let stats = Arc::clone(self.stats);
+            let recorder = Arc::clone(&self.recorder);
+            let retries = self.retry_sender.clone();
+            let version = self.versions.produce;
+            let reader_thread = thread::Builder::new()
+                .name(format!("producer-{}-acks", self.producer_index))
+                .spawn(move || read_acks(reader, receiver, version, &stats, &recorder, &retries))
+                .map_err(ClientError::Io)?;
+            connection.in_flight = Some(sender);
+            connection.reader = Some(reader_thread);
+        }
+        self.connections.insert(node, connection);
+        Ok(())
+    }
+
+    /// The connection `partition`'s batches go to: its leader's, opened if new. A partition without a leader waits
+    /// for Metadata to show one (bounded by `LEADER_WAIT_MAX`), blocking this producer as a full buffer would.
+    fn leader_for(&mut self, partition: i32) -> Result<NodeId, ClientError> {
+        let node = self.leaders.get(partition as usize).copied().unwrap_or(NO_LEADER);
+        if node != NO_LEADER && self.connections.contains_key(&node) {
+            return Ok(node);
+        }
+        let (node, address) = match self.routes.address(node) {
+            Some(address) => (node, address.to_owned()),
+            None => {
+                let found = self.metadata.wait_for_leader(&self.topic, partition)?;
+                self.set_routes(self.metadata.table());
+                found
+            }
+        };
+        if !self.connections.contains_key(&node) {
+            self.open(node, &address)?;
+        }
+        Ok(node)
     }
 
     fn run(&mut self, rate_per_s: f64, start_ns: u64, stop: &AtomicBool) -> Result<(), ClientError> {
@@ -232,33 +313,68 @@ impl<'a> Producer<'a> {
     }
 
     fn flush_partition(&mut self, partition: usize) -> Result<(), ClientError> {
+        let mut outgoing = Outgoing::new();
+        self.queue_retries(&mut outgoing)?;
         let batch = self.seal(partition)?;
-        self.send_request(vec![batch])?;
+        self.queue(&mut outgoing, batch)?;
+        self.send_outgoing(outgoing)?;
         self.recompute_oldest();
         Ok(())
     }
 
-    /// Sends every open batch, as few requests as `request_size_max` allows.
+    /// Sends every open batch, as few requests per leader as `request_size_max` allows.
     fn flush_all(&mut self) -> Result<(), ClientError> {
-        let mut request = Vec::new();
-        let mut request_size = 0;
+        let mut outgoing = Outgoing::new();
+        self.queue_retries(&mut outgoing)?;
         for partition in 0..self.builders.len() {
             if self.builders[partition].is_empty() {
                 continue;
             }
             let sealed = self.seal(partition)?;
-            if !request.is_empty() && request_size + sealed.batch.len() > self.workload.request_size_max {
-                self.send_request(std::mem::take(&mut request))?;
-                request_size = 0;
-            }
-            request_size += sealed.batch.len();
-            request.push(sealed);
+            self.queue(&mut outgoing, sealed)?;
         }
-        if !request.is_empty() {
-            self.send_request(request)?;
-        }
+        self.send_outgoing(outgoing)?;
         self.oldest_open_ns = 0;
         self.report_delays();
+        Ok(())
+    }
+
+    /// Adds `batch` to its leader's next request, sending that request first if the batch would overflow it.
+    fn queue(&mut self, outgoing: &mut Outgoing, batch: Sealed) -> Result<(), ClientError> {
+        let node = self.leader_for(batch.partition)?;
+        let (request, request_size) = outgoing.entry(node).or_default();
+        if !request.is_empty() && *request_size + batch.batch.len() > self.workload.request_size_max {
+            let full = std::mem::take(request);
+            *request_size = 0;
+            self.send_request(node, full)?;
+        }
+        let (request, request_size) = outgoing.entry(node).or_default();
+        *request_size += batch.batch.len();
+        request.push(batch);
+        Ok(())
+    }
+
+    fn send_outgoing(&mut self, outgoing: Outgoing) -> Result<(), ClientError> {
+        for (node, (request, _)) in outgoing {
+            if !request.is_empty() {
+                self.send_request(node, request)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the batches the ack readers sent back, after refreshing the routing (waiting until a refresh is due,
+    /// so that a retry does not go straight back to the broker that just refused it).
+    fn queue_retries(&mut self, outgoing: &mut Outgoing) -> Result<(), ClientError> {
+        let Ok(first) = self.retry_receiver.try_recv() else {
+            return Ok(());
+        };
+        self.set_routes(self.metadata.refresh_when_due()?);
+        let mut retry = Some(first);
+        while let Some(batch) = retry {
+            self.queue(outgoing, batch)?;
+            retry = self.retry_receiver.try_recv().ok();
+        }
         Ok(())
     }
 
@@ -280,6 +396,7 @@ impl<'a> Producer<'a> {
         }
         Ok(Sealed {
             partition: partition as i32,
+            attempts: 0,
             record_count,
             payload_bytes: std::mem::take(&mut self.batch_bytes[partition]),
             send_times_ns: std::mem::take(&mut self.send_times_ns[partition]),
@@ -287,7 +404,10 @@ impl<'a> Producer<'a> {
         })
     }
 
-    fn send_request(&mut self, sealed: Vec<Sealed>) -> Result<(), ClientError> {
+    fn send_request(&mut self, node: NodeId, sealed: Vec<Sealed>) -> Result<(), ClientError> {
+        let Some(connection) = self.connections.get_mut(&node) else {
+            unreachable!("queue opened the connection to leader {node}")
+        };
         let mut topic_data = TopicProduceData::default();
         topic_data.name = topic_name(&self.topic);
         let mut in_flight = InFlight {
@@ -299,9 +419,16 @@ impl<'a> Producer<'a> {
         for batch in sealed {
             let mut partition_data = PartitionProduceData::default();
             partition_data.index = batch.partition;
-            partition_data.records = Some(batch.batch);
+            partition_data.records = Some(batch.batch.clone());
             topic_data.partition_data.push(partition_data);
-            in_flight.partitions.push((batch.partition, batch.record_count, batch.payload_bytes));
+            // The batch stays referenced until acknowledged, so that a stale leader's refusal can be sent again.
+            in_flight.partitions.push(PartitionInFlight {
+                partition: batch.partition,
+                record_count: batch.record_count,
+                payload_bytes: batch.payload_bytes,
+                attempts: batch.attempts,
+                batch: batch.batch,
+            });
             if in_flight.send_times_ns.is_empty() {
                 in_flight.send_times_ns = batch.send_times_ns;
             } else {
@@ -318,16 +445,16 @@ impl<'a> Producer<'a> {
         add(&counters.produce_requests, 1);
         // The correlation id is the writer's next one; reserve the in-flight slot before writing so that the reader
         // always finds the entry for the response it reads.
-        in_flight.correlation_id = self.connection_writer.next_correlation_id();
-        if let Some(sender) = &self.in_flight {
+        in_flight.correlation_id = connection.writer.next_correlation_id();
+        if let Some(sender) = &connection.in_flight {
             if sender.send(in_flight).is_err() {
                 return Err(ClientError::Io(std::io::Error::other("the acknowledgement reader stopped")));
             }
-            self.connection_writer.send_borrowing(&request, self.versions.produce, &borrowed)?;
+            connection.writer.send_borrowing(&request, self.versions.produce, &borrowed)?;
         } else {
             // acks=0: no response will come; count the messages as acknowledged once written.
             let (messages, bytes) = totals(&in_flight);
-            self.connection_writer.send_borrowing(&request, self.versions.produce, &borrowed)?;
+            connection.writer.send_borrowing(&request, self.versions.produce, &borrowed)?;
             add(&counters.acked_messages, messages);
             add(&counters.acked_bytes, bytes);
         }
@@ -350,15 +477,28 @@ impl<'a> Producer<'a> {
 
     fn close(mut self) {
         self.report_delays();
-        self.in_flight = None; // the reader drains what is in flight, then sees the channel close
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
+        for connection in self.connections.values_mut() {
+            connection.in_flight = None; // the reader drains what is in flight, then sees the channel close
+        }
+        for connection in self.connections.values_mut() {
+            if let Some(reader) = connection.reader.take() {
+                let _ = reader.join();
+            }
+        }
+        // Batches refused by a stale leader after the last flush were never acknowledged.
+        for batch in self.retry_receiver.try_iter() {
+            add(&self.stats.counters.failed_messages, batch.record_count as u64);
         }
     }
 }
 
+/// Each leader's next request: its batches and their bytes.
+type Outgoing = BTreeMap<NodeId, (Vec<Sealed>, usize)>;
+
 struct Sealed {
     partition: i32,
+    /// Times this batch was sent before (see `PartitionInFlight::attempts`).
+    attempts: u32,
     record_count: u32,
     payload_bytes: u64,
     send_times_ns: Vec<u64>,
@@ -366,10 +506,9 @@ struct Sealed {
 }
 
 fn totals(in_flight: &InFlight) -> (u64, u64) {
-    in_flight
-        .partitions
-        .iter()
-        .fold((0, 0), |(messages, bytes), &(_, count, size)| (messages + count as u64, bytes + size))
+    in_flight.partitions.iter().fold((0, 0), |(messages, bytes), partition| {
+        (messages + partition.record_count as u64, bytes + partition.payload_bytes)
+    })
 }
 
 /// The reader thread: one response per in-flight entry, in order.
@@ -379,6 +518,7 @@ fn read_acks(
     version: i16,
     stats: &Stats,
     recorder: &Mutex<Latencies>,
+    retries: &Sender<Sealed>,
 ) {
     let counters = &stats.counters;
     while let Ok(entry) = in_flight.recv() {
@@ -396,16 +536,17 @@ fn read_acks(
             }
         };
         let ack_ns = now_ns();
-        record_response(&response, &entry, ack_ns, stats, recorder);
+        record_response(&response, entry, ack_ns, stats, recorder, retries);
     }
 }
 
 fn record_response(
     response: &ProduceResponse,
-    entry: &InFlight,
+    entry: InFlight,
     ack_ns: u64,
     stats: &Stats,
     recorder: &Mutex<Latencies>,
+    retries: &Sender<Sealed>,
 ) {
     let counters = &stats.counters;
     let mut latencies = match recorder.lock() {
@@ -413,24 +554,49 @@ fn record_response(
         Err(poisoned) => poisoned.into_inner(),
     };
     let mut send_time_index = 0usize;
-    for &(partition, count, bytes) in &entry.partitions {
+    for sent in entry.partitions {
+        let partition = sent.partition;
+        let count = sent.record_count as usize;
         let error_code = response
             .responses
             .iter()
             .flat_map(|topic| topic.partition_responses.iter())
             .find(|answer| answer.index == partition)
             .map_or(-1, |answer| answer.error_code);
-        let send_times = &entry.send_times_ns[send_time_index..send_time_index + count as usize];
-        send_time_index += count as usize;
-        if error_code == 0 {
-            for &send_ns in send_times {
-                record_us(&mut latencies.publish_latency, ack_ns.saturating_sub(send_ns));
+        let send_times = &entry.send_times_ns[send_time_index..send_time_index + count];
+        send_time_index += count;
+        match error_action(error_code, sent.attempts) {
+            ErrorAction::Done => {
+                for &send_ns in send_times {
+                    record_us(&mut latencies.publish_latency, ack_ns.saturating_sub(send_ns));
+                }
+                add(&counters.acked_messages, count as u64);
+                add(&counters.acked_bytes, sent.payload_bytes);
             }
-            add(&counters.acked_messages, count as u64);
-            add(&counters.acked_bytes, bytes);
-        } else {
-            add(&counters.failed_messages, count as u64);
-            stats.error(format!("produce to partition {partition}: error code {error_code}"));
+            ErrorAction::RetryAfterRefresh => {
+                add(&counters.retries, 1);
+                let retry = Sealed {
+                    partition,
+                    attempts: sent.attempts + 1,
+                    record_count: sent.record_count,
+                    payload_bytes: sent.payload_bytes,
+                    send_times_ns: send_times.to_vec(),
+                    batch: sent.batch,
+                };
+                if retries.send(retry).is_err() {
+                    // The writer has closed: nobody will send it again.
+                    add(&counters.failed_messages, count as u64);
+                }
+            }
+            ErrorAction::Fail => {
+                add(&counters.failed_messages, count as u64);
+                let retried = if sent.attempts > 0 {
+                    format!(" after {} retries", sent.attempts)
+                } else {
+                    String::new()
+                };
+                stats.error(format!("produce to partition {partition}: error code {error_code}{retried}"));
+            }
         }
     }
 }

@@ -62,12 +62,13 @@ impl Summary {
         };
         println!("== {} ({})", self.label, self.description);
         println!(
-            "publish  {:>12.0} msg/s {:>9.1} MB/s over {:.1} s ({:.0} messages per produce request, {} failed)",
+            "publish  {:>12.0} msg/s {:>9.1} MB/s over {:.1} s ({:.0} messages per produce request, {} failed, {} retries)",
             self.publish_messages_per_s(),
             self.publish_mb_per_s(),
             self.publish_seconds,
             messages_per_request,
-            self.counters.failed_messages
+            self.counters.failed_messages,
+            self.counters.retries
         );
         println!(
             "consume  {:>12.0} msg/s {:>9.1} MB/s over {:.1} s, backlog at end {} messages",
@@ -129,6 +130,7 @@ impl Summary {
         let _ = writeln!(json, "  \"failed_messages\": {},", self.counters.failed_messages);
         let _ = writeln!(json, "  \"produce_requests\": {},", self.counters.produce_requests);
         let _ = writeln!(json, "  \"fetch_requests\": {},", self.counters.fetch_requests);
+        let _ = writeln!(json, "  \"retries\": {},", self.counters.retries);
         let _ = writeln!(json, "  \"backlog_messages\": {},", self.backlog_messages);
         let _ = writeln!(json, "  \"broker_cpu_cores\": {},", json_option(self.broker_cpu_cores));
         let _ = writeln!(json, "  \"generator_cpu_cores\": {},", json_option(self.generator_cpu_cores));

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::client::{ensure_topic, ClientError, Connection, Versions};
+use crate::client::{ClientError, Versions};
 use crate::clock::now_ns;
+use crate::cluster::{connect_any, Metadata};
 use crate::cpu::cpu_seconds;
 use crate::report::{progress_line, Summary};
 use crate::stats::{CounterSnapshot, Latencies, Stats};
@@ -22,6 +23,8 @@ pub struct WorkerContext {
     pub versions: Versions,
     pub stats: Arc<Stats>,
     pub stop: Arc<AtomicBool>,
+    /// Where each partition's leader is; refreshed by whichever worker meets a stale leader.
+    pub metadata: Arc<Metadata>,
 }
 
 pub struct RunOptions {
@@ -63,28 +66,54 @@ impl CpuSample {
 
 pub fn run(options: RunOptions) -> Result<Summary, ClientError> {
     let workload = Arc::new(options.workload.clone());
-    let mut admin = Connection::connect(&workload.bootstrap)?;
+    let (mut admin, address) = connect_any(&workload.bootstrap)?;
     let versions = admin.negotiate_versions()?;
-    eprintln!(
-        "sluice-bench: {} speaks Produce v{}, Fetch v{}, Metadata v{}, CreateTopics v{}, ListOffsets v{}",
-        workload.bootstrap,
-        versions.produce,
-        versions.fetch,
-        versions.metadata,
-        versions.create_topics,
-        versions.list_offsets
-    );
-    for topic in &workload.topics {
-        ensure_topic(&mut admin, &versions, topic, workload.partition_count)?;
-    }
     drop(admin);
+    eprintln!(
+        "sluice-bench: {address} speaks Produce v{}, Fetch v{}, Metadata v{}, CreateTopics v{}, ListOffsets v{}",
+        versions.produce, versions.fetch, versions.metadata, versions.create_topics, versions.list_offsets
+    );
+    let metadata = create_topics(&workload, versions, workload.topics.clone())?;
     let payloads = Arc::new(Payloads::new(workload.message_size, workload.random_ratio, 0xbe4c4));
     let stats = Stats::new();
-    if options.backlog_size > 0 {
-        run_catch_up(&options, &workload, versions, &payloads, &stats)
+    let summary = if options.backlog_size > 0 {
+        run_catch_up(&options, &workload, versions, &payloads, &stats, &metadata)
     } else {
-        run_steady(&options, &workload, versions, &payloads, &stats)
+        run_steady(&options, &workload, versions, &payloads, &stats, &metadata)
+    };
+    if metadata.refresh_count() > 1 {
+        eprintln!(
+            "sluice-bench: metadata refreshed {} times after stale-leader errors",
+            metadata.refresh_count() - 1
+        );
     }
+    summary
+}
+
+/// Creates `topics` and waits for a leader of each partition; prints where they are when there is more than one
+/// broker.
+fn create_topics(
+    workload: &Workload,
+    versions: Versions,
+    topics: Vec<String>,
+) -> Result<Arc<Metadata>, ClientError> {
+    let metadata = Arc::new(Metadata::new(workload.bootstrap.clone(), versions, topics.clone()));
+    let table = metadata.create_topics(workload.partition_count)?;
+    if table.broker_count() > 1 {
+        let all: Vec<i32> = (0..workload.partition_count).collect();
+        let mut led: std::collections::BTreeMap<i32, usize> = std::collections::BTreeMap::new();
+        for topic in &topics {
+            for (node, partitions) in table.group_by_leader(topic, &all) {
+                *led.entry(node).or_default() += partitions.len();
+            }
+        }
+        let spread: Vec<String> = led
+            .iter()
+            .map(|(node, count)| format!("node {node} ({}) {count}", table.address(*node).unwrap_or("?")))
+            .collect();
+        eprintln!("sluice-bench: {} brokers; partitions led: {}", table.broker_count(), spread.join(", "));
+    }
+    Ok(metadata)
 }
 
 struct Workers {
@@ -97,6 +126,7 @@ fn start_consumers(
     versions: Versions,
     stats: &Arc<Stats>,
     stop: &Arc<AtomicBool>,
+    metadata: &Arc<Metadata>,
 ) -> Vec<JoinHandle<()>> {
     let ready = Arc::new(AtomicUsize::new(0));
     let mut consumers = Vec::new();
@@ -114,6 +144,7 @@ fn start_consumers(
                 versions,
                 stats: Arc::clone(stats),
                 stop: Arc::clone(stop),
+                metadata: Arc::clone(metadata),
             };
             consumers.push(consumer::start(
                 context,
@@ -137,6 +168,7 @@ fn start_producers(
     payloads: &Arc<Payloads>,
     stats: &Arc<Stats>,
     stop: &Arc<AtomicBool>,
+    metadata: &Arc<Metadata>,
 ) -> Vec<producer::ProducerHandle> {
     let producer_count = workload.topics.len() * workload.producers_per_topic;
     let rate_each = workload.rate_per_s / producer_count as f64;
@@ -150,6 +182,7 @@ fn start_producers(
                 versions,
                 stats: Arc::clone(stats),
                 stop: Arc::clone(stop),
+                metadata: Arc::clone(metadata),
             };
             producers.push(producer::start(
                 context,
@@ -184,10 +217,11 @@ fn run_steady(
     versions: Versions,
     payloads: &Arc<Payloads>,
     stats: &Arc<Stats>,
+    metadata: &Arc<Metadata>,
 ) -> Result<Summary, ClientError> {
     let stop = Arc::new(AtomicBool::new(false));
-    let consumers = start_consumers(workload, versions, stats, &stop);
-    let producers = start_producers(workload, versions, payloads, stats, &stop);
+    let consumers = start_consumers(workload, versions, stats, &stop, metadata);
+    let producers = start_producers(workload, versions, payloads, stats, &stop, metadata);
     let started = Instant::now();
     let measure_from = started + options.warmup;
     let measure_until = measure_from + options.duration;
@@ -289,10 +323,11 @@ fn run_catch_up(
     versions: Versions,
     payloads: &Arc<Payloads>,
     stats: &Arc<Stats>,
+    metadata: &Arc<Metadata>,
 ) -> Result<Summary, ClientError> {
     // Phase 1: producers alone write the backlog.
     let stop_producers = Arc::new(AtomicBool::new(false));
-    let producers = start_producers(workload, versions, payloads, stats, &stop_producers);
+    let producers = start_producers(workload, versions, payloads, stats, &stop_producers, metadata);
     let started = Instant::now();
     let cpu_publish_start = CpuSample::take(options.broker_pid);
     let mut totals = Latencies::new();
@@ -352,7 +387,7 @@ fn run_catch_up(
     let stop_consumers = Arc::new(AtomicBool::new(false));
     let consume_started = Instant::now();
     let cpu_consume_start = CpuSample::take(options.broker_pid);
-    let consumers = start_consumers(&consume_workload, versions, stats, &stop_consumers);
+    let consumers = start_consumers(&consume_workload, versions, stats, &stop_consumers, metadata);
     let consume_limit = options.duration.max(Duration::from_secs(10)) * 4;
     loop {
         thread::sleep(Duration::from_millis(200));
@@ -426,15 +461,11 @@ fn evict(
 ) -> Result<(), ClientError> {
     let mut evict_workload = (**workload).clone();
     evict_workload.topics = workload.topics.iter().map(|topic| format!("{topic}-evict")).collect();
-    let mut admin = Connection::connect(&workload.bootstrap)?;
-    for topic in &evict_workload.topics {
-        ensure_topic(&mut admin, &versions, topic, workload.partition_count)?;
-    }
-    drop(admin);
+    let metadata = create_topics(workload, versions, evict_workload.topics.clone())?;
     let evict_workload = Arc::new(evict_workload);
     let evict_stats = Stats::new();
     let stop = Arc::new(AtomicBool::new(false));
-    let producers = start_producers(&evict_workload, versions, payloads, &evict_stats, &stop);
+    let producers = start_producers(&evict_workload, versions, payloads, &evict_stats, &stop, &metadata);
     let started = Instant::now();
     let time_limit = options.warmup + options.duration.max(Duration::from_secs(10)) * 4;
     // Bounded by the time limit.

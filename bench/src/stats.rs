@@ -71,6 +71,8 @@ pub struct Counters {
     pub consumed_bytes: AtomicU64,
     pub produce_requests: AtomicU64,
     pub fetch_requests: AtomicU64,
+    /// Batches sent again, and partition fetches repeated, after a stale-metadata error (see `cluster`).
+    pub retries: AtomicU64,
 }
 
 /// A point-in-time copy of the counters, for rates over an interval.
@@ -85,6 +87,7 @@ pub struct CounterSnapshot {
     pub consumed_bytes: u64,
     pub produce_requests: u64,
     pub fetch_requests: u64,
+    pub retries: u64,
 }
 
 impl CounterSnapshot {
@@ -99,6 +102,7 @@ impl CounterSnapshot {
             consumed_bytes: self.consumed_bytes - earlier.consumed_bytes,
             produce_requests: self.produce_requests - earlier.produce_requests,
             fetch_requests: self.fetch_requests - earlier.fetch_requests,
+            retries: self.retries - earlier.retries,
         }
     }
 }
@@ -161,6 +165,7 @@ impl Stats {
             consumed_bytes: load(&counters.consumed_bytes),
             produce_requests: load(&counters.produce_requests),
             fetch_requests: load(&counters.fetch_requests),
+            retries: load(&counters.retries),
         }
     }
 

@@ -25,7 +25,8 @@ pub enum StartOffset {
 /// Everything a producer or consumer thread needs to know about the run.
 #[derive(Clone, Debug)]
 pub struct Workload {
-    pub bootstrap: String,
+    /// Bootstrap addresses, `HOST:PORT`, in the order given.
+    pub bootstrap: Vec<String>,
     pub topics: Vec<String>,
     pub partition_count: i32,
     pub message_size: usize,
