@@ -22,6 +22,7 @@ pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
 pub mod describe_log_dirs;
+pub mod describe_topic_partitions;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -115,6 +116,9 @@ pub async fn handle(
             incremental_alter_configs::handle(shard, &context, body).await
         }
         RequestKind::DescribeCluster(body) => describe_cluster::handle(shard, &context, body),
+        RequestKind::DescribeTopicPartitions(body) => {
+            describe_topic_partitions::handle(shard, &context, body)
+        }
         RequestKind::InitProducerId(body) => init_producer_id::handle(shard, &context, body).await,
         _ => Err(CodecError::Malformed {
             api_key: context.api_key as i16,
