@@ -25,6 +25,7 @@ pub mod describe_configs;
 pub mod describe_groups;
 pub mod describe_log_dirs;
 pub mod describe_quorum;
+pub mod describe_topic_partitions;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -119,6 +120,9 @@ pub async fn handle(
         }
         RequestKind::DescribeCluster(body) => describe_cluster::handle(shard, &context, body),
         RequestKind::DescribeQuorum(body) => describe_quorum::handle(shard, &context, body).await,
+        RequestKind::DescribeTopicPartitions(body) => {
+            describe_topic_partitions::handle(shard, &context, body)
+        }
         RequestKind::InitProducerId(body) => init_producer_id::handle(shard, &context, body).await,
         _ => Err(CodecError::Malformed {
             api_key: context.api_key as i16,
