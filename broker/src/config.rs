@@ -54,6 +54,9 @@ pub struct Config {
     pub broker_rack: Option<String>,
     /// `broker.session.timeout.ms`: a broker that has not heartbeated to the controller for this long is fenced.
     pub broker_session_timeout: Duration,
+    /// `controller.quorum.election.timeout.ms`: a voter that hears no leader for this long (plus up to as much
+    /// again, drawn at random) starts an election.
+    pub quorum_election_timeout: Duration,
     /// `broker.heartbeat.interval.ms`: how often a broker heartbeats to the controller; below the session timeout.
     pub broker_heartbeat_interval: Duration,
     /// Executors, one per core; `None` means one per online core.
@@ -294,6 +297,8 @@ struct Settings {
     broker_session_timeout_ms: i64,
     #[serde(rename = "broker.heartbeat.interval.ms")]
     broker_heartbeat_interval_ms: i64,
+    #[serde(rename = "controller.quorum.election.timeout.ms")]
+    quorum_election_timeout_ms: i64,
     shards: i64,
     #[serde(rename = "num.partitions")]
     partition_count_default: i64,
@@ -478,10 +483,19 @@ impl Config {
                 "message.max.bytes {message_size_max} exceeds socket.request.max.bytes {request_size_max}"
             )));
         }
-        if settings.replication_factor_default != 1 {
+        // A cluster checks the factor against its live brokers when a topic is created.
+        let single_node = settings.quorum_voters.trim().is_empty();
+        if (single_node && settings.replication_factor_default != 1)
+            || !(1..=i64::from(i16::MAX)).contains(&settings.replication_factor_default)
+        {
             return Err(ConfigError(format!(
-                "default.replication.factor = {}: a single-node broker supports only 1",
-                settings.replication_factor_default
+                "default.replication.factor = {}: {}",
+                settings.replication_factor_default,
+                if single_node {
+                    "a single-node broker supports only 1"
+                } else {
+                    "must be between 1 and 32767"
+                }
             )));
         }
         let groups = GroupConfig::build(&settings)?;
@@ -498,6 +512,7 @@ impl Config {
             broker_rack: cluster.broker_rack,
             broker_session_timeout: cluster.broker_session_timeout,
             broker_heartbeat_interval: cluster.broker_heartbeat_interval,
+            quorum_election_timeout: cluster.quorum_election_timeout,
             shard_count,
             partition_count_default: within(
                 "num.partitions",
@@ -665,6 +680,7 @@ struct ClusterSettings {
     broker_rack: Option<String>,
     broker_session_timeout: Duration,
     broker_heartbeat_interval: Duration,
+    quorum_election_timeout: Duration,
 }
 
 impl ClusterSettings {
@@ -692,6 +708,11 @@ impl ClusterSettings {
             broker_rack,
             broker_session_timeout: Duration::from_millis(session_ms as u64),
             broker_heartbeat_interval: Duration::from_millis(heartbeat_ms as u64),
+            quorum_election_timeout: Duration::from_millis(within(
+                "controller.quorum.election.timeout.ms",
+                settings.quorum_election_timeout_ms,
+                200..=60_000,
+            )? as u64),
         })
     }
 }

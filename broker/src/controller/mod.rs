@@ -331,6 +331,12 @@ fn open_quorum(config: &Config) -> Result<service::DiskNode, String> {
     let voters = config.quorum_voters.iter().map(|voter| NodeId(voter.id)).collect();
     let mut quorum_config = QuorumConfig::new(NodeId(config.node_id), voters, Vec::new());
     quorum_config.jitter_seed = random_u128() as u64;
+    // Ticks of `service::TICK`: the election timeout and as much jitter; leader heartbeats well inside it.
+    let election_tick =
+        (config.quorum_election_timeout.as_millis() / service::TICK.as_millis()).max(2) as usize;
+    quorum_config.election_tick = election_tick;
+    quorum_config.election_jitter_tick_count = election_tick;
+    quorum_config.heartbeat_tick = (election_tick / 5).max(1);
     let mut node = QuorumNode::open(quorum_config, storage)
         .map_err(|error| format!("cannot start the metadata quorum from {}: {error}", path.display()))?;
     let mut out = QuorumOutput::default();
