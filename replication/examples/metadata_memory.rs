@@ -56,10 +56,12 @@ fn main() -> Result<(), String> {
             listeners: vec![Listener { name: "PLAINTEXT".into(), host: "127.0.0.1".into(), port: 9092 }],
             rack: None,
         };
-        let records = plan(&image, &AdminRequest::RegisterBroker(registration)).map_err(|error| error.to_string())?;
+        let records =
+            plan(&image, &AdminRequest::RegisterBroker(registration)).map_err(|error| error.to_string())?;
         image = apply(&image, records)?;
         let epoch = BrokerEpoch(image.applied_index());
-        image = apply(&image, vec![MetadataRecord::UnfenceBroker { broker: NodeId(i32::from(broker)), epoch }])?;
+        image =
+            apply(&image, vec![MetadataRecord::UnfenceBroker { broker: NodeId(i32::from(broker)), epoch }])?;
     }
     let before = live();
     let per_topic = 1_000.min(partitions);

@@ -4,10 +4,12 @@
 //! before. Topics the log already has (by name) are skipped, so a restart writes nothing twice.
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use sluice_replication::metadata::{MetadataImage, MetadataRecord, PartitionRecord, TopicId, TopicRecord};
 use sluice_replication::{LeaderEpoch, NodeId};
 
+use super::MetadataCell;
 use crate::cluster::TopicTable;
 use crate::config::Config;
 
@@ -45,6 +47,27 @@ pub fn bootstrap_records(config: &Config) -> Result<Vec<MetadataRecord>, String>
         );
     }
     Ok(records)
+}
+
+/// How long start-up waits for the migrated topics to be committed: the node must first lead the quorum.
+const MIGRATION_WAIT: Duration = Duration::from_secs(60);
+
+/// Start-up of a migrating node: waits until the metadata log holds every topic of `topics.toml`, so no client
+/// can create one of those names anew (with a new id) before the old one is written. A node that does not come
+/// to lead within the bound stops with the reason.
+pub fn wait_until_written(cell: &MetadataCell, bootstrap: &[MetadataRecord]) -> Result<(), String> {
+    let deadline = Instant::now() + MIGRATION_WAIT;
+    while !missing(&cell.latest().0, bootstrap).is_empty() {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the topics of topics.toml were not written into the metadata log within {} s: a single-node data \
+                 directory joins as a cluster of one (controller.quorum.voters naming only this node)",
+                MIGRATION_WAIT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// The bootstrap records of topics the image does not have yet.

@@ -118,6 +118,13 @@ impl Cluster {
         let voters: Vec<(i32, String)> =
             config.quorum_voters.iter().map(|voter| (voter.id, voter.address())).collect();
         let client = Arc::new(ControllerClient::new(voters.clone()));
+        let (host, port) = config.advertised();
+        let registration = BrokerRegistration {
+            broker: NodeId(config.node_id),
+            incarnation: random_u128(),
+            listeners: vec![Listener { name: "PLAINTEXT".into(), host, port }],
+            rack: config.broker_rack.clone(),
+        };
         let cell = match config.own_voter() {
             Some(own) => {
                 let node = open_quorum(config)?;
@@ -130,8 +137,10 @@ impl Cluster {
                     peers,
                     config.broker_session_timeout,
                     cell.clone(),
-                    bootstrap,
+                    bootstrap.clone(),
+                    registration.clone(),
                 )?;
+                migration::wait_until_written(&cell, &bootstrap)?;
                 cell
             }
             None => {
@@ -139,13 +148,6 @@ impl Cluster {
                 fetch_metadata_once(&client, &cell, Duration::from_secs(5));
                 cell
             }
-        };
-        let (host, port) = config.advertised();
-        let registration = BrokerRegistration {
-            broker: NodeId(config.node_id),
-            incarnation: random_u128(),
-            listeners: vec![Listener { name: "PLAINTEXT".into(), host, port }],
-            rack: config.broker_rack.clone(),
         };
         let (admin, jobs) = sync_channel::<AdminJob>(ADMIN_QUEUE_CAPACITY);
         let worker_client = client.clone();
@@ -339,7 +341,10 @@ fn open_quorum(config: &Config) -> Result<service::DiskNode, String> {
     quorum_config.heartbeat_tick = (election_tick / 5).max(1);
     let mut node = QuorumNode::open(quorum_config, storage)
         .map_err(|error| format!("cannot start the metadata quorum from {}: {error}", path.display()))?;
+    // One tick hands over the entries the log already committed (its first Ready), the sync applies them: the
+    // shards then load with the image as this node last knew it, not only as of the latest snapshot.
     let mut out = QuorumOutput::default();
+    node.tick(&mut out).map_err(|error| format!("metadata quorum: {error}"))?;
     node.sync(&mut out).map_err(|error| format!("metadata quorum: {error}"))?;
     log::info!("metadata quorum: {} opened, image at index {}", path.display(), node.image().applied_index());
     Ok(node)

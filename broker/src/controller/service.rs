@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use raft::eraftpb::Message;
 use sluice_replication::metadata::{
-    plan, AdminRequest, BrokerEpoch, BrokerHeartbeats, ControllerError, Heartbeat, MetadataImage,
-    MetadataRecord,
+    plan, AdminRequest, BrokerEpoch, BrokerHeartbeats, BrokerRegistration, ControllerError, Heartbeat,
+    MetadataImage, MetadataRecord,
 };
 use sluice_replication::quorum::node::{node_id, ProposalId};
 use sluice_replication::quorum::{DiskQuorumStorage, QuorumNode, QuorumOutput, StdDir};
@@ -115,6 +115,8 @@ pub struct Controller {
     cell: Arc<MetadataCell>,
     /// Topics of a single-node data directory (`topics.toml`) still to be written into the metadata log.
     bootstrap: Vec<MetadataRecord>,
+    /// This node's broker registration, written with the migrated topics (their partitions name it).
+    registration: BrokerRegistration,
     last_leader: Option<NodeId>,
 }
 
@@ -127,6 +129,7 @@ pub fn start(
     session_timeout: Duration,
     cell: Arc<MetadataCell>,
     bootstrap: Vec<MetadataRecord>,
+    registration: BrokerRegistration,
 ) -> Result<(), String> {
     let socket = resolve(listen)?;
     let listener = TcpListener::bind(socket)
@@ -148,6 +151,7 @@ pub fn start(
         peers: peer_senders,
         cell,
         bootstrap,
+        registration,
         last_leader: None,
     };
     controller.publish();
@@ -488,12 +492,16 @@ impl Controller {
             }
             return self.propose(fences, None, Reply::Internal, None, out);
         }
-        let self_registered = image.broker(self.node.node()).is_some();
-        if !self.bootstrap.is_empty() && self_registered {
-            let records = super::migration::missing(&image, &self.bootstrap);
+        if !self.bootstrap.is_empty() {
+            let mut records = super::migration::missing(&image, &self.bootstrap);
             if records.is_empty() {
                 self.bootstrap.clear();
             } else {
+                // The partitions name this node, which must be registered first (the heartbeat thread will find
+                // this incarnation registered and carry on from it).
+                if image.broker(self.node.node()).is_none() {
+                    records.insert(0, MetadataRecord::RegisterBroker(self.registration.clone()));
+                }
                 log::info!(
                     "writing the topics of topics.toml into the metadata log ({} records)",
                     records.len()

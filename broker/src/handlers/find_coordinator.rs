@@ -34,10 +34,20 @@ pub async fn handle(
             format!("coordinator key type {key_type} is not supported by this broker (only groups, type 0)"),
         ))
     } else {
-        group::ensure_offsets_topic(shard).await.map(|()| {
-            let (host, port) = shard.config.advertised();
-            (shard.config.node_id, host, port)
-        })
+        let not_available =
+            |message: String| KafkaError::with_message(ResponseError::CoordinatorNotAvailable, message);
+        match super::bounded_in_cluster(shard, group::ensure_offsets_topic(shard)).await {
+            Some(Ok(())) => {
+                let (host, port) = shard.config.advertised();
+                Ok((shard.config.node_id, host, port))
+            }
+            // A cluster's creation waits for the controller: the client retries (Kafka's answer meanwhile).
+            Some(Err(error)) if shard.cluster.is_some() => {
+                Err(not_available(error.message.unwrap_or_else(|| format!("{:?}", error.code))))
+            }
+            Some(Err(error)) => Err(error),
+            None => Err(not_available(format!("{} is being created", group::OFFSETS_TOPIC))),
+        }
     };
     let keys: Vec<String> = if context.api_version >= 4 {
         body.coordinator_keys.iter().map(|key| key.to_string()).collect()

@@ -205,6 +205,25 @@ pub async fn auto_create(shard: &Rc<Shard>, names: &[String]) {
         .collect();
     if !changes.is_empty() {
         // TOPIC_ALREADY_EXISTS from a concurrent creation is fine: the topic exists either way.
-        let _ = shard.admin(changes, false).await;
+        let _ = bounded_in_cluster(shard, shard.admin(changes, false)).await;
     }
+}
+
+/// How long a request that creates a topic as a side effect (auto-creation, `__consumer_offsets`) waits for it in a
+/// cluster, where the creation goes to the active controller: a healthy quorum answers in milliseconds, and a
+/// request must not stall for a whole controller failover (Kafka creates these in the background and answers
+/// LEADER_NOT_AVAILABLE / COORDINATOR_NOT_AVAILABLE meanwhile).
+pub const SIDE_CREATION_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `work`'s result, or `None` if a cluster member waited [`SIDE_CREATION_WAIT`] for it. The work goes on: admin
+/// calls run in tasks of their own on shard 0, so dropping the wait cancels nothing.
+pub async fn bounded_in_cluster<T>(shard: &Shard, work: impl std::future::Future<Output = T>) -> Option<T> {
+    if shard.cluster.is_none() {
+        return Some(work.await);
+    }
+    futures_lite::future::or(async { Some(work.await) }, async {
+        glommio::timer::sleep(SIDE_CREATION_WAIT).await;
+        None
+    })
+    .await
 }
