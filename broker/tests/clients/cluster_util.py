@@ -1,0 +1,348 @@
+"""A cluster of real `sluice` processes on loopback, for the cluster-mode tests (test_cluster.py).
+
+`Cluster` starts N nodes, each with its own TOML file (Kafka's key names), data directory and log file under the
+test's tmp_path, on free loopback ports: a Kafka port per node and a quorum port per voter. Voters are the ids in
+`controller.quorum.voters`; a node added with `add_broker` is a broker-only node (its id is not listed). Nodes can
+be killed (SIGKILL), stopped (SIGTERM, exit 0 asserted) and restarted on the same files by id. Every wait is
+bounded and polls; `close()` stops whatever still runs with SIGTERM and asserts a clean exit for every node the test
+did not kill itself.
+
+`metadata(node_id)` asks one broker directly (a raw Metadata v1 request, so the answer is that broker's view and
+not whichever broker a client happened to ask).
+"""
+
+import signal
+import socket
+import struct
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
+
+from conftest import BINARY, free_port
+from workload import _request
+
+START_TIMEOUT_S = 30
+STOP_TIMEOUT_S = 30
+# Kafka's defaults: a broker silent for 9 s is fenced; it heartbeats every 2 s.
+SESSION_TIMEOUT_MS = 9000
+HEARTBEAT_INTERVAL_MS = 2000
+
+
+@dataclass
+class PartitionView:
+    error: int
+    leader: int
+    replicas: list
+    isr: list
+
+
+@dataclass
+class MetadataView:
+    """One broker's Metadata answer: {id: (host, port)}, the controller id, {topic: {partition: PartitionView}}."""
+
+    brokers: dict
+    controller: int
+    topics: dict = field(default_factory=dict)
+    topic_errors: dict = field(default_factory=dict)
+
+
+class Node:
+    """One `sluice start --config nodeN.toml` process."""
+
+    def __init__(self, node_id, directory, voters_text, quorum_port, shard_count):
+        self.node_id = node_id
+        self.directory = Path(directory)
+        self.kafka_port = free_port()
+        self.quorum_port = quorum_port  # None: a broker-only node
+        self.bootstrap = f"127.0.0.1:{self.kafka_port}"
+        self.config_path = self.directory / f"node{node_id}.toml"
+        self.log_path = self.directory / f"node{node_id}.log"
+        self.data_dir = self.directory / f"node{node_id}"
+        self.config_path.write_text(
+            node_config(node_id, self.bootstrap, self.data_dir, voters_text, shard_count)
+        )
+        self.process = None
+        self.start_count = 0
+        # Set when the test killed this node with SIGKILL and did not restart it: no clean exit to assert.
+        self.killed = False
+
+    def spawn(self):
+        assert self.process is None, f"node {self.node_id} already running"
+        assert BINARY.exists(), f"{BINARY} is missing: run cargo build --release -p sluice-broker"
+        command = [str(BINARY), "start", "--config", str(self.config_path)]
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n=== start {self.start_count}: {' '.join(command)}\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        self.start_count += 1
+        self.killed = False
+
+    def wait_listening(self, deadline):
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                code = self.process.returncode
+                self.process = None
+                raise AssertionError(f"node {self.node_id} exited with {code} during start-up:\n{self.log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.kafka_port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"node {self.node_id} did not listen within {START_TIMEOUT_S} s:\n{self.log_tail()}")
+
+    def kill(self):
+        """SIGKILL by PID: no controlled shutdown, the controller learns of it only by the session timeout."""
+        assert self.process is not None, f"node {self.node_id} not running"
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self.process = None
+        self.killed = True
+
+    def terminate(self):
+        """SIGTERM by PID; the node must exit 0 within STOP_TIMEOUT_S."""
+        assert self.process is not None, f"node {self.node_id} not running"
+        self.process.send_signal(signal.SIGTERM)
+        self.wait_exit_zero()
+
+    def wait_exit_zero(self):
+        process = self.process
+        try:
+            code = process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+            self.process = None
+            raise AssertionError(
+                f"node {self.node_id} did not stop within {STOP_TIMEOUT_S} s after SIGTERM:\n{self.log_tail()}"
+            )
+        self.process = None
+        assert code == 0, f"node {self.node_id} exited with {code} after SIGTERM:\n{self.log_tail()}"
+
+    def alive(self):
+        return self.process is not None and self.process.poll() is None
+
+    def log_text(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, line_count=40):
+        lines = self.log_text().splitlines()
+        return f"--- {self.log_path} (last {line_count} lines)\n" + "\n".join(lines[-line_count:])
+
+
+def node_config(node_id, bootstrap, data_dir, voters_text, shard_count=2):
+    """A node's TOML, in Kafka's key names."""
+    return (
+        f'"node.id" = {node_id}\n'
+        f'listen = "{bootstrap}"\n'
+        f'"log.dirs" = "{data_dir}"\n'
+        f"shards = {shard_count}\n"
+        f'"controller.quorum.voters" = "{voters_text}"\n'
+        f'"broker.session.timeout.ms" = {SESSION_TIMEOUT_MS}\n'
+        f'"broker.heartbeat.interval.ms" = {HEARTBEAT_INTERVAL_MS}\n'
+    )
+
+
+class Cluster:
+    """Voters 1..voter_count on loopback; broker-only nodes join with `add_broker`."""
+
+    def __init__(self, directory, voter_count=3, shard_count=2):
+        self.directory = Path(directory)
+        self.shard_count = shard_count
+        quorum_ports = {node_id: free_port() for node_id in range(1, voter_count + 1)}
+        self.voters_text = ",".join(f"{node_id}@127.0.0.1:{port}" for node_id, port in quorum_ports.items())
+        self.nodes = {
+            node_id: Node(node_id, self.directory, self.voters_text, port, shard_count)
+            for node_id, port in quorum_ports.items()
+        }
+
+    # --- lifecycle ---
+
+    def start(self):
+        """Starts every node at once (the voters need each other for a quorum) and waits for the cluster."""
+        for node in self.nodes.values():
+            node.spawn()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        for node in self.nodes.values():
+            node.wait_listening(deadline)
+        self.wait_for_brokers(sorted(self.nodes), timeout_s=START_TIMEOUT_S)
+
+    def add_broker(self, node_id):
+        """A broker-only node (not in controller.quorum.voters) joins the running cluster."""
+        assert node_id not in self.nodes
+        node = Node(node_id, self.directory, self.voters_text, None, self.shard_count)
+        self.nodes[node_id] = node
+        node.spawn()
+        node.wait_listening(time.monotonic() + START_TIMEOUT_S)
+        self.wait_for_brokers(sorted(self.nodes), timeout_s=START_TIMEOUT_S)
+        return node
+
+    def kill(self, node_id):
+        self.nodes[node_id].kill()
+
+    def terminate(self, node_id):
+        self.nodes[node_id].terminate()
+
+    def restart(self, node_id):
+        """Starts a stopped or killed node again on its own config and data directory; waits until it listens."""
+        node = self.nodes[node_id]
+        if node.process is not None:
+            node.terminate()
+        node.spawn()
+        node.wait_listening(time.monotonic() + START_TIMEOUT_S)
+
+    def close(self):
+        """SIGTERM to every running node at once, then a clean exit (0) asserted for each; SIGKILL as a fallback."""
+        running = [node for node in self.nodes.values() if node.process is not None]
+        for node in running:
+            if node.process.poll() is None:
+                node.process.send_signal(signal.SIGTERM)
+        failures = []
+        for node in running:
+            try:
+                node.wait_exit_zero()
+            except AssertionError as error:
+                failures.append(str(error))
+        assert not failures, "\n\n".join(failures)
+
+    def kill_all(self):
+        """The teardown's fallback: SIGKILL whatever still runs (only our own processes, by PID)."""
+        for node in self.nodes.values():
+            if node.process is not None:
+                node.process.kill()
+                node.process.wait(timeout=10)
+                node.process = None
+
+    # --- views ---
+
+    def live(self):
+        return [node_id for node_id, node in sorted(self.nodes.items()) if node.alive()]
+
+    def bootstrap(self, node_ids=None):
+        return ",".join(self.nodes[node_id].bootstrap for node_id in (node_ids or self.live()))
+
+    def admin(self, node_ids=None, **settings):
+        return AdminClient({"bootstrap.servers": self.bootstrap(node_ids), **settings})
+
+    def metadata(self, node_id):
+        return metadata_v1(self.nodes[node_id].bootstrap)
+
+    def log_tails(self, line_count=30):
+        return "\n".join(node.log_tail(line_count) for node in self.nodes.values())
+
+    def wait_for(self, what, check, timeout_s):
+        """Polls `check()` (a truthy result, or an exception meaning "not yet") until it holds or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        last = None
+        while True:
+            try:
+                result = check()
+                if result:
+                    return result
+                last = result
+            except (OSError, AssertionError, ConnectionError, struct.error) as error:
+                last = error
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{what}: not within {timeout_s} s (last: {last!r})\n{self.log_tails()}")
+            time.sleep(0.2)
+
+    def wait_for_brokers(self, node_ids, timeout_s=START_TIMEOUT_S, via=None):
+        """Until each of `via` (default: every live node) lists exactly `node_ids` as its brokers, with addresses
+        that are theirs, and a librdkafka AdminClient's list_topics sees the same set."""
+        want = sorted(node_ids)
+        asked = via or self.live()
+
+        def agreed():
+            for node_id in asked:
+                view = self.metadata(node_id)
+                if sorted(view.brokers) != want:
+                    return False
+                for broker_id, (host, port) in view.brokers.items():
+                    assert f"{host}:{port}" == self.nodes[broker_id].bootstrap, (broker_id, host, port)
+            client_view = self.admin(asked).list_topics(timeout=10)
+            return sorted(client_view.brokers) == want
+
+        self.wait_for(f"brokers {want} listed by nodes {asked}", agreed, timeout_s)
+
+    def wait_for_topic(self, topic, partition_count, timeout_s=30, via=None, led=True):
+        """Until every node of `via` knows `topic` with all its partitions (and, if `led`, each with a leader);
+        returns {node_id: {partition: PartitionView}}."""
+        asked = via or self.live()
+
+        def known():
+            views = {}
+            for node_id in asked:
+                partitions = self.metadata(node_id).topics.get(topic)
+                if partitions is None or len(partitions) != partition_count:
+                    return False
+                if led and any(view.leader < 0 for view in partitions.values()):
+                    return False
+                views[node_id] = partitions
+            return views
+
+        return self.wait_for(f"topic {topic} on nodes {asked}", known, timeout_s)
+
+
+# --- Metadata v1 over a raw connection: one broker's own answer. ---
+
+def metadata_v1(address):
+    """Metadata v1 with a null topic list (all topics, no auto-creation)."""
+    response = _request(address, 3, 1, struct.pack(">i", -1))
+    reader = _Reader(response)
+    brokers = {}
+    for _ in range(reader.int32()):
+        node_id = reader.int32()
+        host = reader.string()
+        port = reader.int32()
+        reader.string()  # rack
+        brokers[node_id] = (host, port)
+    view = MetadataView(brokers=brokers, controller=reader.int32())
+    for _ in range(reader.int32()):
+        error = reader.int16()
+        name = reader.string()
+        reader.int8()  # is_internal
+        partitions = {}
+        for _ in range(reader.int32()):
+            partition_error = reader.int16()
+            index = reader.int32()
+            leader = reader.int32()
+            replicas = [reader.int32() for _ in range(reader.int32())]
+            isr = [reader.int32() for _ in range(reader.int32())]
+            partitions[index] = PartitionView(partition_error, leader, replicas, isr)
+        view.topics[name] = partitions
+        view.topic_errors[name] = error
+    assert reader.position == len(response), f"{len(response) - reader.position} bytes left in Metadata v1"
+    return view
+
+
+class _Reader:
+    def __init__(self, data):
+        self.data = data
+        self.position = 0
+
+    def _take(self, layout):
+        (value,) = struct.unpack_from(layout, self.data, self.position)
+        self.position += struct.calcsize(layout)
+        return value
+
+    def int8(self):
+        return self._take(">b")
+
+    def int16(self):
+        return self._take(">h")
+
+    def int32(self):
+        return self._take(">i")
+
+    def string(self):
+        size = self.int16()
+        if size < 0:
+            return None
+        text = self.data[self.position:self.position + size].decode()
+        self.position += size
+        return text
