@@ -431,8 +431,6 @@ def find_coordinator_v1(address, group, timeout_s):
     return error, message, node
 
 
-@pytest.mark.xfail(strict=True, reason="broker bug: FindCoordinator awaits the controller to create "
-                   "__consumer_offsets (15 s without a quorum) instead of answering COORDINATOR_NOT_AVAILABLE")
 def test_find_coordinator_without_quorum_answers_promptly(cluster):
     """Without a quorum and before any group existed, FindCoordinator answers at once (Kafka starts creating
     __consumer_offsets in the background and says COORDINATOR_NOT_AVAILABLE), so that the requests pipelined
