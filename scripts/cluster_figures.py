@@ -88,6 +88,17 @@ def create_topic(address, name, partitions, timeout_ms=30000):
     return struct.unpack(">h", response[6 + name_length:8 + name_length])[0]
 
 
+def create_until_ok(address, name, partitions, timeout_ms=30000, deadline_s=60):
+    """CreateTopics, retried while the cluster is still forming (INVALID_REPLICATION_FACTOR: no unfenced broker
+    yet; REQUEST_TIMED_OUT: no controller yet)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        code = create_topic(address, name, partitions, timeout_ms)
+        if code == 0 or code not in (7, 38) or time.monotonic() > deadline:
+            return code
+        time.sleep(0.1)
+
+
 def metadata_partitions(connection, topic):
     """Metadata v1 for one topic: its partition count with a leader (-1 when the topic is unknown)."""
     response = connection.call(3, 1, struct.pack(">i", 1) + kafka_string(topic))
@@ -263,7 +274,7 @@ def creation(root):
         small = []
         for attempt in range(10):
             started = time.monotonic()
-            assert create_topic(cluster.address(1), f"change-{attempt}", 1) == 0
+            assert create_until_ok(cluster.address(1), f"change-{attempt}", 1) == 0
             answered = time.monotonic() - started
             everywhere = until_everywhere(cluster, f"change-{attempt}", 1)
             small.append((answered, answered + everywhere))
@@ -287,7 +298,7 @@ def startup(root, partitions=10000):
     try:
         cluster.wait_all_live()
         for topic in range(partitions // 1000):
-            assert create_topic(cluster.address(1), f"many-{topic}", 1000, timeout_ms=300000) == 0
+            assert create_until_ok(cluster.address(1), f"many-{topic}", 1000, timeout_ms=300000) == 0
         assert until_everywhere(cluster, f"many-{partitions // 1000 - 1}", 1000, connections_per_broker=2) >= 0
         stop_started = time.monotonic()
         cluster.stop_all()
