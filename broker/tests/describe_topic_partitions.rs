@@ -14,8 +14,6 @@ use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::describe_topic_partitions_request::{Cursor, TopicRequest};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use sluice_broker::config::{Config, ConfigOverrides};
-use sluice_broker::server;
 
 const NONE: i16 = 0;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
@@ -91,16 +89,7 @@ fn list_all_pages(
 
 #[test]
 fn pages_follow_the_cursor_over_every_partition_once() {
-    let directory =
-        std::env::temp_dir().join(format!("sluice-describe-topic-partitions-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&directory);
-    let overrides = ConfigOverrides {
-        listen: Some("127.0.0.1:0".into()),
-        data_dir: Some(directory.clone()),
-        shard_count: Some(2),
-        ..Default::default()
-    };
-    let broker = server::start(Config::from_toml("", &overrides).unwrap()).unwrap();
+    let (broker, directory) = common::start_broker("describe-topic-partitions", "");
     let mut client = Client::connect(broker.address, Duration::from_secs(30));
 
     let versions = client.call(&ApiVersionsRequest::default(), 3);

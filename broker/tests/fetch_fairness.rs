@@ -16,7 +16,6 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, Forgot
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use sluice_broker::config::{Config, ConfigOverrides};
 use sluice_broker::server;
 use sluice_storage::batch::testing::make_batch;
 
@@ -35,15 +34,7 @@ struct Running {
 
 impl Running {
     fn start(name: &str) -> Running {
-        let directory = std::env::temp_dir().join(format!("sluice-fetch-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&directory);
-        let overrides = ConfigOverrides {
-            listen: Some("127.0.0.1:0".into()),
-            data_dir: Some(directory.clone()),
-            shard_count: Some(2),
-            ..Default::default()
-        };
-        let broker = server::start(Config::from_toml("", &overrides).unwrap()).unwrap();
+        let (broker, directory) = common::start_broker(&format!("fetch-{name}"), "");
         let client = Client::connect(broker.address, Duration::from_secs(60));
         Running { broker, directory, client }
     }

@@ -35,7 +35,6 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Message, Request, StrBytes};
-use sluice_broker::config::{Config, ConfigOverrides};
 use sluice_broker::server;
 use sluice_storage::batch::testing::make_batch;
 
@@ -60,15 +59,7 @@ struct Running {
 impl Running {
     /// A fresh broker (empty data directory) with two shards and `config` over the embedded default.
     fn start(name: &str, config: &str) -> Running {
-        let directory = std::env::temp_dir().join(format!("sluice-fidelity-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&directory);
-        let overrides = ConfigOverrides {
-            listen: Some("127.0.0.1:0".into()),
-            data_dir: Some(directory.clone()),
-            shard_count: Some(2),
-            ..Default::default()
-        };
-        let broker = server::start(Config::from_toml(config, &overrides).unwrap()).unwrap();
+        let (broker, directory) = common::start_broker(&format!("fidelity-{name}"), config);
         Running { broker, directory }
     }
 

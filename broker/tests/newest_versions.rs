@@ -15,8 +15,6 @@ use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListO
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use sluice_broker::config::{Config, ConfigOverrides};
-use sluice_broker::server;
 
 const NONE: i16 = 0;
 const UNKNOWN_TOPIC_ID: i16 = 100;
@@ -28,14 +26,7 @@ fn text(value: &str) -> StrBytes {
 
 #[test]
 fn the_newest_versions_serve_their_new_fields() {
-    let directory = std::env::temp_dir().join(format!("sluice-newest-versions-{}", std::process::id()));
-    let overrides = ConfigOverrides {
-        listen: Some("127.0.0.1:0".into()),
-        data_dir: Some(directory.clone()),
-        shard_count: Some(2),
-        ..Default::default()
-    };
-    let broker = server::start(Config::from_toml("", &overrides).unwrap()).unwrap();
+    let (broker, directory) = common::start_broker("newest-versions", "");
     let mut client = Client::connect(broker.address, Duration::from_secs(30));
 
     let versions = client.call(&ApiVersionsRequest::default(), 3);

@@ -27,7 +27,7 @@ use sluice_replication::NodeId;
 
 use super::client::resolve;
 use super::wire::{encode, read_frame, ControlRequest, ControlResponse, Frame, QuorumState, VoterState};
-use super::MetadataCell;
+use super::{spawn, MetadataCell};
 use crate::errors::ResponseError;
 
 pub type DiskNode = QuorumNode<DiskQuorumStorage<StdDir>>;
@@ -157,14 +157,6 @@ pub fn start(
     controller.publish();
     spawn("sluice-controller", move || controller.run(&receiver))?;
     Ok(())
-}
-
-fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), String> {
-    std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(body)
-        .map(drop)
-        .map_err(|error| format!("cannot start thread {name}: {error}"))
 }
 
 fn accept(listener: TcpListener, events: SyncSender<Event>) {

@@ -10,6 +10,21 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 
+/// A broker of two shards on a free loopback port over a fresh data directory (`<temp>/sluice-<name>-<pid>`),
+/// configured by `config` (TOML) over the defaults; the directory is the caller's to remove.
+pub fn start_broker(name: &str, config: &str) -> (sluice_broker::server::Broker, std::path::PathBuf) {
+    let directory = std::env::temp_dir().join(format!("sluice-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    let overrides = sluice_broker::config::ConfigOverrides {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(directory.clone()),
+        shard_count: Some(2),
+        ..Default::default()
+    };
+    let config = sluice_broker::config::Config::from_toml(config, &overrides).unwrap();
+    (sluice_broker::server::start(config).unwrap(), directory)
+}
+
 pub struct Client {
     stream: TcpStream,
     correlation_id: i32,
