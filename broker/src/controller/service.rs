@@ -182,6 +182,9 @@ fn accept(listener: TcpListener, events: SyncSender<Event>) {
 
 fn serve_connection(stream: TcpStream, events: &SyncSender<Event>) {
     let _ = stream.set_nodelay(true);
+    // An answer that cannot be written within this is dropped (the caller retries): the controller thread writes
+    // answers itself and must not wait on a stuck peer.
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
     let Ok(writer) = stream.try_clone() else { return };
     let writer = Arc::new(Mutex::new(writer));
     let mut reader = std::io::BufReader::new(stream);
