@@ -227,7 +227,9 @@ def admin_delete_records(bootstrap):
 def admin_describe_cluster(bootstrap):
     client = admin(bootstrap)  # kept alive until the future resolves: a destroyed handle fails its requests
     cluster = client.describe_cluster(request_timeout=TIMEOUT_S).result(TIMEOUT_S)
-    assert len(cluster.nodes) == 1 and cluster.controller is not None, cluster
+    # One broker per bootstrap address: one, or every node of a `compat.sh --cluster N` cluster.
+    assert len(cluster.nodes) == len(bootstrap.split(",")) and cluster.controller is not None, cluster.nodes
+    assert cluster.controller.id in {node.id for node in cluster.nodes}, (cluster.controller, cluster.nodes)
     assert cluster.cluster_id, "empty cluster id"
 
 
