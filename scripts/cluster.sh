@@ -12,7 +12,8 @@
 #
 # Environment: SLUICE_BIN (default target/release/sluice, built if missing), CLUSTER_DIR, CLUSTER_BASE_PORT (node i
 # gets Kafka port BASE+2(i-1) and quorum port BASE+2(i-1)+1; default: free ports picked on 127.0.0.1),
-# CLUSTER_SHARDS (shards per broker, default 1).
+# CLUSTER_SHARDS (shards per broker, default 1), CLUSTER_EXTRA_CONFIG (a file of TOML lines appended to every node's
+# file, e.g. `"num.partitions" = 4`; scripts/compat.sh --cluster passes its broker settings this way).
 #
 # The PIDs of the brokers started are recorded in CLUSTER_DIR/pids; stop and status act on those PIDs only, and
 # only while each still runs its own --config file (a PID reused by another process is left alone).
@@ -125,6 +126,8 @@ start() {
         shift
     done
     [ "$count" -ge 1 ] || die "start needs at least 1 node, not $count"
+    local extra_config=${CLUSTER_EXTRA_CONFIG:-}
+    [ -z "$extra_config" ] || [ -r "$extra_config" ] || die "CLUSTER_EXTRA_CONFIG=$extra_config is not a readable file"
     local dir
     dir=$(cluster_dir)
     local pid_file=$dir/pids
@@ -195,6 +198,9 @@ listeners = "PLAINTEXT://127.0.0.1:${kafka_ports[i]}"
 "controller.quorum.voters" = "$voters"
 shards = ${CLUSTER_SHARDS:-1}
 EOF
+        if [ -n "$extra_config" ]; then
+            { echo "# From CLUSTER_EXTRA_CONFIG ($extra_config):"; cat "$extra_config"; } >>"$dir/node$i.toml"
+        fi
         nohup "$bin" start --config "$dir/node$i.toml" >"$dir/node$i.log" 2>&1 &
         pids[i]=$!
         echo "$i ${pids[i]}" >>"$pid_file"

@@ -42,16 +42,18 @@ scenario_metadata() {
   local name; name=$(topic meta)
   echo "k:v" | kcat_ -P -t "$name" -K: || fail "produce (auto-create) failed"
   kcat_ -L -J -t "$name" >"$WORK/metadata.json"
-  python3 - "$WORK/metadata.json" "$name" <<'PY'
+  python3 - "$WORK/metadata.json" "$name" "$BOOTSTRAP" <<'PY'
 import json, sys
 metadata = json.load(open(sys.argv[1]))
-assert len(metadata["brokers"]) == 1, metadata["brokers"]
-broker_id = metadata["brokers"][0]["id"]
+# One broker per bootstrap address: one, or every node of a `compat.sh --cluster N` cluster.
+assert len(metadata["brokers"]) == len(sys.argv[3].split(",")), metadata["brokers"]
+broker_ids = {broker["id"] for broker in metadata["brokers"]}
 (topic,) = [t for t in metadata["topics"] if t["topic"] == sys.argv[2]]
 assert "error" not in topic or not topic["error"], topic
 assert len(topic["partitions"]) >= 1, topic
 for partition in topic["partitions"]:
-    assert partition["leader"] == broker_id and [r["id"] for r in partition["replicas"]] == [broker_id], partition
+    assert partition["leader"] in broker_ids, partition
+    assert [r["id"] for r in partition["replicas"]] == [partition["leader"]], partition
 PY
 }
 

@@ -6,8 +6,9 @@ Why not one `run-test.sh` for the whole suite: the runner aborts the process on 
 working directory so that the reports of parallel processes cannot collide, under `timeout`. The JSON report gives
 each test's state; the log gives a failure's reason (the runner's `### Test "..." failed at ...` block).
 
-Each failure is then looked up in the known-failures file (compat/known-failures.txt). Output: one line per failed
-or not-run test, then `SUITE: N passed, N failed, N skipped`. Exit status 1 if a failure is not on the list.
+Each failure is then looked up in the known-failures files (compat/known-failures.txt; in a cluster run also
+compat/known-failures-cluster.txt). Output: one line per failed or not-run test, then
+`SUITE: N passed, N failed, N skipped`. Exit status 1 if a failure is on no list.
 """
 
 import argparse
@@ -94,14 +95,18 @@ def main():
     parser.add_argument("--test-conf", required=True, help="test.conf with metadata.broker.list")
     parser.add_argument("--kafka-version", required=True)
     parser.add_argument("--work-dir", required=True)
-    parser.add_argument("--known-failures", required=True)
+    parser.add_argument("--known-failures", required=True, action="append",
+                        help="a known-failures file; given more than once, a test is looked up in each in turn")
     parser.add_argument("--suite", default="librdkafka")
     parser.add_argument("--tests", default="", help="space-separated test numbers (default: every test)")
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--test-timeout", type=int, default=300, help="seconds per test number")
     arguments = parser.parse_args()
 
-    known = load_known_failures(arguments.known_failures, arguments.suite)
+    known = {}
+    for path in reversed(arguments.known_failures):  # the first file that lists a test wins
+        known.update({test: dict(entry, path=path)
+                      for test, entry in load_known_failures(path, arguments.suite).items()})
     by_number = {}
     manual = set()
     for name, flags in test_names(arguments.tests_dir):
@@ -150,7 +155,7 @@ def main():
             entry = lookup(known, name)
             if entry is not None:
                 print(f"NOTE {arguments.suite} {name} passes but is on the known-failures list ({entry['waits_for']}):"
-                      f" remove it from {arguments.known_failures}")
+                      f" remove it from {entry['path']}")
         elif state == "SKIPPED":
             skipped += 1
         elif state == "NOT RUN":

@@ -89,14 +89,15 @@ def metadata(bootstrap):
     topic = unique_topic("meta")
     create_topic(client, topic, 3)
     cluster = client.list_topics(timeout=TIMEOUT_S)
-    assert len(cluster.brokers) == 1, f"brokers: {cluster.brokers}"
-    (broker_id,) = cluster.brokers
-    assert cluster.controller_id == broker_id, f"controller {cluster.controller_id}, broker {broker_id}"
+    # One broker per bootstrap address: one, or every node of a `compat.sh --cluster N` cluster.
+    assert len(cluster.brokers) == len(bootstrap.split(",")), f"brokers: {cluster.brokers}"
+    assert cluster.controller_id in cluster.brokers, f"controller {cluster.controller_id}, brokers {cluster.brokers}"
     described = cluster.topics[topic]
     assert described.error is None, described.error
     assert sorted(described.partitions) == [0, 1, 2], described.partitions
     for partition in described.partitions.values():
-        assert partition.leader == broker_id and partition.replicas == [broker_id] and partition.isrs == [broker_id]
+        assert partition.leader in cluster.brokers, partition
+        assert partition.replicas == [partition.leader] and partition.isrs == [partition.leader], partition
 
 
 for codec in model.CODECS:
@@ -226,7 +227,9 @@ def admin_delete_records(bootstrap):
 def admin_describe_cluster(bootstrap):
     client = admin(bootstrap)  # kept alive until the future resolves: a destroyed handle fails its requests
     cluster = client.describe_cluster(request_timeout=TIMEOUT_S).result(TIMEOUT_S)
-    assert len(cluster.nodes) == 1 and cluster.controller is not None, cluster
+    # One broker per bootstrap address: one, or every node of a `compat.sh --cluster N` cluster.
+    assert len(cluster.nodes) == len(bootstrap.split(",")) and cluster.controller is not None, cluster.nodes
+    assert cluster.controller.id in {node.id for node in cluster.nodes}, (cluster.controller, cluster.nodes)
     assert cluster.cluster_id, "empty cluster id"
 
 
