@@ -161,8 +161,14 @@ impl Shard {
                 }
             }
             TopicChange::Delete { name } => AdminRequest::DeleteTopic { name },
-            TopicChange::AddPartitions { name, partition_count } => {
-                AdminRequest::CreatePartitions { name, partition_count }
+            TopicChange::AddPartitions { name, partition_count, assignment } => {
+                AdminRequest::CreatePartitions {
+                    name,
+                    partition_count,
+                    assignment: assignment.map(|lists| {
+                        lists.into_iter().map(|replicas| replicas.into_iter().map(NodeId).collect()).collect()
+                    }),
+                }
             }
             TopicChange::AlterConfigs { name, configs, replace } => {
                 let mut changes = Vec::new();

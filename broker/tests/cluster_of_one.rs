@@ -76,7 +76,10 @@ fn a_single_voter_leads_and_describes_its_quorum() {
 
     assert_eq!(create_topic(&mut client, "more", 1), 0);
     let later = describe_quorum(&mut client, "__cluster_metadata");
-    assert!(later.topics[0].partitions[0].high_watermark > high_watermark, "a change moves the high watermark");
+    assert!(
+        later.topics[0].partitions[0].high_watermark > high_watermark,
+        "a change moves the high watermark"
+    );
 
     let mut request = MetadataRequest::default();
     request.topics = None;

@@ -542,10 +542,12 @@ pub enum TopicChange {
     Delete {
         name: String,
     },
-    /// Grow to `partition_count` partitions.
+    /// Grow to `partition_count` partitions; `assignment` lists the new partitions' replicas (cluster mode; a
+    /// single node's are checked by the CreatePartitions handler and placed here).
     AddPartitions {
         name: String,
         partition_count: i32,
+        assignment: Option<Vec<Vec<i32>>>,
     },
     /// Set (`Some`) or remove (`None`) topic configs; `replace` first clears every override (AlterConfigs).
     AlterConfigs {
@@ -620,7 +622,7 @@ pub fn apply_change(
             Some(_) => Ok(()),
             None => Err(unknown_topic(&name)),
         },
-        TopicChange::AddPartitions { name, partition_count } => {
+        TopicChange::AddPartitions { name, partition_count, .. } => {
             let entry = table.topics.get_mut(&name).ok_or_else(|| unknown_topic(&name))?;
             if partition_count <= entry.partition_count || partition_count > PARTITION_COUNT_MAX {
                 return Err(TopicTableError::InvalidPartitionCount(format!(
@@ -787,8 +789,14 @@ mod tests {
             (create("a/b", 2, 1), "InvalidName"),
             (create("u", 0, 1), "InvalidPartitionCount"),
             (create("u", 1, 3), "InvalidReplicationFactor"),
-            (TopicChange::AddPartitions { name: "t".into(), partition_count: 2 }, "InvalidPartitionCount"),
-            (TopicChange::AddPartitions { name: "nope".into(), partition_count: 5 }, "UnknownTopic"),
+            (
+                TopicChange::AddPartitions { name: "t".into(), partition_count: 2, assignment: None },
+                "InvalidPartitionCount",
+            ),
+            (
+                TopicChange::AddPartitions { name: "nope".into(), partition_count: 5, assignment: None },
+                "UnknownTopic",
+            ),
             (TopicChange::Delete { name: OFFSETS_TOPIC.into() }, "InternalTopic"),
             (
                 TopicChange::AlterConfigs {
@@ -808,7 +816,7 @@ mod tests {
             &config,
             node,
             &mut table,
-            TopicChange::AddPartitions { name: "t".into(), partition_count: 4 },
+            TopicChange::AddPartitions { name: "t".into(), partition_count: 4, assignment: None },
         )
         .unwrap();
         assert_eq!(table.get("t").unwrap().partitions.len(), 4);

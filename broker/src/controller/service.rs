@@ -8,7 +8,7 @@
 //! `metadata::plan` against its image, answered once committed), broker heartbeats (registration, unfencing,
 //! and fencing of brokers whose session expired: `BrokerHeartbeats`), metadata fetches and DescribeQuorum.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,6 +44,11 @@ const PEER_QUEUE_CAPACITY: usize = 1_024;
 const CONNECTION_COUNT_MAX: usize = 512;
 /// Metadata fetches held for a newer image at most.
 const WAITING_FETCH_COUNT_MAX: usize = 1_024;
+/// A proposal whose outcome has not come by then is given up (its caller retries), so that a lost outcome never
+/// holds every later write back.
+const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests waiting for the proposal in flight to commit, at most; more are refused as overload.
+const DEFERRED_COUNT_MAX: usize = 4_096;
 
 /// Where an answer goes: the connection the request came on.
 #[derive(Clone, Debug)]
@@ -89,8 +94,7 @@ enum Reply {
 struct Pending {
     responder: Option<Responder>,
     reply: Reply,
-    /// The broker whose registration or heartbeat this is (one change in flight per broker).
-    broker: Option<NodeId>,
+    proposed_at: Instant,
 }
 
 struct WaitingFetch {
@@ -105,12 +109,13 @@ pub struct Controller {
     started: Instant,
     heartbeats: Option<BrokerHeartbeats>,
     next_proposal: u64,
+    /// Proposals awaiting their commit: at most one at a time (see `deferred`).
     pending: HashMap<u64, Pending>,
-    /// A controller-initiated proposal is in flight (one at a time: each is computed against the image the
-    /// previous one produced).
-    internal_in_flight: bool,
-    changing_brokers: BTreeSet<NodeId>,
     waiting_fetches: Vec<WaitingFetch>,
+    /// Requests that may write, held while a proposal is in flight: each is planned against the image the one
+    /// before it produced (two plans against the same image would both bump a partition's epoch from the same
+    /// value, and the second would be refused when applied).
+    deferred: VecDeque<(Responder, ControlRequest)>,
     peers: BTreeMap<i32, SyncSender<Vec<u8>>>,
     cell: Arc<MetadataCell>,
     /// Topics of a single-node data directory (`topics.toml`) still to be written into the metadata log.
@@ -145,9 +150,8 @@ pub fn start(
         heartbeats: None,
         next_proposal: 1,
         pending: HashMap::new(),
-        internal_in_flight: false,
-        changing_brokers: BTreeSet::new(),
         waiting_fetches: Vec::new(),
+        deferred: VecDeque::new(),
         peers: peer_senders,
         cell,
         bootstrap,
@@ -303,7 +307,26 @@ impl Controller {
                 return;
             }
             self.dispatch(out);
+            if !self.run_deferred() {
+                return;
+            }
         }
+    }
+
+    /// Takes held requests one by one while nothing is in flight (a request may answer at once, or propose and
+    /// hold the rest again). False if the node stopped.
+    fn run_deferred(&mut self) -> bool {
+        while self.pending.is_empty() {
+            let Some((responder, request)) = self.deferred.pop_front() else { return true };
+            let mut out = QuorumOutput::default();
+            self.request(responder, request, &mut out);
+            if let Err(error) = self.node.sync(&mut out) {
+                log::error!("metadata quorum stopped: {error}");
+                return false;
+            }
+            self.dispatch(out);
+        }
+        true
     }
 
     fn now(&self) -> Duration {
@@ -344,25 +367,27 @@ impl Controller {
                 });
             }
             ControlRequest::DescribeQuorum => responder.respond(ControlResponse::Quorum(self.quorum_state())),
+            request if !self.pending.is_empty() => {
+                if self.deferred.len() >= DEFERRED_COUNT_MAX {
+                    return responder.respond(ControlResponse::Error {
+                        code: ResponseError::RequestTimedOut.code(),
+                        message: "the controller is overloaded".into(),
+                    });
+                }
+                self.deferred.push_back((responder, request));
+            }
             ControlRequest::Admin { request, validate_only } => {
                 self.admin(responder, &request, validate_only, out)
             }
             ControlRequest::Heartbeat { registration, broker_epoch: _, metadata_offset, want_fence } => {
                 let image = self.image();
                 let broker = registration.broker;
-                if self.changing_brokers.contains(&broker) {
-                    let (epoch, fenced) =
-                        image.broker(broker).map_or((0, true), |known| (known.epoch.0, known.fenced));
-                    return responder.respond(ControlResponse::Heartbeat { broker_epoch: epoch, fenced });
-                }
                 let known = image
                     .broker(broker)
                     .filter(|known| known.registration.incarnation == registration.incarnation);
                 let Some(known) = known else {
                     return match plan(&image, &AdminRequest::RegisterBroker(registration)) {
-                        Ok(records) => {
-                            self.propose(records, Some(responder), Reply::Registered, Some(broker), out)
-                        }
+                        Ok(records) => self.propose(records, Some(responder), Reply::Registered, out),
                         Err(error) => responder.respond(refusal(&error)),
                     };
                 };
@@ -378,7 +403,7 @@ impl Controller {
                     }),
                     Ok(records) => {
                         let reply = Reply::Heartbeat { epoch: known.epoch, fenced: want_fence };
-                        self.propose(records, Some(responder), reply, Some(broker), out);
+                        self.propose(records, Some(responder), reply, out);
                     }
                     Err(error) => responder.respond(refusal(&error)),
                 }
@@ -410,7 +435,7 @@ impl Controller {
                         _ => None,
                     })
                     .unwrap_or(Reply::Done);
-                self.propose(records, Some(responder), reply, None, out);
+                self.propose(records, Some(responder), reply, out);
             }
         }
     }
@@ -420,20 +445,14 @@ impl Controller {
         records: Vec<MetadataRecord>,
         responder: Option<Responder>,
         reply: Reply,
-        broker: Option<NodeId>,
         out: &mut QuorumOutput,
     ) {
         let id = self.next_proposal;
         self.next_proposal += 1;
         match self.node.propose(ProposalId(id), &records, out) {
             Ok(()) => {
-                if matches!(reply, Reply::Internal) {
-                    self.internal_in_flight = true;
-                }
-                if let Some(broker) = broker {
-                    self.changing_brokers.insert(broker);
-                }
-                self.pending.insert(id, Pending { responder, reply, broker });
+                assert!(self.pending.is_empty(), "one proposal in flight at a time");
+                self.pending.insert(id, Pending { responder, reply, proposed_at: Instant::now() });
             }
             Err(error) => {
                 if let Some(responder) = responder {
@@ -469,7 +488,19 @@ impl Controller {
         for fetch in expired {
             fetch.responder.respond(ControlResponse::Metadata { image: None });
         }
-        if !self.node.is_leader() || self.internal_in_flight {
+        let stale: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, pending)| pending.proposed_at.elapsed() > PROPOSAL_TIMEOUT)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            if let Some(pending) = self.pending.remove(&id) {
+                log::warn!("metadata proposal {id} has no outcome after {PROPOSAL_TIMEOUT:?}: given up");
+                self.finish(pending, Err(format!("no outcome within {PROPOSAL_TIMEOUT:?}")));
+            }
+        }
+        if !self.node.is_leader() || !self.pending.is_empty() {
             return;
         }
         let image = self.image();
@@ -485,7 +516,7 @@ impl Controller {
                     session_timeout.as_millis()
                 );
             }
-            return self.propose(fences, None, Reply::Internal, None, out);
+            return self.propose(fences, None, Reply::Internal, out);
         }
         if !self.bootstrap.is_empty() {
             let mut records = super::migration::missing(&image, &self.bootstrap);
@@ -501,7 +532,7 @@ impl Controller {
                     "writing the topics of topics.toml into the metadata log ({} records)",
                     records.len()
                 );
-                self.propose(records, None, Reply::Internal, None, out);
+                self.propose(records, None, Reply::Internal, out);
             }
         }
     }
@@ -529,12 +560,6 @@ impl Controller {
     }
 
     fn finish(&mut self, pending: Pending, outcome: Result<u64, String>) {
-        if let Some(broker) = pending.broker {
-            self.changing_brokers.remove(&broker);
-        }
-        if matches!(pending.reply, Reply::Internal) {
-            self.internal_in_flight = false;
-        }
         let Some(responder) = pending.responder else { return };
         let response = match (outcome, pending.reply) {
             (Err(error), _) => ControlResponse::Error {
@@ -573,8 +598,9 @@ impl Controller {
                         .respond(ControlResponse::NotController { leader: leader.map(|leader| leader.0) });
                 }
             }
-            self.changing_brokers.clear();
-            self.internal_in_flight = false;
+            for (responder, _) in self.deferred.drain(..) {
+                responder.respond(ControlResponse::NotController { leader: leader.map(|leader| leader.0) });
+            }
         }
     }
 

@@ -257,22 +257,17 @@ fn encode_admin(writer: &mut Writer, request: &AdminRequest) {
             writer.i32(*partition_count);
             writer.i32(i32::from(*replication_factor));
             writer.string_map(configs);
-            writer.bool(assignment.is_some());
-            if let Some(assignment) = assignment {
-                writer.count(assignment.len());
-                for replicas in assignment {
-                    writer.nodes(replicas);
-                }
-            }
+            encode_assignment(writer, assignment.as_deref());
         }
         AdminRequest::DeleteTopic { name } => {
             writer.u8(REQUEST_DELETE_TOPIC);
             writer.str(name);
         }
-        AdminRequest::CreatePartitions { name, partition_count } => {
+        AdminRequest::CreatePartitions { name, partition_count, assignment } => {
             writer.u8(REQUEST_CREATE_PARTITIONS);
             writer.str(name);
             writer.i32(*partition_count);
+            encode_assignment(writer, assignment.as_deref());
         }
         AdminRequest::AlterConfigs { resource, changes } => {
             writer.u8(REQUEST_ALTER_CONFIGS);
@@ -295,6 +290,24 @@ fn encode_admin(writer: &mut Writer, request: &AdminRequest) {
     }
 }
 
+fn encode_assignment(writer: &mut Writer, assignment: Option<&[Vec<NodeId>]>) {
+    writer.bool(assignment.is_some());
+    if let Some(assignment) = assignment {
+        writer.count(assignment.len());
+        for replicas in assignment {
+            writer.nodes(replicas);
+        }
+    }
+}
+
+fn decode_assignment(reader: &mut Reader<'_>) -> Result<Option<Vec<Vec<NodeId>>>, CodecError> {
+    if !reader.bool()? {
+        return Ok(None);
+    }
+    let count = reader.count(4)?;
+    Ok(Some((0..count).map(|_| reader.nodes()).collect::<Result<Vec<_>, _>>()?))
+}
+
 fn decode_request(reader: &mut Reader<'_>) -> Result<ControlRequest, WireError> {
     let kind = reader.u8()?;
     let admin = |request: AdminRequest, reader: &mut Reader<'_>| -> Result<ControlRequest, WireError> {
@@ -307,12 +320,7 @@ fn decode_request(reader: &mut Reader<'_>) -> Result<ControlRequest, WireError> 
             let partition_count = reader.i32()?;
             let replication_factor = i16::try_from(reader.i32()?).unwrap_or(i16::MAX);
             let configs = reader.string_map()?;
-            let assignment = if reader.bool()? {
-                let count = reader.count(4)?;
-                Some((0..count).map(|_| reader.nodes()).collect::<Result<Vec<_>, _>>()?)
-            } else {
-                None
-            };
+            let assignment = decode_assignment(reader)?;
             let request = AdminRequest::CreateTopic {
                 name,
                 id,
@@ -327,7 +335,8 @@ fn decode_request(reader: &mut Reader<'_>) -> Result<ControlRequest, WireError> 
         REQUEST_CREATE_PARTITIONS => {
             let name = reader.string()?;
             let partition_count = reader.i32()?;
-            admin(AdminRequest::CreatePartitions { name, partition_count }, reader)
+            let assignment = decode_assignment(reader)?;
+            admin(AdminRequest::CreatePartitions { name, partition_count, assignment }, reader)
         }
         REQUEST_ALTER_CONFIGS => {
             let resource = decode_config_resource(reader)?;

@@ -63,8 +63,13 @@ pub async fn handle(
     body: CreatePartitionsRequest,
 ) -> HandlerResult {
     let table = shard.topics();
-    let early: Vec<Option<KafkaError>> =
-        body.topics.iter().map(|topic| check_assignments(topic, &table, shard.config.node_id)).collect();
+    // A cluster's controller checks assignments against the brokers it knows.
+    let cluster = shard.cluster.is_some();
+    let early: Vec<Option<KafkaError>> = body
+        .topics
+        .iter()
+        .map(|topic| if cluster { None } else { check_assignments(topic, &table, shard.config.node_id) })
+        .collect();
     let changes = body
         .topics
         .iter()
@@ -73,6 +78,9 @@ pub async fn handle(
         .map(|(topic, _)| TopicChange::AddPartitions {
             name: topic.name.0.to_string(),
             partition_count: topic.count,
+            assignment: topic.assignments.as_ref().filter(|lists| cluster && !lists.is_empty()).map(
+                |lists| lists.iter().map(|list| list.broker_ids.iter().map(|id| id.0).collect()).collect(),
+            ),
         })
         .collect();
     let mut results = shard.admin(changes, body.validate_only).await.into_iter();

@@ -13,6 +13,7 @@ import collections
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -509,3 +510,43 @@ def test_quorum_address_in_use_is_refused(tmp_path):
     named = [line for line in stderr.splitlines() if f"127.0.0.1:{port}" in line]
     assert named, stderr
     assert "error" in named[-1].lower(), named
+
+
+def test_simultaneous_shutdowns_are_each_fenced(cluster):
+    """Two brokers stopping at once (SIGTERM) both ask the controller to fence them, and both fences touch the same
+    partitions (replication factor 3): the controller plans each against the image the other produced, so neither
+    is refused (it once planned both against the same image, and the second failed its partition-epoch check)."""
+    admin = cluster.admin()
+    admin.create_topics([NewTopic("everywhere", 6, 3)])["everywhere"].result(timeout=30)
+    cluster.wait_for_topic("everywhere", 6)
+    controller = cluster.metadata(1).controller
+    stopping = [node for node in (1, 2, 3) if node != controller]
+    for node in stopping:
+        cluster.nodes[node].process.send_signal(signal.SIGTERM)
+    for node in stopping:
+        cluster.nodes[node].wait_exit_zero()
+    for node in stopping:
+        log = cluster.nodes[node].log_text()
+        assert "fenced by the controller for shutdown" in log, cluster.nodes[node].log_tail()
+        assert "shutdown: the controller answered" not in log, cluster.nodes[node].log_tail()
+    # The survivor leads every partition (it was in every ISR).
+    survivor = cluster.metadata(controller)
+    assert sorted(survivor.brokers) == [controller], survivor.brokers
+
+
+def test_create_partitions_honours_an_assignment_over_brokers(cluster):
+    """CreatePartitions with replica lists naming other brokers (librdkafka's 0081_admin does this): honoured as
+    given; an assignment naming an unknown broker is refused with INVALID_REPLICA_ASSIGNMENT."""
+    from confluent_kafka.admin import NewPartitions
+
+    admin = cluster.admin()
+    admin.create_topics([NewTopic("grown", 2, 1)])["grown"].result(timeout=30)
+    cluster.wait_for_topic("grown", 2)
+    admin.create_partitions([NewPartitions("grown", 4, replica_assignment=[[3], [2]])])["grown"].result(timeout=30)
+    cluster.wait_for_topic("grown", 4)
+    partitions = cluster.metadata(1).topics["grown"]
+    assert (partitions[2].leader, partitions[3].leader) == (3, 2), partitions
+    refused = admin.create_partitions([NewPartitions("grown", 5, replica_assignment=[[9]])])["grown"]
+    with pytest.raises(KafkaException) as error:
+        refused.result(timeout=30)
+    assert error.value.args[0].code() == KafkaError.INVALID_REPLICA_ASSIGNMENT, error.value

@@ -43,10 +43,12 @@ pub enum AdminRequest {
     DeleteTopic {
         name: String,
     },
-    /// Grows the topic to `partition_count` partitions in total.
+    /// Grows the topic to `partition_count` partitions in total; `assignment` lists the new partitions'
+    /// replicas (leader first), honoured as given, else they are placed.
     CreatePartitions {
         name: String,
         partition_count: i32,
+        assignment: Option<Vec<Vec<NodeId>>>,
     },
     AlterConfigs {
         resource: ConfigResource,
@@ -135,8 +137,8 @@ pub fn plan(image: &MetadataImage, request: &AdminRequest) -> Result<Vec<Metadat
             let topic = topic_named(image, name)?;
             Ok(vec![MetadataRecord::RemoveTopic { id: topic.id }])
         }
-        AdminRequest::CreatePartitions { name, partition_count } => {
-            plan_create_partitions(image, name, *partition_count)
+        AdminRequest::CreatePartitions { name, partition_count, assignment } => {
+            plan_create_partitions(image, name, *partition_count, assignment.as_deref())
         }
         AdminRequest::AlterConfigs { resource, changes } => plan_alter_configs(image, resource, changes),
         AdminRequest::RegisterBroker(registration) => match image.broker(registration.broker) {
@@ -206,6 +208,7 @@ fn plan_create_partitions(
     image: &MetadataImage,
     name: &str,
     partition_count: i32,
+    assignment: Option<&[Vec<NodeId>]>,
 ) -> Result<Vec<MetadataRecord>, ControllerError> {
     let topic = topic_named(image, name)?;
     let current = topic.partitions.len() as i32;
@@ -214,7 +217,28 @@ fn plan_create_partitions(
     }
     // New partitions keep the topic's replication factor (that of partition 0), as Kafka does.
     let replication_factor = topic.partitions.first().map_or(1, |partition| partition.replicas.len()) as i16;
-    let lists = placement(image, (partition_count - current) as usize, replication_factor)?;
+    let lists = match assignment {
+        Some(lists) => {
+            if lists.len() != (partition_count - current) as usize {
+                return Err(ControllerError::InvalidReplicaAssignment {
+                    reason: format!(
+                        "{} new partitions but {} replica lists",
+                        partition_count - current,
+                        lists.len()
+                    ),
+                });
+            }
+            if let Some(list) = lists.iter().find(|list| list.len() != replication_factor as usize) {
+                return Err(ControllerError::InvalidReplicaAssignment {
+                    reason: format!(
+                        "{list:?} is not {replication_factor} replicas, the topic's replication factor"
+                    ),
+                });
+            }
+            check_assignment(image, lists)?.to_vec()
+        }
+        None => placement(image, (partition_count - current) as usize, replication_factor)?,
+    };
     Ok(partition_records(topic.id, current, lists).collect())
 }
 

@@ -111,7 +111,7 @@ fn admin_requests_become_records() {
     };
     let image = commit(&image, &plan(&image, &explicit).unwrap());
     assert_eq!(image.topic_by_name("t").unwrap().partitions[0].replicas, [NodeId(2), NodeId(0)]);
-    let grow = AdminRequest::CreatePartitions { name: "t".into(), partition_count: 5 };
+    let grow = AdminRequest::CreatePartitions { name: "t".into(), partition_count: 5, assignment: None };
     let image = commit(&image, &plan(&image, &grow).unwrap());
     assert_eq!(image.topic_by_name("t").unwrap().partitions.len(), 5);
     assert!(matches!(

@@ -619,7 +619,11 @@ fn random_request(prng: &mut Prng, image: &MetadataImage) -> Option<Vec<Metadata
             assignment: None,
         },
         2 => AdminRequest::DeleteTopic { name: topic_name },
-        3 => AdminRequest::CreatePartitions { name: topic_name, partition_count: prng.between(2, 6) as i32 },
+        3 => AdminRequest::CreatePartitions {
+            name: topic_name,
+            partition_count: prng.between(2, 6) as i32,
+            assignment: None,
+        },
         4 => AdminRequest::AlterConfigs {
             resource: ConfigResource::Topic(topic_name),
             changes: vec![("retention.ms".into(), Some(prng.below(1_000).to_string()))],
