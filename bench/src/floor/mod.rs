@@ -51,7 +51,7 @@ struct Core {
     stats: Arc<JournalStats>,
 }
 
-/// Creates each core's file and writer thread, then accepts connections on `listener` until it fails.
+/// Creates each core's file and writer thread, then accepts connections on `listener` for as long as it lives.
 pub fn serve(listener: &TcpListener, config: &FloorConfig) -> io::Result<()> {
     let local = listener.local_addr()?;
     let state = Arc::new(FloorState::new(local.ip().to_string(), i32::from(local.port())));
@@ -65,12 +65,19 @@ pub fn serve(listener: &TcpListener, config: &FloorConfig) -> io::Result<()> {
     let live = Arc::new(AtomicUsize::new(0));
     let mut next_core = 0usize;
     for stream in listener.incoming() {
-        let stream = stream?;
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(error) => {
+                // Out of descriptors or a connection reset before accept: the listener itself is fine.
+                eprintln!("sluice-floor: accept: {error}");
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
         if live.load(Ordering::Relaxed) >= CONNECTION_COUNT_MAX {
             eprintln!("sluice-floor: {CONNECTION_COUNT_MAX} connections already; closing a new one");
             continue;
         }
-        stream.set_nodelay(true)?;
         let core = Arc::clone(&cores[next_core % cores.len()]);
         next_core += 1;
         let state = Arc::clone(&state);
@@ -107,6 +114,8 @@ fn serve_connection(
     core: &Core,
     state: &FloorState,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    // Replies are small and latency is the point, as on sluice-bench's own sockets.
+    stream.set_nodelay(true)?;
     let write_half = Arc::new(stream.try_clone()?);
     let mut reader = BufReader::with_capacity(256 << 10, stream);
     loop {
