@@ -2,6 +2,10 @@
 # One command, one run, side by side (issue 4 §2): measure this machine's limits, run the standard workloads (a)–(e)
 # against Sluice and against the peer broker (tansu 0.6.0, in-memory) under the same load generator, print a table of
 # Sluice/limit and Sluice/peer ratios, and write docs/benchmarks-broker.md with the plots in docs/plots/.
+# Issue 17's exact limits ride along: the latency floor (workload `floor`: (c)'s load with no consumers against
+# `sluice-floor`, a server that only appends with O_DIRECT and group-commits fdatasync, and against Sluice, alternating;
+# printed as the floor's percentiles and Sluice's excess over them) and the CPU floor (CPU-seconds per GB for the kernel
+# to receive bytes over loopback TCP plus to write them with direct I/O, next to Sluice's CPU-s/GB for (a), (b), (d)).
 #
 #   scripts/bench.sh                       full run: 3 runs per workload and broker, medians reported (~20 minutes)
 #   scripts/bench.sh --quick               a few seconds per workload, 1 run: smoke-tests this script (~3 minutes)
@@ -9,7 +13,9 @@
 #   scripts/bench.sh --baseline PATH       side by side with another build of sluice instead of the peer: the two
 #                                          binaries alternate run by run (a change measured against the code before it)
 #   options: --runs N, --no-peer, --no-limits, --broker-pid PID (with --bootstrap), --doc FILE,
-#            --workloads "a b c d e" (a subset: write it to another --doc, the full table lives in the default one)
+#            --workloads "a b c d e floor" (a subset: write it to another --doc, the full table lives in the default
+#            one; `floor` runs the floor server and Sluice — or, with --bootstrap, the external broker — under (c)'s load)
+#            --no-limits also skips the CPU floor
 #
 # Every step is bounded by `timeout`; brokers this script starts are stopped by their PID on exit.
 set -euo pipefail
@@ -23,7 +29,7 @@ PEER=1
 BASELINE=""
 LIMITS=1
 DOC="$ROOT/docs/benchmarks-broker.md"
-WORKLOADS="a b c d e"
+WORKLOADS="a b c d e floor"
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -35,7 +41,7 @@ while [ $# -gt 0 ]; do
         --no-limits) LIMITS=0 ;;
         --doc) DOC="$2"; shift ;;
         --workloads) WORKLOADS="$2"; shift ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -43,9 +49,16 @@ done
 
 if [ "$QUICK" = 1 ]; then
     RUNS=${RUNS:-1}; WARMUP=1; DURATION=4; BACKLOG=$((256 << 20)); EVICT=$((128 << 20)); FIO_SECONDS=3; IPERF_SECONDS=2; FIO_SIZE=1G
+    CPU_FLOOR_SIZE=$((1 << 30))
 else
     RUNS=${RUNS:-3}; WARMUP=5; DURATION=20; BACKLOG=$((4 << 30)); EVICT=$((1 << 30)); FIO_SECONDS=10; IPERF_SECONDS=5; FIO_SIZE=4G
+    CPU_FLOOR_SIZE=$((4 << 30))
 fi
+# The CPU floor's write step: Sluice writes at most 1 MiB per write (`write_size_max`) and fdatasyncs once per flush
+# round; under (a), (b) and (d) a round of one of the 16 or 64 partition logs carries well under 1 MiB, so one
+# fdatasync per 1 MiB write syncs no more often than Sluice does — the floor's generous side.
+CPU_FLOOR_WRITE_SIZE=1M
+CPU_FLOOR_SYNC_EVERY=1
 # One sluice-bench run may take warm-up + duration, the catch-up phases at most 4× duration each, plus start-up.
 RUN_TIMEOUT=$((WARMUP + 10 * DURATION + 120))
 
@@ -54,6 +67,7 @@ RESULTS="$WORK/results"
 mkdir -p "$RESULTS"
 BENCH="$ROOT/target/release/sluice-bench"
 SLUICE="$ROOT/target/release/sluice"
+FLOOR="$ROOT/target/release/sluice-floor"
 BROKER_PID=""
 STARTED=$(date +%s)
 
@@ -155,6 +169,78 @@ EOF
 }
 if [ "$LIMITS" = 1 ]; then measure_limits; fi
 
+# The CPU floor (issue 17): CPU-seconds per GB for the kernel to receive bytes over loopback TCP (the iperf3 receiver's
+# stime from /proc over a known byte count) and to write them with direct I/O (fio's stime from wait4: psync pwrite,
+# O_DIRECT, sequential 1 MiB writes into a fresh, growing file as Sluice's segments grow, fdatasync every
+# CPU_FLOOR_SYNC_EVERY writes). The floor counts system time only — the kernel's work; both tools' user time is their
+# own bookkeeping (fio: ~0.15 s of start-up plus a timer loop that grows with wall time, not bytes) and is stored
+# beside it. Like sluice-bench's --broker-pid figure for a broker, it is process CPU: softirq time the kernel accounts
+# apart and the ext4 journal thread (jbd2) are in neither side.
+cpu_seconds_of() {  # cpu_seconds_of PID: "utime stime" in seconds
+    awk -v ticks="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); print $12 / ticks, $13 / ticks }' "/proc/$1/stat"
+}
+measure_cpu_floor() {
+    command -v fio >/dev/null && command -v iperf3 >/dev/null || { say "CPU floor: fio or iperf3 missing (scripts/install-test-deps.sh)"; return 0; }
+    local port before after iperf_pid
+    port=$(free_port)
+    iperf3 -s -p "$port" > "$WORK/iperf3-cpu-server.log" 2>&1 &
+    iperf_pid=$!
+    wait_for_port "$port" || true
+    say "CPU floor: iperf3 receives $((CPU_FLOOR_SIZE >> 20)) MiB over loopback (sender and receiver on different cores)"
+    before=$(cpu_seconds_of "$iperf_pid")
+    timeout 120 iperf3 -c 127.0.0.1 -p "$port" -n "$CPU_FLOOR_SIZE" -A 0,1 -J > "$RESULTS/cpu-floor-iperf.json" 2>/dev/null || true
+    sleep 0.2   # the server finishes its side of the test after the client's last byte
+    after=$(cpu_seconds_of "$iperf_pid")
+    kill "$iperf_pid" 2>/dev/null || true
+    wait "$iperf_pid" 2>/dev/null || true
+    python3 -c 'import json, sys; b, a = sys.argv[1].split(), sys.argv[2].split()
+print(json.dumps({"user_s": float(a[0]) - float(b[0]), "system_s": float(a[1]) - float(b[1])}))' "$before" "$after" > "$RESULTS/cpu-floor-receive.json"
+    say "CPU floor: fio writes $((CPU_FLOOR_SIZE >> 20)) MiB, O_DIRECT, $CPU_FLOOR_WRITE_SIZE writes, fdatasync every $CPU_FLOOR_SYNC_EVERY"
+    mkdir -p "$WORK/fio"; rm -f "$WORK/fio/cpu-floor"
+    timeout 600 python3 - "$RESULTS/cpu-floor-write.json" fio --name=cpufloor --filename="$WORK/fio/cpu-floor" --thread \
+        --ioengine=psync --direct=1 --rw=write --bs="$CPU_FLOOR_WRITE_SIZE" --size="$CPU_FLOOR_SIZE" --fallocate=none \
+        --fdatasync="$CPU_FLOOR_SYNC_EVERY" --output-format=json --output="$RESULTS/cpu-floor-fio.json" <<'EOF' || true
+import json, os, subprocess, sys, time
+start = time.monotonic()
+child = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(child.pid, 0)
+json.dump({"user_s": usage.ru_utime, "system_s": usage.ru_stime, "wall_s": time.monotonic() - start,
+           "exit_status": status}, open(sys.argv[1], "w"))
+EOF
+    rm -rf "$WORK/fio"
+    python3 - "$RESULTS" "$LIMITS_JSON" <<'EOF'
+import json, os, sys
+results, limits_path = sys.argv[1], sys.argv[2]
+def load(name):
+    try:
+        with open(os.path.join(results, name)) as f:
+            return json.load(f)
+    except Exception:
+        return None
+limits = load(limits_path) or {}
+iperf, receive, fio, write = (load(n) for n in ("cpu-floor-iperf.json", "cpu-floor-receive.json", "cpu-floor-fio.json", "cpu-floor-write.json"))
+received = iperf["end"]["sum_received"]["bytes"] if iperf and "end" in iperf else 0
+written = fio["jobs"][0]["write"]["io_bytes"] if fio else 0
+if received and receive:
+    limits["cpu_floor_receive_cpu_s_per_gb"] = receive["system_s"] / (received / 1e9)
+    limits["cpu_floor_receive_user_cpu_s_per_gb"] = receive["user_s"] / (received / 1e9)
+if written and write and write.get("exit_status") == 0:
+    limits["cpu_floor_write_cpu_s_per_gb"] = write["system_s"] / (written / 1e9)
+    limits["cpu_floor_write_user_cpu_s_per_gb"] = write["user_s"] / (written / 1e9)
+    limits["cpu_floor_write_seconds_per_gb"] = write["wall_s"] / (written / 1e9)
+if "cpu_floor_receive_cpu_s_per_gb" in limits and "cpu_floor_write_cpu_s_per_gb" in limits:
+    limits["cpu_floor_cpu_s_per_gb"] = limits["cpu_floor_receive_cpu_s_per_gb"] + limits["cpu_floor_write_cpu_s_per_gb"]
+json.dump(limits, open(limits_path, "w"), indent=1)
+EOF
+    local line
+    line=$(python3 -c 'import json, sys; l = json.load(open(sys.argv[1]))
+keys = ("cpu_floor_cpu_s_per_gb", "cpu_floor_receive_cpu_s_per_gb", "cpu_floor_write_cpu_s_per_gb")
+print("CPU floor: %.3f CPU-s/GB (receive %.3f + write %.3f)" % tuple(l[k] for k in keys) if keys[0] in l else "CPU floor: not measured (see results)")' "$LIMITS_JSON")
+    say "$line"
+    echo "$line" > "$RESULTS/cpu-floor.txt"
+}
+if [ "$LIMITS" = 1 ]; then measure_cpu_floor; fi
+
 # ---------------------------------------------------------------------------------------------------------------
 # 2. Build.
 # ---------------------------------------------------------------------------------------------------------------
@@ -198,6 +284,10 @@ start_broker() {
             rm -rf "$WORK/data"; mkdir -p "$WORK/data"
             "$binary" --listen "$BROKER_ADDRESS" --data-dir "$WORK/data" > "$WORK/$kind.log" 2>&1 &
             ;;
+        floor)
+            rm -rf "$WORK/data"; mkdir -p "$WORK/data"
+            "$FLOOR" --listen "$BROKER_ADDRESS" --data-dir "$WORK/data" > "$WORK/floor.log" 2>&1 &
+            ;;
         tansu)
             "$TANSU" broker --listener-url "tcp://$BROKER_ADDRESS" --advertised-listener-url "tcp://$BROKER_ADDRESS" \
                 --storage-engine memory://tansu/ > "$WORK/tansu.log" 2>&1 &
@@ -215,6 +305,9 @@ start_broker() {
 # 4. Workloads (issue 4): one topic each, 4 producers and 4 consumers.
 # ---------------------------------------------------------------------------------------------------------------
 COMMON="--producers 4 --consumers 4 --warmup $WARMUP --duration $DURATION"
+# The floor step: (c)'s load with no consumers (the floor answers no Fetch), so only publish latency is compared, and
+# Sluice (or the external broker) runs the very same command beside it.
+COMMON_FLOOR="--producers 4 --consumers 0 --warmup $WARMUP --duration $DURATION"
 declare -A WORKLOAD_ARGS=(
     [a]="--partitions 16 --message-size 1024 --acks 1"
     [b]="--partitions 16 --message-size 1024 --acks -1"
@@ -226,19 +319,22 @@ declare -A WORKLOAD_ARGS=(
     # topic so that a broker's own cache of recent batches (Sluice: 512 MiB by default) holds that, not the backlog.
     [e]="--partitions 16 --message-size 1024 --acks 1 --backlog-size $BACKLOG --evict-size $EVICT --drop-caches --fetch-partition-size-max 4194304"
 )
+WORKLOAD_ARGS[floor]=${WORKLOAD_ARGS[c]}
 declare -A WORKLOAD_NAMES=(
     [a]="max throughput, acks=1"
     [b]="max throughput, acks=all"
     [c]="latency at 50 MB/s, acks=all"
     [d]="small messages, acks=1"
     [e]="catch-up read of a $((BACKLOG >> 20)) MiB backlog"
+    [floor]="(c)'s load without consumers, against the latency floor"
 )
 echo "$COMMON" > "$RESULTS/common-args.txt"
 
 run_one() {  # run_one BROKER WORKLOAD RUN
-    local broker=$1 workload=$2 run=$3 pid_args=""
+    local broker=$1 workload=$2 run=$3 pid_args="" common=$COMMON
     local name="$broker-$workload-$run"
-    if [ -n "$BOOTSTRAP" ]; then
+    [ "$workload" = floor ] && common=$COMMON_FLOOR
+    if [ -n "$BOOTSTRAP" ] && [ "$broker" != floor ]; then
         BROKER_ADDRESS=$BOOTSTRAP
         [ -n "$EXTERNAL_PID" ] && pid_args="--broker-pid $EXTERNAL_PID"
     else
@@ -247,9 +343,9 @@ run_one() {  # run_one BROKER WORKLOAD RUN
     fi
     say "($workload) ${WORKLOAD_NAMES[$workload]} — $broker, run $run/$RUNS"
     # shellcheck disable=SC2086
-    echo "sluice-bench --bootstrap $BROKER_ADDRESS $COMMON ${WORKLOAD_ARGS[$workload]}" > "$RESULTS/$name.cmd"
+    echo "sluice-bench --bootstrap $BROKER_ADDRESS $common ${WORKLOAD_ARGS[$workload]}" > "$RESULTS/$name.cmd"
     # shellcheck disable=SC2086
-    if ! timeout "$RUN_TIMEOUT" "$BENCH" --bootstrap "$BROKER_ADDRESS" $COMMON ${WORKLOAD_ARGS[$workload]} $pid_args \
+    if ! timeout "$RUN_TIMEOUT" "$BENCH" --bootstrap "$BROKER_ADDRESS" $common ${WORKLOAD_ARGS[$workload]} $pid_args \
         --label "$broker ($workload) ${WORKLOAD_NAMES[$workload]}" \
         --json "$RESULTS/$name.json" --plot "$RESULTS/$name.svg" > "$RESULTS/$name.txt" \
         2> >(tee "$RESULTS/$name.progress" | awk 'NR % 4 == 2 { print "      " substr($0, 1, 160); fflush() }' >&2); then
@@ -258,7 +354,7 @@ run_one() {  # run_one BROKER WORKLOAD RUN
     fi
     sleep 0.2   # let the progress filter (every fourth line, live) finish before the summary
     sed -n '2,3p' "$RESULTS/$name.txt" | sed 's/^/      /' >&2
-    [ -n "$BOOTSTRAP" ] || stop_broker
+    [ -n "$BOOTSTRAP" ] && [ "$broker" != floor ] || stop_broker
 }
 
 if [ -n "$BOOTSTRAP" ]; then BROKERS="external"; else BROKERS="sluice"; [ -n "$TANSU" ] && BROKERS="sluice tansu"; fi
@@ -267,8 +363,11 @@ if [ -n "$BASELINE" ]; then
     BROKERS="sluice baseline"
 fi
 for workload in $WORKLOADS; do
+    brokers=$BROKERS
+    # The floor step: the floor server first, then every broker but the peer (the floor measures Sluice's own cost).
+    [ "$workload" = floor ] && brokers="floor ${BROKERS/tansu/}"
     for run in $(seq "$RUNS"); do
-        for broker in $BROKERS; do
+        for broker in $brokers; do
             run_one "$broker" "$workload" "$run"
         done
     done
@@ -278,9 +377,10 @@ done
 # 5. Table and document.
 # ---------------------------------------------------------------------------------------------------------------
 mkdir -p "$(dirname "$DOC")/plots"
-python3 - "$RESULTS" "$DOC" "$RUNS" "$QUICK" "$BROKERS" "$ROOT" <<'EOF'
+python3 - "$RESULTS" "$DOC" "$RUNS" "$QUICK" "$BROKERS" "$ROOT" "$CPU_FLOOR_WRITE_SIZE" "$CPU_FLOOR_SYNC_EVERY" <<'EOF'
 import glob, json, os, re, shutil, statistics, subprocess, sys
 results, doc, runs, quick, brokers, root = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5].split(), sys.argv[6]
+cpu_floor_write_size, cpu_floor_sync_every = sys.argv[7], sys.argv[8]
 limits = json.load(open(os.path.join(results, "limits.json")))
 main = brokers[0]
 peer = brokers[1] if len(brokers) > 1 else None
@@ -354,6 +454,66 @@ print()
 print(table)
 print()
 
+# Issue 17: the latency floor — (c)'s load without consumers against sluice-floor and against each broker, alternating.
+floor_brokers = [b for b in ["floor"] + brokers if runs_of(b, "floor")]
+floor_lines, floor_json = [], {}
+def floor_cells(broker, workload):
+    values = {p: median(broker, workload, f"publish_latency_us.{p}") for p in ("p50", "p99", "p999")}
+    values["cpu"] = median(broker, workload, "broker_cpu_cores")
+    values["mb_per_s"] = median(broker, workload, "publish_mb_per_s")
+    return values
+if "floor" in floor_brokers:
+    base = floor_cells("floor", "floor")
+    floor_json["floor"] = base
+    floor_lines = ["| server | load | publish MB/s | p50 ms | p99 ms | p99.9 ms | p50 excess | p99 excess | p99.9 excess | server CPU |",
+                   "|---|---|---|---|---|---|---|---|---|---|"]
+    def excess(value, floor_value):
+        if value is None or floor_value is None:
+            return "–"
+        return f"{ratio(value, floor_value):.2f}× (+{value - floor_value:.2f} ms)" if floor_value else f"+{value - floor_value:.2f} ms"
+    rows_floor = [("floor", "floor", "(c), no consumers")] + [(b, "floor", "(c), no consumers") for b in floor_brokers if b != "floor"]
+    rows_floor += [(b, "c", "(c) with 4 consumers") for b in floor_brokers if b != "floor" and runs_of(b, "c")]
+    for broker, workload, load in rows_floor:
+        cells = floor_cells(broker, workload)
+        if broker != "floor":
+            floor_json[f"{broker} ({workload})"] = dict(cells, **{f"{p}_excess_ratio": ratio(cells[p], base[p]) for p in ("p50", "p99", "p999")},
+                                                       **{f"{p}_excess_ms": (cells[p] - base[p]) if None not in (cells[p], base[p]) else None for p in ("p50", "p99", "p999")})
+        floor_lines.append("| " + " | ".join([broker, load, fmt(cells["mb_per_s"]), fmt(cells["p50"], 2), fmt(cells["p99"], 2), fmt(cells["p999"], 2)]
+            + (["–", "–", "–"] if broker == "floor" else [excess(cells[p], base[p]) for p in ("p50", "p99", "p999")])
+            + [f"{cells['cpu'] * 100:.0f}%" if cells["cpu"] is not None else "–"]) + " |")
+    print("\n".join(floor_lines))
+    print()
+
+# Issue 17: the CPU floor beside each broker's CPU-seconds per GB published, (a), (b), (d). GB = 10^9 bytes of payload.
+cpu_floor = limits.get("cpu_floor_cpu_s_per_gb")
+cpu_lines = ["| broker | workload | publish MB/s | broker CPU | CPU-s/GB | × CPU floor |", "|---|---|---|---|---|---|"]
+for workload in "abd":
+    for broker in brokers:
+        mb, cores = median(broker, workload, "publish_mb_per_s"), median(broker, workload, "broker_cpu_cores")
+        if mb is None:
+            continue
+        per_gb = cores / (mb / 1000) if cores is not None and mb else None
+        floor_json.setdefault("cpu_s_per_gb", {})[f"{broker} ({workload})"] = per_gb
+        cpu_lines.append(f"| {broker} | ({workload}) | {fmt(mb)} | " + (f"{cores * 100:.0f}%" if cores is not None else "–")
+                         + f" | {fmt(per_gb, 3)} | {fmt(ratio(per_gb, cpu_floor), 1)} |")
+if cpu_floor is not None:
+    cpu_floor_line = (f"CPU floor: {cpu_floor:.3f} CPU-s/GB (receive {limits['cpu_floor_receive_cpu_s_per_gb']:.3f}"
+                      f" + write {limits['cpu_floor_write_cpu_s_per_gb']:.3f})")
+else:
+    cpu_floor_line = "CPU floor: not measured (--no-limits, or fio/iperf3 missing)"
+floor_json["cpu_floor_cpu_s_per_gb"] = cpu_floor
+print(cpu_floor_line)
+print("\n".join(cpu_lines))
+print()
+with open(os.path.join(results, "floor.json"), "w") as f:
+    json.dump(floor_json, f, indent=1)
+if floor_lines:
+    floor_section = ("The floor (`sluice-floor`: O_DIRECT append and group-committed fdatasync, nothing else) and each "
+                     "broker under (c)'s load with no consumers, alternating run by run; excess = broker / floor and "
+                     "broker − floor. Sluice's (c) with its 4 consumers is listed for reference.\n\n" + "\n".join(floor_lines))
+else:
+    floor_section = "Latency floor: not run (add `floor` to --workloads)."
+
 # Detail: every workload's medians.
 detail = ["| broker | workload | publish msg/s | publish MB/s | consume MB/s | pub p50 ms | pub p99 ms | pub p99.9 ms | delay p99 ms | e2e p50 ms | e2e p99 ms | broker CPU | bench CPU | runs |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -426,6 +586,16 @@ The (a) limit is min(fio write, iperf3 four connections); the (c) limit uses the
 
 ## Targets (issue 4)
 {table}
+
+## Limits of issue 17: latency floor and CPU floor
+{floor_section}
+
+{cpu_floor_line}. System CPU (the kernel's work) per 10^9 bytes. Receive: the iperf3 receiver's stime over a known
+byte count on loopback; write: fio's stime (wait4) for sequential O_DIRECT {cpu_floor_write_size} writes into a growing file
+with fdatasync every {cpu_floor_sync_every}. The tools' own user time is in the limits table (`*_user_cpu_s_per_gb`).
+Brokers, CPU per GB of payload published (their CPU also serves the 4 consumers reading the same bytes):
+
+{chr(10).join(cpu_lines)}
 
 ## All results (medians)
 {chr(10).join(detail)}

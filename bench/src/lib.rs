@@ -8,7 +8,7 @@
 //! `clock` is the monotonic clock and the open-loop rate clock; `workload` holds the options, payloads and the
 //! partitioner; `producer` and `consumer` are the worker threads; `stats` the shared counters and histograms;
 //! `run` drives a run's phases; `report` prints and writes results; `cpu` reads /proc; `groups` measures the
-//! group coordinator (`sluice-group-bench`).
+//! group coordinator (`sluice-group-bench`); `floor` is the latency floor server (`sluice-floor`).
 
 pub mod batch;
 pub mod client;
@@ -16,6 +16,7 @@ pub mod clock;
 pub mod cluster;
 pub mod consumer;
 pub mod cpu;
+pub mod floor;
 pub mod frame;
 pub mod groups;
 pub mod producer;
