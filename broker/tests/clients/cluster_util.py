@@ -11,6 +11,7 @@ did not kill itself.
 not whichever broker a client happened to ask).
 """
 
+import shutil
 import signal
 import socket
 import struct
@@ -91,7 +92,23 @@ class Node:
                     return
             except OSError:
                 time.sleep(0.05)
-        raise AssertionError(f"node {self.node_id} did not listen within {START_TIMEOUT_S} s:\n{self.log_tail()}")
+        raise AssertionError(
+            f"node {self.node_id} did not listen within {START_TIMEOUT_S} s:\n{self.log_tail()}\n{self.stacks()}"
+        )
+
+    def stacks(self):
+        """Every thread's stack of the running process (gdb, when installed), to tell a hang from a slow start."""
+        gdb = shutil.which("gdb")
+        if gdb is None or self.process is None:
+            return "(no gdb: no stacks)"
+        try:
+            dump = subprocess.run(
+                [gdb, "-p", str(self.process.pid), "-batch", "-ex", "thread apply all bt 12"],
+                capture_output=True, text=True, timeout=60,
+            )
+        except subprocess.TimeoutExpired:
+            return "(gdb timed out)"
+        return "--- stacks\n" + dump.stdout[-20000:]
 
     def kill(self):
         """SIGKILL by PID: no controlled shutdown, the controller learns of it only by the session timeout."""
