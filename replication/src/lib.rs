@@ -36,6 +36,7 @@
 //! any other I/O type of storage.
 
 pub mod metadata;
+pub mod partition;
 pub mod quorum;
 pub mod replica;
 pub mod seams;
