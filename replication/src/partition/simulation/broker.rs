@@ -68,6 +68,17 @@ pub struct SimBroker {
     config: ReplicationConfig,
     sync_probability: f64,
     pub(super) restart_count: u64,
+    pub(super) stats: BrokerStats,
+}
+
+/// What a broker saw happen, for the run's coverage report.
+#[derive(Clone, Debug, Default)]
+pub struct BrokerStats {
+    pub diverging_answer_count: u64,
+    pub truncated_batch_count: u64,
+    /// Unsynced batches a crash took.
+    pub lost_unsynced_batch_count: u64,
+    pub not_enough_replicas_count: u64,
 }
 
 impl SimBroker {
@@ -92,6 +103,7 @@ impl SimBroker {
             config,
             sync_probability: 0.5,
             restart_count: 0,
+            stats: BrokerStats::default(),
         }
     }
 
@@ -100,7 +112,9 @@ impl SimBroker {
         self.running = false;
         for partition in &mut self.partitions {
             let mut log = std::mem::take(&mut partition.log);
+            let written_count = log.batches().len();
             log.crash();
+            self.stats.lost_unsynced_batch_count += (written_count - log.batches().len()) as u64;
             *partition = SimPartition::recovered(log);
         }
         self.broker_epoch = None;
@@ -271,6 +285,10 @@ impl SimBroker {
                 follower.appended(high_watermark, log_ends(&partition.log));
             }
             FollowerAction::Truncate { offset } => {
+                let removed_count =
+                    partition.log.batches().iter().filter(|batch| batch.end_offset() > offset).count();
+                self.stats.truncated_batch_count += removed_count as u64;
+                self.stats.diverging_answer_count += 1;
                 let truncated = partition.log.truncate_to(offset);
                 assert!(truncated.is_ok(), "a follower's truncation failed: {truncated:?}");
                 partition.epochs.truncate_to(partition.log.log_end_offset());
@@ -295,6 +313,7 @@ impl SimBroker {
             _ => return refuse(out, client, index, sequence, ProduceFailure::NotLeaderOrFollower),
         };
         if let Err(ProduceError::NotEnoughReplicas) = leader.check_append() {
+            self.stats.not_enough_replicas_count += 1;
             return refuse(out, client, index, sequence, ProduceFailure::NotEnoughReplicas);
         }
         let (base_offset, end_offset) =

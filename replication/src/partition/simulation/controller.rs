@@ -28,6 +28,8 @@ pub struct SimController {
     generations: BTreeMap<NodeId, u64>,
     /// Batches refused by the image: a correct controller plans none.
     pub(super) refused_count: u64,
+    pub(super) shrink_count: u64,
+    pub(super) expand_count: u64,
 }
 
 impl SimController {
@@ -46,6 +48,8 @@ impl SimController {
             broken_rule,
             generations: BTreeMap::new(),
             refused_count: 0,
+            shrink_count: 0,
+            expand_count: 0,
         }
     }
 
@@ -90,8 +94,12 @@ impl SimController {
         let result = plan_alter_partition(&self.image, self.topic_id, partition, request);
         let result = match result {
             Ok(records) => {
+                let before = self.partition(partition).isr.len();
                 self.apply(records, out);
-                Ok(self.partition(partition))
+                let after = self.partition(partition);
+                self.shrink_count += u64::from(after.isr.len() < before);
+                self.expand_count += u64::from(after.isr.len() > before);
+                Ok(after)
             }
             Err(error) => Err(error),
         };

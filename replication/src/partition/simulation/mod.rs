@@ -165,7 +165,7 @@ impl Scenario {
         Scenario {
             broker_count,
             partition_count,
-            safety_step_count: 6_000,
+            safety_step_count: 20_000,
             liveness_step_max: 30_000,
             crash_probability: 0.001,
             restart_probability: 0.004,
@@ -181,6 +181,24 @@ impl Scenario {
             broken_rule: None,
         }
     }
+
+    /// Three times the crashes and partitions, 15% loss, delays up to 80 ms (a third of the session timeout).
+    pub fn harsh(broker_count: usize, partition_count: usize) -> Scenario {
+        Scenario {
+            crash_probability: 0.003,
+            restart_probability: 0.01,
+            partition_probability: 0.0015,
+            zombie_probability: 0.0015,
+            heal_probability: 0.002,
+            faults: Faults {
+                loss_probability: 0.15,
+                duplication_probability: 0.1,
+                delay_min: Duration::from_millis(1),
+                delay_max: Duration::from_millis(80),
+            },
+            ..Scenario::new(broker_count, partition_count)
+        }
+    }
 }
 
 /// What a run that kept every invariant did.
@@ -193,6 +211,12 @@ pub struct RunReport {
     pub zombie_count: u64,
     pub liveness_step_count: u64,
     pub refused_batch_count: u64,
+    pub isr_shrink_count: u64,
+    pub isr_expand_count: u64,
+    pub diverging_answer_count: u64,
+    pub truncated_batch_count: u64,
+    pub lost_unsynced_batch_count: u64,
+    pub not_enough_replicas_count: u64,
 }
 
 /// A tick of 10 ms; sessions of 250 ms, lag 150 ms: elections and ISR shrinks both happen within a run.
@@ -391,7 +415,7 @@ impl Harness {
                 self.report.committed_batch_count = self.checker.committed_batch_count() as u64;
                 self.report.acknowledged_count = self.client().acks.len() as u64;
                 self.report.leader_epoch_count = self.checker.leader_epoch_count() as u64;
-                self.report.refused_batch_count = self.controller().refused_count;
+                self.finish_report();
                 return Ok(());
             }
             self.sim.step(&mut self.checker)?;
@@ -406,6 +430,26 @@ impl Harness {
                 self.describe()
             ),
         })
+    }
+
+    fn finish_report(&mut self) {
+        let controller = self.controller();
+        let (refused, shrinks, expands) =
+            (controller.refused_count, controller.shrink_count, controller.expand_count);
+        let mut report = RunReport {
+            refused_batch_count: refused,
+            isr_shrink_count: shrinks,
+            isr_expand_count: expands,
+            ..self.report.clone()
+        };
+        for index in 0..self.scenario.broker_count {
+            let stats = &self.broker(index).stats;
+            report.diverging_answer_count += stats.diverging_answer_count;
+            report.truncated_batch_count += stats.truncated_batch_count;
+            report.lost_unsynced_batch_count += stats.lost_unsynced_batch_count;
+            report.not_enough_replicas_count += stats.not_enough_replicas_count;
+        }
+        self.report = report;
     }
 
     /// Every broker runs; every partition has a leader leading its epoch with a full ISR; every replica's log is

@@ -14,14 +14,22 @@ fn summary(reports: &[RunReport]) -> String {
     let sum = |field: fn(&RunReport) -> u64| reports.iter().map(field).sum::<u64>();
     let liveness_max = reports.iter().map(|report| report.liveness_step_count).max().unwrap_or(0);
     format!(
-        "{} runs: {} batches committed, {} acknowledgements, {} leader epochs, {} crashes, {} leaders cut from the \
-         controller, {} batches the image refused, liveness steps max {liveness_max}",
+        "{} runs: {} batches committed, {} acknowledgements, {} leader epochs, {} crashes ({} unsynced batches \
+         lost), {} leaders cut from the controller, {} ISR shrinks, {} ISR expansions, {} diverging answers \
+         ({} batches truncated), {} NOT_ENOUGH_REPLICAS, {} batches the image refused, liveness steps max \
+         {liveness_max}",
         reports.len(),
         sum(|report| report.committed_batch_count),
         sum(|report| report.acknowledged_count),
         sum(|report| report.leader_epoch_count),
         sum(|report| report.crash_count),
+        sum(|report| report.lost_unsynced_batch_count),
         sum(|report| report.zombie_count),
+        sum(|report| report.isr_shrink_count),
+        sum(|report| report.isr_expand_count),
+        sum(|report| report.diverging_answer_count),
+        sum(|report| report.truncated_batch_count),
+        sum(|report| report.not_enough_replicas_count),
         sum(|report| report.refused_batch_count),
     )
 }
@@ -34,6 +42,10 @@ fn assert_coverage(reports: &[RunReport]) {
         assert!(sum(|report| report.leader_epoch_count) > 2 * reports.len() as u64, "few leader changes");
         assert!(sum(|report| report.crash_count) > 0, "no crash");
         assert!(sum(|report| report.zombie_count) > 0, "no leader cut from the controller");
+        assert!(sum(|report| report.lost_unsynced_batch_count) > 0, "no crash lost unsynced data");
+        assert!(sum(|report| report.isr_shrink_count) > 0, "no ISR shrink");
+        assert!(sum(|report| report.isr_expand_count) > 0, "no ISR expansion");
+        assert!(sum(|report| report.truncated_batch_count) > 0, "no follower truncated a diverging suffix");
     }
 }
 
@@ -41,7 +53,7 @@ fn assert_coverage(reports: &[RunReport]) {
 #[test]
 fn three_brokers() {
     let started = Instant::now();
-    let reports = sweep(150, &Scenario::new(3, 1));
+    let reports = sweep(300, &Scenario::new(3, 1));
     eprintln!("3 brokers, 1 partition: {} in {:.1} s", summary(&reports), started.elapsed().as_secs_f64());
     assert_coverage(&reports);
 }
@@ -50,8 +62,21 @@ fn three_brokers() {
 #[test]
 fn five_brokers() {
     let started = Instant::now();
-    let reports = sweep(100, &Scenario::new(5, 2));
+    let reports = sweep(200, &Scenario::new(5, 2));
     eprintln!("5 brokers, 2 partitions: {} in {:.1} s", summary(&reports), started.elapsed().as_secs_f64());
+    assert_coverage(&reports);
+}
+
+// Harsher faults (`Scenario::harsh`) keep every invariant too, and the cluster still converges once healed.
+#[test]
+fn harsh_faults() {
+    let started = Instant::now();
+    let reports = sweep(100, &Scenario::harsh(4, 2));
+    eprintln!(
+        "harsh, 4 brokers, 2 partitions: {} in {:.1} s",
+        summary(&reports),
+        started.elapsed().as_secs_f64()
+    );
     assert_coverage(&reports);
 }
 
@@ -116,7 +141,7 @@ fn checker_catches_high_watermark_over_fetchers() {
 #[ignore = "long: run with --ignored, SLUICE_SIM_SEEDS=N"]
 fn long_run() {
     let count = std::env::var("SLUICE_SIM_SEEDS").ok().and_then(|text| text.parse().ok()).unwrap_or(10_000);
-    for scenario in [Scenario::new(3, 1), Scenario::new(5, 2), Scenario::new(4, 3)] {
+    for scenario in [Scenario::new(3, 1), Scenario::new(5, 2), Scenario::harsh(3, 1), Scenario::harsh(5, 3)] {
         let started = Instant::now();
         let mut reports = Vec::new();
         for (index, seed) in seeds(count).into_iter().enumerate() {
