@@ -23,6 +23,8 @@ pub mod leader;
 pub mod replica;
 #[cfg(test)]
 mod simulation;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 
