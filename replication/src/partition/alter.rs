@@ -2,11 +2,12 @@
 //! leader's proposed ISR against the image and turn it into a `PartitionChange` record, or refuse it with Kafka's
 //! code. Like `metadata::plan` it reads one image and writes nothing; the image validates the record again.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::metadata::{MetadataImage, MetadataRecord, PartitionChange, TopicId};
+use crate::metadata::{MetadataImage, MetadataRecord, PartitionChange, PartitionImage, TopicId};
 use crate::partition::AlterPartitionRequest;
-use crate::types::NodeId;
+use crate::types::{LeaderEpoch, NodeId};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AlterPartitionError {
@@ -75,4 +76,45 @@ pub fn plan_alter_partition(
         leader_epoch: current.leader_epoch,
         partition_epoch: current.partition_epoch + 1,
     })])
+}
+
+/// What the controller answers an AlterPartition: the partition as committed, or why not.
+pub type AlterPartitionResult = Result<PartitionImage, AlterPartitionError>;
+
+/// The active controller's memory of the last AlterPartition answered per partition (soft state, like
+/// `BrokerHeartbeats`): a repeat of that proposal gets the same answer, an older proposal of the same leader
+/// epoch is refused as stale. Kafka gets the same from one request in flight over one connection; here the network
+/// may duplicate and delay, so the controller makes AlterPartition idempotent itself.
+#[derive(Clone, Debug, Default)]
+pub struct AlterPartitionReplies {
+    last: BTreeMap<(TopicId, i32), (LeaderEpoch, u64, AlterPartitionResult)>,
+}
+
+impl AlterPartitionReplies {
+    /// The answer already given to `request` (or `InvalidUpdateVersion` for an older proposal), if any.
+    pub fn replay(
+        &self,
+        topic_id: TopicId,
+        partition: i32,
+        request: &AlterPartitionRequest,
+    ) -> Option<Result<PartitionImage, AlterPartitionError>> {
+        let (epoch, sequence, result) = self.last.get(&(topic_id, partition))?;
+        if *epoch != request.leader_epoch || request.sequence > *sequence {
+            return None;
+        }
+        if request.sequence < *sequence {
+            return Some(Err(AlterPartitionError::InvalidUpdateVersion));
+        }
+        Some(result.clone())
+    }
+
+    pub fn record(
+        &mut self,
+        topic_id: TopicId,
+        partition: i32,
+        request: &AlterPartitionRequest,
+        result: &Result<PartitionImage, AlterPartitionError>,
+    ) {
+        self.last.insert((topic_id, partition), (request.leader_epoch, request.sequence, result.clone()));
+    }
 }

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use crate::metadata::{BrokerEpoch, MetadataImage, PartitionImage};
 use crate::partition::{
-    AlterPartitionRequest, BrokenRule, EpochHistory, FetchAnswer, FetchError, FetchRequest, LogEnds,
-    ProduceError, ReplicationConfig,
+    AlterPartitionError, AlterPartitionRequest, BrokenRule, EpochHistory, FetchAnswer, FetchError,
+    FetchRequest, LogEnds, ProduceError, ReplicationConfig,
 };
 use crate::types::{LeaderEpoch, NodeId};
 use sluice_storage::Offset;
@@ -43,6 +43,10 @@ struct FollowerProgress {
 struct PendingChange {
     request: AlterPartitionRequest,
     sent_at: Option<Duration>,
+    /// Refused for a reason that does not prove it was not applied (a stale partition or leader epoch: an
+    /// earlier copy may have committed, its answer lost). Kafka's `handleAlterPartitionError` gives up resending
+    /// but keeps the pending state, and so the maximal ISR, until metadata settles it.
+    awaiting_metadata: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -59,6 +63,8 @@ pub struct LeaderState {
     /// Broker epochs of unfenced brokers, from the newest metadata: who may join the ISR, whose Fetch is current.
     unfenced_epochs: BTreeMap<NodeId, BrokerEpoch>,
     high_watermark: Offset,
+    /// The sequence of the last AlterPartition proposed in this leader epoch.
+    alter_sequence_next: u64,
     /// The log end when this leader took over: a follower joins the ISR only once it holds this epoch's start.
     epoch_start_offset: Offset,
     config: ReplicationConfig,
@@ -100,6 +106,7 @@ impl LeaderState {
             followers,
             unfenced_epochs: unfenced_epochs(image),
             high_watermark: high_watermark.min(ends.log_end),
+            alter_sequence_next: 0,
             epoch_start_offset: ends.log_end,
             config,
         };
@@ -238,20 +245,22 @@ impl LeaderState {
 
     fn propose(&mut self, isr: Vec<NodeId>) {
         assert!(isr.contains(&self.me), "{me} proposed an ISR {isr:?} without itself", me = self.me);
+        self.alter_sequence_next += 1;
         let request = AlterPartitionRequest {
+            sequence: self.alter_sequence_next,
             leader: self.me,
             broker_epoch: self.broker_epoch,
             leader_epoch: self.leader_epoch,
             partition_epoch: self.partition_epoch,
             isr,
         };
-        self.pending = Some(PendingChange { request, sent_at: None });
+        self.pending = Some(PendingChange { request, sent_at: None, awaiting_metadata: false });
     }
 
     /// The AlterPartition to send now: a new one, or the pending one again after `request_timeout`.
     pub fn take_alter_partition(&mut self, now: Duration) -> Option<AlterPartitionRequest> {
         let timeout = self.config.request_timeout;
-        let pending = self.pending.as_mut()?;
+        let pending = self.pending.as_mut().filter(|pending| !pending.awaiting_metadata)?;
         let due = pending.sent_at.is_none_or(|sent_at| now.saturating_sub(sent_at) >= timeout);
         due.then(|| {
             pending.sent_at = Some(now);
@@ -259,12 +268,31 @@ impl LeaderState {
         })
     }
 
-    /// The controller answered an AlterPartition: a committed state (adopted if newer), or a refusal (the pending
-    /// change is dropped; metadata will say what holds). Answers to older requests are harmless either way.
-    pub fn on_alter_partition_answer(&mut self, committed: Option<&PartitionImage>, ends: LogEnds) {
-        match committed {
-            Some(partition) => self.adopt(partition),
-            None => self.pending = None,
+    /// The controller answered `request`: a committed state (adopted if newer), or a refusal. Only a refusal
+    /// that proves the change was never applied and never will be (INELIGIBLE_REPLICA, an invalid ISR: the
+    /// partition epoch was current) drops the pending change, and only if it answers the pending proposal; any
+    /// other keeps the maximal ISR until metadata says what holds, because dropping an expansion that did commit
+    /// would let the high watermark pass a member the controller may elect.
+    pub fn on_alter_partition_answer(
+        &mut self,
+        request: &AlterPartitionRequest,
+        result: Result<&PartitionImage, &AlterPartitionError>,
+        ends: LogEnds,
+    ) {
+        let answers_pending =
+            self.pending.as_ref().is_some_and(|pending| pending.request.sequence == request.sequence);
+        match result {
+            Ok(partition) => self.adopt(partition),
+            Err(AlterPartitionError::IneligibleReplica { .. } | AlterPartitionError::InvalidRequest)
+                if answers_pending =>
+            {
+                self.pending = None
+            }
+            Err(_) => {
+                if let Some(pending) = self.pending.as_mut().filter(|_| answers_pending) {
+                    pending.awaiting_metadata = true;
+                }
+            }
         }
         self.maybe_advance(ends);
         self.check(ends);

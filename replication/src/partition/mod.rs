@@ -28,7 +28,7 @@ mod tests;
 
 use std::time::Duration;
 
-pub use alter::{plan_alter_partition, AlterPartitionError};
+pub use alter::{plan_alter_partition, AlterPartitionError, AlterPartitionReplies};
 pub use epochs::EpochHistory;
 pub use follower::{FollowerAction, FollowerState};
 pub use leader::LeaderState;
@@ -131,6 +131,10 @@ pub enum FetchError {
 /// KIP-497's AlterPartition, for one partition: the ISR the leader wants, stamped with what it believes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AlterPartitionRequest {
+    /// The leader's proposal number in this leader epoch; a resend keeps it. The controller answers a repeat
+    /// with its first answer and refuses older ones (`AlterPartitionReplies`), so a copy of a refused proposal
+    /// still in flight can never be applied later: the leader may drop a change the controller refused.
+    pub sequence: u64,
     pub leader: NodeId,
     pub broker_epoch: BrokerEpoch,
     pub leader_epoch: LeaderEpoch,

@@ -176,22 +176,34 @@ fn shrink_and_expand() {
     assert_eq!(leader.take_alter_partition(ms(90)), None, "within the lag time");
     leader.on_tick(ms(120), ends(10, 10));
     let shrink = leader.take_alter_partition(ms(120)).unwrap();
+    let shrink_request = shrink.clone();
     assert_eq!((shrink.isr, shrink.partition_epoch), (vec![NodeId(0), NodeId(1)], 0));
     assert_eq!(leader.take_alter_partition(ms(140)), None, "resent only after the request timeout");
     assert!(leader.take_alter_partition(ms(170)).is_some());
     assert_eq!(leader.high_watermark(), Offset(4), "the shrink is not committed yet");
     let committed =
         PartitionImage { isr: vec![NodeId(0), NodeId(1)], partition_epoch: 1, ..partition(&image()) };
-    leader.on_alter_partition_answer(Some(&committed), ends(10, 10));
+    leader.on_alter_partition_answer(&shrink_request, Ok(&committed), ends(10, 10));
     assert_eq!(leader.high_watermark(), Offset(10));
     leader.on_fetch(ms(200), &fetch(2, 9, 0), ends(10, 10), &epochs);
     assert_eq!(leader.take_alter_partition(ms(200)), None, "below the high watermark");
     leader.on_fetch(ms(210), &fetch(2, 10, 0), ends(10, 10), &epochs);
     let expand = leader.take_alter_partition(ms(210)).unwrap();
-    assert_eq!((expand.isr, expand.partition_epoch), (vec![NodeId(0), NodeId(1), NodeId(2)], 1));
+    assert_eq!((expand.isr.clone(), expand.partition_epoch), (vec![NodeId(0), NodeId(1), NodeId(2)], 1));
     assert_eq!(leader.maximal_isr().len(), 3);
-    leader.on_alter_partition_answer(None, ends(10, 10));
-    assert_eq!(leader.maximal_isr().len(), 2, "a refused change is dropped");
+    let stale = AlterPartitionError::InvalidUpdateVersion;
+    leader.on_alter_partition_answer(&expand, Err(&stale), ends(10, 10));
+    assert_eq!(
+        leader.maximal_isr().len(),
+        3,
+        "an earlier copy may have committed: the expansion still counts"
+    );
+    assert_eq!(leader.take_alter_partition(ms(400)), None, "and waits for metadata instead of resending");
+    let ineligible = AlterPartitionError::IneligibleReplica { replica: NodeId(2) };
+    leader.on_alter_partition_answer(&shrink_request, Err(&ineligible), ends(10, 10));
+    assert_eq!(leader.maximal_isr().len(), 3, "an answer to another proposal settles nothing");
+    leader.on_alter_partition_answer(&expand, Err(&ineligible), ends(10, 10));
+    assert_eq!(leader.maximal_isr().len(), 2, "a proposal refused as never applied is dropped");
 }
 
 // A follower reports only durable offsets, keeps one Fetch in flight, and resends it after the timeout.
@@ -323,6 +335,7 @@ fn leading_an_epoch_already_in_the_log_is_a_broken_invariant() {
 fn alter_partition_validation() {
     let image = image();
     let request = AlterPartitionRequest {
+        sequence: 1,
         leader: NodeId(0),
         broker_epoch: BrokerEpoch(1),
         leader_epoch: LeaderEpoch(0),
@@ -370,5 +383,34 @@ fn alter_partition_validation() {
     assert_eq!(
         plan_alter_partition(&fenced, TOPIC, 0, &expand).map(|_| ()),
         Err(AlterPartitionError::IneligibleReplica { replica: NodeId(2) })
+    );
+}
+
+// The controller answers a repeated proposal with its first answer and an older one as stale, so a duplicate of a
+// refused proposal can never be applied after the leader dropped it.
+#[test]
+fn alter_partition_replies_are_idempotent() {
+    let request = AlterPartitionRequest {
+        sequence: 2,
+        leader: NodeId(0),
+        broker_epoch: BrokerEpoch(1),
+        leader_epoch: LeaderEpoch(0),
+        partition_epoch: 0,
+        isr: vec![NodeId(0), NodeId(2)],
+    };
+    let mut replies = AlterPartitionReplies::default();
+    assert_eq!(replies.replay(TOPIC, 0, &request), None);
+    let refused = Err(AlterPartitionError::IneligibleReplica { replica: NodeId(2) });
+    replies.record(TOPIC, 0, &request, &refused);
+    assert_eq!(replies.replay(TOPIC, 0, &request), Some(refused));
+    let older = AlterPartitionRequest { sequence: 1, ..request.clone() };
+    assert_eq!(replies.replay(TOPIC, 0, &older), Some(Err(AlterPartitionError::InvalidUpdateVersion)));
+    let newer = AlterPartitionRequest { sequence: 3, ..request.clone() };
+    assert_eq!(replies.replay(TOPIC, 0, &newer), None);
+    let next_epoch = AlterPartitionRequest { leader_epoch: LeaderEpoch(1), sequence: 1, ..request };
+    assert_eq!(
+        replies.replay(TOPIC, 0, &next_epoch),
+        None,
+        "a new leader epoch numbers its proposals afresh"
     );
 }

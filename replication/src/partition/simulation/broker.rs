@@ -184,13 +184,13 @@ impl SimBroker {
             Message::FetchAnswer { partition, request, answer, batches } => {
                 self.on_fetch_answer(from, partition, &request, answer, batches)
             }
-            Message::AlterPartitionAnswer { partition, result } => {
+            Message::AlterPartitionAnswer { partition, request, result } => {
                 let sim_partition = &mut self.partitions[partition as usize];
                 let ends = sim_partition.ends();
                 if let Some(Role::Leader(leader)) =
                     sim_partition.replica.as_mut().map(PartitionReplica::role_mut)
                 {
-                    leader.on_alter_partition_answer(result.ok().as_ref(), ends);
+                    leader.on_alter_partition_answer(&request, result.as_ref(), ends);
                 }
                 self.answer_waiting(partition as usize, out);
             }

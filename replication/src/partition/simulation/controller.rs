@@ -14,7 +14,7 @@ use crate::metadata::{
     controller::fence_records, BrokerHeartbeats, BrokerRegistration, Heartbeat, MetadataImage,
     MetadataRecord, PartitionChange, TopicId,
 };
-use crate::partition::{plan_alter_partition, AlterPartitionRequest, BrokenRule};
+use crate::partition::{plan_alter_partition, AlterPartitionReplies, AlterPartitionRequest, BrokenRule};
 use crate::sim::Outbox;
 use crate::types::NodeId;
 
@@ -24,6 +24,7 @@ pub struct SimController {
     topic_id: TopicId,
     broker_count: usize,
     broken_rule: Option<BrokenRule>,
+    replies: AlterPartitionReplies,
     /// Per broker, the newest process generation registered: heartbeats of older ones are ignored.
     generations: BTreeMap<NodeId, u64>,
     /// Batches refused by the image: a correct controller plans none.
@@ -47,6 +48,7 @@ impl SimController {
             broker_count,
             broken_rule,
             generations: BTreeMap::new(),
+            replies: AlterPartitionReplies::default(),
             refused_count: 0,
             shrink_count: 0,
             expand_count: 0,
@@ -91,8 +93,12 @@ impl SimController {
         request: &AlterPartitionRequest,
         out: &mut Outbox<Message>,
     ) {
-        let result = plan_alter_partition(&self.image, self.topic_id, partition, request);
-        let result = match result {
+        if let Some(result) = self.replies.replay(self.topic_id, partition, request) {
+            let request = request.clone();
+            out.send(from, Message::AlterPartitionAnswer { partition, request, result });
+            return;
+        }
+        let result = match plan_alter_partition(&self.image, self.topic_id, partition, request) {
             Ok(records) => {
                 let before = self.partition(partition).isr.len();
                 self.apply(records, out);
@@ -103,7 +109,9 @@ impl SimController {
             }
             Err(error) => Err(error),
         };
-        out.send(from, Message::AlterPartitionAnswer { partition, result });
+        self.replies.record(self.topic_id, partition, request, &result);
+        let request = request.clone();
+        out.send(from, Message::AlterPartitionAnswer { partition, request, result });
     }
 
     pub fn on_tick(&mut self, now: Duration, out: &mut Outbox<Message>) {

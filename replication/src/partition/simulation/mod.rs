@@ -54,6 +54,7 @@ pub enum Message {
     },
     AlterPartitionAnswer {
         partition: i32,
+        request: AlterPartitionRequest,
         result: Result<PartitionImage, AlterPartitionError>,
     },
     Fetch {
@@ -223,6 +224,8 @@ pub struct RunReport {
 const TICK_INTERVAL: Duration = Duration::from_millis(10);
 const SESSION_TIMEOUT: Duration = Duration::from_millis(250);
 const TOPIC_ID: TopicId = TopicId(0x5eed);
+/// Set to print the cluster's state after every step of the safety phase that changed it.
+const TRACE_ENV: &str = "SLUICE_SIM_TRACE";
 
 fn replication_config(broken_rule: Option<BrokenRule>) -> ReplicationConfig {
     ReplicationConfig {
@@ -358,11 +361,26 @@ impl Harness {
     }
 
     fn safety_phase(&mut self) -> Result<(), Violation> {
+        let trace = std::env::var_os(TRACE_ENV).is_some();
+        let mut last = String::new();
         for _ in 0..self.scenario.safety_step_count {
             self.inject_faults();
-            self.sim.step(&mut self.checker)?;
+            let event = self.sim.step(&mut self.checker);
+            if trace {
+                last = self.trace(last, &event);
+            }
+            event?;
         }
         Ok(())
+    }
+
+    /// With `SLUICE_SIM_TRACE` set: the state after every step that changed it, for replaying a seed by eye.
+    fn trace(&self, last: String, event: &Result<crate::sim::Event, Violation>) -> String {
+        let line = self.describe();
+        if line != last {
+            eprintln!("{:?} {event:?}: {line}", self.sim.now());
+        }
+        line
     }
 
     fn inject_faults(&mut self) {
@@ -497,9 +515,20 @@ impl Harness {
                     .partitions
                     .iter()
                     .map(|partition| {
-                        let high_watermark =
-                            partition.replica.as_ref().map(|replica| replica.high_watermark().0);
-                        format!("end {} hw {high_watermark:?}", partition.log.log_end_offset())
+                        let role = partition.replica.as_ref().map(|replica| {
+                            let role = match replica.role() {
+                                Role::Leader(leader) => format!("leader isr {:?}", leader.maximal_isr()),
+                                Role::Follower(follower) => format!("follows {}", follower.leader()),
+                                Role::Offline => "offline".to_string(),
+                            };
+                            format!("epoch {} hw {} {role}", replica.leader_epoch(), replica.high_watermark())
+                        });
+                        format!(
+                            "end {} durable {} epochs {:?} {role:?}",
+                            partition.log.log_end_offset(),
+                            partition.log.durable_end_offset(),
+                            partition.epochs.entries(),
+                        )
                     })
                     .collect();
                 format!("{} running {} epoch {:?} {logs:?}", broker.id, broker.running, broker.broker_epoch)
