@@ -139,6 +139,11 @@ impl LeaderState {
         maximal
     }
 
+    /// The ISR change in flight, if any, and whether it waits for metadata (refused, maybe applied).
+    pub fn pending_alter_partition(&self) -> Option<(&AlterPartitionRequest, bool)> {
+        self.pending.as_ref().map(|pending| (&pending.request, pending.awaiting_metadata))
+    }
+
     /// Kafka's up-front check of `appendRecordsToLeader` for acks=all: NOT_ENOUGH_REPLICAS below min.insync.
     pub fn check_append(&self) -> Result<(), ProduceError> {
         if self.isr.len() < self.config.min_insync_replicas {
@@ -279,8 +284,8 @@ impl LeaderState {
         result: Result<&PartitionImage, &AlterPartitionError>,
         ends: LogEnds,
     ) {
-        let answers_pending =
-            self.pending.as_ref().is_some_and(|pending| pending.request.sequence == request.sequence);
+        // The whole request, not only its sequence: sequences restart with every leader epoch.
+        let answers_pending = self.pending.as_ref().is_some_and(|pending| pending.request == *request);
         match result {
             Ok(partition) => self.adopt(partition),
             Err(AlterPartitionError::IneligibleReplica { .. } | AlterPartitionError::InvalidRequest)

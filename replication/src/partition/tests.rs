@@ -202,6 +202,9 @@ fn shrink_and_expand() {
     let ineligible = AlterPartitionError::IneligibleReplica { replica: NodeId(2) };
     leader.on_alter_partition_answer(&shrink_request, Err(&ineligible), ends(10, 10));
     assert_eq!(leader.maximal_isr().len(), 3, "an answer to another proposal settles nothing");
+    let earlier_epoch = AlterPartitionRequest { leader_epoch: LeaderEpoch::NONE, ..expand.clone() };
+    leader.on_alter_partition_answer(&earlier_epoch, Err(&ineligible), ends(10, 10));
+    assert_eq!(leader.maximal_isr().len(), 3, "nor does one to the same sequence of another leader epoch");
     leader.on_alter_partition_answer(&expand, Err(&ineligible), ends(10, 10));
     assert_eq!(leader.maximal_isr().len(), 2, "a proposal refused as never applied is dropped");
 }

@@ -503,8 +503,8 @@ impl Harness {
             .flat_map(|topic| topic.partitions.iter())
             .map(|partition| {
                 format!(
-                    "leader {} epoch {} isr {:?}",
-                    partition.leader, partition.leader_epoch, partition.isr
+                    "leader {} epoch {} isr {:?} partition epoch {}",
+                    partition.leader, partition.leader_epoch, partition.isr, partition.partition_epoch
                 )
             })
             .collect();
@@ -517,7 +517,12 @@ impl Harness {
                     .map(|partition| {
                         let role = partition.replica.as_ref().map(|replica| {
                             let role = match replica.role() {
-                                Role::Leader(leader) => format!("leader isr {:?}", leader.maximal_isr()),
+                                Role::Leader(leader) => format!(
+                                    "leader isr {:?} partition epoch {} pending {:?}",
+                                    leader.isr(),
+                                    leader.partition_epoch(),
+                                    leader.pending_alter_partition()
+                                ),
                                 Role::Follower(follower) => format!("follows {}", follower.leader()),
                                 Role::Offline => "offline".to_string(),
                             };
