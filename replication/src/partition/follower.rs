@@ -13,9 +13,7 @@
 use std::time::Duration;
 
 use crate::metadata::BrokerEpoch;
-use crate::partition::{
-    BrokenRule, EpochHistory, FetchAnswer, FetchError, FetchRequest, LogEnds, ReplicationConfig,
-};
+use crate::partition::{BrokenRule, EpochHistory, FetchAnswer, FetchRequest, LogEnds, ReplicationConfig};
 use crate::types::{LeaderEpoch, NodeId};
 use sluice_storage::Offset;
 
@@ -127,11 +125,8 @@ impl FollowerState {
                 let (_, own_end) = epochs.end_offset_for(epoch, ends.log_end);
                 FollowerAction::Truncate { offset: end_offset.min(own_end).min(ends.log_end) }
             }
-            FetchAnswer::Error(FetchError::OffsetOutOfRange) => {
-                // The leader holds less than this log with the same last epoch: only an older, shorter log
-                // answers so; the divergence check of the next Fetch settles it.
-                FollowerAction::Ignore
-            }
+            // Fenced or unknown epoch (metadata will move this follower), not a follower (a stale broker epoch),
+            // out of range (unreachable while the divergence check runs first): wait and fetch again.
             FetchAnswer::Error(_) => FollowerAction::Ignore,
         }
     }

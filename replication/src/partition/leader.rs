@@ -49,6 +49,15 @@ struct PendingChange {
     awaiting_metadata: bool,
 }
 
+/// Where a new leader starts: the time, its log's ends, and the high watermark it had as a follower (it only
+/// rises from there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaderStart {
+    pub now: Duration,
+    pub ends: LogEnds,
+    pub high_watermark: Offset,
+}
+
 #[derive(Clone, Debug)]
 pub struct LeaderState {
     me: NodeId,
@@ -78,10 +87,10 @@ impl LeaderState {
         broker_epoch: BrokerEpoch,
         partition: &PartitionImage,
         image: &MetadataImage,
-        start: (Duration, LogEnds, Offset),
+        start: LeaderStart,
         config: ReplicationConfig,
     ) -> LeaderState {
-        let (now, ends, high_watermark) = start;
+        let LeaderStart { now, ends, high_watermark } = start;
         assert_eq!(partition.leader, me, "{me} leads a partition whose leader is {}", partition.leader);
         let progress = FollowerProgress {
             log_end: None,

@@ -31,7 +31,7 @@ use std::time::Duration;
 pub use alter::{plan_alter_partition, AlterPartitionError, AlterPartitionReplies};
 pub use epochs::EpochHistory;
 pub use follower::{FollowerAction, FollowerState};
-pub use leader::LeaderState;
+pub use leader::{LeaderStart, LeaderState};
 pub use replica::{PartitionReplica, Role, Transition};
 
 use crate::metadata::BrokerEpoch;

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use crate::metadata::{BrokerEpoch, MetadataImage, PartitionImage};
-use crate::partition::{EpochHistory, FollowerState, LeaderState, LogEnds, ReplicationConfig};
+use crate::partition::{EpochHistory, FollowerState, LeaderStart, LeaderState, LogEnds, ReplicationConfig};
 use crate::types::{LeaderEpoch, NodeId};
 use sluice_storage::Offset;
 
@@ -166,7 +166,7 @@ impl PartitionReplica {
             epochs.latest()
         );
         epochs.assign(partition.leader_epoch, ends.log_end);
-        let start = (now, ends, self.high_watermark);
+        let start = LeaderStart { now, ends, high_watermark: self.high_watermark };
         let leader =
             LeaderState::new(self.me, self.broker_epoch, partition, image, start, self.config.clone());
         self.role = Role::Leader(leader);

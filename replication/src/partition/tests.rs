@@ -63,7 +63,7 @@ fn partition(image: &MetadataImage) -> PartitionImage {
 /// Node 0 leading epoch 0 with a log ending at `log_end` (all durable) and high watermark 0.
 fn leader(log_end: i64) -> LeaderState {
     let image = image();
-    let start = (Duration::ZERO, ends(log_end, log_end), Offset(0));
+    let start = LeaderStart { now: Duration::ZERO, ends: ends(log_end, log_end), high_watermark: Offset(0) };
     LeaderState::new(NodeId(0), BrokerEpoch(1), &partition(&image), &image, start, config())
 }
 
