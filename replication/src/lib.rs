@@ -13,6 +13,10 @@
 //!   metadata log on disk behind that seam (`quorum::disk`, over a small synchronous directory seam: real files via
 //!   blocking `std::fs` — the one place this crate touches a file, meant for a thread of its own — or a simulated
 //!   directory), and its deterministic simulation (tests only).
+//! - `partition`: the ISR data path of one partition replica (issue 16) — the leader's follower tracking, high
+//!   watermark, ISR shrink/expand via AlterPartition and Fetch answers with diverging epochs; the follower's fetch
+//!   and truncation decisions; roles from metadata; the controller's AlterPartition check — and its deterministic
+//!   simulation with brokers, a controller and an idempotent acks=all producer (tests only). Not yet wired.
 //! - `replica`: one replica's offsets (log end, durable end, high watermark) and the acknowledgement rule — the
 //!   seam the broker's partition layer calls; a cluster of one today, where ISR replication plugs in next.
 //! - `types`: the vocabulary — `NodeId`, `ShardId`, `LeaderEpoch`, `TopicPartition` — plus `Offset`, re-exported
@@ -36,6 +40,7 @@
 //! any other I/O type of storage.
 
 pub mod metadata;
+pub mod partition;
 pub mod quorum;
 pub mod replica;
 pub mod seams;
