@@ -422,7 +422,7 @@ mod tests {
         // an unlisted broker, an IPv6 host, and a topic that failed.
         let mut response = MetadataResponse::default();
         response.brokers =
-            vec![broker(1, "10.0.0.1", 9092), broker(2, "10.0.0.2", 9093), broker(3, "::1", 9094)];
+            vec![broker(1, "127.0.0.11", 9092), broker(2, "127.0.0.12", 9093), broker(3, "::1", 9094)];
         let mut failed = topic("gone", &[(1, 0)]);
         failed.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
         response.topics = vec![
@@ -435,8 +435,8 @@ mod tests {
             let leader = table.leader("t", partition);
             (leader, table.address(leader).map(str::to_owned))
         };
-        assert_eq!(route(0), (1, Some("10.0.0.1:9092".to_owned())));
-        assert_eq!(route(1), (2, Some("10.0.0.2:9093".to_owned())));
+        assert_eq!(route(0), (1, Some("127.0.0.11:9092".to_owned())));
+        assert_eq!(route(1), (2, Some("127.0.0.12:9093".to_owned())));
         assert_eq!(route(2), (NO_LEADER, None));
         assert_eq!(route(3), (3, Some("[::1]:9094".to_owned())));
         assert_eq!(route(4), (NO_LEADER, None), "leader 7 is not in the brokers list");

@@ -1383,8 +1383,8 @@ mod tests {
             config.origins.values["controller.quorum.voters"],
             "1@127.0.0.1:19093, 2@localhost:29093,3@broker-3.example:39093"
         );
-        let text = "\"node.id\" = 0\n\"controller.quorum.voters\" = \"0@10.0.0.1:9093\"";
-        assert_eq!(load(text).unwrap().own_voter(), Some(&voter(0, "10.0.0.1", 9093)));
+        let text = "\"node.id\" = 0\n\"controller.quorum.voters\" = \"0@127.0.0.9:9093\"";
+        assert_eq!(load(text).unwrap().own_voter(), Some(&voter(0, "127.0.0.9", 9093)));
     }
 
     /// An IPv6 host is written in brackets; it is kept without them and bracketed again by `address`.

@@ -660,24 +660,11 @@ pub fn run(seed: u64, scenario: &Scenario) -> Result<RunReport, Violation> {
 
 /// `run` over the storage `S`: `MemQuorumStorage`, or the on-disk log over a simulated directory.
 pub fn run_with<S: SimDisk>(seed: u64, scenario: &Scenario) -> Result<RunReport, Violation> {
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    crate::sim::catching_panics(seed, || {
         let mut harness = Harness::<S>::new(seed, scenario);
         harness.safety_phase()?;
         harness.liveness_phase()?;
         Ok(harness.report)
-    }));
-    outcome.unwrap_or_else(|panic| {
-        let text = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
-            .unwrap_or_default();
-        Err(Violation {
-            seed,
-            step_count: 0,
-            now: Duration::ZERO,
-            message: format!("a node panicked: {text}"),
-        })
     })
 }
 

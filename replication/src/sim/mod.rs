@@ -103,6 +103,23 @@ pub struct Violation {
     pub message: String,
 }
 
+/// Runs one seed's `body`; a panic inside it (an assertion of the code under test) is a violation of that seed too.
+pub fn catching_panics<R>(seed: u64, body: impl FnOnce() -> Result<R, Violation>) -> Result<R, Violation> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or_else(|panic| {
+        let text = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
+            .unwrap_or_default();
+        Err(Violation {
+            seed,
+            step_count: 0,
+            now: Duration::ZERO,
+            message: format!("a node panicked: {text}"),
+        })
+    })
+}
+
 impl fmt::Display for Violation {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -545,24 +545,11 @@ impl Harness {
 
 /// Runs one seed through both phases; a panic inside a node (an assertion of the core) is a violation too.
 pub fn run(seed: u64, scenario: &Scenario) -> Result<RunReport, Violation> {
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    crate::sim::catching_panics(seed, || {
         let mut harness = Harness::new(seed, scenario);
         harness.safety_phase()?;
         harness.liveness_phase()?;
         Ok(harness.report)
-    }));
-    outcome.unwrap_or_else(|panic| {
-        let text = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
-            .unwrap_or_default();
-        Err(Violation {
-            seed,
-            step_count: 0,
-            now: Duration::ZERO,
-            message: format!("a node panicked: {text}"),
-        })
     })
 }
 
