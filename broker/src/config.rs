@@ -59,6 +59,10 @@ pub struct Config {
     pub quorum_election_timeout: Duration,
     /// `broker.heartbeat.interval.ms`: how often a broker heartbeats to the controller; below the session timeout.
     pub broker_heartbeat_interval: Duration,
+    /// `min.insync.replicas`: the broker default of the topic key (acks=all needs this many in-sync replicas).
+    pub min_insync_replicas: usize,
+    /// `replica.lag.time.max.ms`: a follower that has not caught up with its leader for this long leaves the ISR.
+    pub replica_lag_time_max: Duration,
     /// Executors, one per core; `None` means one per online core.
     pub shard_count: Option<usize>,
     pub partition_count_default: i32,
@@ -239,7 +243,6 @@ const IGNORED_KEYS: &[&str] = &[
     "metric.reporters",
     "metrics.num.samples",
     "metrics.sample.window.ms",
-    "min.insync.replicas",
     "num.io.threads",
     "num.network.threads",
     "num.recovery.threads.per.data.dir",
@@ -251,7 +254,6 @@ const IGNORED_KEYS: &[&str] = &[
     "process.roles",
     "queued.max.requests",
     "replica.fetch.max.bytes",
-    "replica.lag.time.max.ms",
     "replica.socket.timeout.ms",
     "request.timeout.ms",
     "reserved.broker.max.id",
@@ -299,6 +301,10 @@ struct Settings {
     broker_heartbeat_interval_ms: i64,
     #[serde(rename = "controller.quorum.election.timeout.ms")]
     quorum_election_timeout_ms: i64,
+    #[serde(rename = "min.insync.replicas")]
+    min_insync_replicas: i64,
+    #[serde(rename = "replica.lag.time.max.ms")]
+    replica_lag_time_max_ms: i64,
     shards: i64,
     #[serde(rename = "num.partitions")]
     partition_count_default: i64,
@@ -513,6 +519,15 @@ impl Config {
             broker_session_timeout: cluster.broker_session_timeout,
             broker_heartbeat_interval: cluster.broker_heartbeat_interval,
             quorum_election_timeout: cluster.quorum_election_timeout,
+            min_insync_replicas: within(
+                "min.insync.replicas",
+                settings.min_insync_replicas,
+                1..=i16::MAX.into(),
+            )? as usize,
+            replica_lag_time_max: Duration::from_millis(positive(
+                "replica.lag.time.max.ms",
+                settings.replica_lag_time_max_ms,
+            )? as u64),
             shard_count,
             partition_count_default: within(
                 "num.partitions",

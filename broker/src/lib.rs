@@ -21,6 +21,7 @@ pub mod logging;
 pub mod mesh;
 pub mod producer_ids;
 pub mod records;
+pub mod replica_fetcher;
 pub mod server;
 pub mod shard;
 pub mod shard_cluster;

@@ -389,6 +389,10 @@ fn run_shard_background(shard: &Rc<Shard>, context: &ShardContext) -> Background
     if let (Some(cluster), 0) = (&context.cluster, shard.id.0) {
         glommio::spawn_local(shard.clone().follow_cluster_metadata(cluster.clone())).detach();
     }
+    // Cluster mode: every shard ticks the partitions it leads and sends their ISR changes.
+    if let Some(cluster) = &context.cluster {
+        glommio::spawn_local(shard.clone().replication_driver(cluster.clone())).detach();
+    }
     Background { group_timers, retention, watcher }
 }
 

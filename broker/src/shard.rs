@@ -56,6 +56,8 @@ pub enum ShardRequest {
     WaitForData {
         partitions: Vec<(TopicPartition, Offset)>,
         timeout: Duration,
+        /// A follower's fetch: wait for the log end to pass the offset, not the high watermark.
+        replica: bool,
     },
     /// Topic changes; only shard 0 serves these.
     Admin {
@@ -108,6 +110,8 @@ pub struct Shard {
     pub(crate) table_installed: Notify,
     /// Shard 0 in cluster mode: the rest of the producer-id block the controller gave, `[next, end)`.
     pub(crate) producer_id_block: Cell<(i64, i64)>,
+    /// Cluster mode: the leaders a fetcher task of this shard copies from (see `replica_fetcher`).
+    pub(crate) fetchers: RefCell<std::collections::BTreeSet<i32>>,
 }
 
 fn mesh_error(error: MeshError) -> KafkaError {
@@ -154,6 +158,7 @@ impl Shard {
             cluster,
             table_installed: Notify::default(),
             producer_id_block: Cell::new((0, 0)),
+            fetchers: RefCell::new(std::collections::BTreeSet::new()),
         }
     }
 
@@ -258,8 +263,8 @@ impl Shard {
             ShardRequest::Partition { topic_partition, op } => {
                 ShardReply::Partition(self.partition_local(&topic_partition, op).await)
             }
-            ShardRequest::WaitForData { partitions, timeout } => {
-                self.wait_for_data(&partitions, timeout).await;
+            ShardRequest::WaitForData { partitions, timeout, replica } => {
+                self.wait_for_data(&partitions, timeout, replica).await;
                 ShardReply::DataArrived
             }
             ShardRequest::Admin { changes, validate_only } => {
@@ -375,7 +380,10 @@ impl Shard {
         partition: i32,
         op: PartitionOp,
     ) -> PartitionResult {
-        self.check_leader(topic, partition)?;
+        // A follower's fetch is judged by the partition's own replication state (leader epoch, ISR).
+        if !matches!(op, PartitionOp::ReplicaRead { .. }) {
+            self.check_leader(topic, partition)?;
+        }
         let topic_partition = TopicPartition::new(topic, partition);
         let owner = self.owner(topic, partition);
         if owner == self.id {
@@ -388,20 +396,40 @@ impl Shard {
     }
 
     /// Local half of long polling: returns when any listed partition has data past its offset, or at `timeout`.
-    pub async fn wait_for_data(&self, partitions: &[(TopicPartition, Offset)], timeout: Duration) {
+    pub async fn wait_for_data(
+        &self,
+        partitions: &[(TopicPartition, Offset)],
+        timeout: Duration,
+        replica: bool,
+    ) {
         let owned: Vec<(Rc<OwnedPartition>, Offset)> = partitions
             .iter()
             .filter_map(|(key, offset)| {
                 self.partitions.get(&key.topic, key.partition).map(|owned| (owned, *offset))
             })
             .collect();
-        if owned.len() < partitions.len()
-            || owned.iter().any(|(partition, offset)| partition.high_watermark() > *offset)
+        let past = |partition: &OwnedPartition, offset: Offset| {
+            if replica {
+                partition.log_end_offset() > offset
+            } else {
+                partition.high_watermark() > offset
+            }
+        };
+        if owned.len() < partitions.len() || owned.iter().any(|(partition, offset)| past(partition, *offset))
         {
             return;
         }
         let mut waits: Vec<_> =
-            owned.iter().map(|(partition, _)| partition.data_arrived().notified()).collect();
+            owned
+                .iter()
+                .map(|(partition, _)| {
+                    if replica {
+                        partition.log_grew().notified()
+                    } else {
+                        partition.data_arrived().notified()
+                    }
+                })
+                .collect();
         let any_arrived = std::future::poll_fn(|context| {
             for wait in waits.iter_mut() {
                 if Pin::new(wait).poll(context).is_ready() {
@@ -527,12 +555,14 @@ impl Shard {
     /// Phase two of a topic change: installs a newer table, serving the partitions phase one opened and removing
     /// the logs of deleted topics. The table is installed only once the partitions it names are open (or known
     /// not to open), so a request never sees a topic whose partition is not there yet.
-    async fn install_topics(&self, table: Arc<TopicTable>) {
+    async fn install_topics(self: &Rc<Self>, table: Arc<TopicTable>) {
         if table.version < self.topics().version {
             return;
         }
         self.partitions.install(&table).await;
         if table.version >= self.topics().version {
+            // Roles first (cluster mode): a request that sees the new table finds its leaders leading.
+            self.apply_replication(&table);
             *self.topics.borrow_mut() = table;
             self.table_installed.notify_all();
         }

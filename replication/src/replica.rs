@@ -63,6 +63,8 @@ pub enum AckWait {
     Sequenced,
     /// Answer once the log is durable past the append, which then also commits it.
     Durable,
+    /// Answer once the high watermark passes the append: a replicated leader's acks=all (the ISR holds it).
+    HighWatermark,
 }
 
 #[derive(Debug)]
@@ -73,6 +75,9 @@ pub struct ReplicaState {
     log_end: Offset,
     durable_end: Offset,
     high_watermark: Offset,
+    /// A member of a cluster: as leader, the high watermark is not this log's alone but what replication
+    /// computes over the ISR ([`ReplicaState::replicated_high_watermark`]), and acks=all waits for it.
+    replicated: bool,
 }
 
 impl ReplicaState {
@@ -85,9 +90,33 @@ impl ReplicaState {
             log_end,
             durable_end: log_end,
             high_watermark: log_end,
+            replicated: false,
         };
         state.check();
         state
+    }
+
+    /// A cluster member's replica: from now on a leader's high watermark comes from replication.
+    pub fn set_replicated(&mut self) {
+        self.replicated = true;
+    }
+
+    pub fn is_replicated(&self) -> bool {
+        self.replicated
+    }
+
+    /// A replicated leader's high watermark, as replication computed it over the ISR: bounded by the log end
+    /// (and the durable end under `fsync`), never back. Returns it if it moved.
+    pub fn replicated_high_watermark(&mut self, high_watermark: Offset) -> Option<Offset> {
+        assert!(self.replicated && self.role == Role::Leader, "only a replicated leader takes this");
+        assert!(
+            high_watermark <= self.log_end,
+            "replicated high watermark {high_watermark} past the log end {}",
+            self.log_end
+        );
+        let moved = self.advance_high_watermark(high_watermark);
+        self.check();
+        moved
     }
 
     pub fn leader_epoch(&self) -> LeaderEpoch {
@@ -138,6 +167,7 @@ impl ReplicaState {
     pub fn ack_wait(&self, acks: Acks) -> AckWait {
         match (acks, self.visibility) {
             (Acks::None | Acks::Leader, _) => AckWait::Sequenced,
+            (Acks::All | Acks::Durable, _) if self.replicated => AckWait::HighWatermark,
             (Acks::All, Visibility::Sequenced) => AckWait::Sequenced,
             (Acks::All, Visibility::Durable) | (Acks::Durable, _) => AckWait::Durable,
         }
@@ -154,7 +184,7 @@ impl ReplicaState {
         assert!(end >= self.log_end, "log end went back from {} to {end} without a truncation", self.log_end);
         self.log_end = end;
         let moved = match (self.role, self.visibility) {
-            (Role::Leader, Visibility::Sequenced) => self.advance_high_watermark(end),
+            (Role::Leader, Visibility::Sequenced) if !self.replicated => self.advance_high_watermark(end),
             _ => None,
         };
         self.check();
@@ -166,8 +196,8 @@ impl ReplicaState {
         assert!(end <= self.log_end, "durable end {end} past the log end {}", self.log_end);
         self.durable_end = self.durable_end.max(end);
         let moved = match self.role {
-            Role::Leader => self.advance_high_watermark(end),
-            Role::Follower => None,
+            Role::Leader if !self.replicated => self.advance_high_watermark(end),
+            Role::Leader | Role::Follower => None,
         };
         self.check();
         moved

@@ -186,14 +186,7 @@ impl<S: Storage> PartitionManager<S> {
                 if let Err(error) = partition.update_config(self.log_config(entry)) {
                     log::warn!("config of {key}: {error}");
                 }
-                // Re-elected in a cluster (a fence and an unfence bump the epoch): stamp the new one.
-                let assignment = entry.partition(index);
-                let epoch = entry.leader_epoch(index);
-                if assignment.is_some_and(|a| a.leader().0 == self.config.node_id)
-                    && epoch > partition.leader_epoch()
-                {
-                    partition.become_leader(epoch);
-                }
+                // In a cluster, roles and epochs come from the image (the shard applies it after the install).
                 continue;
             }
             if self.failed.borrow().contains_key(&key) {
@@ -371,6 +364,7 @@ impl<S: Storage> PartitionManager<S> {
             assignment.leader_epoch(),
             self.visibility(),
             self.config.producer_id_expiration.as_millis().min(i64::MAX as u128) as i64,
+            !self.config.quorum_voters.is_empty(),
         ));
         partition.load_producer_state().await;
         Ok(partition)

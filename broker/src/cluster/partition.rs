@@ -12,10 +12,13 @@
 //! Fetch or DeleteRecords that arrives while appends are sequenced but not yet durable first waits for their flush
 //! ([`Partition::execute`]), so a client reads its own acks=1 writes as it would from Kafka.
 
+mod replicated;
+
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use bytes::Bytes;
+use sluice_replication::partition::{FetchRequest, PartitionReplica};
 use sluice_replication::{AckWait, Acks, LeaderEpoch, ReplicaState, Role, TopicPartition, Visibility};
 use sluice_storage::{AppendInfo, BatchHeader, Log, LogError, Offset, ReadBound, Storage};
 
@@ -55,6 +58,11 @@ pub enum PartitionOp {
         offset: Option<Offset>,
     },
     Describe,
+    /// A follower's Fetch (cluster mode): answered from the log end, with the replication decision.
+    ReplicaRead {
+        request: FetchRequest,
+        size_max: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +93,14 @@ pub enum PartitionReply {
         size: u64,
         offset_lag: i64,
     },
+    /// The answer to a follower's Fetch: batches from its fetch offset, or where its log diverges (KIP-320).
+    ReplicaRead {
+        batches: Vec<Bytes>,
+        high_watermark: Offset,
+        log_start_offset: Offset,
+        diverging: Option<(LeaderEpoch, Offset)>,
+        error: ErrorCode,
+    },
 }
 
 pub type PartitionResult = Result<PartitionReply, KafkaError>;
@@ -107,6 +123,15 @@ pub struct Partition<S: Storage> {
     /// new snapshot, so that recovery after a crash scans at most about one segment.
     snapshot_segment_base: Cell<Offset>,
     snapshot_running: Cell<bool>,
+    /// A member of a cluster: it serves produce only once metadata makes it leader, and its high watermark comes
+    /// from replication (see `replicated`).
+    cluster_member: bool,
+    /// Cluster mode: this replica's role and ISR state (sans-I/O, `sluice_replication::partition`); `None` until
+    /// the metadata names this broker's current registration.
+    replication: RefCell<Option<PartitionReplica>>,
+    /// Woken on every append: a follower's Fetch waits for the log end to move, not the high watermark.
+    log_grew: Notify,
+    closed: Cell<bool>,
 }
 
 /// Phase one of a produce is done (the offsets are fixed); [`Produced::acknowledged`] is phase two.
@@ -114,6 +139,10 @@ pub struct Produced<S: Storage> {
     partition: Rc<Partition<S>>,
     info: AppendInfo,
     wait: AckWait,
+    /// The leader epoch the append was sequenced in: a replicated acks=all fails if leadership moves meanwhile.
+    epoch: LeaderEpoch,
+    /// The broker's own records in a cluster: replicated, and fdatasync'd here too whatever the flush policy.
+    durable_too: bool,
 }
 
 impl<S: Storage> Produced<S> {
@@ -124,7 +153,10 @@ impl<S: Storage> Produced<S> {
     /// Phase two: returns once the append is acknowledged as its `acks` and the flush policy demand.
     pub async fn acknowledged(self) -> PartitionResult {
         let end = self.info.last_offset.next();
-        if self.wait == AckWait::Durable {
+        if self.wait == AckWait::HighWatermark {
+            self.partition.wait_replicated(end, self.epoch).await?;
+        }
+        if self.wait == AckWait::Durable || self.durable_too {
             if let Err(error) = self.partition.log.wait_durable(end).await {
                 // The producer hears of the failed flush; the batch stays queued and becomes durable once the
                 // log writes again, and consumers must then see it even if nothing else is produced.
@@ -173,6 +205,7 @@ fn producer_batch(header: &BatchHeader) -> ProducerBatch {
 
 impl<S: Storage> Partition<S> {
     /// A partition over a freshly opened (recovered) log. Call [`Partition::load_producer_state`] before serving.
+    /// A `cluster_member` leads nothing until metadata says so ([`Partition::apply_metadata`]).
     pub fn new(
         topic_partition: TopicPartition,
         topic_id: String,
@@ -180,8 +213,13 @@ impl<S: Storage> Partition<S> {
         leader_epoch: LeaderEpoch,
         visibility: Visibility,
         producer_expiration_ms: i64,
+        cluster_member: bool,
     ) -> Partition<S> {
-        let replica = ReplicaState::open(leader_epoch, visibility, log.log_end_offset());
+        let mut replica = ReplicaState::open(leader_epoch, visibility, log.log_end_offset());
+        if cluster_member {
+            replica.set_replicated();
+            replica.become_follower(leader_epoch);
+        }
         let snapshot_segment_base = log.active_segment_base();
         let partition = Partition {
             topic_partition,
@@ -193,6 +231,10 @@ impl<S: Storage> Partition<S> {
             producer_lock: glommio::sync::Semaphore::new(1),
             snapshot_segment_base: Cell::new(snapshot_segment_base),
             snapshot_running: Cell::new(false),
+            cluster_member,
+            replication: RefCell::new(None),
+            log_grew: Notify::default(),
+            closed: Cell::new(false),
         };
         partition.publish_high_watermark();
         partition
@@ -236,15 +278,22 @@ impl<S: Storage> Partition<S> {
     /// Returns once the offsets are fixed; an idempotent producer's retry of a batch already written returns the
     /// offsets it was first given and writes nothing.
     pub async fn produce(self: &Rc<Self>, records: Bytes, acks: Acks) -> Result<Produced<S>, KafkaError> {
+        if self.cluster_member {
+            self.check_replicated_produce(acks)?;
+        }
+        let epoch = self.leader_epoch();
         let info = self.sequence(records).await?;
         let wait = self.replica.borrow().ack_wait(acks);
         let end = info.last_offset.next();
-        if wait == AckWait::Sequenced && self.replica.borrow().visibility() == Visibility::Durable {
-            // Answered once sequenced, but visible only once durable: wait for the sync in the background.
+        let background_sync = matches!(wait, AckWait::Sequenced | AckWait::HighWatermark);
+        if background_sync && self.replica.borrow().visibility() == Visibility::Durable {
+            // Answered once sequenced (or replicated), but visible only once durable here: wait for the sync in
+            // the background.
             self.publish_when_durable(end);
         }
         self.clone().snapshot_after_roll();
-        Ok(Produced { partition: self.clone(), info, wait })
+        let durable_too = acks == Acks::Durable && wait == AckWait::HighWatermark;
+        Ok(Produced { partition: self.clone(), info, wait, epoch, durable_too })
     }
 
     async fn sequence(&self, records: Bytes) -> Result<AppendInfo, KafkaError> {
@@ -297,6 +346,10 @@ impl<S: Storage> Partition<S> {
         let moved = self.replica.borrow_mut().sequenced(self.log.log_end_offset());
         if moved.is_some() {
             self.publish_high_watermark();
+        }
+        self.log_grew.notify_all();
+        if self.cluster_member {
+            self.leader_log_moved();
         }
         Ok(info)
     }
@@ -369,6 +422,9 @@ impl<S: Storage> Partition<S> {
         if moved.is_some() {
             self.publish_high_watermark();
         }
+        if self.cluster_member {
+            self.leader_log_moved();
+        }
     }
 
     /// The high watermark moved: wake long polls.
@@ -378,7 +434,7 @@ impl<S: Storage> Partition<S> {
 
     pub async fn execute(&self, op: PartitionOp) -> PartitionResult {
         let settle = match op {
-            PartitionOp::Describe => false,
+            PartitionOp::Describe | PartitionOp::ReplicaRead { .. } => false,
             // A fetch below the high watermark has committed data to return now: it need not wait for a sync
             // (under load every fetch would otherwise queue behind one). At or past it, it waits, so a client
             // fetching what it just wrote gets it.
@@ -402,6 +458,7 @@ impl<S: Storage> Partition<S> {
                 size: self.log.size(),
                 offset_lag: self.log.log_end_offset().0 - self.high_watermark().0,
             }),
+            PartitionOp::ReplicaRead { request, size_max } => self.replica_read(&request, size_max).await,
         }
     }
 
@@ -691,6 +748,8 @@ impl<S: Storage> Partition<S> {
     /// log whose close does not finish is reported and left (its acknowledged data is already durable under the
     /// fsync policy; recovery handles the rest) instead of keeping the broker up.
     pub async fn close(&self, timeout: std::time::Duration) {
+        self.closed.set(true);
+        self.data_arrived.notify_all();
         let closed = futures_lite::future::or(async { Some(self.log.close().await) }, async {
             glommio::timer::sleep(timeout).await;
             None
@@ -710,6 +769,7 @@ impl<S: Storage> Partition<S> {
 
     /// Removes the log's files (the topic was deleted or re-created under a new id).
     pub async fn remove(&self) -> Result<(), LogError> {
+        self.closed.set(true);
         self.data_arrived.notify_all();
         self.log.clone().remove().await
     }

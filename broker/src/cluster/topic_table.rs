@@ -112,6 +112,8 @@ pub struct ClusterView {
     pub brokers: BTreeMap<i32, BrokerView>,
     /// The active controller (the quorum's leader) when known.
     pub controller: Option<i32>,
+    /// The image this view was derived from: replication reads partitions' epochs and brokers' registrations here.
+    pub image: Arc<sluice_replication::metadata::MetadataImage>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -306,6 +308,8 @@ pub struct TopicSettings {
     pub index_interval_size: u32,
     pub message_size_max: usize,
     pub timestamp_kind: TimestampKind,
+    /// `min.insync.replicas`: acks=all needs this many in-sync replicas (cluster mode).
+    pub min_insync_replicas: usize,
 }
 
 /// One topic-level config key: its Kafka name, how to check a value, and the broker default as text.
@@ -424,7 +428,7 @@ pub const TOPIC_CONFIG_KEYS: &[TopicConfigKey] = &[
     TopicConfigKey {
         name: "min.insync.replicas",
         broker_name: "min.insync.replicas",
-        default: |_| "1".into(),
+        default: |config| config.min_insync_replicas.to_string(),
         validate: |text| number_at_least(1)(text),
     },
     TopicConfigKey {
@@ -523,6 +527,8 @@ impl TopicSettings {
                 Some("LogAppendTime") => TimestampKind::LogAppendTime,
                 _ => TimestampKind::CreateTime,
             },
+            min_insync_replicas: number("min.insync.replicas")
+                .map_or(config.min_insync_replicas, |value| value.clamp(1, i64::from(i16::MAX)) as usize),
         }
     }
 }

@@ -35,7 +35,9 @@ pub fn bootstrap_records(config: &Config) -> Result<Vec<MetadataRecord>, String>
                 replicas: vec![node],
                 isr: vec![node],
                 leader: node,
-                leader_epoch: LeaderEpoch(entry.leader_epoch(index).0.max(0)),
+                // One past the epoch its batches carry: the cluster's leader of a new epoch (a new leader never
+                // leads an epoch its log already holds).
+                leader_epoch: LeaderEpoch(entry.leader_epoch(index).0.max(0) + 1),
                 partition_epoch: 0,
             }));
         }

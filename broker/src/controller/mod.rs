@@ -194,6 +194,11 @@ impl Cluster {
         answer.recv_async().await.map_err(|_| "the admin worker stopped".to_string())?
     }
 
+    /// This process's registration incarnation: an image names this broker as it runs now only with it.
+    pub fn incarnation(&self) -> u128 {
+        self.registration.incarnation
+    }
+
     pub fn broker_epoch(&self) -> u64 {
         self.broker_epoch.load(Ordering::Relaxed)
     }

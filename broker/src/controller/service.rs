@@ -17,9 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::Message;
+use sluice_replication::metadata::controller::fence_records;
 use sluice_replication::metadata::{
     plan, AdminRequest, BrokerEpoch, BrokerHeartbeats, BrokerRegistration, ControllerError, Heartbeat,
-    MetadataImage, MetadataRecord,
+    MetadataImage, MetadataRecord, TopicId,
+};
+use sluice_replication::partition::{
+    plan_alter_partition, AlterPartitionError, AlterPartitionReplies, AlterPartitionRequest,
 };
 use sluice_replication::quorum::node::{node_id, ProposalId};
 use sluice_replication::quorum::{DiskQuorumStorage, QuorumNode, QuorumOutput, StdDir};
@@ -71,7 +75,17 @@ impl Responder {
 pub enum Event {
     Raft(Message),
     Request(Responder, ControlRequest),
+    /// The controller's own probe found nothing listening on `broker`'s Kafka port (see `probe_unreachable`).
+    Unreachable {
+        broker: NodeId,
+        epoch: BrokerEpoch,
+    },
 }
+
+/// Probes of reported brokers running at once, at most (each a thread and one connection attempt).
+const PROBE_COUNT_MAX: usize = 8;
+/// How long a probe's connection attempt may take: refused is immediate; anything slower proves nothing.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// What to answer when a proposal commits.
 #[derive(Debug)]
@@ -88,6 +102,12 @@ enum Reply {
     },
     /// The controller's own proposal (a fence, the migration batch): nobody waits.
     Internal,
+    /// An AlterPartition: remembered (`AlterPartitionReplies`) so that a resend gets the same answer.
+    Altered {
+        topic_id: TopicId,
+        partition: i32,
+        request: AlterPartitionRequest,
+    },
 }
 
 #[derive(Debug)]
@@ -123,6 +143,13 @@ pub struct Controller {
     /// This node's broker registration, written with the migrated topics (their partitions name it).
     registration: BrokerRegistration,
     last_leader: Option<NodeId>,
+    /// The answers given to AlterPartition (soft state of this reign, like `heartbeats`).
+    alter_replies: AlterPartitionReplies,
+    /// Brokers the controller's probe found dead, to fence as soon as no proposal is in flight.
+    unreachable: VecDeque<(NodeId, BrokerEpoch)>,
+    /// For the probes' threads, which report back as events.
+    events: SyncSender<Event>,
+    probes: Arc<AtomicUsize>,
 }
 
 /// Binds the controller listener and starts the controller's threads. An address that cannot be bound is a
@@ -142,6 +169,7 @@ pub fn start(
     let (events, receiver) = sync_channel::<Event>(EVENT_QUEUE_CAPACITY);
     let peer_senders = peers.into_iter().map(|(id, address)| (id, spawn_peer(id, address))).collect();
     let accept_events = events.clone();
+    let probe_events = events.clone();
     spawn("sluice-quorum-accept", move || accept(listener, accept_events))?;
     let mut controller = Controller {
         node,
@@ -156,6 +184,10 @@ pub fn start(
         cell,
         bootstrap,
         registration,
+        alter_replies: AlterPartitionReplies::default(),
+        unreachable: VecDeque::new(),
+        events: probe_events,
+        probes: Arc::new(AtomicUsize::new(0)),
         last_leader: None,
     };
     controller.publish();
@@ -271,6 +303,19 @@ fn controller_error_code(error: &ControllerError) -> ResponseError {
     }
 }
 
+/// Kafka's codes for a refused AlterPartition.
+fn alter_refusal(error: &AlterPartitionError) -> ControlResponse {
+    let code = match error {
+        AlterPartitionError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+        AlterPartitionError::StaleBrokerEpoch => ResponseError::StaleBrokerEpoch,
+        AlterPartitionError::FencedLeaderEpoch => ResponseError::FencedLeaderEpoch,
+        AlterPartitionError::InvalidUpdateVersion => ResponseError::InvalidUpdateVersion,
+        AlterPartitionError::IneligibleReplica { .. } => ResponseError::IneligibleReplica,
+        AlterPartitionError::InvalidRequest => ResponseError::InvalidRequest,
+    };
+    ControlResponse::Error { code: code.code(), message: error.to_string() }
+}
+
 fn refusal(error: &ControllerError) -> ControlResponse {
     ControlResponse::Error { code: controller_error_code(error).code(), message: error.to_string() }
 }
@@ -341,6 +386,89 @@ impl Controller {
                 }
             }
             Event::Request(responder, request) => self.request(responder, request, out),
+            Event::Unreachable { broker, epoch } => {
+                if !self.unreachable.contains(&(broker, epoch)) {
+                    self.unreachable.push_back((broker, epoch));
+                }
+                self.fence_unreachable(out);
+            }
+        }
+    }
+
+    /// Fences the first broker the probe found dead, if it is still unfenced in the same registration and no
+    /// proposal is in flight (else on a later tick).
+    fn fence_unreachable(&mut self, out: &mut QuorumOutput) {
+        while self.node.is_leader() && self.pending.is_empty() {
+            let Some((broker, epoch)) = self.unreachable.pop_front() else { return };
+            let image = self.image();
+            if image.broker(broker).is_none_or(|known| known.fenced || known.epoch != epoch) {
+                continue;
+            }
+            log::warn!("broker {} does not listen any more (reported, then probed): fencing it", broker.0);
+            return self.propose(fence_records(&image, broker), None, Reply::Internal, out);
+        }
+    }
+
+    /// A broker reported `broker` unreachable: the controller checks for itself, on a thread of its own, that
+    /// nothing listens on its Kafka address (connection refused — a process that died, not a slow one) before
+    /// fencing it. Answered at once: the reporter only informs.
+    fn probe_unreachable(&self, responder: Responder, broker: NodeId, broker_epoch: BrokerEpoch) {
+        responder.respond(ControlResponse::Done { index: self.image().applied_index() });
+        let image = self.image();
+        let Some(known) = image.broker(broker).filter(|known| !known.fenced && known.epoch == broker_epoch)
+        else {
+            return;
+        };
+        let Some(listener) = known.registration.listeners.first() else { return };
+        if self.probes.fetch_add(1, Ordering::SeqCst) >= PROBE_COUNT_MAX {
+            self.probes.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let address = format!("{}:{}", listener.host, listener.port);
+        let (events, probes) = (self.events.clone(), self.probes.clone());
+        let spawned = spawn("sluice-probe", move || {
+            let refused = resolve(&address).is_ok_and(|socket| {
+                matches!(
+                    TcpStream::connect_timeout(&socket, PROBE_TIMEOUT),
+                    Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused
+                )
+            });
+            if refused {
+                let _ = events.try_send(Event::Unreachable { broker, epoch: broker_epoch });
+            }
+            probes.fetch_sub(1, Ordering::SeqCst);
+        });
+        if spawned.is_err() {
+            self.probes.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// KIP-497's AlterPartition on the active controller: a resend gets its first answer, a valid change is
+    /// proposed and answered once committed, anything else is refused with Kafka's code.
+    fn alter_partition(
+        &mut self,
+        responder: Responder,
+        topic_id: TopicId,
+        partition: i32,
+        request: AlterPartitionRequest,
+        out: &mut QuorumOutput,
+    ) {
+        let image = self.image();
+        if let Some(answer) = self.alter_replies.replay(topic_id, partition, &request) {
+            return responder.respond(match answer {
+                Ok(_) => ControlResponse::Done { index: image.applied_index() },
+                Err(error) => alter_refusal(&error),
+            });
+        }
+        match plan_alter_partition(&image, topic_id, partition, &request) {
+            Ok(records) => {
+                let reply = Reply::Altered { topic_id, partition, request };
+                self.propose(records, Some(responder), reply, out);
+            }
+            Err(error) => {
+                self.alter_replies.record(topic_id, partition, &request, &Err(error.clone()));
+                responder.respond(alter_refusal(&error));
+            }
         }
     }
 
@@ -367,6 +495,9 @@ impl Controller {
                 });
             }
             ControlRequest::DescribeQuorum => responder.respond(ControlResponse::Quorum(self.quorum_state())),
+            ControlRequest::BrokerUnreachable { reporter: _, broker, broker_epoch } => {
+                self.probe_unreachable(responder, broker, broker_epoch)
+            }
             request if !self.pending.is_empty() => {
                 if self.deferred.len() >= DEFERRED_COUNT_MAX {
                     return responder.respond(ControlResponse::Error {
@@ -378,6 +509,9 @@ impl Controller {
             }
             ControlRequest::Admin { request, validate_only } => {
                 self.admin(responder, &request, validate_only, out)
+            }
+            ControlRequest::AlterPartition { topic_id, partition, request } => {
+                self.alter_partition(responder, topic_id, partition, request, out)
             }
             ControlRequest::Heartbeat { registration, broker_epoch: _, metadata_offset, want_fence } => {
                 let image = self.image();
@@ -503,6 +637,10 @@ impl Controller {
         if !self.node.is_leader() || !self.pending.is_empty() {
             return;
         }
+        self.fence_unreachable(out);
+        if !self.pending.is_empty() {
+            return;
+        }
         let image = self.image();
         let now = self.now();
         let session_timeout = self.session_timeout;
@@ -560,13 +698,24 @@ impl Controller {
     }
 
     fn finish(&mut self, pending: Pending, outcome: Result<u64, String>) {
+        if let (Ok(_), Reply::Altered { topic_id, partition, request }) = (&outcome, &pending.reply) {
+            let image = self.image();
+            let committed = image.topic(*topic_id).and_then(|topic| {
+                usize::try_from(*partition).ok().and_then(|index| topic.partitions.get(index))
+            });
+            if let Some(committed) = committed {
+                self.alter_replies.record(*topic_id, *partition, request, &Ok(committed.clone()));
+            }
+        }
         let Some(responder) = pending.responder else { return };
         let response = match (outcome, pending.reply) {
             (Err(error), _) => ControlResponse::Error {
                 code: ResponseError::NotController.code(),
                 message: format!("not committed: {error}"),
             },
-            (Ok(index), Reply::Done | Reply::Internal) => ControlResponse::Done { index },
+            (Ok(index), Reply::Done | Reply::Internal | Reply::Altered { .. }) => {
+                ControlResponse::Done { index }
+            }
             (Ok(index), Reply::Registered) => {
                 ControlResponse::Heartbeat { broker_epoch: index, fenced: true }
             }

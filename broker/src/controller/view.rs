@@ -8,7 +8,7 @@ use sluice_replication::metadata::MetadataImage;
 use crate::cluster::topic_table::{BrokerView, ClusterView, PartitionAssignment, TopicEntry};
 use crate::cluster::TopicTable;
 
-pub fn table_from_image(image: &MetadataImage, controller: Option<i32>) -> TopicTable {
+pub fn table_from_image(image: &Arc<MetadataImage>, controller: Option<i32>) -> TopicTable {
     let topics = image
         .topics()
         .map(|topic| {
@@ -53,6 +53,6 @@ pub fn table_from_image(image: &MetadataImage, controller: Option<i32>) -> Topic
     TopicTable {
         version: image.applied_index(),
         topics,
-        cluster: Some(Arc::new(ClusterView { brokers, controller })),
+        cluster: Some(Arc::new(ClusterView { brokers, controller, image: image.clone() })),
     }
 }

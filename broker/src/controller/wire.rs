@@ -16,7 +16,8 @@ use sluice_replication::metadata::codec::{
     Reader, Writer,
 };
 use sluice_replication::metadata::{AdminRequest, BrokerEpoch, BrokerRegistration, TopicId};
-use sluice_replication::NodeId;
+use sluice_replication::partition::AlterPartitionRequest;
+use sluice_replication::{LeaderEpoch, NodeId};
 
 /// Largest frame accepted: a metadata image of 100,000 partitions is a few MiB.
 pub const FRAME_SIZE_MAX: usize = 256 << 20;
@@ -59,6 +60,20 @@ pub enum ControlRequest {
         wait_ms: u32,
     },
     DescribeQuorum,
+    /// KIP-497's AlterPartition: a leader proposes a new ISR for one partition; answered `Done` once committed
+    /// (or at once when it was already), or `Error` with Kafka's code.
+    AlterPartition {
+        topic_id: TopicId,
+        partition: i32,
+        request: AlterPartitionRequest,
+    },
+    /// A broker could not reach `broker`'s Kafka listener (connection refused or reset): evidence of a dead
+    /// process, faster than a missed heartbeat. The controller decides (see `service`).
+    BrokerUnreachable {
+        reporter: NodeId,
+        broker: NodeId,
+        broker_epoch: BrokerEpoch,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -225,6 +240,8 @@ const REQUEST_ALLOCATE_PRODUCER_IDS: u8 = 6;
 const REQUEST_HEARTBEAT: u8 = 7;
 const REQUEST_FETCH_METADATA: u8 = 8;
 const REQUEST_DESCRIBE_QUORUM: u8 = 9;
+const REQUEST_ALTER_PARTITION: u8 = 10;
+const REQUEST_BROKER_UNREACHABLE: u8 = 11;
 
 fn encode_request(writer: &mut Writer, request: &ControlRequest) {
     match request {
@@ -245,6 +262,23 @@ fn encode_request(writer: &mut Writer, request: &ControlRequest) {
             writer.i32(*wait_ms as i32);
         }
         ControlRequest::DescribeQuorum => writer.u8(REQUEST_DESCRIBE_QUORUM),
+        ControlRequest::AlterPartition { topic_id, partition, request } => {
+            writer.u8(REQUEST_ALTER_PARTITION);
+            writer.u128(topic_id.0);
+            writer.i32(*partition);
+            writer.u64(request.sequence);
+            writer.i32(request.leader.0);
+            writer.u64(request.broker_epoch.0);
+            writer.i32(request.leader_epoch.0);
+            writer.i32(request.partition_epoch);
+            writer.nodes(&request.isr);
+        }
+        ControlRequest::BrokerUnreachable { reporter, broker, broker_epoch } => {
+            writer.u8(REQUEST_BROKER_UNREACHABLE);
+            writer.i32(reporter.0);
+            writer.i32(broker.0);
+            writer.u64(broker_epoch.0);
+        }
     }
 }
 
@@ -363,8 +397,28 @@ fn decode_request(reader: &mut Reader<'_>) -> Result<ControlRequest, WireError> 
             wait_ms: reader.i32()?.max(0) as u32,
         }),
         REQUEST_DESCRIBE_QUORUM => Ok(ControlRequest::DescribeQuorum),
+        REQUEST_ALTER_PARTITION => decode_alter_partition(reader),
+        REQUEST_BROKER_UNREACHABLE => Ok(ControlRequest::BrokerUnreachable {
+            reporter: NodeId(reader.i32()?),
+            broker: NodeId(reader.i32()?),
+            broker_epoch: BrokerEpoch(reader.u64()?),
+        }),
         kind => Err(WireError::Kind(kind)),
     }
+}
+
+fn decode_alter_partition(reader: &mut Reader<'_>) -> Result<ControlRequest, WireError> {
+    let topic_id = TopicId(reader.u128()?);
+    let partition = reader.i32()?;
+    let request = AlterPartitionRequest {
+        sequence: reader.u64()?,
+        leader: NodeId(reader.i32()?),
+        broker_epoch: BrokerEpoch(reader.u64()?),
+        leader_epoch: LeaderEpoch(reader.i32()?),
+        partition_epoch: reader.i32()?,
+        isr: reader.nodes()?,
+    };
+    Ok(ControlRequest::AlterPartition { topic_id, partition, request })
 }
 
 const RESPONSE_DONE: u8 = 1;
@@ -473,6 +527,36 @@ mod tests {
         let decoded = read_frame(&mut cursor).unwrap().unwrap();
         assert_eq!(cursor.position() as usize, cursor.get_ref().len());
         decoded
+    }
+
+    /// The replication calls (issue 16) round-trip too.
+    #[test]
+    fn replication_requests_round_trip() {
+        let requests = vec![
+            ControlRequest::AlterPartition {
+                topic_id: TopicId(u128::MAX - 3),
+                partition: 7,
+                request: AlterPartitionRequest {
+                    sequence: 3,
+                    leader: NodeId(2),
+                    broker_epoch: BrokerEpoch(41),
+                    leader_epoch: LeaderEpoch(5),
+                    partition_epoch: 9,
+                    isr: vec![NodeId(2), NodeId(0)],
+                },
+            },
+            ControlRequest::BrokerUnreachable {
+                reporter: NodeId(1),
+                broker: NodeId(3),
+                broker_epoch: BrokerEpoch(17),
+            },
+        ];
+        for request in requests {
+            match round_trip(Frame::Request { correlation: 5, request: request.clone() }) {
+                Frame::Request { correlation: 5, request: decoded } => assert_eq!(decoded, request),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

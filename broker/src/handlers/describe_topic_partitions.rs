@@ -363,6 +363,7 @@ mod tests {
         table.cluster = Some(Arc::new(ClusterView {
             brokers: [broker(1, false), broker(2, true)].into(),
             controller: Some(1),
+            image: Default::default(),
         }));
         let entry = table.topics.get_mut("t").unwrap();
         let assignment = |leader: i32, epoch: i32| PartitionAssignment {

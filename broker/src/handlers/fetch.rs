@@ -27,6 +27,7 @@
 //! v0–1) or v1 (v2–3), converted down from the log's batches ([`down_convert`]) — a copy and, for compressed
 //! batches, an inflation and a compression per response, so these old clients cost more per byte.
 
+mod replica;
 mod session;
 
 use std::collections::HashMap;
@@ -81,6 +82,8 @@ struct PartitionFetch {
     batches: Vec<Bytes>,
     /// Left out of an incremental session's response: nothing new since the client last heard of it.
     omitted: bool,
+    /// A follower's log diverges (KIP-320, v12+): the epoch and where it ends on the leader.
+    diverging: Option<(i32, i64)>,
 }
 
 impl PartitionFetch {
@@ -92,6 +95,10 @@ impl PartitionFetch {
 
 pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: FetchRequest) -> HandlerResult {
     let version = context.api_version;
+    let replica_id = if version >= 15 { body.replica_state.replica_id.0 } else { body.replica_id.0 };
+    if replica_id >= 0 && shard.cluster.is_some() {
+        return replica::handle(shard, context, body, replica_id).await;
+    }
     let (requested, forgotten) = request_partitions(&body, version);
     let begun = session::CACHE.with_borrow_mut(|cache| {
         cache.begin(version, body.session_id, body.session_epoch, requested, &forgotten)
@@ -114,7 +121,7 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, body: FetchRequ
         if read.size >= min_bytes || read.any_error || now >= deadline || shard.is_shutting_down() {
             break;
         }
-        wait_for_data(shard, &partitions, deadline - now).await;
+        wait_for_data(shard, &partitions, deadline - now, false).await;
     }
     let session_id = finish_session(&plan, &mut partitions);
     if version < 4 {
@@ -194,6 +201,7 @@ fn resolve(shard: &Rc<Shard>, version: i16, wanted: &[Wanted]) -> Vec<PartitionF
             log_start_offset: -1,
             batches: Vec::new(),
             omitted: false,
+            diverging: None,
         });
     }
     partitions
@@ -362,8 +370,9 @@ fn finish_session(plan: &Plan, partitions: &mut [PartitionFetch]) -> i32 {
     }
 }
 
-/// Parks until an owner reports new data on any fetched partition, or `timeout`.
-async fn wait_for_data(shard: &Rc<Shard>, partitions: &[PartitionFetch], timeout: Duration) {
+/// Parks until an owner reports new data on any fetched partition (past the high watermark, or for a follower's
+/// fetch past the log end), or `timeout`.
+async fn wait_for_data(shard: &Rc<Shard>, partitions: &[PartitionFetch], timeout: Duration, replica: bool) {
     let mut by_owner: Vec<Vec<(TopicPartition, Offset)>> = vec![Vec::new(); shard.count];
     for partition in partitions.iter().filter(|partition| !partition.unknown) {
         let name = &partition.topic.name;
@@ -377,7 +386,8 @@ async fn wait_for_data(shard: &Rc<Shard>, partitions: &[PartitionFetch], timeout
         }
         let shard = shard.clone();
         waits.push(Box::pin(async move {
-            let _ = shard.call(ShardId(owner), ShardRequest::WaitForData { partitions, timeout }).await;
+            let request = ShardRequest::WaitForData { partitions, timeout, replica };
+            let _ = shard.call(ShardId(owner), request).await;
         }));
     }
     let any = std::future::poll_fn(|context| {
@@ -508,7 +518,19 @@ impl Encoder {
             }
         }
         if self.flexible {
-            self.head.put_u8(0); // partition tagged fields
+            match partition.diverging {
+                // Tag 0 of the partition's tagged fields: DivergingEpoch { epoch: int32, end_offset: int64 } and its
+                // own (empty) tagged fields, 13 bytes.
+                Some((epoch, end_offset)) => {
+                    self.head.put_u8(1);
+                    self.head.put_u8(0);
+                    self.head.put_u8(13);
+                    self.head.put_i32(epoch);
+                    self.head.put_i64(end_offset);
+                    self.head.put_u8(0);
+                }
+                None => self.head.put_u8(0), // partition tagged fields
+            }
         }
     }
 }
@@ -579,6 +601,7 @@ mod tests {
             log_start_offset: 0,
             batches,
             omitted: false,
+            diverging: None,
         }
     }
 

@@ -145,6 +145,15 @@ pub fn plan(image: &MetadataImage, request: &AdminRequest) -> Result<Vec<Metadat
             Some(existing) if existing.registration.incarnation == registration.incarnation => {
                 Err(ControllerError::AlreadyRegistered { broker: registration.broker, epoch: existing.epoch })
             }
+            // A restarted broker (a new incarnation) is fenced in its old registration first, as KRaft does: every
+            // partition it led moves on or waits for it under a new leader epoch, so no broker ever leads again an
+            // epoch it led before a restart (its log may have lost the unsynced end of that epoch, which followers
+            // hold).
+            Some(existing) if !existing.fenced => {
+                let mut records = fence_records(image, registration.broker);
+                records.push(MetadataRecord::RegisterBroker(registration.clone()));
+                Ok(records)
+            }
             _ => Ok(vec![MetadataRecord::RegisterBroker(registration.clone())]),
         },
         AdminRequest::AllocateProducerIds { broker, broker_epoch } => {

@@ -54,6 +54,15 @@ impl FollowerState {
         self.leader
     }
 
+    pub fn set_config(&mut self, config: ReplicationConfig) {
+        self.config = config;
+    }
+
+    /// The Fetch in flight will get no answer (its connection failed): the next may go at once.
+    pub fn abandon_fetch(&mut self) {
+        self.in_flight = None;
+    }
+
     pub fn leader_epoch(&self) -> LeaderEpoch {
         self.leader_epoch
     }

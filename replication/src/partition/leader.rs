@@ -127,6 +127,14 @@ impl LeaderState {
         self.leader_epoch
     }
 
+    pub fn set_config(&mut self, config: ReplicationConfig) {
+        self.config = config;
+    }
+
+    pub fn min_insync_replicas(&self) -> usize {
+        self.config.min_insync_replicas
+    }
+
     pub fn partition_epoch(&self) -> i32 {
         self.partition_epoch
     }

@@ -68,6 +68,25 @@ impl PartitionReplica {
         }
     }
 
+    /// The registration epoch this replica's broker fetches and proposes with.
+    pub fn broker_epoch(&self) -> BrokerEpoch {
+        self.broker_epoch
+    }
+
+    /// New settings (a topic's `min.insync.replicas` changed): they apply to the current role at once.
+    pub fn set_config(&mut self, config: ReplicationConfig) {
+        match &mut self.role {
+            Role::Leader(leader) => leader.set_config(config.clone()),
+            Role::Follower(follower) => follower.set_config(config.clone()),
+            Role::Offline => {}
+        }
+        self.config = config;
+    }
+
+    pub fn config(&self) -> &ReplicationConfig {
+        &self.config
+    }
+
     pub fn role(&self) -> &Role {
         &self.role
     }
