@@ -161,6 +161,9 @@ pub struct GroupConfig {
     pub size_max: usize,
     /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets`, fixed when the topic is created.
     pub offsets_partition_count: i32,
+    /// `offsets.topic.replication.factor`: replicas of each `__consumer_offsets` partition in a cluster (at most
+    /// the live brokers when it is created).
+    pub offsets_replication_factor: i16,
     /// `offsets.retention.minutes`: committed offsets of an empty group expire this long after their commit.
     pub offsets_retention: Duration,
     /// `offsets.retention.check.interval.ms`.
@@ -249,7 +252,6 @@ const IGNORED_KEYS: &[&str] = &[
     "num.replica.fetchers",
     "offsets.commit.timeout.ms",
     "offsets.load.buffer.size",
-    "offsets.topic.replication.factor",
     "offsets.topic.segment.bytes",
     "process.roles",
     "queued.max.requests",
@@ -366,6 +368,8 @@ struct Settings {
     group_size_max: i64,
     #[serde(rename = "offsets.topic.num.partitions")]
     offsets_partition_count: i64,
+    #[serde(rename = "offsets.topic.replication.factor")]
+    offsets_replication_factor: i64,
     #[serde(rename = "offsets.retention.minutes")]
     offsets_retention_minutes: i64,
     #[serde(rename = "offsets.retention.check.interval.ms")]
@@ -830,6 +834,11 @@ impl GroupConfig {
                 settings.offsets_partition_count,
             )?
             .min(1000) as i32,
+            offsets_replication_factor: within(
+                "offsets.topic.replication.factor",
+                settings.offsets_replication_factor,
+                1..=i16::MAX.into(),
+            )? as i16,
             offsets_retention: Duration::from_secs(offsets_retention_minutes.saturating_mul(60)),
             offsets_retention_check_interval: millis(positive(
                 "offsets.retention.check.interval.ms",

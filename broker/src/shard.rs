@@ -564,6 +564,10 @@ impl Shard {
             // Roles first (cluster mode): a request that sees the new table finds its leaders leading.
             self.apply_replication(&table);
             *self.topics.borrow_mut() = table;
+            if self.cluster.is_some() {
+                // Group coordinators follow their `__consumer_offsets` partitions' leadership.
+                self.groups.follow_leadership(self);
+            }
             self.table_installed.notify_all();
         }
     }

@@ -61,6 +61,9 @@ pub trait GroupHost: 'static {
 }
 /// Batches read per step when replaying a partition at start.
 const LOAD_READ_SIZE: usize = 4 << 20;
+/// A new leader of a `__consumer_offsets` partition waits at most this long for its high watermark to reach the
+/// log end it had when elected before it replays (the followers' next fetch moves it, normally in milliseconds).
+const LEADER_LOAD_WAIT: Duration = Duration::from_secs(5);
 /// The timer task wakes at least this often (to notice shutdown and retention checks).
 const TIMER_PERIOD_MAX: Duration = Duration::from_secs(1);
 
@@ -217,10 +220,19 @@ pub async fn ensure_offsets_topic<H: GroupHost>(shard: &Rc<H>) -> Result<(), Kaf
     .into_iter()
     .map(|(key, value)| (key.to_string(), value.to_string()))
     .collect();
+    // In a cluster the offsets are replicated like any topic (Kafka's offsets.topic.replication.factor, here bounded
+    // by the live brokers so that a small cluster can still create it); a single node keeps one copy.
+    let replication_factor = match shard.topics().cluster.as_ref() {
+        Some(view) => {
+            let live = view.live_brokers().count().max(1);
+            shard.config().groups.offsets_replication_factor.min(i16::try_from(live).unwrap_or(i16::MAX))
+        }
+        None => -1,
+    };
     let change = TopicChange::Create {
         name: OFFSETS_TOPIC.to_string(),
         partition_count: shard.config().groups.offsets_partition_count,
-        replication_factor: -1,
+        replication_factor,
         configs,
         assignment: None,
     };
@@ -235,6 +247,22 @@ pub async fn ensure_offsets_topic<H: GroupHost>(shard: &Rc<H>) -> Result<(), Kaf
 /// Kafka's first check: the group id, before the coordinator's state (loading, shutting down) and before anything
 /// else in the request (session timeout, member, generation). The membership APIs need a group id; commits and
 /// offset fetches accept the empty one, as Kafka does for backward compatibility.
+/// The group a request is about (`None`: List, which spans every group here).
+fn request_group(request: &GroupRequest) -> Option<&str> {
+    match request {
+        GroupRequest::Join { group, .. }
+        | GroupRequest::Sync { group, .. }
+        | GroupRequest::Heartbeat { group, .. }
+        | GroupRequest::Leave { group, .. }
+        | GroupRequest::Commit { group, .. }
+        | GroupRequest::FetchOffsets { group, .. }
+        | GroupRequest::Describe { group }
+        | GroupRequest::Delete { group }
+        | GroupRequest::DeleteOffsets { group, .. } => Some(group),
+        GroupRequest::List => None,
+    }
+}
+
 fn is_invalid_group_id(request: &GroupRequest) -> bool {
     match request {
         GroupRequest::Join { group, .. }
@@ -248,6 +276,10 @@ fn is_invalid_group_id(request: &GroupRequest) -> bool {
 /// One shard's groups.
 pub struct GroupCoordinator {
     groups: RefCell<HashMap<String, Group>>,
+    /// Cluster mode: the `__consumer_offsets` partitions of this shard whose replica leads, and whether their
+    /// groups are loaded yet. A group is served only here (COORDINATOR_LOAD_IN_PROGRESS while its partition
+    /// loads, NOT_COORDINATOR where it does not lead), as Kafka's coordinator follows the partition's leadership.
+    led: RefCell<HashMap<i32, bool>>,
     /// True until this shard's `__consumer_offsets` partitions are replayed.
     loading: Cell<bool>,
     /// Wakes the timer task when a deadline may have moved earlier.
@@ -261,6 +293,7 @@ impl Default for GroupCoordinator {
         GroupCoordinator {
             groups: RefCell::new(HashMap::new()),
             loading: Cell::new(true),
+            led: RefCell::new(HashMap::new()),
             changed: Notify::default(),
             logs: RefCell::new(HashMap::new()),
         }
@@ -307,6 +340,19 @@ impl GroupCoordinator {
         }
         if shard.is_shutting_down() {
             return GroupReply::Error(ResponseError::NotCoordinator.into());
+        }
+        if shard.topics().cluster.is_some() {
+            if let Some(group) = request_group(&request) {
+                let index = offsets_partition(group, offsets_partition_count(shard.as_ref()));
+                match self.led.borrow().get(&index) {
+                    None => return GroupReply::Error(ResponseError::NotCoordinator.into()),
+                    Some(false) if matches!(request, GroupRequest::Heartbeat { .. }) => {
+                        return GroupReply::Error(ErrorCode::NONE)
+                    }
+                    Some(false) => return GroupReply::Error(ResponseError::CoordinatorLoadInProgress.into()),
+                    Some(true) => {}
+                }
+            }
         }
         let reply = match request {
             GroupRequest::Join { group, params } => GroupReply::Join(self.join(shard, &group, params).await),
@@ -825,7 +871,9 @@ impl GroupCoordinator {
     pub async fn load<H: GroupHost>(&self, shard: &Rc<H>) {
         let started = shard.clock().now();
         let mut record_count: u64 = 0;
-        if let Some(entry) = shard.topics().get(OFFSETS_TOPIC).cloned() {
+        // In a cluster the groups of a partition load when its replica here becomes leader (`follow_leadership`).
+        let cluster = shard.topics().cluster.is_some() || shard.config().is_cluster();
+        if let Some(entry) = shard.topics().get(OFFSETS_TOPIC).cloned().filter(|_| !cluster) {
             for index in 0..entry.partition_count {
                 if shard.owner(OFFSETS_TOPIC, index) != shard.shard_id() {
                     continue;
@@ -853,6 +901,71 @@ impl GroupCoordinator {
         let indexes: Vec<i32> = self.logs.borrow().keys().copied().collect();
         for index in indexes {
             self.maybe_checkpoint(shard, index);
+        }
+    }
+
+    /// Cluster mode, after each metadata install: loads the groups of every `__consumer_offsets` partition whose
+    /// replica here became leader (once its high watermark reaches the log end it had when elected, bounded, so
+    /// that commits the previous leader acknowledged are replayed), and drops those of partitions it no longer
+    /// leads (their waiters get NOT_COORDINATOR).
+    pub fn follow_leadership<H: GroupHost>(&self, shard: &Rc<H>) {
+        let Some(entry) = shard.topics().get(OFFSETS_TOPIC).cloned() else { return };
+        let count = entry.partition_count;
+        for index in 0..count {
+            if shard.owner(OFFSETS_TOPIC, index) != shard.shard_id() {
+                continue;
+            }
+            let leads =
+                shard.offsets_partition(index).is_some_and(|partition| partition.is_replicated_leader());
+            let known = self.led.borrow().contains_key(&index);
+            if leads && !known {
+                self.led.borrow_mut().insert(index, false);
+                let shard = shard.clone();
+                glommio::spawn_local(async move { shard.groups().load_led(&shard, index).await }).detach();
+            } else if !leads && known {
+                self.led.borrow_mut().remove(&index);
+                self.unload(index, count);
+            }
+        }
+    }
+
+    async fn load_led<H: GroupHost>(&self, shard: &Rc<H>, index: i32) {
+        let Some(partition) = shard.offsets_partition(index) else { return };
+        let end = partition.log_end_offset();
+        let deadline = shard.clock().now() + LEADER_LOAD_WAIT;
+        while partition.high_watermark() < end
+            && shard.clock().now() < deadline
+            && partition.is_replicated_leader()
+        {
+            let arrived = partition.data_arrived().notified();
+            futures_lite::future::or(arrived, glommio::timer::sleep(Duration::from_millis(50))).await;
+        }
+        let count = offsets_partition_count(shard.as_ref());
+        self.unload(index, count);
+        let records = self.load_partition(&partition).await;
+        self.logs.borrow_mut().remove(&index);
+        self.offsets_log(index, partition.log_start_offset().0);
+        self.groups.borrow_mut().retain(|_, group| {
+            !(group.state == GroupState::Empty && group.offsets.is_empty() && group.generation == 0)
+        });
+        if let Some(loaded) = self.led.borrow_mut().get_mut(&index) {
+            *loaded = true;
+        }
+        log::info!(
+            "{OFFSETS_TOPIC}-{index}: coordinator here (leader); {records} records replayed up to {}",
+            partition.high_watermark()
+        );
+    }
+
+    /// Drops the groups of partition `index` (leadership moved, or a reload): their waiters get NOT_COORDINATOR.
+    fn unload(&self, index: i32, count: i32) {
+        let mut groups = self.groups.borrow_mut();
+        let gone: Vec<String> =
+            groups.keys().filter(|group| offsets_partition(group, count) == index).cloned().collect();
+        for name in gone {
+            if let Some(mut group) = groups.remove(&name) {
+                group.abandon_waiters(ResponseError::NotCoordinator.into());
+            }
         }
     }
 
