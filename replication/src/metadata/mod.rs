@@ -18,5 +18,5 @@ pub use controller::{
 pub use image::{BrokerImage, ImageError, MetadataImage, PartitionImage, TopicImage};
 pub use records::{
     BrokerEpoch, BrokerRegistration, ConfigChange, ConfigResource, Listener, MetadataRecord, PartitionChange,
-    PartitionRecord, ProducerIdsBlock, TopicId, TopicRecord,
+    PartitionRecord, ProducerIdsBlock, ReplicasChange, TopicId, TopicRecord,
 };
