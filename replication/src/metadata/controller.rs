@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use crate::metadata::election::{is_live, new_leader, unclean_leader, ElectionPolicy};
+use crate::metadata::election::{
+    is_live, new_leader, unclean_leader, ElectionPolicy, UNCLEAN_LEADER_ELECTION_ENABLE,
+};
 use crate::metadata::image::{MetadataImage, PartitionImage, TopicImage};
 use crate::metadata::placement::{place_replicas, PlacementBroker};
 use crate::metadata::records::{
@@ -184,7 +186,7 @@ fn plan_create_topic(
             reason: "has a used or zero id",
         });
     }
-    if let Some(key) = configs.keys().find(|key| !valid_config_key(key)) {
+    if let Some((key, _)) = configs.iter().find(|(key, value)| !valid_config(key, Some(value))) {
         return Err(ControllerError::InvalidConfig { key: key.clone() });
     }
     let replica_lists = match assignment {
@@ -254,7 +256,7 @@ fn plan_alter_configs(
     changes
         .iter()
         .map(|(key, value)| {
-            if !valid_config_key(key) {
+            if !valid_config(key, value.as_deref()) {
                 return Err(ControllerError::InvalidConfig { key: key.clone() });
             }
             Ok(MetadataRecord::Config(ConfigChange {
@@ -351,8 +353,17 @@ fn validate_topic_name(name: &str) -> Result<(), ControllerError> {
     Ok(())
 }
 
-fn valid_config_key(key: &str) -> bool {
-    !key.is_empty() && key.len() <= 255
+/// A key of at most 255 bytes; the one value the controller reads itself, `unclean.leader.election.enable`, must
+/// be a boolean as Kafka parses one (`true`/`false`, any case), so a typo is refused rather than read as false.
+fn valid_config(key: &str, value: Option<&str>) -> bool {
+    let valid_value = match (key, value) {
+        (UNCLEAN_LEADER_ELECTION_ENABLE, Some(value)) => {
+            let value = value.trim();
+            value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false")
+        }
+        _ => true,
+    };
+    !key.is_empty() && key.len() <= 255 && valid_value
 }
 
 fn topic_named<'a>(image: &'a MetadataImage, name: &str) -> Result<&'a TopicImage, ControllerError> {

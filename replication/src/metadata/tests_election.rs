@@ -60,7 +60,6 @@ fn fencing_the_last_isr_member_elects_uncleanly_only_when_allowed() {
         (Some("false"), true, None),
         (Some("true"), false, Some(1)),
         (Some("TRUE"), false, Some(1)),
-        (Some("yes"), true, None),
     ];
     for (topic_setting, unclean_default, elected) in cases {
         let configs: Vec<(&str, &str)> =
@@ -82,6 +81,14 @@ fn fencing_the_last_isr_member_elects_uncleanly_only_when_allowed() {
             }
         }
     }
+    // A malformed value (refused by the controller, but a record is a record) reads as false, not as the default.
+    let topic = TopicImage {
+        name: "t".into(),
+        id: TOPIC,
+        configs: [(UNCLEAN_LEADER_ELECTION_ENABLE.to_string(), "yes".to_string())].into(),
+        partitions: Vec::new(),
+    };
+    assert!(!ElectionPolicy { unclean_default: true }.unclean_enabled(&topic));
     // The compatible `fence_records` never elects uncleanly, whatever the broker default would be.
     let image = topic_image(3, &[&[0, 1, 2]], &[]);
     let image = set_leader(&image, 0, 0, &[0]);
@@ -236,6 +243,32 @@ fn rebalance_moves_leaders_back_past_the_threshold() {
     assert!(matches!(&records[..], [MetadataRecord::PartitionChange(change)] if change.partition == 0));
     let disabled = LeaderRebalanceConfig { enabled: false, ..strict };
     assert!(rebalance_leaders(&image, &disabled).is_empty());
+}
+
+// `unclean.leader.election.enable` must be a boolean (INVALID_CONFIG otherwise), at creation and when altered;
+// removing the override is always allowed.
+#[test]
+fn unclean_setting_must_be_a_boolean() {
+    let (image, _) = cluster(1);
+    let create = |value: &str| AdminRequest::CreateTopic {
+        name: "t".into(),
+        id: TOPIC,
+        partition_count: 1,
+        replication_factor: 1,
+        configs: [(UNCLEAN_LEADER_ELECTION_ENABLE.to_string(), value.to_string())].into(),
+        assignment: None,
+    };
+    assert!(plan(&image, &create(" True ")).is_ok());
+    let refused = Err(ControllerError::InvalidConfig { key: UNCLEAN_LEADER_ELECTION_ENABLE.into() });
+    assert_eq!(plan(&image, &create("yes")), refused);
+    let image = topic_image(1, &[&[0]], &[]);
+    let alter = |value: Option<&str>| AdminRequest::AlterConfigs {
+        resource: ConfigResource::Topic("t".into()),
+        changes: vec![(UNCLEAN_LEADER_ELECTION_ENABLE.into(), value.map(String::from))],
+    };
+    assert_eq!(plan(&image, &alter(Some("1"))), refused);
+    assert!(plan(&image, &alter(Some("false"))).is_ok());
+    assert!(plan(&image, &alter(None)).is_ok());
 }
 
 // A leaderless partition left by a policy that forbade unclean elections is repaired once the topic allows them.
