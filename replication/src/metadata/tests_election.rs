@@ -288,3 +288,44 @@ fn leaderless_partitions_elect_after_the_policy_changes() {
     assert_eq!((partition(&image, 0).leader, partition(&image, 0).isr), (NodeId(1), nodes(&[1])));
     assert!(elect_leaderless(&image, ElectionPolicy::default(), 100).is_empty());
 }
+
+// One ElectLeaders plan changes at most PARTITION_PLAN_RECORD_COUNT_MAX partitions, so it fits one batch; the rest
+// are answered REQUEST_TIMED_OUT (7, retriable) and elected by a retry against the next image.
+#[test]
+fn elect_leaders_is_bounded_to_one_batch() {
+    let (mut image, _) = cluster(2);
+    let mut moves = Vec::new();
+    for (name, id) in [("a", 1), ("b", 2)] {
+        let request = AdminRequest::CreateTopic {
+            name: name.into(),
+            id: TopicId(id),
+            partition_count: 6_000,
+            replication_factor: 2,
+            configs: Default::default(),
+            assignment: Some(vec![nodes(&[0, 1]); 6_000]),
+        };
+        image = commit(&image, &plan(&image, &request).unwrap());
+        moves.extend((0..6_000).map(|partition| {
+            MetadataRecord::PartitionChange(PartitionChange {
+                topic_id: TopicId(id),
+                partition,
+                leader: NodeId(1),
+                isr: nodes(&[0, 1]),
+                leader_epoch: LeaderEpoch(1),
+                partition_epoch: 1,
+            })
+        }));
+    }
+    let image = commit(&image, &moves);
+    let planned = elect(&image, ElectionType::Preferred, None);
+    assert_eq!(planned.records.len(), PARTITION_PLAN_RECORD_COUNT_MAX);
+    assert_eq!(planned.results.len(), 12_000);
+    let deferred =
+        planned.results.iter().filter(|(_, result)| result == &Err(PartitionError::Deferred)).count();
+    assert_eq!(deferred, 12_000 - PARTITION_PLAN_RECORD_COUNT_MAX);
+    assert_eq!(decode_batch(&encode_batch(&planned.records)).unwrap(), planned.records);
+    let image = commit(&image, &planned.records);
+    let retry = elect(&image, ElectionType::Preferred, None);
+    assert_eq!(retry.records.len(), 12_000 - PARTITION_PLAN_RECORD_COUNT_MAX);
+    assert!(retry.results.iter().all(|(_, result)| result.is_ok()));
+}
