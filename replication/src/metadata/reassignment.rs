@@ -1,12 +1,15 @@
-//! Partition reassignment (KIP-455: AlterPartitionReassignments, API 45; ListPartitionReassignments, API 46), as
-//! KRaft's `ReplicationControlManager` and `PartitionReassignmentReplicas` do it.
+//! Partition reassignment (KIP-455: AlterPartitionReassignments, API 45; ListPartitionReassignments, API 46), after
+//! KRaft's `ReplicationControlManager`, `PartitionReassignmentReplicas` and `PartitionReassignmentRevert`, with one
+//! deviation (step 1).
 //!
 //! 1. Start: with the original replicas O (the replicas but those a running reassignment is adding), a target T
 //!    becomes `replicas = T ++ (O − T)`, `adding = T − O`, `removing = O − T`, recorded in the partition image (a
 //!    `ReplicasChange`, leader epoch +1 so the leader starts tracking its new followers). A new target while one
 //!    runs replaces it and is taken against O too (KIP-455: O is what a cancellation restores, so it must survive
-//!    a change of mind); replicas the earlier target was adding that the new one does not name leave at once, and
-//!    their ISR places with them. Submitting the running target again changes nothing.
+//!    a change of mind; KRaft takes it against the current replicas instead, which makes the earlier target's
+//!    additions "original"). Replicas the earlier target was adding that the new one does not name leave the
+//!    replicas and the ISR at once; a new target that would leave no ISR member is refused (39). Submitting the
+//!    running target again changes nothing.
 //! 2. Catch-up: the new replicas fetch like any follower and join the ISR through the leader's ordinary
 //!    AlterPartition expansion (`partition::plan_alter_partition`, unchanged).
 //! 3. Completion: once the ISR holds every target replica, `replicas = T`, `ISR = ISR − removing`, and a removed
