@@ -172,6 +172,10 @@ fn cancel_needing_an_unclean_election_follows_the_policy() {
     let image = commit(&image, &expand_isr(&image, 0, 1));
     let image = commit(&image, &controller::fence_records(&image, NodeId(0)));
     assert_eq!((partition(&image, 0).leader, partition(&image, 0).isr), (NodeId(1), nodes(&[1])));
+    // A new target without 1 would leave no ISR member either: refused whatever the policy.
+    let replaced = reassign(&image, &[(0, Some(&[0, 2]))], ElectionPolicy { unclean_default: true });
+    assert!(replaced.records.is_empty());
+    assert!(replaced.results[0].1.as_ref().is_err_and(|error| error.code() == 39));
     let refused = reassign(&image, &[(0, None)], ElectionPolicy::default());
     assert!(refused.records.is_empty());
     assert!(refused.results[0].1.as_ref().is_err_and(|error| error.code() == 39));
