@@ -2,8 +2,11 @@
 //! panicking on any input (a corrupt entry is an error, never a crash).
 //!
 //! A batch (the data of one Raft entry) is `[format u8 = 1][record count u16][record]*`. A record is `[type u8]
-//! [version u8][body]`; every type is at version 0 today, and a decoder refuses a version it does not know rather
-//! than guess, so a newer node's record stops an older node loudly. Strings are a u16 length and UTF-8 bytes,
+//! [version u8][body]`; every type is at version 0 today, and a decoder refuses a type or version it does not know
+//! rather than guess, so a newer node's record stops an older node loudly. The layout only grows: a new fact is a
+//! new record type (`ReplicasChange`, type 10, came after types 1–9) or a new version of a type, and every type and
+//! version ever written keeps its decoder, because the log is a file in users' data directories
+//! (`old_format_batch_decodes` pins bytes written before type 10 existed). Strings are a u16 length and UTF-8 bytes,
 //! optional values a 0/1 tag, lists a u32 count. Counts are checked against the bytes that remain before anything
 //! is allocated, so a corrupt count cannot ask for gigabytes.
 //!
@@ -15,7 +18,7 @@ use std::fmt;
 
 use crate::metadata::records::{
     BrokerEpoch, BrokerRegistration, ConfigChange, ConfigResource, Listener, MetadataRecord, PartitionChange,
-    PartitionRecord, ProducerIdsBlock, TopicId, TopicRecord,
+    PartitionRecord, ProducerIdsBlock, ReplicasChange, TopicId, TopicRecord,
 };
 use crate::types::{LeaderEpoch, NodeId};
 
@@ -294,6 +297,7 @@ const TYPE_PARTITION_CHANGE: u8 = 6;
 const TYPE_CONFIG: u8 = 7;
 const TYPE_REMOVE_TOPIC: u8 = 8;
 const TYPE_PRODUCER_IDS: u8 = 9;
+const TYPE_REPLICAS_CHANGE: u8 = 10;
 /// Every record type is at its first version.
 const RECORD_VERSION: u8 = 0;
 
@@ -357,6 +361,18 @@ pub fn encode_record(writer: &mut Writer, record: &MetadataRecord) {
             header(writer, TYPE_PARTITION_CHANGE);
             writer.u128(change.topic_id.0);
             writer.i32(change.partition);
+            writer.i32(change.leader.0);
+            writer.nodes(&change.isr);
+            writer.i32(change.leader_epoch.0);
+            writer.i32(change.partition_epoch);
+        }
+        MetadataRecord::ReplicasChange(change) => {
+            header(writer, TYPE_REPLICAS_CHANGE);
+            writer.u128(change.topic_id.0);
+            writer.i32(change.partition);
+            writer.nodes(&change.replicas);
+            writer.nodes(&change.adding_replicas);
+            writer.nodes(&change.removing_replicas);
             writer.i32(change.leader.0);
             writer.nodes(&change.isr);
             writer.i32(change.leader_epoch.0);
@@ -436,7 +452,7 @@ pub fn decode_config_resource(reader: &mut Reader<'_>) -> Result<ConfigResource,
 pub fn decode_record(reader: &mut Reader<'_>) -> Result<MetadataRecord, CodecError> {
     let record_type = reader.u8()?;
     let version = reader.u8()?;
-    if !(TYPE_REGISTER_BROKER..=TYPE_PRODUCER_IDS).contains(&record_type) {
+    if !(TYPE_REGISTER_BROKER..=TYPE_REPLICAS_CHANGE).contains(&record_type) {
         return Err(CodecError::UnknownRecordType { record_type });
     }
     if version != RECORD_VERSION {
@@ -478,11 +494,22 @@ pub fn decode_record(reader: &mut Reader<'_>) -> Result<MetadataRecord, CodecErr
             value: reader.option_string()?,
         }),
         TYPE_REMOVE_TOPIC => MetadataRecord::RemoveTopic { id: TopicId(reader.u128()?) },
-        _ => MetadataRecord::ProducerIds(ProducerIdsBlock {
+        TYPE_PRODUCER_IDS => MetadataRecord::ProducerIds(ProducerIdsBlock {
             broker: NodeId(reader.i32()?),
             broker_epoch: BrokerEpoch(reader.u64()?),
             first_producer_id: reader.i64()?,
             size: reader.i32()?,
+        }),
+        _ => MetadataRecord::ReplicasChange(ReplicasChange {
+            topic_id: TopicId(reader.u128()?),
+            partition: reader.i32()?,
+            replicas: reader.nodes()?,
+            adding_replicas: reader.nodes()?,
+            removing_replicas: reader.nodes()?,
+            leader: NodeId(reader.i32()?),
+            isr: reader.nodes()?,
+            leader_epoch: LeaderEpoch(reader.i32()?),
+            partition_epoch: reader.i32()?,
         }),
     };
     Ok(record)
@@ -526,6 +553,17 @@ mod tests {
                 leader_epoch: LeaderEpoch(1),
                 partition_epoch: 1,
             }),
+            MetadataRecord::ReplicasChange(ReplicasChange {
+                topic_id,
+                partition: 0,
+                replicas: vec![NodeId(3), NodeId(1), NodeId(2)],
+                adding_replicas: vec![NodeId(3)],
+                removing_replicas: vec![NodeId(2)],
+                leader: NodeId(1),
+                isr: vec![NodeId(1), NodeId(2)],
+                leader_epoch: LeaderEpoch(2),
+                partition_epoch: 2,
+            }),
             MetadataRecord::Config(ConfigChange {
                 resource: ConfigResource::Topic("orders".into()),
                 key: "cleanup.policy".into(),
@@ -564,6 +602,62 @@ mod tests {
         let record = MetadataRecord::FenceBroker { broker: NodeId(3), epoch: BrokerEpoch(0x0102) };
         let bytes = encode_batch(&[record]);
         assert_eq!(bytes, [1, 0, 1, 2, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 1, 2]);
+    }
+
+    // A batch written before `ReplicasChange` existed (a `PartitionChange` and a `Partition`, bytes captured from the
+    // encoder at commit 23b1052) still decodes to the same records: the log in users' data directories stays
+    // readable.
+    #[test]
+    fn old_format_batch_decodes() {
+        let hex = "010002060000000000000000000000000000000007000000000000000000000001000000000000000100000001050000\
+                   000000000000000000000000000007000000010000000200000000000000010000000200000000000000010000000000\
+                   00000000000000";
+        let bytes: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|at| u8::from_str_radix(&hex[at..at + 2], 16).unwrap()).collect();
+        let topic_id = TopicId(7);
+        let expected = vec![
+            MetadataRecord::PartitionChange(PartitionChange {
+                topic_id,
+                partition: 0,
+                leader: NodeId(0),
+                isr: vec![NodeId(0)],
+                leader_epoch: LeaderEpoch(1),
+                partition_epoch: 1,
+            }),
+            MetadataRecord::Partition(PartitionRecord {
+                topic_id,
+                partition: 1,
+                replicas: vec![NodeId(0), NodeId(1)],
+                isr: vec![NodeId(0), NodeId(1)],
+                leader: NodeId(0),
+                leader_epoch: LeaderEpoch(0),
+                partition_epoch: 0,
+            }),
+        ];
+        assert_eq!(decode_batch(&bytes).unwrap(), expected);
+        assert_eq!(encode_batch(&expected), bytes, "the old records' encoding changed");
+    }
+
+    // Pins the layout of the record added after the first format.
+    #[test]
+    fn golden_bytes_replicas_change() {
+        let record = MetadataRecord::ReplicasChange(ReplicasChange {
+            topic_id: TopicId(1),
+            partition: 2,
+            replicas: vec![NodeId(3)],
+            adding_replicas: vec![NodeId(3)],
+            removing_replicas: vec![],
+            leader: NodeId(3),
+            isr: vec![NodeId(3)],
+            leader_epoch: LeaderEpoch(4),
+            partition_epoch: 5,
+        });
+        let mut expected = vec![1, 0, 1, 10, 0];
+        expected.extend_from_slice(&1u128.to_be_bytes());
+        for word in [2, 1, 3, 1, 3, 0, 3, 1, 3, 4, 5] {
+            expected.extend_from_slice(&(word as u32).to_be_bytes());
+        }
+        assert_eq!(encode_batch(&[record]), expected);
     }
 
     // Unknown formats, types and versions are refused by name; every truncation and random corruption of a valid

@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use crate::metadata::election::{
+    is_live, new_leader, unclean_leader, ElectionPolicy, UNCLEAN_LEADER_ELECTION_ENABLE,
+};
 use crate::metadata::image::{MetadataImage, PartitionImage, TopicImage};
 use crate::metadata::placement::{place_replicas, PlacementBroker};
 use crate::metadata::records::{
@@ -192,7 +195,7 @@ fn plan_create_topic(
             reason: "has a used or zero id",
         });
     }
-    if let Some(key) = configs.keys().find(|key| !valid_config_key(key)) {
+    if let Some((key, _)) = configs.iter().find(|(key, value)| !valid_config(key, Some(value))) {
         return Err(ControllerError::InvalidConfig { key: key.clone() });
     }
     let replica_lists = match assignment {
@@ -262,7 +265,7 @@ fn plan_alter_configs(
     changes
         .iter()
         .map(|(key, value)| {
-            if !valid_config_key(key) {
+            if !valid_config(key, value.as_deref()) {
                 return Err(ControllerError::InvalidConfig { key: key.clone() });
             }
             Ok(MetadataRecord::Config(ConfigChange {
@@ -359,8 +362,17 @@ fn validate_topic_name(name: &str) -> Result<(), ControllerError> {
     Ok(())
 }
 
-fn valid_config_key(key: &str) -> bool {
-    !key.is_empty() && key.len() <= 255
+/// A key of at most 255 bytes; the one value the controller reads itself, `unclean.leader.election.enable`, must
+/// be a boolean as Kafka parses one (`true`/`false`, any case), so a typo is refused rather than read as false.
+fn valid_config(key: &str, value: Option<&str>) -> bool {
+    let valid_value = match (key, value) {
+        (UNCLEAN_LEADER_ELECTION_ENABLE, Some(value)) => {
+            let value = value.trim();
+            value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false")
+        }
+        _ => true,
+    };
+    !key.is_empty() && key.len() <= 255 && valid_value
 }
 
 fn topic_named<'a>(image: &'a MetadataImage, name: &str) -> Result<&'a TopicImage, ControllerError> {
@@ -393,12 +405,25 @@ pub struct BrokerHeartbeats {
     /// When each broker was last heard from; brokers not listed are timed from `active_since`.
     last_seen: BTreeMap<NodeId, Duration>,
     active_since: Duration,
+    /// Whether fencing and unfencing may elect outside the ISR (`unclean.leader.election.enable`).
+    election_policy: ElectionPolicy,
 }
 
 impl BrokerHeartbeats {
     /// `broker.session.timeout.ms` as `session_timeout`; `now` is when this controller became active.
     pub fn new(session_timeout: Duration, now: Duration) -> BrokerHeartbeats {
-        BrokerHeartbeats { session_timeout, last_seen: BTreeMap::new(), active_since: now }
+        BrokerHeartbeats {
+            session_timeout,
+            last_seen: BTreeMap::new(),
+            active_since: now,
+            election_policy: ElectionPolicy::default(),
+        }
+    }
+
+    /// The broker-wide unclean-election default the fences and unfences this planner makes follow (false until
+    /// set, Kafka's default); topics override it with `unclean.leader.election.enable`.
+    pub fn set_election_policy(&mut self, policy: ElectionPolicy) {
+        self.election_policy = policy;
     }
 
     /// Records the heartbeat and returns the records it causes: an unfence once the broker has caught up with its
@@ -413,12 +438,12 @@ impl BrokerHeartbeats {
         self.last_seen.insert(heartbeat.broker, now);
         let fenced = image.broker(heartbeat.broker).is_some_and(|broker| broker.fenced);
         if heartbeat.want_fence && !fenced {
-            return Ok(fence_records(image, heartbeat.broker));
+            return Ok(fence_records_with(image, heartbeat.broker, self.election_policy));
         }
         if fenced && !heartbeat.want_fence && heartbeat.metadata_offset >= heartbeat.broker_epoch.0 {
             let epoch = heartbeat.broker_epoch;
             let mut records = vec![MetadataRecord::UnfenceBroker { broker: heartbeat.broker, epoch }];
-            records.extend(elect_returning(image, heartbeat.broker));
+            records.extend(elect_returning(image, heartbeat.broker, self.election_policy));
             return Ok(records);
         }
         Ok(Vec::new())
@@ -432,21 +457,34 @@ impl BrokerHeartbeats {
             now.saturating_sub(seen.max(self.active_since)) > self.session_timeout
         });
         match expired {
-            Some(broker) => fence_records(image, broker.registration.broker),
+            Some(broker) => fence_records_with(image, broker.registration.broker, self.election_policy),
             None => Vec::new(),
         }
     }
 }
 
+/// Fences `broker` with unclean elections disabled everywhere: `fence_records_with` and the default policy.
+pub fn fence_records(image: &MetadataImage, broker: NodeId) -> Vec<MetadataRecord> {
+    fence_records_with(image, broker, ElectionPolicy::default())
+}
+
 /// Fences `broker`: the fence record, then every partition it leads or follows in sync moves on without it. A
 /// partition whose ISR would become empty keeps its ISR and loses its leader (offline until a member returns),
-/// because the last ISR member holds the only copy known to be complete.
-pub fn fence_records(image: &MetadataImage, broker: NodeId) -> Vec<MetadataRecord> {
+/// because the last ISR member holds the only copy known to be complete — unless `policy` allows an unclean
+/// election for its topic: then the first live replica outside the ISR leads, with an ISR of itself (Kafka's
+/// unclean election; acknowledged writes it lacks are lost).
+pub fn fence_records_with(
+    image: &MetadataImage,
+    broker: NodeId,
+    policy: ElectionPolicy,
+) -> Vec<MetadataRecord> {
     let Some(broker_image) = image.broker(broker) else { return Vec::new() };
     let mut records = vec![MetadataRecord::FenceBroker { broker, epoch: broker_image.epoch }];
     for topic in image.topics() {
+        let unclean = policy.unclean_enabled(topic);
         for (index, partition) in topic.partitions.iter().enumerate() {
-            if let Some(change) = partition_without(image, topic.id, index as i32, partition, broker) {
+            let change = partition_without(image, (topic.id, index as i32), partition, broker, unclean);
+            if let Some(change) = change {
                 records.push(MetadataRecord::PartitionChange(change));
             }
         }
@@ -454,21 +492,25 @@ pub fn fence_records(image: &MetadataImage, broker: NodeId) -> Vec<MetadataRecor
     records
 }
 
-/// Partitions left without a leader whose ISR holds `broker` elect it as it is unfenced.
-fn elect_returning(image: &MetadataImage, broker: NodeId) -> Vec<MetadataRecord> {
+/// Partitions left without a leader elect `broker` as it is unfenced: those whose ISR holds it, and — where
+/// `policy` allows an unclean election and no ISR member is live — those it is a replica of, with an ISR of itself.
+fn elect_returning(image: &MetadataImage, broker: NodeId, policy: ElectionPolicy) -> Vec<MetadataRecord> {
     let mut records = Vec::new();
     for topic in image.topics() {
+        let unclean = policy.unclean_enabled(topic);
         for (index, partition) in topic.partitions.iter().enumerate() {
-            if partition.leader == NodeId::NONE && partition.isr.contains(&broker) {
-                records.push(MetadataRecord::PartitionChange(PartitionChange {
-                    topic_id: topic.id,
-                    partition: index as i32,
-                    leader: broker,
-                    isr: partition.isr.clone(),
-                    leader_epoch: partition.leader_epoch.next(),
-                    partition_epoch: partition.partition_epoch + 1,
-                }));
+            if partition.leader != NodeId::NONE || !partition.replicas.contains(&broker) {
+                continue;
             }
+            let isr = if partition.isr.contains(&broker) {
+                partition.isr.clone()
+            } else if unclean && !partition.isr.iter().any(|&node| is_live(image, node)) {
+                vec![broker]
+            } else {
+                continue;
+            };
+            let change = new_leader(topic.id, index as i32, partition, broker, isr);
+            records.push(MetadataRecord::PartitionChange(change));
         }
     }
     records
@@ -476,22 +518,28 @@ fn elect_returning(image: &MetadataImage, broker: NodeId) -> Vec<MetadataRecord>
 
 fn partition_without(
     image: &MetadataImage,
-    topic_id: TopicId,
-    partition_index: i32,
+    (topic_id, partition_index): (TopicId, i32),
     partition: &PartitionImage,
     broker: NodeId,
+    unclean: bool,
 ) -> Option<PartitionChange> {
     if !partition.isr.contains(&broker) {
         return None;
     }
     let shrunk: Vec<NodeId> = partition.isr.iter().copied().filter(|node| *node != broker).collect();
-    let isr = if shrunk.is_empty() { partition.isr.clone() } else { shrunk };
-    let live = |node: &NodeId| *node != broker && image.broker(*node).is_some_and(|image| !image.fenced);
-    let leader = if partition.leader == broker || partition.leader == NodeId::NONE {
+    let mut isr = if shrunk.is_empty() { partition.isr.clone() } else { shrunk };
+    let live = |node: &NodeId| *node != broker && is_live(image, *node);
+    let mut leader = if partition.leader == broker || partition.leader == NodeId::NONE {
         isr.iter().copied().find(live).unwrap_or(NodeId::NONE)
     } else {
         partition.leader
     };
+    if leader == NodeId::NONE && unclean {
+        if let Some(outsider) = unclean_leader(image, partition, broker) {
+            leader = outsider;
+            isr = vec![outsider];
+        }
+    }
     if leader == partition.leader && isr == partition.isr {
         return None;
     }

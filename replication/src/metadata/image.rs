@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::metadata::codec::{decode_registration, encode_registration, CodecError, Reader, Writer};
 use crate::metadata::records::{
     BrokerEpoch, BrokerRegistration, ConfigChange, ConfigResource, MetadataRecord, PartitionChange,
-    PartitionRecord, ProducerIdsBlock, TopicId, TopicRecord,
+    PartitionRecord, ProducerIdsBlock, ReplicasChange, TopicId, TopicRecord,
 };
 use crate::types::{LeaderEpoch, NodeId};
 
@@ -32,11 +32,38 @@ pub struct BrokerImage {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionImage {
+    /// Every replica; during a reassignment, the target replicas first and then those being removed.
     pub replicas: Vec<NodeId>,
     pub isr: Vec<NodeId>,
     pub leader: NodeId,
     pub leader_epoch: LeaderEpoch,
     pub partition_epoch: i32,
+    /// A reassignment's new replicas (KIP-455): in `replicas`, catching up to join the ISR. Empty when none runs.
+    pub adding_replicas: Vec<NodeId>,
+    /// A reassignment's departing replicas: in `replicas` until the target replicas are all in the ISR.
+    pub removing_replicas: Vec<NodeId>,
+}
+
+impl PartitionImage {
+    /// A reassignment is under way (KIP-455: some replica is being added or removed).
+    pub fn is_reassigning(&self) -> bool {
+        !self.adding_replicas.is_empty() || !self.removing_replicas.is_empty()
+    }
+
+    /// The replicas once the reassignment completes: all of them but those being removed.
+    pub fn target_replicas(&self) -> Vec<NodeId> {
+        self.replicas.iter().copied().filter(|node| !self.removing_replicas.contains(node)).collect()
+    }
+
+    /// The replicas before the reassignment began (what a cancellation restores): all of them but those added.
+    pub fn original_replicas(&self) -> Vec<NodeId> {
+        self.replicas.iter().copied().filter(|node| !self.adding_replicas.contains(node)).collect()
+    }
+
+    /// The preferred leader: the first replica (Kafka's `preferredReplica`).
+    pub fn preferred_leader(&self) -> NodeId {
+        self.replicas.first().copied().unwrap_or(NodeId::NONE)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -201,6 +228,7 @@ impl MetadataImage {
             MetadataRecord::Topic(topic) => self.apply_topic(topic),
             MetadataRecord::Partition(partition) => self.apply_partition(partition),
             MetadataRecord::PartitionChange(change) => self.apply_partition_change(change),
+            MetadataRecord::ReplicasChange(change) => self.apply_replicas_change(change),
             MetadataRecord::Config(change) => self.apply_config(change),
             MetadataRecord::RemoveTopic { id } => self.apply_remove_topic(*id),
             MetadataRecord::ProducerIds(block) => self.apply_producer_ids(block),
@@ -274,6 +302,8 @@ impl MetadataImage {
             leader: record.leader,
             leader_epoch: record.leader_epoch,
             partition_epoch: record.partition_epoch,
+            adding_replicas: Vec::new(),
+            removing_replicas: Vec::new(),
         };
         let topic = self.topics.get_mut(&id).ok_or(ImageError::UnknownTopicId { id })?;
         Arc::make_mut(topic).partitions.push(partition);
@@ -282,40 +312,48 @@ impl MetadataImage {
 
     fn apply_partition_change(&mut self, change: &PartitionChange) -> Result<(), ImageError> {
         let (id, partition_index) = (change.topic_id, change.partition);
-        let topic = self.topics.get_mut(&id).ok_or(ImageError::UnknownTopicId { id })?;
-        let unknown = ImageError::UnknownPartition { id, partition: partition_index };
-        let current = usize::try_from(partition_index)
-            .ok()
-            .and_then(|index| topic.partitions.get(index))
-            .ok_or(unknown)?;
-        if change.partition_epoch != current.partition_epoch + 1 {
-            return Err(ImageError::PartitionEpochNotNext {
-                id,
-                partition: partition_index,
-                epoch: change.partition_epoch,
-                current: current.partition_epoch,
-            });
-        }
-        // The leader epoch moves by one exactly when the leader changes, and may move by one on other changes.
-        let leader_changed = change.leader != current.leader;
-        let epoch_bumped = change.leader_epoch.0 == current.leader_epoch.0 + 1;
-        if !(epoch_bumped || (!leader_changed && change.leader_epoch == current.leader_epoch)) {
-            return Err(ImageError::LeaderEpochInvalid {
-                id,
-                partition: partition_index,
-                epoch: change.leader_epoch,
-                current: current.leader_epoch,
-            });
-        }
+        let current = self.partition_mut(id, partition_index)?.clone();
+        let epochs = Epochs { leader: change.leader, leader_epoch: change.leader_epoch };
+        check_epochs(id, partition_index, &current, epochs, change.partition_epoch, false)?;
         check_replicas(&self.brokers, &current.replicas, &change.isr, change.leader)
             .map_err(|reason| ImageError::InvalidReplicas { id, partition: partition_index, reason })?;
-        let topic = Arc::make_mut(topic);
-        let partition = &mut topic.partitions[partition_index as usize];
+        let partition = self.partition_mut(id, partition_index)?;
         partition.leader = change.leader;
         partition.isr = change.isr.clone();
         partition.leader_epoch = change.leader_epoch;
         partition.partition_epoch = change.partition_epoch;
         Ok(())
+    }
+
+    /// A reassignment's start, completion or cancellation: the replica set changes, so the leader epoch must rise
+    /// (a leader takes its followers from the replicas at the start of its epoch), and the adding and removing sets
+    /// must describe the new replicas.
+    fn apply_replicas_change(&mut self, change: &ReplicasChange) -> Result<(), ImageError> {
+        let (id, partition_index) = (change.topic_id, change.partition);
+        let current = self.partition_mut(id, partition_index)?.clone();
+        let epochs = Epochs { leader: change.leader, leader_epoch: change.leader_epoch };
+        check_epochs(id, partition_index, &current, epochs, change.partition_epoch, true)?;
+        let invalid = |reason: String| ImageError::InvalidReplicas { id, partition: partition_index, reason };
+        check_replicas(&self.brokers, &change.replicas, &change.isr, change.leader).map_err(invalid)?;
+        check_reassignment(&change.replicas, &change.adding_replicas, &change.removing_replicas)
+            .map_err(invalid)?;
+        let partition = self.partition_mut(id, partition_index)?;
+        partition.replicas = change.replicas.clone();
+        partition.adding_replicas = change.adding_replicas.clone();
+        partition.removing_replicas = change.removing_replicas.clone();
+        partition.leader = change.leader;
+        partition.isr = change.isr.clone();
+        partition.leader_epoch = change.leader_epoch;
+        partition.partition_epoch = change.partition_epoch;
+        Ok(())
+    }
+
+    fn partition_mut(&mut self, id: TopicId, partition: i32) -> Result<&mut PartitionImage, ImageError> {
+        let topic = self.topics.get_mut(&id).ok_or(ImageError::UnknownTopicId { id })?;
+        usize::try_from(partition)
+            .ok()
+            .and_then(|index| Arc::make_mut(topic).partitions.get_mut(index))
+            .ok_or(ImageError::UnknownPartition { id, partition })
     }
 
     fn apply_config(&mut self, change: &ConfigChange) -> Result<(), ImageError> {
@@ -386,9 +424,74 @@ impl MetadataImage {
             for partition in &topic.partitions {
                 assert!(partition.isr.iter().all(|node| partition.replicas.contains(node)));
                 assert!(partition.leader == NodeId::NONE || partition.isr.contains(&partition.leader));
+                assert!(check_reassignment(
+                    &partition.replicas,
+                    &partition.adding_replicas,
+                    &partition.removing_replicas
+                )
+                .is_ok());
             }
         }
     }
+}
+
+/// A change's new leader and leader epoch, checked against the partition's.
+#[derive(Clone, Copy)]
+struct Epochs {
+    leader: NodeId,
+    leader_epoch: LeaderEpoch,
+}
+
+/// The partition epoch rises by exactly one; the leader epoch rises by one when the leader changes or
+/// `epoch_bump_required`, and otherwise may stay or rise by one.
+fn check_epochs(
+    id: TopicId,
+    partition: i32,
+    current: &PartitionImage,
+    epochs: Epochs,
+    partition_epoch: i32,
+    epoch_bump_required: bool,
+) -> Result<(), ImageError> {
+    if partition_epoch != current.partition_epoch + 1 {
+        return Err(ImageError::PartitionEpochNotNext {
+            id,
+            partition,
+            epoch: partition_epoch,
+            current: current.partition_epoch,
+        });
+    }
+    let epoch_bumped = epochs.leader_epoch.0 == current.leader_epoch.0 + 1;
+    // The epoch may stay only when nothing requires a new one: the same leader and the same replicas.
+    let epoch_may_stay = epochs.leader == current.leader && !epoch_bump_required;
+    let epoch_valid = epoch_bumped || (epoch_may_stay && epochs.leader_epoch == current.leader_epoch);
+    if !epoch_valid {
+        return Err(ImageError::LeaderEpochInvalid {
+            id,
+            partition,
+            epoch: epochs.leader_epoch,
+            current: current.leader_epoch,
+        });
+    }
+    Ok(())
+}
+
+/// The adding and removing sets are distinct, disjoint subsets of the replicas, and the target (the replicas
+/// but those removed) is not empty.
+fn check_reassignment(replicas: &[NodeId], adding: &[NodeId], removing: &[NodeId]) -> Result<(), String> {
+    let distinct = |nodes: &[NodeId]| nodes.iter().collect::<BTreeSet<_>>().len() == nodes.len();
+    if !distinct(adding) || !distinct(removing) {
+        return Err(format!("adding {adding:?} or removing {removing:?} repeats a broker"));
+    }
+    if !adding.iter().chain(removing).all(|node| replicas.contains(node)) {
+        return Err(format!("adding {adding:?} or removing {removing:?} is outside replicas {replicas:?}"));
+    }
+    if adding.iter().any(|node| removing.contains(node)) {
+        return Err(format!("adding {adding:?} and removing {removing:?} overlap"));
+    }
+    if replicas.iter().all(|node| removing.contains(node)) {
+        return Err(format!("removing {removing:?} takes every replica of {replicas:?}"));
+    }
+    Ok(())
 }
 
 /// Replicas are distinct registered brokers, the ISR is a distinct subset of them, and the leader is in the ISR
@@ -419,8 +522,12 @@ fn check_replicas(
     Ok(())
 }
 
-/// The layout of an image in a snapshot. Bumped when the layout changes; older snapshots are refused by name.
-pub const IMAGE_FORMAT: u8 = 1;
+/// The layout of an image in a snapshot, bumped when the layout changes. Format 2 added each partition's adding and
+/// removing replicas; format 1 snapshots (written before reassignment existed) still decode, with both empty,
+/// because snapshots live in users' data directories. Unknown formats are refused by name.
+pub const IMAGE_FORMAT: u8 = 2;
+/// The first snapshot layout, without reassignment state: decoded, never written.
+const IMAGE_FORMAT_WITHOUT_REASSIGNMENT: u8 = 1;
 
 impl MetadataImage {
     /// The image as snapshot bytes: every field, in map order, so equal images encode to equal bytes.
@@ -452,6 +559,8 @@ impl MetadataImage {
                 writer.i32(partition.leader.0);
                 writer.i32(partition.leader_epoch.0);
                 writer.i32(partition.partition_epoch);
+                writer.nodes(&partition.adding_replicas);
+                writer.nodes(&partition.removing_replicas);
             }
         }
         writer.into_bytes()
@@ -461,7 +570,7 @@ impl MetadataImage {
     pub fn decode(bytes: &[u8]) -> Result<MetadataImage, CodecError> {
         let mut reader = Reader::new(bytes);
         let format = reader.u8()?;
-        if format != IMAGE_FORMAT {
+        if format != IMAGE_FORMAT && format != IMAGE_FORMAT_WITHOUT_REASSIGNMENT {
             return Err(CodecError::UnknownBatchFormat { format });
         }
         let mut image = MetadataImage { applied_index: reader.u64()?, ..MetadataImage::default() };
@@ -477,11 +586,17 @@ impl MetadataImage {
             image.broker_configs.insert(broker, reader.string_map()?);
         }
         for _ in 0..reader.count(26)? {
-            let topic = decode_topic(&mut reader)?;
+            let topic = decode_topic(&mut reader, format)?;
             let invalid = |reason: String| CodecError::InvalidImage { reason };
             for partition in &topic.partitions {
                 check_replicas(&image.brokers, &partition.replicas, &partition.isr, partition.leader)
                     .map_err(invalid)?;
+                check_reassignment(
+                    &partition.replicas,
+                    &partition.adding_replicas,
+                    &partition.removing_replicas,
+                )
+                .map_err(invalid)?;
             }
             if image.topic_ids.insert(topic.name.clone(), topic.id).is_some() || topic.id == TopicId::ZERO {
                 return Err(invalid(format!("topic {:?} or its id {} repeats", topic.name, topic.id)));
@@ -495,19 +610,26 @@ impl MetadataImage {
     }
 }
 
-fn decode_topic(reader: &mut Reader<'_>) -> Result<TopicImage, CodecError> {
+fn decode_topic(reader: &mut Reader<'_>, format: u8) -> Result<TopicImage, CodecError> {
     let name = reader.string()?;
     let id = TopicId(reader.u128()?);
     let configs = reader.string_map()?;
     let mut partitions = Vec::new();
     for _ in 0..reader.count(20)? {
-        partitions.push(PartitionImage {
+        let mut partition = PartitionImage {
             replicas: reader.nodes()?,
             isr: reader.nodes()?,
             leader: NodeId(reader.i32()?),
             leader_epoch: LeaderEpoch(reader.i32()?),
             partition_epoch: reader.i32()?,
-        });
+            adding_replicas: Vec::new(),
+            removing_replicas: Vec::new(),
+        };
+        if format != IMAGE_FORMAT_WITHOUT_REASSIGNMENT {
+            partition.adding_replicas = reader.nodes()?;
+            partition.removing_replicas = reader.nodes()?;
+        }
+        partitions.push(partition);
     }
     Ok(TopicImage { name, id, configs, partitions })
 }

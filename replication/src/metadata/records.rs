@@ -92,6 +92,28 @@ pub struct PartitionChange {
     pub partition_epoch: i32,
 }
 
+/// A partition change that also rewrites the replica set: the start, completion or cancellation of a KIP-455
+/// reassignment (KRaft writes these as a `PartitionChangeRecord` with its `Replicas`, `AddingReplicas` and
+/// `RemovingReplicas` fields set). A record of its own rather than new fields on `PartitionChange`, so every
+/// `PartitionChange` an older Sluice wrote keeps its bytes and its meaning.
+///
+/// `replicas` is the whole set while a reassignment runs: the target replicas first, then those being removed
+/// (Kafka's `PartitionReassignmentReplicas`). `adding_replicas` are the target replicas that were not replicas
+/// before, `removing_replicas` the old replicas outside the target; both are empty when no reassignment runs. The
+/// leader epoch always rises by one, because a leader learns its followers at the start of its epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ReplicasChange {
+    pub topic_id: TopicId,
+    pub partition: i32,
+    pub replicas: Vec<NodeId>,
+    pub adding_replicas: Vec<NodeId>,
+    pub removing_replicas: Vec<NodeId>,
+    pub leader: NodeId,
+    pub isr: Vec<NodeId>,
+    pub leader_epoch: LeaderEpoch,
+    pub partition_epoch: i32,
+}
+
 /// What a configuration entry belongs to (Kafka's `ConfigResource` types BROKER and TOPIC).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ConfigResource {
@@ -134,6 +156,7 @@ pub enum MetadataRecord {
     Topic(TopicRecord),
     Partition(PartitionRecord),
     PartitionChange(PartitionChange),
+    ReplicasChange(ReplicasChange),
     Config(ConfigChange),
     /// KRaft's `RemoveTopicRecord`: the topic, its partitions and its configuration are gone.
     RemoveTopic {

@@ -8,11 +8,11 @@ use super::*;
 use crate::types::{LeaderEpoch, NodeId};
 
 /// Applies `records` as the next entry; panics (a test failure) if the image refuses them.
-fn commit(image: &MetadataImage, records: &[MetadataRecord]) -> MetadataImage {
+pub(super) fn commit(image: &MetadataImage, records: &[MetadataRecord]) -> MetadataImage {
     image.apply_batch(image.applied_index() + 1, records).unwrap()
 }
 
-fn registration(broker: i32, rack: Option<&str>) -> BrokerRegistration {
+pub(super) fn registration(broker: i32, rack: Option<&str>) -> BrokerRegistration {
     BrokerRegistration {
         broker: NodeId(broker),
         incarnation: 1000 + broker as u128,
@@ -22,7 +22,7 @@ fn registration(broker: i32, rack: Option<&str>) -> BrokerRegistration {
 }
 
 /// Registers and unfences `count` brokers (racks a, b, c in turn).
-fn cluster(count: i32) -> (MetadataImage, BrokerHeartbeats) {
+pub(super) fn cluster(count: i32) -> (MetadataImage, BrokerHeartbeats) {
     let mut image = MetadataImage::empty();
     let mut heartbeats = BrokerHeartbeats::new(Duration::from_secs(9), Duration::ZERO);
     for broker in 0..count {
@@ -45,7 +45,12 @@ fn cluster(count: i32) -> (MetadataImage, BrokerHeartbeats) {
     (image, heartbeats)
 }
 
-fn create_topic(name: &str, id: u128, partition_count: i32, replication_factor: i16) -> AdminRequest {
+pub(super) fn create_topic(
+    name: &str,
+    id: u128,
+    partition_count: i32,
+    replication_factor: i16,
+) -> AdminRequest {
     AdminRequest::CreateTopic {
         name: name.into(),
         id: TopicId(id),

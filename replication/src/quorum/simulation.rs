@@ -21,8 +21,9 @@ use raft::prelude::Message;
 use raft::StateRole;
 
 use crate::metadata::{
-    controller, plan, AdminRequest, BrokerRegistration, ConfigResource, Listener, MetadataImage,
-    MetadataRecord, TopicId,
+    complete_reassignments, controller, plan, plan_alter_reassignments, plan_elect_leaders, AdminRequest,
+    BrokerRegistration, ConfigResource, ElectLeadersRequest, ElectionPolicy, ElectionType, Listener,
+    MetadataImage, MetadataRecord, TopicId,
 };
 use crate::quorum::{
     node_id, Applied, AppliedKind, BrokenRule, DiskQuorumStorage, LogState, MemDir, MemQuorumStorage,
@@ -603,7 +604,7 @@ fn random_request(prng: &mut Prng, image: &MetadataImage) -> Option<Vec<Metadata
     let topic_name = format!("topic-{}", prng.below(6));
     let brokers: Vec<_> = image.brokers().values().collect();
     let broker = (!brokers.is_empty()).then(|| brokers[prng.below(brokers.len() as u64) as usize]);
-    let request = match prng.below(8) {
+    let request = match prng.below(11) {
         0 => AdminRequest::RegisterBroker(BrokerRegistration {
             broker: NodeId(prng.below(5) as i32),
             incarnation: u128::from(prng.next_u64()),
@@ -636,6 +637,22 @@ fn random_request(prng: &mut Prng, image: &MetadataImage) -> Option<Vec<Metadata
             }
         }
         6 => return broker.map(|broker| controller::fence_records(image, broker.registration.broker)),
+        8 => {
+            // A reassignment of partition 0 to random brokers (some unregistered, some repeated: refused), or its
+            // cancellation.
+            let target = (prng.below(4) != 0)
+                .then(|| (0..prng.between(1, 3)).map(|_| NodeId(prng.below(6) as i32)).collect());
+            let targets = [((topic_name, 0), target)];
+            let records = plan_alter_reassignments(image, ElectionPolicy::default(), &targets).records;
+            return Some(records).filter(|records| !records.is_empty());
+        }
+        9 => return Some(complete_reassignments(image)).filter(|records| !records.is_empty()),
+        10 => {
+            let election = [ElectionType::Preferred, ElectionType::Unclean][prng.below(2) as usize];
+            let request = ElectLeadersRequest { election, partitions: None };
+            let records = plan_elect_leaders(image, &request).records;
+            return Some(records).filter(|records| !records.is_empty());
+        }
         _ => {
             let broker = broker?;
             let heartbeat = crate::metadata::Heartbeat {

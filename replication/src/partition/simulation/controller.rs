@@ -4,6 +4,11 @@
 //! checks AlterPartition's epochs (`plan_alter_partition`), fences expired brokers one at a time, and treats a
 //! restarted broker (a new incarnation) as KRaft does: fenced and out of every ISR it can leave, then registered
 //! again with a new broker epoch. It never crashes; it can be cut off.
+//!
+//! With `LeaderMoves` it also moves leaders and replicas on its own, as an operator and the active controller's
+//! timers would: the preferred-leader rebalance (`rebalance_leaders`) and random reassignments and cancellations
+//! (`plan_alter_reassignments`), completed after every applied batch (`complete_reassignments_after`), so the
+//! checker's invariants are seen to hold across those leader changes too.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,11 +16,12 @@ use std::time::Duration;
 
 use super::Message;
 use crate::metadata::{
-    controller::fence_records, BrokerHeartbeats, BrokerRegistration, Heartbeat, MetadataImage,
+    complete_reassignments, controller::fence_records, plan_alter_reassignments, rebalance_leaders,
+    BrokerHeartbeats, BrokerRegistration, ElectionPolicy, Heartbeat, LeaderRebalanceConfig, MetadataImage,
     MetadataRecord, PartitionChange, TopicId,
 };
 use crate::partition::{plan_alter_partition, AlterPartitionReplies, AlterPartitionRequest, BrokenRule};
-use crate::sim::Outbox;
+use crate::sim::{Outbox, Prng};
 use crate::types::NodeId;
 
 pub struct SimController {
@@ -31,6 +37,25 @@ pub struct SimController {
     pub(super) refused_count: u64,
     pub(super) shrink_count: u64,
     pub(super) expand_count: u64,
+    /// Leader and replica moves made on ticks, while `Some`; the harness ends them before the liveness phase.
+    pub(super) leader_moves: Option<LeaderMoves>,
+    pub(super) move_counts: MoveCounts,
+}
+
+/// How often, per controller tick, the simulated controller rebalances leaders or reassigns a partition.
+pub struct LeaderMoves {
+    pub prng: Prng,
+    pub rebalance_probability: f64,
+    pub reassignment_probability: f64,
+}
+
+/// What the leader moves did, for the run report.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MoveCounts {
+    pub preferred_election_count: u64,
+    pub reassignment_count: u64,
+    pub cancellation_count: u64,
+    pub completion_count: u64,
 }
 
 impl SimController {
@@ -52,6 +77,8 @@ impl SimController {
             refused_count: 0,
             shrink_count: 0,
             expand_count: 0,
+            leader_moves: None,
+            move_counts: MoveCounts::default(),
         }
     }
 
@@ -75,12 +102,12 @@ impl SimController {
                 incarnation,
                 ..registered.registration
             }));
-            self.apply(records, out);
+            self.apply_and_complete(records, out);
         } else {
             let heartbeat =
                 Heartbeat { broker, broker_epoch: registered.epoch, metadata_offset, want_fence: false };
             if let Ok(records) = self.heartbeats.heartbeat(&self.image, now, &heartbeat) {
-                self.apply(records, out);
+                self.apply_and_complete(records, out);
             }
         }
         out.send(broker, Message::Metadata(self.image.clone()));
@@ -112,11 +139,58 @@ impl SimController {
         self.replies.record(self.topic_id, partition, request, &result);
         let request = request.clone();
         out.send(from, Message::AlterPartitionAnswer { partition, request, result });
+        // After the answer, as the active controller would after applying the expansion: a reassignment whose
+        // target is now in the ISR completes.
+        self.apply_and_complete(Vec::new(), out);
     }
 
     pub fn on_tick(&mut self, now: Duration, out: &mut Outbox<Message>) {
         let records = self.heartbeats.expire(&self.image, now);
+        self.apply_and_complete(records, out);
+        self.move_leaders(out);
+    }
+
+    /// With `leader_moves`: maybe a preferred-leader rebalance, maybe a reassignment of a random partition to
+    /// three random brokers, or the cancellation of a running one.
+    fn move_leaders(&mut self, out: &mut Outbox<Message>) {
+        let Some(topic) = self.image.topic(self.topic_id) else { return };
+        let (topic_name, partition_count) = (topic.name.clone(), topic.partitions.len());
+        let broker_count = self.broker_count;
+        let Some(moves) = self.leader_moves.as_mut() else { return };
+        let rebalance = moves.prng.chance(moves.rebalance_probability);
+        let reassign = moves.prng.chance(moves.reassignment_probability);
+        let partition = moves.prng.below(partition_count as u64) as i32;
+        let mut brokers: Vec<NodeId> = (0..broker_count as i32).map(NodeId).collect();
+        let mut target = Vec::new();
+        while target.len() < 3.min(broker_count) {
+            target.push(brokers.remove(moves.prng.below(brokers.len() as u64) as usize));
+        }
+        let cancel = moves.prng.chance(0.3) && self.partition(partition).is_reassigning();
+        if rebalance {
+            let records = rebalance_leaders(&self.image, &LeaderRebalanceConfig::default());
+            self.move_counts.preferred_election_count += records.len() as u64;
+            self.apply_and_complete(records, out);
+        }
+        if reassign {
+            let key = (topic_name, partition);
+            let entry = if cancel { (key, None) } else { (key, Some(target)) };
+            let plan = plan_alter_reassignments(&self.image, ElectionPolicy::default(), &[entry]);
+            let counter = if cancel {
+                &mut self.move_counts.cancellation_count
+            } else {
+                &mut self.move_counts.reassignment_count
+            };
+            *counter += plan.records.len() as u64;
+            self.apply_and_complete(plan.records, out);
+        }
+    }
+
+    /// Applies `records` (if any), then the completions of the reassignments whose target is now in the ISR.
+    fn apply_and_complete(&mut self, records: Vec<MetadataRecord>, out: &mut Outbox<Message>) {
         self.apply(records, out);
+        let completions = complete_reassignments(&self.image);
+        self.move_counts.completion_count += completions.len() as u64;
+        self.apply(completions, out);
     }
 
     fn partition(&self, partition: i32) -> crate::metadata::PartitionImage {

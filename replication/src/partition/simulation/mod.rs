@@ -20,7 +20,7 @@ use std::time::Duration;
 use broker::SimBroker;
 use checker::ReplicationChecker;
 use client::SimClient;
-use controller::SimController;
+use controller::{LeaderMoves, SimController};
 
 use crate::metadata::{
     plan, AdminRequest, BrokerRegistration, Listener, MetadataImage, MetadataRecord, PartitionImage, TopicId,
@@ -157,6 +157,11 @@ pub struct Scenario {
     /// Cutting a partition leader off from the controller alone (clients and followers still reach it).
     pub zombie_probability: f64,
     pub heal_probability: f64,
+    /// Per controller tick in the safety phase: a preferred-leader rebalance (`rebalance_leaders`).
+    pub rebalance_probability: f64,
+    /// Per controller tick in the safety phase: a reassignment of a random partition to three random brokers, or
+    /// (three times in ten, when one runs) its cancellation.
+    pub reassignment_probability: f64,
     pub faults: Faults,
     pub broken_rule: Option<BrokenRule>,
 }
@@ -173,6 +178,8 @@ impl Scenario {
             partition_probability: 0.0005,
             zombie_probability: 0.0005,
             heal_probability: 0.001,
+            rebalance_probability: 0.0,
+            reassignment_probability: 0.0,
             faults: Faults {
                 loss_probability: 0.05,
                 duplication_probability: 0.05,
@@ -218,6 +225,10 @@ pub struct RunReport {
     pub truncated_batch_count: u64,
     pub lost_unsynced_batch_count: u64,
     pub not_enough_replicas_count: u64,
+    pub preferred_election_count: u64,
+    pub reassignment_count: u64,
+    pub reassignment_cancel_count: u64,
+    pub reassignment_completion_count: u64,
 }
 
 /// A tick of 10 ms; sessions of 250 ms, lag 150 ms: elections and ISR shrinks both happen within a run.
@@ -299,12 +310,16 @@ impl Harness {
             })
             .collect();
         let image = initial_image(scenario);
-        nodes.push(SimNode::Controller(Box::new(SimController::new(
-            image,
-            TOPIC_ID,
-            SESSION_TIMEOUT,
-            scenario.broken_rule,
-        ))));
+        let mut controller = SimController::new(image, TOPIC_ID, SESSION_TIMEOUT, scenario.broken_rule);
+        // Drawn only when enabled, so the scenarios without leader moves replay exactly as before.
+        if scenario.rebalance_probability > 0.0 || scenario.reassignment_probability > 0.0 {
+            controller.leader_moves = Some(LeaderMoves {
+                prng: prng.fork(),
+                rebalance_probability: scenario.rebalance_probability,
+                reassignment_probability: scenario.reassignment_probability,
+            });
+        }
+        nodes.push(SimNode::Controller(Box::new(controller)));
         let client = SimClient::new(topic, broker_count, config.request_timeout * 3, prng.fork());
         nodes.push(SimNode::Client(Box::new(client)));
         let sim_config = SimConfig {
@@ -341,6 +356,13 @@ impl Harness {
 
     fn controller(&self) -> &SimController {
         match &self.sim.nodes()[self.scenario.broker_count] {
+            SimNode::Controller(controller) => controller,
+            _ => unreachable!("the controller follows the brokers"),
+        }
+    }
+
+    fn controller_mut(&mut self) -> &mut SimController {
+        match &mut self.sim.nodes_mut()[self.scenario.broker_count] {
             SimNode::Controller(controller) => controller,
             _ => unreachable!("the controller follows the brokers"),
         }
@@ -418,6 +440,8 @@ impl Harness {
     }
 
     fn liveness_phase(&mut self) -> Result<(), Violation> {
+        // Running reassignments stay: they must complete for the ISRs to be full.
+        self.controller_mut().leader_moves = None;
         self.sim.network_mut().heal();
         self.sim.network_mut().set_faults(Faults::none()).unwrap();
         for index in 0..self.scenario.broker_count {
@@ -454,10 +478,15 @@ impl Harness {
         let controller = self.controller();
         let (refused, shrinks, expands) =
             (controller.refused_count, controller.shrink_count, controller.expand_count);
+        let moves = controller.move_counts;
         let mut report = RunReport {
             refused_batch_count: refused,
             isr_shrink_count: shrinks,
             isr_expand_count: expands,
+            preferred_election_count: moves.preferred_election_count,
+            reassignment_count: moves.reassignment_count,
+            reassignment_cancel_count: moves.cancellation_count,
+            reassignment_completion_count: moves.completion_count,
             ..self.report.clone()
         };
         for index in 0..self.scenario.broker_count {
@@ -470,15 +499,15 @@ impl Harness {
         self.report = report;
     }
 
-    /// Every broker runs; every partition has a leader leading its epoch with a full ISR; every replica's log is
-    /// the leader's with HW = LEO; the producers' last writes are acknowledged.
+    /// Every broker runs; every partition has a leader leading its epoch with a full ISR and no reassignment
+    /// running; every replica's log is the leader's with HW = LEO; the producers' last writes are acknowledged.
     fn converged(&self) -> bool {
         if !self.client().done() {
             return false;
         }
         let Some(topic) = self.controller().image.topics().next() else { return false };
         topic.partitions.iter().enumerate().all(|(index, partition)| {
-            let full = partition.isr.len() == partition.replicas.len();
+            let full = partition.isr.len() == partition.replicas.len() && !partition.is_reassigning();
             let Some(leader) = partition.leader.index(self.scenario.broker_count) else { return false };
             let leader_log = self.broker(leader).partitions[index].log.batches();
             full && partition.replicas.iter().all(|replica| {
@@ -503,8 +532,14 @@ impl Harness {
             .flat_map(|topic| topic.partitions.iter())
             .map(|partition| {
                 format!(
-                    "leader {} epoch {} isr {:?} partition epoch {}",
-                    partition.leader, partition.leader_epoch, partition.isr, partition.partition_epoch
+                    "leader {} epoch {} replicas {:?} adding {:?} removing {:?} isr {:?} partition epoch {}",
+                    partition.leader,
+                    partition.leader_epoch,
+                    partition.replicas,
+                    partition.adding_replicas,
+                    partition.removing_replicas,
+                    partition.isr,
+                    partition.partition_epoch
                 )
             })
             .collect();

@@ -67,6 +67,42 @@ fn five_brokers() {
     assert_coverage(&reports);
 }
 
+/// `scenario` with preferred-leader rebalances and reassignments switched on.
+fn with_leader_moves(scenario: Scenario) -> Scenario {
+    Scenario { rebalance_probability: 0.02, reassignment_probability: 0.01, ..scenario }
+}
+
+// Leaders and replicas moving under faults: preferred-leader rebalances and random reassignments (and their
+// cancellations) of two partitions over five brokers, and under harsh faults over four, keep every invariant, and
+// the running reassignments complete once healed. The counts show the moves happened.
+#[test]
+fn leader_moves() {
+    for (scenario, seed_count) in
+        [(with_leader_moves(Scenario::new(5, 2)), 100), (with_leader_moves(Scenario::harsh(4, 2)), 50)]
+    {
+        let started = Instant::now();
+        let reports = sweep(seed_count, &scenario);
+        let sum = |field: fn(&RunReport) -> u64| reports.iter().map(field).sum::<u64>();
+        eprintln!(
+            "leader moves, {} brokers, {} partitions: {}; {} preferred elections, {} reassignments ({} cancelled, \
+             {} completed) in {:.1} s",
+            scenario.broker_count,
+            scenario.partition_count,
+            summary(&reports),
+            sum(|report| report.preferred_election_count),
+            sum(|report| report.reassignment_count),
+            sum(|report| report.reassignment_cancel_count),
+            sum(|report| report.reassignment_completion_count),
+            started.elapsed().as_secs_f64()
+        );
+        assert_coverage(&reports);
+        assert!(sum(|report| report.preferred_election_count) > 0, "no preferred election");
+        assert!(sum(|report| report.reassignment_count) > 0, "no reassignment");
+        assert!(sum(|report| report.reassignment_cancel_count) > 0, "no cancellation");
+        assert!(sum(|report| report.reassignment_completion_count) > 0, "no reassignment completed");
+    }
+}
+
 // Harsher faults (`Scenario::harsh`) keep every invariant too, and the cluster still converges once healed.
 #[test]
 fn harsh_faults() {
@@ -144,7 +180,15 @@ fn checker_catches_high_watermark_over_fetchers() {
 #[ignore = "long: run with --ignored, SLUICE_SIM_SEEDS=N"]
 fn long_run() {
     let count = std::env::var("SLUICE_SIM_SEEDS").ok().and_then(|text| text.parse().ok()).unwrap_or(10_000);
-    for scenario in [Scenario::new(3, 1), Scenario::new(5, 2), Scenario::harsh(3, 1), Scenario::harsh(5, 3)] {
+    let scenarios = [
+        Scenario::new(3, 1),
+        Scenario::new(5, 2),
+        Scenario::harsh(3, 1),
+        Scenario::harsh(5, 3),
+        with_leader_moves(Scenario::new(5, 2)),
+        with_leader_moves(Scenario::harsh(4, 2)),
+    ];
+    for scenario in scenarios {
         let started = Instant::now();
         let mut reports = Vec::new();
         for (index, seed) in seeds(count).into_iter().enumerate() {
