@@ -341,18 +341,8 @@ impl GroupCoordinator {
         if shard.is_shutting_down() {
             return GroupReply::Error(ResponseError::NotCoordinator.into());
         }
-        if shard.topics().cluster.is_some() {
-            if let Some(group) = request_group(&request) {
-                let index = offsets_partition(group, offsets_partition_count(shard.as_ref()));
-                match self.led.borrow().get(&index) {
-                    None => return GroupReply::Error(ResponseError::NotCoordinator.into()),
-                    Some(false) if matches!(request, GroupRequest::Heartbeat { .. }) => {
-                        return GroupReply::Error(ErrorCode::NONE)
-                    }
-                    Some(false) => return GroupReply::Error(ResponseError::CoordinatorLoadInProgress.into()),
-                    Some(true) => {}
-                }
-            }
+        if let Some(refusal) = self.cluster_refusal(shard, &request) {
+            return refusal;
         }
         let reply = match request {
             GroupRequest::Join { group, params } => GroupReply::Join(self.join(shard, &group, params).await),
@@ -901,6 +891,22 @@ impl GroupCoordinator {
         let indexes: Vec<i32> = self.logs.borrow().keys().copied().collect();
         for index in indexes {
             self.maybe_checkpoint(shard, index);
+        }
+    }
+
+    /// Cluster mode: a group whose partition does not lead here is NOT_COORDINATOR, one still loading
+    /// COORDINATOR_LOAD_IN_PROGRESS (a heartbeat is answered blindly meanwhile, as at start-up).
+    fn cluster_refusal<H: GroupHost>(&self, shard: &Rc<H>, request: &GroupRequest) -> Option<GroupReply> {
+        shard.topics().cluster.as_ref()?;
+        let group = request_group(request)?;
+        let index = offsets_partition(group, offsets_partition_count(shard.as_ref()));
+        match self.led.borrow().get(&index) {
+            None => Some(GroupReply::Error(ResponseError::NotCoordinator.into())),
+            Some(false) if matches!(request, GroupRequest::Heartbeat { .. }) => {
+                Some(GroupReply::Error(ErrorCode::NONE))
+            }
+            Some(false) => Some(GroupReply::Error(ResponseError::CoordinatorLoadInProgress.into())),
+            Some(true) => None,
         }
     }
 
