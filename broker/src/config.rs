@@ -63,6 +63,14 @@ pub struct Config {
     pub min_insync_replicas: usize,
     /// `replica.lag.time.max.ms`: a follower that has not caught up with its leader for this long leaves the ISR.
     pub replica_lag_time_max: Duration,
+    /// `unclean.leader.election.enable`: the broker default of the topic key (elect outside the ISR when the
+    /// last in-sync replica is gone, losing what only it held).
+    pub unclean_leader_election: bool,
+    /// `auto.leader.rebalance.enable`, `leader.imbalance.per.broker.percentage`,
+    /// `leader.imbalance.check.interval.seconds`: the active controller moves leadership back to preferred replicas.
+    pub auto_leader_rebalance: bool,
+    pub leader_imbalance_percentage: u32,
+    pub leader_imbalance_check_interval: Duration,
     /// Executors, one per core; `None` means one per online core.
     pub shard_count: Option<usize>,
     pub partition_count_default: i32,
@@ -210,7 +218,6 @@ const UNIT_ALIASES: &[(&str, &str, i64)] = &[
 /// keeps them, and each is accepted with one warning line. Keys whose absence would weaken what the operator asked
 /// for (`ssl.*`, `sasl.*`, `authorizer.class.name`, `super.users`, ...) are not here: they are refused as unknown.
 const IGNORED_KEYS: &[&str] = &[
-    "auto.leader.rebalance.enable",
     "background.threads",
     "broker.id.generation.enable",
     "compression.type",
@@ -221,8 +228,6 @@ const IGNORED_KEYS: &[&str] = &[
     "group.coordinator.rebalance.protocols",
     "inter.broker.listener.name",
     "inter.broker.protocol.version",
-    "leader.imbalance.check.interval.seconds",
-    "leader.imbalance.per.broker.percentage",
     "listener.security.protocol.map",
     "log.cleaner.backoff.ms",
     "log.cleaner.dedupe.buffer.size",
@@ -266,7 +271,6 @@ const IGNORED_KEYS: &[&str] = &[
     "transaction.state.log.num.partitions",
     "transaction.state.log.replication.factor",
     "transactional.id.expiration.ms",
-    "unclean.leader.election.enable",
 ];
 
 /// Prefixes of ignored Kafka keys: ZooKeeper's connection settings (a single node keeps its metadata itself).
@@ -307,6 +311,14 @@ struct Settings {
     min_insync_replicas: i64,
     #[serde(rename = "replica.lag.time.max.ms")]
     replica_lag_time_max_ms: i64,
+    #[serde(rename = "unclean.leader.election.enable")]
+    unclean_leader_election: bool,
+    #[serde(rename = "auto.leader.rebalance.enable")]
+    auto_leader_rebalance: bool,
+    #[serde(rename = "leader.imbalance.per.broker.percentage")]
+    leader_imbalance_percentage: i64,
+    #[serde(rename = "leader.imbalance.check.interval.seconds")]
+    leader_imbalance_check_interval_seconds: i64,
     shards: i64,
     #[serde(rename = "num.partitions")]
     partition_count_default: i64,
@@ -531,6 +543,17 @@ impl Config {
             replica_lag_time_max: Duration::from_millis(positive(
                 "replica.lag.time.max.ms",
                 settings.replica_lag_time_max_ms,
+            )? as u64),
+            unclean_leader_election: settings.unclean_leader_election,
+            auto_leader_rebalance: settings.auto_leader_rebalance,
+            leader_imbalance_percentage: within(
+                "leader.imbalance.per.broker.percentage",
+                settings.leader_imbalance_percentage,
+                0..=100,
+            )? as u32,
+            leader_imbalance_check_interval: Duration::from_secs(positive(
+                "leader.imbalance.check.interval.seconds",
+                settings.leader_imbalance_check_interval_seconds,
             )? as u64),
             shard_count,
             partition_count_default: within(

@@ -107,7 +107,7 @@ impl Shard {
     }
 
     /// Waits (bounded) until the table installed here is at least at `index`.
-    async fn wait_installed(&self, index: u64) {
+    pub(crate) async fn wait_installed(&self, index: u64) {
         let deadline = Instant::now() + INSTALL_WAIT;
         while self.topics().version < index {
             let left = deadline.saturating_duration_since(Instant::now());

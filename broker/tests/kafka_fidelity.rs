@@ -660,7 +660,7 @@ fn kafka_keys_without_effect_start_the_binary_with_one_warning_each() {
         ("zookeeper.connection.timeout.ms", "18000"),
         ("inter.broker.protocol.version", "\"3.9\""),
         ("num.network.threads", "3"),
-        ("offsets.topic.replication.factor", "1"),
+        ("transaction.state.log.replication.factor", "1"),
     ];
     let mut file: String = ignored.iter().map(|(key, value)| format!("\"{key}\" = {value}\n")).collect();
     file.push_str("\"log.retention.hours\" = 168\n");

@@ -467,7 +467,15 @@ pub const TOPIC_CONFIG_KEYS: &[TopicConfigKey] = &[
     accepted!("preallocate", "log.preallocate", "false", text),
     accepted!("segment.index.bytes", "log.index.size.max.bytes", "10485760", number),
     accepted!("segment.jitter.ms", "log.roll.jitter.ms", "0", number),
-    accepted!("unclean.leader.election.enable", "unclean.leader.election.enable", "false", text),
+    TopicConfigKey {
+        name: "unclean.leader.election.enable",
+        broker_name: "unclean.leader.election.enable",
+        default: |config| config.unclean_leader_election.to_string(),
+        validate: |text| match text.trim().to_ascii_lowercase().as_str() {
+            "true" | "false" => Ok(()),
+            _ => Err(format!("\"{text}\" is not true or false")),
+        },
+    },
     accepted!(
         "message.timestamp.difference.max.ms",
         "log.message.timestamp.difference.max.ms",

@@ -25,7 +25,9 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sluice_replication::metadata::{BrokerRegistration, Listener, MetadataImage};
+use sluice_replication::metadata::{
+    BrokerRegistration, ElectionPolicy, LeaderRebalanceConfig, Listener, MetadataImage,
+};
 use sluice_replication::quorum::node::QuorumConfig;
 use sluice_replication::quorum::{DiskQuorumStorage, QuorumNode, QuorumOutput, StdDir};
 use sluice_replication::NodeId;
@@ -135,7 +137,16 @@ impl Cluster {
                     node,
                     &own.address(),
                     peers,
-                    config.broker_session_timeout,
+                    service::ControllerPolicy {
+                        session_timeout: config.broker_session_timeout,
+                        election: ElectionPolicy { unclean_default: config.unclean_leader_election },
+                        rebalance: LeaderRebalanceConfig {
+                            enabled: config.auto_leader_rebalance,
+                            imbalance_per_broker_percentage: config.leader_imbalance_percentage,
+                            check_interval: config.leader_imbalance_check_interval,
+                            ..LeaderRebalanceConfig::default()
+                        },
+                    },
                     cell.clone(),
                     bootstrap.clone(),
                     registration.clone(),

@@ -17,7 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::Message;
-use sluice_replication::metadata::controller::fence_records;
+use sluice_replication::metadata::controller::fence_records_with;
+use sluice_replication::metadata::{
+    complete_reassignments, elect_leaderless, plan_alter_reassignments, plan_elect_leaders,
+    rebalance_leaders, ElectLeadersRequest, ElectionPolicy, ElectionType, LeaderRebalanceConfig,
+    PartitionPlan,
+};
 use sluice_replication::metadata::{
     plan, AdminRequest, BrokerEpoch, BrokerHeartbeats, BrokerRegistration, ControllerError, Heartbeat,
     MetadataImage, MetadataRecord, TopicId,
@@ -102,6 +107,8 @@ enum Reply {
     },
     /// The controller's own proposal (a fence, the migration batch): nobody waits.
     Internal,
+    /// ElectLeaders, AlterPartitionReassignments: the per-partition answers, sent once committed.
+    Results(Vec<(String, i32, i16, String)>),
     /// An AlterPartition: remembered (`AlterPartitionReplies`) so that a resend gets the same answer.
     Altered {
         topic_id: TopicId,
@@ -150,7 +157,23 @@ pub struct Controller {
     /// For the probes' threads, which report back as events.
     events: SyncSender<Event>,
     probes: Arc<AtomicUsize>,
+    policy: ControllerPolicy,
+    /// When the preferred-leader check last ran (`leader.imbalance.check.interval.seconds`).
+    rebalanced_at: Instant,
 }
+
+/// The active controller's election settings (broker keys).
+#[derive(Clone, Debug)]
+pub struct ControllerPolicy {
+    pub session_timeout: Duration,
+    /// `unclean.leader.election.enable` as the broker default.
+    pub election: ElectionPolicy,
+    /// `auto.leader.rebalance.enable` and its two settings.
+    pub rebalance: LeaderRebalanceConfig,
+}
+
+/// Leaderless partitions given a leader per tick at most (an election batch stays small).
+const LEADERLESS_ELECTIONS_MAX: usize = 1_000;
 
 /// Binds the controller listener and starts the controller's threads. An address that cannot be bound is a
 /// start-up error.
@@ -158,7 +181,7 @@ pub fn start(
     node: DiskNode,
     listen: &str,
     peers: Vec<(i32, String)>,
-    session_timeout: Duration,
+    policy: ControllerPolicy,
     cell: Arc<MetadataCell>,
     bootstrap: Vec<MetadataRecord>,
     registration: BrokerRegistration,
@@ -173,7 +196,7 @@ pub fn start(
     spawn("sluice-quorum-accept", move || accept(listener, accept_events))?;
     let mut controller = Controller {
         node,
-        session_timeout,
+        session_timeout: policy.session_timeout,
         started: Instant::now(),
         heartbeats: None,
         next_proposal: 1,
@@ -188,6 +211,8 @@ pub fn start(
         unreachable: VecDeque::new(),
         events: probe_events,
         probes: Arc::new(AtomicUsize::new(0)),
+        policy,
+        rebalanced_at: Instant::now(),
         last_leader: None,
     };
     controller.publish();
@@ -303,6 +328,11 @@ fn controller_error_code(error: &ControllerError) -> ResponseError {
     }
 }
 
+fn heartbeats_with(mut heartbeats: BrokerHeartbeats, policy: ElectionPolicy) -> BrokerHeartbeats {
+    heartbeats.set_election_policy(policy);
+    heartbeats
+}
+
 /// Kafka's codes for a refused AlterPartition.
 fn alter_refusal(error: &AlterPartitionError) -> ControlResponse {
     let code = match error {
@@ -405,7 +435,8 @@ impl Controller {
                 continue;
             }
             log::warn!("broker {} does not listen any more (reported, then probed): fencing it", broker.0);
-            return self.propose(fence_records(&image, broker), None, Reply::Internal, out);
+            let records = fence_records_with(&image, broker, self.policy.election);
+            return self.propose(records, None, Reply::Internal, out);
         }
     }
 
@@ -441,6 +472,42 @@ impl Controller {
         if spawned.is_err() {
             self.probes.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    fn elect_leaders(
+        &mut self,
+        responder: Responder,
+        election: i8,
+        partitions: Option<Vec<(String, i32)>>,
+        out: &mut QuorumOutput,
+    ) {
+        let image = self.image();
+        let Some(election) = ElectionType::from_code(election) else {
+            return responder.respond(ControlResponse::Error {
+                code: ResponseError::InvalidRequest.code(),
+                message: format!("election type {election} is not 0 (preferred) or 1 (unclean)"),
+            });
+        };
+        let plan = plan_elect_leaders(&image, &ElectLeadersRequest { election, partitions });
+        self.propose_plan(responder, plan, out);
+    }
+
+    /// Proposes a plan's records and answers its per-partition results once they commit (at once when it has no
+    /// records).
+    fn propose_plan(&mut self, responder: Responder, plan: PartitionPlan, out: &mut QuorumOutput) {
+        let results = plan
+            .results
+            .into_iter()
+            .map(|((topic, partition), result)| match result {
+                Ok(()) => (topic, partition, 0, String::new()),
+                Err(error) => (topic, partition, error.code(), error.to_string()),
+            })
+            .collect();
+        if plan.records.is_empty() {
+            let index = self.image().applied_index();
+            return responder.respond(ControlResponse::PartitionResults { index, results });
+        }
+        self.propose(plan.records, Some(responder), Reply::Results(results), out);
     }
 
     /// KIP-497's AlterPartition on the active controller: a resend gets its first answer, a valid change is
@@ -513,35 +580,55 @@ impl Controller {
             ControlRequest::AlterPartition { topic_id, partition, request } => {
                 self.alter_partition(responder, topic_id, partition, request, out)
             }
-            ControlRequest::Heartbeat { registration, broker_epoch: _, metadata_offset, want_fence } => {
-                let image = self.image();
-                let broker = registration.broker;
-                let known = image
-                    .broker(broker)
-                    .filter(|known| known.registration.incarnation == registration.incarnation);
-                let Some(known) = known else {
-                    return match plan(&image, &AdminRequest::RegisterBroker(registration)) {
-                        Ok(records) => self.propose(records, Some(responder), Reply::Registered, out),
-                        Err(error) => responder.respond(refusal(&error)),
-                    };
-                };
-                let heartbeat = Heartbeat { broker, broker_epoch: known.epoch, metadata_offset, want_fence };
-                let now = self.now();
-                let session_timeout = self.session_timeout;
-                let heartbeats =
-                    self.heartbeats.get_or_insert_with(|| BrokerHeartbeats::new(session_timeout, now));
-                match heartbeats.heartbeat(&image, now, &heartbeat) {
-                    Ok(records) if records.is_empty() => responder.respond(ControlResponse::Heartbeat {
-                        broker_epoch: known.epoch.0,
-                        fenced: known.fenced,
-                    }),
-                    Ok(records) => {
-                        let reply = Reply::Heartbeat { epoch: known.epoch, fenced: want_fence };
-                        self.propose(records, Some(responder), reply, out);
-                    }
-                    Err(error) => responder.respond(refusal(&error)),
-                }
+            ControlRequest::ElectLeaders { election, partitions } => {
+                self.elect_leaders(responder, election, partitions, out)
             }
+            ControlRequest::AlterReassignments { targets } => {
+                let image = self.image();
+                let plan = plan_alter_reassignments(&image, self.policy.election, &targets);
+                self.propose_plan(responder, plan, out);
+            }
+            ControlRequest::Heartbeat { registration, broker_epoch: _, metadata_offset, want_fence } => {
+                self.heartbeat(responder, registration, metadata_offset, want_fence, out)
+            }
+        }
+    }
+
+    /// A broker's heartbeat: registers an unknown incarnation, records the heartbeat, and proposes the fence or
+    /// unfence it causes.
+    fn heartbeat(
+        &mut self,
+        responder: Responder,
+        registration: BrokerRegistration,
+        metadata_offset: u64,
+        want_fence: bool,
+        out: &mut QuorumOutput,
+    ) {
+        let image = self.image();
+        let broker = registration.broker;
+        let known =
+            image.broker(broker).filter(|known| known.registration.incarnation == registration.incarnation);
+        let Some(known) = known else {
+            return match plan(&image, &AdminRequest::RegisterBroker(registration)) {
+                Ok(records) => self.propose(records, Some(responder), Reply::Registered, out),
+                Err(error) => responder.respond(refusal(&error)),
+            };
+        };
+        let heartbeat = Heartbeat { broker, broker_epoch: known.epoch, metadata_offset, want_fence };
+        let now = self.now();
+        let session_timeout = self.session_timeout;
+        let policy = self.policy.election;
+        let heartbeats = self
+            .heartbeats
+            .get_or_insert_with(|| heartbeats_with(BrokerHeartbeats::new(session_timeout, now), policy));
+        match heartbeats.heartbeat(&image, now, &heartbeat) {
+            Ok(records) if records.is_empty() => responder
+                .respond(ControlResponse::Heartbeat { broker_epoch: known.epoch.0, fenced: known.fenced }),
+            Ok(records) => {
+                let reply = Reply::Heartbeat { epoch: known.epoch, fenced: want_fence };
+                self.propose(records, Some(responder), reply, out);
+            }
+            Err(error) => responder.respond(refusal(&error)),
         }
     }
 
@@ -644,7 +731,10 @@ impl Controller {
         let image = self.image();
         let now = self.now();
         let session_timeout = self.session_timeout;
-        let heartbeats = self.heartbeats.get_or_insert_with(|| BrokerHeartbeats::new(session_timeout, now));
+        let policy = self.policy.election;
+        let heartbeats = self
+            .heartbeats
+            .get_or_insert_with(|| heartbeats_with(BrokerHeartbeats::new(session_timeout, now), policy));
         let fences = heartbeats.expire(&image, now);
         if !fences.is_empty() {
             if let Some(MetadataRecord::FenceBroker { broker, .. }) = fences.first() {
@@ -670,7 +760,36 @@ impl Controller {
                     "writing the topics of topics.toml into the metadata log ({} records)",
                     records.len()
                 );
-                self.propose(records, None, Reply::Internal, out);
+                return self.propose(records, None, Reply::Internal, out);
+            }
+        }
+        self.maintain_partitions(out);
+    }
+
+    /// The active controller's partition upkeep, one batch per tick when nothing is in flight: finish
+    /// reassignments whose new replicas joined the ISR, give leaderless partitions a leader, and (every
+    /// `leader.imbalance.check.interval.seconds`) move leadership back to preferred replicas.
+    fn maintain_partitions(&mut self, out: &mut QuorumOutput) {
+        let image = self.image();
+        let completed = complete_reassignments(&image);
+        if !completed.is_empty() {
+            log::info!("completing {} partition reassignments", completed.len());
+            return self.propose(completed, None, Reply::Internal, out);
+        }
+        let elected = elect_leaderless(&image, self.policy.election, LEADERLESS_ELECTIONS_MAX);
+        if !elected.is_empty() {
+            log::info!("electing leaders for {} leaderless partitions", elected.len());
+            return self.propose(elected, None, Reply::Internal, out);
+        }
+        if self.rebalanced_at.elapsed() >= self.policy.rebalance.check_interval {
+            self.rebalanced_at = Instant::now();
+            let moved = rebalance_leaders(&image, &self.policy.rebalance);
+            if !moved.is_empty() {
+                log::info!(
+                    "moving leadership of {} partitions back to their preferred replicas",
+                    moved.len()
+                );
+                self.propose(moved, None, Reply::Internal, out);
             }
         }
     }
@@ -723,6 +842,7 @@ impl Controller {
                 ControlResponse::Heartbeat { broker_epoch: epoch.0, fenced }
             }
             (Ok(_), Reply::ProducerIds { first, size }) => ControlResponse::ProducerIds { first, size },
+            (Ok(index), Reply::Results(results)) => ControlResponse::PartitionResults { index, results },
         };
         responder.respond(response);
     }
@@ -736,7 +856,10 @@ impl Controller {
             if self.node.is_leader() { ": this node is the active controller" } else { "" }
         );
         self.heartbeats = if self.node.is_leader() {
-            Some(BrokerHeartbeats::new(self.session_timeout, self.now()))
+            Some(heartbeats_with(
+                BrokerHeartbeats::new(self.session_timeout, self.now()),
+                self.policy.election,
+            ))
         } else {
             None
         };

@@ -15,7 +15,9 @@ use sluice_replication::metadata::codec::{
     decode_config_resource, decode_registration, encode_config_resource, encode_registration, CodecError,
     Reader, Writer,
 };
-use sluice_replication::metadata::{AdminRequest, BrokerEpoch, BrokerRegistration, TopicId};
+use sluice_replication::metadata::{
+    AdminRequest, BrokerEpoch, BrokerRegistration, ReassignmentTarget, TopicId,
+};
 use sluice_replication::partition::AlterPartitionRequest;
 use sluice_replication::{LeaderEpoch, NodeId};
 
@@ -67,6 +69,15 @@ pub enum ControlRequest {
         partition: i32,
         request: AlterPartitionRequest,
     },
+    /// ElectLeaders (`election`: Kafka's 0 preferred, 1 unclean; `None`: every partition).
+    ElectLeaders {
+        election: i8,
+        partitions: Option<Vec<(String, i32)>>,
+    },
+    /// AlterPartitionReassignments: a target replica list per partition, `None` to cancel (KIP-455).
+    AlterReassignments {
+        targets: Vec<ReassignmentTarget>,
+    },
     /// A broker could not reach `broker`'s Kafka listener (connection refused or reset): evidence of a dead
     /// process, faster than a missed heartbeat. The controller decides (see `service`).
     BrokerUnreachable {
@@ -114,6 +125,12 @@ pub enum ControlResponse {
     /// Only the active controller serves this; `leader` is who is, when known.
     NotController {
         leader: Option<i32>,
+    },
+    /// Per-partition answers (ElectLeaders, AlterPartitionReassignments), committed at `index`: topic,
+    /// partition, Kafka's code and its sentence.
+    PartitionResults {
+        index: u64,
+        results: Vec<(String, i32, i16, String)>,
     },
     /// Refused: a Kafka error code and the sentence for the client.
     Error {
@@ -242,6 +259,8 @@ const REQUEST_FETCH_METADATA: u8 = 8;
 const REQUEST_DESCRIBE_QUORUM: u8 = 9;
 const REQUEST_ALTER_PARTITION: u8 = 10;
 const REQUEST_BROKER_UNREACHABLE: u8 = 11;
+const REQUEST_ELECT_LEADERS: u8 = 12;
+const REQUEST_ALTER_REASSIGNMENTS: u8 = 13;
 
 fn encode_request(writer: &mut Writer, request: &ControlRequest) {
     match request {
@@ -272,6 +291,30 @@ fn encode_request(writer: &mut Writer, request: &ControlRequest) {
             writer.i32(request.leader_epoch.0);
             writer.i32(request.partition_epoch);
             writer.nodes(&request.isr);
+        }
+        ControlRequest::ElectLeaders { election, partitions } => {
+            writer.u8(REQUEST_ELECT_LEADERS);
+            writer.u8(*election as u8);
+            writer.bool(partitions.is_some());
+            if let Some(partitions) = partitions {
+                writer.count(partitions.len());
+                for (topic, partition) in partitions {
+                    writer.str(topic);
+                    writer.i32(*partition);
+                }
+            }
+        }
+        ControlRequest::AlterReassignments { targets } => {
+            writer.u8(REQUEST_ALTER_REASSIGNMENTS);
+            writer.count(targets.len());
+            for ((topic, partition), target) in targets {
+                writer.str(topic);
+                writer.i32(*partition);
+                writer.bool(target.is_some());
+                if let Some(target) = target {
+                    writer.nodes(target);
+                }
+            }
         }
         ControlRequest::BrokerUnreachable { reporter, broker, broker_epoch } => {
             writer.u8(REQUEST_BROKER_UNREACHABLE);
@@ -398,6 +441,8 @@ fn decode_request(reader: &mut Reader<'_>) -> Result<ControlRequest, WireError> 
         }),
         REQUEST_DESCRIBE_QUORUM => Ok(ControlRequest::DescribeQuorum),
         REQUEST_ALTER_PARTITION => decode_alter_partition(reader),
+        REQUEST_ELECT_LEADERS => decode_elect_leaders(reader),
+        REQUEST_ALTER_REASSIGNMENTS => decode_alter_reassignments(reader),
         REQUEST_BROKER_UNREACHABLE => Ok(ControlRequest::BrokerUnreachable {
             reporter: NodeId(reader.i32()?),
             broker: NodeId(reader.i32()?),
@@ -405,6 +450,33 @@ fn decode_request(reader: &mut Reader<'_>) -> Result<ControlRequest, WireError> 
         }),
         kind => Err(WireError::Kind(kind)),
     }
+}
+
+fn decode_elect_leaders(reader: &mut Reader<'_>) -> Result<ControlRequest, WireError> {
+    let election = reader.u8()? as i8;
+    let partitions = if reader.bool()? {
+        let count = reader.count(6)?;
+        Some(
+            (0..count)
+                .map(|_| Ok((reader.string()?, reader.i32()?)))
+                .collect::<Result<Vec<_>, CodecError>>()?,
+        )
+    } else {
+        None
+    };
+    Ok(ControlRequest::ElectLeaders { election, partitions })
+}
+
+fn decode_alter_reassignments(reader: &mut Reader<'_>) -> Result<ControlRequest, WireError> {
+    let count = reader.count(7)?;
+    let targets = (0..count)
+        .map(|_| {
+            let key = (reader.string()?, reader.i32()?);
+            let target = if reader.bool()? { Some(reader.nodes()?) } else { None };
+            Ok((key, target))
+        })
+        .collect::<Result<Vec<_>, CodecError>>()?;
+    Ok(ControlRequest::AlterReassignments { targets })
 }
 
 fn decode_alter_partition(reader: &mut Reader<'_>) -> Result<ControlRequest, WireError> {
@@ -428,6 +500,7 @@ const RESPONSE_METADATA: u8 = 4;
 const RESPONSE_QUORUM: u8 = 5;
 const RESPONSE_NOT_CONTROLLER: u8 = 6;
 const RESPONSE_ERROR: u8 = 7;
+const RESPONSE_PARTITION_RESULTS: u8 = 8;
 
 fn encode_response(writer: &mut Writer, response: &ControlResponse) {
     match response {
@@ -470,6 +543,17 @@ fn encode_response(writer: &mut Writer, response: &ControlResponse) {
             writer.u8(RESPONSE_NOT_CONTROLLER);
             writer.i32(leader.unwrap_or(-1));
         }
+        ControlResponse::PartitionResults { index, results } => {
+            writer.u8(RESPONSE_PARTITION_RESULTS);
+            writer.u64(*index);
+            writer.count(results.len());
+            for (topic, partition, code, message) in results {
+                writer.str(topic);
+                writer.i32(*partition);
+                writer.i32(i32::from(*code));
+                writer.str(message);
+            }
+        }
         ControlResponse::Error { code, message } => {
             writer.u8(RESPONSE_ERROR);
             writer.i32(i32::from(*code));
@@ -507,6 +591,19 @@ fn decode_response(reader: &mut Reader<'_>) -> Result<ControlResponse, WireError
         RESPONSE_NOT_CONTROLLER => {
             let leader = reader.i32()?;
             ControlResponse::NotController { leader: (leader >= 0).then_some(leader) }
+        }
+        RESPONSE_PARTITION_RESULTS => {
+            let index = reader.u64()?;
+            let count = reader.count(14)?;
+            let results = (0..count)
+                .map(|_| {
+                    let topic = reader.string()?;
+                    let partition = reader.i32()?;
+                    let code = i16::try_from(reader.i32()?).unwrap_or(-1);
+                    Ok((topic, partition, code, reader.string()?))
+                })
+                .collect::<Result<Vec<_>, CodecError>>()?;
+            ControlResponse::PartitionResults { index, results }
         }
         RESPONSE_ERROR => {
             let code = i16::try_from(reader.i32()?).unwrap_or(-1);
@@ -549,6 +646,11 @@ mod tests {
                 reporter: NodeId(1),
                 broker: NodeId(3),
                 broker_epoch: BrokerEpoch(17),
+            },
+            ControlRequest::ElectLeaders { election: 1, partitions: Some(vec![("t".into(), 3)]) },
+            ControlRequest::ElectLeaders { election: 0, partitions: None },
+            ControlRequest::AlterReassignments {
+                targets: vec![(("t".into(), 0), Some(vec![NodeId(4), NodeId(1)])), (("u".into(), 2), None)],
             },
         ];
         for request in requests {
@@ -615,6 +717,10 @@ mod tests {
             }),
             ControlResponse::NotController { leader: None },
             ControlResponse::Error { code: 7, message: "no".into() },
+            ControlResponse::PartitionResults {
+                index: 12,
+                results: vec![("t".into(), 1, 0, String::new()), ("t".into(), 2, 84, "not needed".into())],
+            },
         ];
         for response in responses {
             match round_trip(Frame::Response { correlation: 1, response: response.clone() }) {

@@ -41,6 +41,7 @@ pub mod offset_delete;
 pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
+pub mod reassignment;
 pub mod sync_group;
 
 /// An encoded response frame as chunks (size prefix included) for one vectored write.
@@ -124,6 +125,13 @@ pub async fn handle(
             describe_topic_partitions::handle(shard, &context, body)
         }
         RequestKind::InitProducerId(body) => init_producer_id::handle(shard, &context, body).await,
+        RequestKind::ElectLeaders(body) => reassignment::elect_leaders(shard, &context, body).await,
+        RequestKind::AlterPartitionReassignments(body) => {
+            reassignment::alter_reassignments(shard, &context, body).await
+        }
+        RequestKind::ListPartitionReassignments(body) => {
+            reassignment::list_reassignments(shard, &context, body)
+        }
         _ => Err(CodecError::Malformed {
             api_key: context.api_key as i16,
             api_version: context.api_version,
