@@ -332,6 +332,30 @@ mod tests {
     }
 
     #[test]
+    fn a_replicated_leader_commits_only_what_replication_computes() {
+        let mut replica = ReplicaState::open(LeaderEpoch(0), Visibility::Durable, Offset(0));
+        replica.set_replicated();
+        replica.become_leader(LeaderEpoch(1));
+        assert_eq!(replica.sequenced(Offset(10)), None);
+        assert_eq!(replica.durable(Offset(10)), None, "its own durability commits nothing");
+        assert_eq!(replica.ack_wait(Acks::All), AckWait::HighWatermark);
+        assert_eq!(replica.ack_wait(Acks::Durable), AckWait::HighWatermark);
+        assert_eq!(replica.ack_wait(Acks::Leader), AckWait::Sequenced);
+        assert_eq!(replica.replicated_high_watermark(Offset(6)), Some(Offset(6)));
+        assert_eq!(replica.replicated_high_watermark(Offset(4)), None, "never back");
+        assert_eq!(replica.high_watermark(), Offset(6));
+    }
+
+    #[test]
+    #[should_panic(expected = "past the log end")]
+    fn a_replicated_high_watermark_past_the_log_end_is_a_broken_invariant() {
+        let mut replica = ReplicaState::open(LeaderEpoch(0), Visibility::Sequenced, Offset(0));
+        replica.set_replicated();
+        replica.sequenced(Offset(3));
+        replica.replicated_high_watermark(Offset(4));
+    }
+
+    #[test]
     fn acks_from_the_wire() {
         assert_eq!(Acks::from_wire(0), Some(Acks::None));
         assert_eq!(Acks::from_wire(1), Some(Acks::Leader));

@@ -238,11 +238,21 @@ impl<S: Storage> PartitionManager<S> {
     }
 
     async fn apply_removals(&self, table: &TopicTable) {
+        // In a cluster a replica the image no longer assigns here (a completed reassignment moved it) goes too:
+        // the controller drops a replica only once the target replicas are in the ISR.
+        let node = self.config.node_id;
+        let moved_away = |key: &TopicPartition| {
+            table.cluster.is_some()
+                && table
+                    .get(&key.topic)
+                    .and_then(|entry| entry.partition(key.partition))
+                    .is_some_and(|assignment| !assignment.replicas.contains(&node))
+        };
         let stale: Vec<TopicPartition> = self
             .partitions
             .borrow()
             .iter()
-            .filter(|(key, partition)| !names(table, key, partition.topic_id()))
+            .filter(|(key, partition)| !names(table, key, partition.topic_id()) || moved_away(key))
             .map(|(key, _)| key.clone())
             .collect();
         for key in stale {
