@@ -50,6 +50,10 @@ while [ $# -gt 0 ]; do
   shift
 done
 case "$CLUSTER_SIZE" in '') ;; *[!0-9]*|0*) usage ;; esac
+# On a cluster librdkafka's suite creates its topics with this replication factor (issue 16: RF=3 on 3 nodes).
+if [ -n "$CLUSTER_SIZE" ]; then
+  export TEST_REPLICATION_FACTOR=${TEST_REPLICATION_FACTOR:-$(( CLUSTER_SIZE < 3 ? CLUSTER_SIZE : 3 ))}
+fi
 [ ${#SUITES[@]} -gt 0 ] || SUITES=(librdkafka librdkafka-2.0.2 confluent-kafka kafka-python aiokafka kafkajs)
 
 SLUICE_BIN=${SLUICE_BIN:-$REPO/target/release/sluice}

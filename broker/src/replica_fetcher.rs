@@ -48,6 +48,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a failed connection, before the next attempt.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// After a response that refused every partition (Kafka's `replica.fetch.backoff.ms` is 1 s; metadata here
+/// arrives within milliseconds).
+const ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// While every followed partition waits (unsynced data, a fetch in flight elsewhere).
 const IDLE_PAUSE: Duration = Duration::from_millis(5);
 /// A fetcher with nothing to follow from its leader for this long ends.
@@ -123,25 +126,15 @@ impl Shard {
         let mut idle_since: Option<Instant> = None;
         let mut reported_at: Option<Instant> = None;
         while !self.is_shutting_down() {
-            let followed: Vec<Rc<OwnedPartition>> = self
-                .partitions
-                .all()
-                .into_iter()
-                .filter(|partition| partition.followed_leader() == Some(leader))
-                .collect();
-            if followed.is_empty() {
+            let Some(wanted) = self.fetchable(leader) else {
                 let since = *idle_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= FETCHER_IDLE_END {
                     break;
                 }
                 glommio::timer::sleep(Duration::from_millis(100)).await;
                 continue;
-            }
+            };
             idle_since = None;
-            let wanted: Vec<(Rc<OwnedPartition>, ReplicaFetch)> = followed
-                .into_iter()
-                .filter_map(|partition| partition.follower_fetch().map(|request| (partition, request)))
-                .collect();
             if wanted.is_empty() {
                 glommio::timer::sleep(IDLE_PAUSE).await;
                 continue;
@@ -160,7 +153,13 @@ impl Shard {
                 }
             };
             match answered {
-                Ok(response) => self.apply_fetch_response(leader, &table, wanted, response).await,
+                Ok(response) => {
+                    if !self.apply_fetch_response(leader, &table, wanted, response).await {
+                        // Every partition was refused (an epoch this broker's metadata has not caught up with,
+                        // a leader that no longer leads): wait for metadata instead of asking again at once.
+                        glommio::timer::sleep(ERROR_BACKOFF).await;
+                    }
+                }
                 Err(error) => {
                     connection = None;
                     for (partition, _) in &wanted {
@@ -185,6 +184,25 @@ impl Shard {
         if !self.is_shutting_down() {
             self.start_fetchers();
         }
+    }
+
+    /// The partitions here that follow `leader` and want a Fetch now; `None` when none follows it any more.
+    fn fetchable(&self, leader: NodeId) -> Option<Vec<(Rc<OwnedPartition>, ReplicaFetch)>> {
+        let followed: Vec<Rc<OwnedPartition>> = self
+            .partitions
+            .all()
+            .into_iter()
+            .filter(|partition| partition.followed_leader() == Some(leader))
+            .collect();
+        if followed.is_empty() {
+            return None;
+        }
+        Some(
+            followed
+                .into_iter()
+                .filter_map(|partition| partition.follower_fetch().map(|request| (partition, request)))
+                .collect(),
+        )
     }
 
     /// Sends one Fetch for `wanted` and reads its answer (connecting first if needed).
@@ -219,13 +237,14 @@ impl Shard {
     }
 
     /// Hands each partition its answer; appends and truncations run concurrently and are awaited together.
+    /// False when every partition was refused with an error.
     async fn apply_fetch_response(
         &self,
         leader: NodeId,
         table: &TopicTable,
         wanted: Vec<(Rc<OwnedPartition>, ReplicaFetch)>,
         response: FetchResponse,
-    ) {
+    ) -> bool {
         let mut answers: BTreeMap<(String, i32), (FetchAnswer, Option<Bytes>, Offset)> = BTreeMap::new();
         for topic in response.responses {
             let Some(entry) = table.find_by_id(topic.topic_id.as_bytes()) else { continue };
@@ -249,6 +268,7 @@ impl Shard {
                 );
             }
         }
+        let any_answered = answers.values().any(|(answer, _, _)| !matches!(answer, FetchAnswer::Error(_)));
         let mut tasks = Vec::with_capacity(wanted.len());
         for (partition, request) in wanted {
             let key = partition.topic_partition().clone();
@@ -275,6 +295,7 @@ impl Shard {
         for task in tasks {
             task.await;
         }
+        any_answered
     }
 
     /// Tells the controller that `leader` refused a connection (it probes and fences a dead broker).

@@ -367,7 +367,8 @@ impl<S: Storage> Partition<S> {
     }
 
     /// A follower's append: batches copied from the leader keep the leader's offsets and epochs. Returns once they
-    /// are durable here (a follower's progress must mean "durable here"), then takes the leader's high watermark.
+    /// are durable here under `fsync` (a follower's progress must then mean "durable here"), then takes the
+    /// leader's high watermark.
     /// The idempotent producers' state follows the copied batches, so a retry after a failover is deduplicated.
     pub async fn append_replicated(
         &self,
@@ -386,8 +387,12 @@ impl<S: Storage> Partition<S> {
         self.load_producer_state_record(&batches, info.base_offset, self.log.clock().now_ms());
         self.replica.borrow_mut().sequenced(self.log.log_end_offset());
         let end = info.last_offset.next();
-        self.log.wait_durable(end).await.map_err(|error| from_log_error(&error))?;
-        self.replica.borrow_mut().durable(end);
+        // Under `fsync` what a follower reports in its next Fetch must be durable here; under `interval` (Kafka's
+        // behaviour) it counts once written, and the log flushes on its own schedule.
+        if self.replica.borrow().visibility() == Visibility::Durable {
+            self.log.wait_durable(end).await.map_err(|error| from_log_error(&error))?;
+            self.replica.borrow_mut().durable(end);
+        }
         self.follower_high_watermark(leader_high_watermark);
         Ok(info)
     }

@@ -665,6 +665,28 @@ mod tests {
 
     /// Fetch v0–3 answers carry message sets of magic 0 (v0–1) or 1 (v2–3) in the old layout: no throttle time in
     /// v0, no last stable offset or aborted transactions; a zstd batch is refused with its error code.
+    /// A follower's answer carries the diverging epoch (KIP-320, a tagged field from v12) next to records elsewhere.
+    #[test]
+    fn diverging_epoch_is_a_tagged_field_the_codec_reads() {
+        let batch = sluice_storage::batch::testing::make_batch(2, 2, 1000);
+        let topic = Rc::new(Topic { name: "t".into(), topic_id: [3; 16] });
+        for version in 12..=18 {
+            let mut diverging = partition(&topic, 0, vec![]);
+            diverging.diverging = Some((4, 1_234));
+            let partitions = vec![diverging, partition(&topic, 1, vec![batch.clone()])];
+            let context = RequestContext { api_key: ApiKey::Fetch, api_version: version, correlation_id: 42 };
+            let decoded = decode(&encode(&context, ErrorCode::NONE, 0, &partitions).unwrap(), version);
+            let answered = &decoded.responses[0].partitions;
+            assert_eq!(
+                (answered[0].diverging_epoch.epoch, answered[0].diverging_epoch.end_offset),
+                (4, 1_234),
+                "v{version}"
+            );
+            assert_eq!(answered[1].diverging_epoch.epoch, -1, "v{version}: none where the log agrees");
+            assert_eq!(answered[1].records.as_ref().map(|records| records.len()), Some(batch.len()));
+        }
+    }
+
     #[test]
     fn old_versions_answer_with_converted_message_sets() {
         let topic = Rc::new(Topic { name: "t".into(), topic_id: [0; 16] });
