@@ -106,7 +106,8 @@ def create_topic(cluster, name, partitions=PARTITION_COUNT, config=TOPIC_CONFIG,
     if assignment is None:
         topic = NewTopic(name, partitions, REPLICATION_FACTOR, config=config)
     else:
-        topic = NewTopic(name, replica_assignment=assignment, config=config)
+        # librdkafka wants the partition count with an assignment (-1 would mean the broker's default count).
+        topic = NewTopic(name, len(assignment), replication_factor=-1, replica_assignment=assignment, config=config)
     client = cluster.admin()  # kept alive until the future resolves: a destroyed handle fails its requests
     client.create_topics([topic], request_timeout=30)[name].result(timeout=60)
     return wait_full_isr(cluster, name, partitions)
