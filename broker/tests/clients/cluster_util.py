@@ -98,6 +98,7 @@ class Node:
     def spawn(self):
         assert self.process is None, f"node {self.node_id} already running"
         assert BINARY.exists(), f"{BINARY} is missing: run cargo build --release -p sluice-broker"
+        self.wait_ports_released()
         command = [str(BINARY), "start", "--config", str(self.config_path)]
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== start {self.start_count}: {' '.join(command)}\n".encode())
@@ -106,6 +107,16 @@ class Node:
         self.start_count += 1
         self.killed = False
         self.paused = False
+
+    def wait_ports_released(self, timeout_s=30):
+        """Until no socket listens on this node's ports any more. A SIGKILLed broker's sockets can outlive its
+        process for a moment (its io_uring rings are torn down by the kernel after the exit), and a restart at once
+        then fails with "Address already in use"; a real power cut or crash-and-reboot has no such leftovers."""
+        ports = {self.kafka_port} | ({self.quorum_port} if self.quorum_port else set())
+        deadline = time.monotonic() + timeout_s
+        while ports & listening_ports():
+            assert time.monotonic() < deadline, f"node {self.node_id}: ports {ports} still listened on"
+            time.sleep(0.02)
 
     def wait_listening(self, deadline):
         while time.monotonic() < deadline:
@@ -192,6 +203,18 @@ class Node:
     def log_tail(self, line_count=40):
         lines = self.log_text().splitlines()
         return f"--- {self.log_path} (last {line_count} lines)\n" + "\n".join(lines[-line_count:])
+
+
+def listening_ports():
+    """The loopback and wildcard IPv4 ports in the LISTEN state (/proc/net/tcp)."""
+    ports = set()
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if fields[3] == "0A":
+                ports.add(int(fields[1].split(":")[1], 16))
+    return ports
 
 
 def node_config(node_id, bootstrap, data_dir, voters_text, shard_count=2, extra=None):
