@@ -98,10 +98,12 @@ class Node:
     def spawn(self):
         assert self.process is None, f"node {self.node_id} already running"
         assert BINARY.exists(), f"{BINARY} is missing: run cargo build --release -p sluice-broker"
-        self.wait_ports_released()
+        released_after_s = self.wait_ports_released()
         command = [str(BINARY), "start", "--config", str(self.config_path)]
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== start {self.start_count}: {' '.join(command)}\n".encode())
+            if released_after_s >= 0.01:
+                log.write(f"=== (waited {released_after_s:.3f} s for the previous process's sockets to close)\n".encode())
             log.flush()
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         self.start_count += 1
@@ -113,10 +115,11 @@ class Node:
         process for a moment (its io_uring rings are torn down by the kernel after the exit), and a restart at once
         then fails with "Address already in use"; a real power cut or crash-and-reboot has no such leftovers."""
         ports = {self.kafka_port} | ({self.quorum_port} if self.quorum_port else set())
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
         while ports & listening_ports():
-            assert time.monotonic() < deadline, f"node {self.node_id}: ports {ports} still listened on"
+            assert time.monotonic() < started + timeout_s, f"node {self.node_id}: ports {ports} still listened on"
             time.sleep(0.02)
+        return time.monotonic() - started if self.start_count else 0.0
 
     def wait_listening(self, deadline):
         while time.monotonic() < deadline:
