@@ -2,7 +2,7 @@
 """Issue 16's failover figure, measured on real processes on loopback; not a test (nothing here passes or fails),
 a benchmark whose numbers go into docs/cluster.md.
 
-  python3 scripts/failover_figures.py [--kills 20] [--partitions 3] [--json out.json]
+  python3 scripts/failover_figures.py [--kills 20] [--partitions 3] [--hang] [--json out.json]
 
 From the SIGKILL of a partition's leader to the first acks=all produce acknowledged by the new leader: three
 brokers, a topic of replication factor 3 with min.insync.replicas=2; before each kill every replica is in the ISR
@@ -13,6 +13,10 @@ killed broker is restarted and must rejoin every ISR before the next kill. Media
 with the default timeouts (Kafka's: broker.session.timeout.ms 9000, broker.heartbeat.interval.ms 2000,
 controller.quorum.election.timeout.ms 1000) and with tuned ones (--tuned-* flags). The figure also splits off
 "elected": the kill until a survivor's Metadata names the new leader.
+
+A SIGKILLed broker's port refuses connections, which its followers report and the controller confirms, so it is
+fenced without waiting for its session to expire. --hang measures the other case instead: SIGSTOP (a hung process,
+whose port still accepts), so only the session timeout fences it; the node gets SIGCONT instead of a restart.
 
 SLUICE_BIN overrides the binary (default target/release/sluice).
 """
@@ -50,6 +54,7 @@ def parse_arguments():
     parser.add_argument("--tuned-heartbeat-ms", type=int, default=500)
     parser.add_argument("--tuned-election-ms", type=int, default=300)
     parser.add_argument("--only", choices=["default", "tuned"], help="run one of the two settings")
+    parser.add_argument("--hang", action="store_true", help="SIGSTOP the leader instead of SIGKILL")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     return parser.parse_args()
 
@@ -89,15 +94,18 @@ def produce_until_acknowledged(address, partition, deadline):
     return False, attempts, last
 
 
-def one_kill(cluster, partition):
-    """Kills the leader of `partition` and measures; returns a dict of the kill's figures."""
+def one_kill(cluster, partition, hang):
+    """Kills (or with `hang`, stops) the leader of `partition` and measures; returns a dict of the kill's figures."""
     first = cluster.live()[0]
     view = partition_view(cluster, first, partition)
     leader = view.leader
     controller = cluster.metadata(first).controller
     error, _ = produce_v3(cluster.nodes[leader].bootstrap, TOPIC, partition, [b"before"], acks=-1)
     assert error == 0, f"acks=all to leader {leader} of partition {partition} before the kill answered {error}"
-    cluster.kill(leader)
+    if hang:
+        cluster.pause(leader)
+    else:
+        cluster.kill(leader)
     killed_at = time.monotonic()
     deadline = killed_at + FAILOVER_MAX_S
     survivors = [node_id for node_id in cluster.nodes if node_id != leader]
@@ -131,7 +139,7 @@ def one_kill(cluster, partition):
                          f"killing node {leader}: {errors[-5:]}\n{cluster.log_tails()}")
 
 
-def failover(root, label, extra_config, kills, partitions):
+def failover(root, label, extra_config, kills, partitions, hang):
     cluster = Cluster(root, voter_count=3, extra_config=extra_config)
     results = []
     try:
@@ -141,13 +149,16 @@ def failover(root, label, extra_config, kills, partitions):
         admin.create_topics([topic], request_timeout=30)[TOPIC].result(timeout=60)
         for kill in range(kills):
             wait_full_isr(cluster, partitions)
-            result = one_kill(cluster, kill % partitions)
+            result = one_kill(cluster, kill % partitions, hang)
             results.append(result)
             print(f"  {label} kill {kill + 1}/{kills}: node {result['killed']} (leader of partition "
                   f"{result['partition']}{', the active controller' if result['controller_killed'] else ''}); "
                   f"node {result['new_leader']} elected after {result['elected_ms']:.0f} ms, acks=all acknowledged "
                   f"after {result['acknowledged_ms']:.0f} ms", flush=True)
-            cluster.restart(result["killed"])
+            if hang:
+                cluster.resume(result["killed"])
+            else:
+                cluster.restart(result["killed"])
         wait_full_isr(cluster, partitions)
         cluster.close()
     finally:
@@ -156,6 +167,7 @@ def failover(root, label, extra_config, kills, partitions):
     elected = [result["elected_ms"] for result in results]
     return {
         "settings": extra_config,
+        "signal": "SIGSTOP" if hang else "SIGKILL",
         "kills": len(results),
         "controller_kills": sum(result["controller_killed"] for result in results),
         "acknowledged_median_ms": round(statistics.median(acknowledged)),
@@ -185,7 +197,7 @@ def main():
             directory = Path(root) / label
             directory.mkdir()
             print(f"{label}: {extra or 'Kafka defaults'}", flush=True)
-            figures[label] = failover(directory, label, extra, arguments.kills, arguments.partitions)
+            figures[label] = failover(directory, label, extra, arguments.kills, arguments.partitions, arguments.hang)
             print(json.dumps(figures[label]), flush=True)
     print(json.dumps(figures, indent=2))
     if arguments.json:

@@ -443,6 +443,49 @@ def test_leader_sigkill_loses_nothing_acknowledged(make_cluster):
     step("replicas agree")
 
 
+# --- a'. A leader that hangs (SIGSTOP) past the session timeout ---
+
+def test_hung_leader_is_fenced_and_rejoins(make_cluster):
+    """SIGSTOP of a broker that leads partitions (and is not the active controller): its process still holds its
+    sockets, so nothing refuses a connection and only the session timeout (9 s) can fence it. The survivors take
+    over from the ISR and acknowledge again; after SIGCONT the old leader finds itself fenced, follows, drops
+    whatever it had appended that the new leaders do not have, and rejoins every ISR. Nothing acknowledged is lost
+    and the replicas agree."""
+    step = Steps()
+    cluster = make_cluster()
+    topic = "repl-hung-leader"
+    views = create_topic(cluster, topic)
+    controller = cluster.metadata(1).controller
+    hung = next(node_id for node_id in cluster.nodes if node_id != controller)
+    led = [partition for partition, view in views[controller].items() if view.leader == hung]
+    assert led, f"node {hung} leads nothing: {isr_text(views)}"
+    load = NumberedLoad(cluster.bootstrap(), topic).start()
+    try:
+        load.wait_progress(cluster, range(PARTITION_COUNT), 100, "first acknowledgements")
+        cluster.pause(hung)
+        paused_at = time.monotonic()
+        step(f"SIGSTOP node {hung}, leader of partitions {led} (controller {controller})")
+        survivors = [node_id for node_id in cluster.nodes if node_id != hung]
+        wait_isr(cluster, topic, PARTITION_COUNT, lambda _, view: view.leader != hung and hung not in view.isr,
+                 f"node {hung} fenced and out of every ISR", via=survivors)
+        step(f"node {hung} fenced, new leaders elected {time.monotonic() - paused_at:.1f} s after the pause")
+        elapsed = load.wait_progress(cluster, range(PARTITION_COUNT), 100, "acknowledgements after the fence")
+        step(f"every partition acknowledging again (+{elapsed:.1f} s)")
+        cluster.resume(hung)
+        step(f"SIGCONT node {hung}")
+        wait_full_isr(cluster, topic)
+        step(f"node {hung} back in every ISR")
+        load.wait_progress(cluster, range(PARTITION_COUNT), 100, "acknowledgements with three in the ISR")
+        load.stop()
+    finally:
+        if cluster.nodes[hung].paused:
+            cluster.resume(hung)
+        load.abort()
+    step(check_log(load, cluster.bootstrap()))
+    check_replicas_agree(cluster, topic)
+    step("replicas agree")
+
+
 # --- b. A follower stopped (SIGSTOP) for longer than replica.lag.time.max.ms ---
 
 def paused_cluster(make_cluster, topic, step):
