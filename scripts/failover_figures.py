@@ -12,7 +12,8 @@ as soon as one names a new leader, sends it a raw Produce v3 (acks=-1, one small
 killed broker is restarted and must rejoin every ISR before the next kill. Median, max and min over --kills kills,
 with the default timeouts (Kafka's: broker.session.timeout.ms 9000, broker.heartbeat.interval.ms 2000,
 controller.quorum.election.timeout.ms 1000) and with tuned ones (--tuned-* flags). The figure also splits off
-"elected": the kill until a survivor's Metadata names the new leader.
+"elected": the kill until a survivor's Metadata names the new leader, and gives the figures again for the kills
+whose leader was also the active controller (a controller election comes first) and for the others.
 
 A SIGKILLed broker's port refuses connections, which its followers report and the controller confirms, so it is
 fenced without waiting for its session to expire. --hang measures the other case instead: SIGSTOP (a hung process,
@@ -23,6 +24,7 @@ SLUICE_BIN overrides the binary (default target/release/sluice).
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -163,13 +165,21 @@ def failover(root, label, extra_config, kills, partitions, hang):
         cluster.close()
     finally:
         cluster.kill_all()
+    figures = {"settings": extra_config, "signal": "SIGSTOP" if hang else "SIGKILL"}
+    figures.update(summarise(results))
+    # A killed leader that was also the active controller waits for a controller election too: its own figures.
+    for name, chosen in (("controller", True), ("not_controller", False)):
+        subset = [result for result in results if result["controller_killed"] == chosen]
+        if subset:
+            figures[f"leader_was_{name}"] = summarise(subset)
+    return figures
+
+
+def summarise(results):
     acknowledged = [result["acknowledged_ms"] for result in results]
     elected = [result["elected_ms"] for result in results]
     return {
-        "settings": extra_config,
-        "signal": "SIGSTOP" if hang else "SIGKILL",
         "kills": len(results),
-        "controller_kills": sum(result["controller_killed"] for result in results),
         "acknowledged_median_ms": round(statistics.median(acknowledged)),
         "acknowledged_max_ms": round(max(acknowledged)),
         "acknowledged_min_ms": round(min(acknowledged)),
@@ -190,15 +200,21 @@ def main():
         },
     }
     figures = {"binary": str(BINARY), "partitions": arguments.partitions}
-    with tempfile.TemporaryDirectory(prefix="sluice-failover-") as root:
+    # Removed after a run that measured everything; kept (and named) when one fails, for its nodes' logs.
+    root = Path(tempfile.mkdtemp(prefix="sluice-failover-"))
+    try:
         for label, extra in settings.items():
             if arguments.only and label != arguments.only:
                 continue
-            directory = Path(root) / label
+            directory = root / label
             directory.mkdir()
             print(f"{label}: {extra or 'Kafka defaults'}", flush=True)
             figures[label] = failover(directory, label, extra, arguments.kills, arguments.partitions, arguments.hang)
             print(json.dumps(figures[label]), flush=True)
+    except BaseException:
+        print(f"failed: the nodes' logs are in {root}", flush=True)
+        raise
+    shutil.rmtree(root)
     print(json.dumps(figures, indent=2))
     if arguments.json:
         arguments.json.write_text(json.dumps(figures, indent=2) + "\n")
