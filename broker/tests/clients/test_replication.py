@@ -757,9 +757,6 @@ def test_min_insync_refuses_acks_all_with_one_replica(make_cluster):
 
 # --- e'. A consumer group's committed offsets outlive its coordinator's broker ---
 
-@pytest.mark.xfail(strict=True, reason="__consumer_offsets is created with default.replication.factor (1): Sluice "
-                   "ignores offsets.topic.replication.factor (Kafka's default 3), so a group's offsets live on one "
-                   "broker")
 def test_committed_offsets_outlive_the_coordinator(make_cluster):
     """A group commits offsets; the broker coordinating it is SIGKILLed and stays down. As in Kafka (whose
     __consumer_offsets has offsets.topic.replication.factor=3), a survivor becomes the coordinator and the same
