@@ -500,7 +500,11 @@ def test_hung_controller_is_the_only_broker_fenced(make_cluster, timeouts):
     becomes controller and fences the hung broker — and only it. The live brokers' heartbeats must reach the new
     controller within their session, so no live broker is fenced (a fence of every broker in turn would shrink every
     ISR to one member). Writes go on, the hung node rejoins after SIGCONT, nothing acknowledged is lost. The
-    controllers' "missed its session" lines name every broker they fenced for silence."""
+    controllers' "missed its session" lines name every broker they fenced for silence.
+
+    On the wiring commit the tuned case always fails, and the default one fails when the hung controller is the
+    first voter listed (node 1): a heartbeat that knows no leader starts at the first voter, and one attempt on a
+    hung voter blocks for its 5 s read timeout, past the heartbeat's own deadline."""
     step = Steps()
     cluster = make_cluster(timeouts)
     topic = "repl-hung-controller"
