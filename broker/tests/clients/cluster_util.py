@@ -31,7 +31,8 @@ from confluent_kafka.admin import AdminClient
 from conftest import BINARY, free_port
 from workload import _request, _string
 
-START_TIMEOUT_S = 30
+# Generous: on a shared two-core machine with builds running, a node has taken over 30 s to listen.
+START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 30
 # Kafka's defaults: a broker silent for 9 s is fenced; it heartbeats every 2 s.
 SESSION_TIMEOUT_MS = 9000
