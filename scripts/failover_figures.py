@@ -23,6 +23,7 @@ SLUICE_BIN overrides the binary (default target/release/sluice).
 """
 
 import argparse
+import collections
 import json
 import shutil
 import statistics
@@ -79,21 +80,19 @@ def wait_full_isr(cluster, partitions, timeout_s=120):
 
 
 def produce_until_acknowledged(address, partition, deadline):
-    """Raw acks=all produces to `address` until one answers 0; (True, attempts, last error) or (False, ...)."""
-    attempts = 0
-    last = None
+    """Raw acks=all produces to `address` until one answers 0: (True or False, {answer: count} of the others)."""
+    answers = collections.Counter()
     while time.monotonic() < deadline:
-        attempts += 1
         try:
             error, _ = produce_v3(address, TOPIC, partition, [b"failover-probe"], acks=-1,
                                   timeout_ms=PRODUCE_TIMEOUT_MS)
         except (OSError, ConnectionError, AssertionError) as failure:
-            error = repr(failure)
+            error = type(failure).__name__
         if error == 0:
-            return True, attempts, last
-        last = error
+            return True, answers
+        answers[error] += 1
         time.sleep(POLL_S)
-    return False, attempts, last
+    return False, answers
 
 
 def one_kill(cluster, partition, hang):
@@ -130,13 +129,14 @@ def one_kill(cluster, partition, hang):
         if elected_s is None:
             elected_s = time.monotonic() - killed_at
         # One round of produce attempts to this leader; back to Metadata if it stops leading.
-        acknowledged, attempts, last = produce_until_acknowledged(
+        acknowledged, answers = produce_until_acknowledged(
             cluster.nodes[new_leader].bootstrap, partition, min(deadline, time.monotonic() + 5))
+        if answers:
+            errors.append(f"node {new_leader} answered {dict(answers)}")
         if acknowledged:
             return {"partition": partition, "killed": leader, "controller_killed": leader == controller,
                     "new_leader": new_leader, "elected_ms": elected_s * 1000,
                     "acknowledged_ms": (time.monotonic() - killed_at) * 1000, "errors_before": errors[-3:]}
-        errors.append(f"{attempts} produce attempts to {new_leader}: last error {last}")
     raise AssertionError(f"partition {partition}: no acks=all produce acknowledged within {FAILOVER_MAX_S} s of "
                          f"killing node {leader}: {errors[-5:]}\n{cluster.log_tails()}")
 
@@ -153,10 +153,12 @@ def failover(root, label, extra_config, kills, partitions, hang):
             wait_full_isr(cluster, partitions)
             result = one_kill(cluster, kill % partitions, hang)
             results.append(result)
+            waited = result["acknowledged_ms"] - result["elected_ms"]
             print(f"  {label} kill {kill + 1}/{kills}: node {result['killed']} (leader of partition "
                   f"{result['partition']}{', the active controller' if result['controller_killed'] else ''}); "
                   f"node {result['new_leader']} elected after {result['elected_ms']:.0f} ms, acks=all acknowledged "
-                  f"after {result['acknowledged_ms']:.0f} ms", flush=True)
+                  f"after {result['acknowledged_ms']:.0f} ms"
+                  + (f" (answers before: {result['errors_before']})" if waited > 500 else ""), flush=True)
             if hang:
                 cluster.resume(result["killed"])
             else:
