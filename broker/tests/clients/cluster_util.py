@@ -125,6 +125,20 @@ class Node:
         return time.monotonic() - started if self.start_count else 0.0
 
     def wait_listening(self, deadline):
+        if self.poll_listening(deadline):
+            return
+        # Still not listening: the stacks say where it waits. A start that then completes at once was stalled in a
+        # way gdb's attach (ptrace stops and resumes every thread) ended; the message says so.
+        stacks = self.stacks()
+        dumped_at = time.monotonic()
+        after = (f"it listened {time.monotonic() - dumped_at:.1f} s after the stack dump (a stall that gdb's attach "
+                 f"ended)" if self.poll_listening(dumped_at + 10) else "nor within 10 s after the stack dump")
+        raise AssertionError(
+            f"node {self.node_id} did not listen within {START_TIMEOUT_S} s; {after}:\n{self.log_tail()}\n{stacks}"
+        )
+
+    def poll_listening(self, deadline):
+        """True once the node accepts a connection on its Kafka port (noted in its log), False at `deadline`."""
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 code = self.process.returncode
@@ -138,10 +152,8 @@ class Node:
                 continue
             with open(self.log_path, "ab") as log:
                 log.write(f"=== (listening {time.monotonic() - self.spawned_at:.1f} s after the start)\n".encode())
-            return
-        raise AssertionError(
-            f"node {self.node_id} did not listen within {START_TIMEOUT_S} s:\n{self.log_tail()}\n{self.stacks()}"
-        )
+            return True
+        return False
 
     def stacks(self):
         """Every thread's stack of the running process (gdb, when installed), to tell a hang from a slow start."""
@@ -150,12 +162,12 @@ class Node:
             return "(no gdb: no stacks)"
         try:
             dump = subprocess.run(
-                [gdb, "-p", str(self.process.pid), "-batch", "-ex", "thread apply all bt 12"],
+                [gdb, "-p", str(self.process.pid), "-batch", "-ex", "thread apply all bt 16"],
                 capture_output=True, text=True, timeout=60,
             )
         except subprocess.TimeoutExpired:
             return "(gdb timed out)"
-        return "--- stacks\n" + dump.stdout[-20000:]
+        return "--- stacks\n" + dump.stdout[-60000:]
 
     def kill(self):
         """SIGKILL by PID: no controlled shutdown, the controller learns of it only by the session timeout."""
