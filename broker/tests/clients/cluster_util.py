@@ -362,12 +362,19 @@ class Cluster:
         assert not failures, "\n\n".join(failures)
 
     def kill_all(self):
-        """The teardown's fallback: SIGKILL whatever still runs (only our own processes, by PID)."""
-        for node in self.nodes.values():
-            if node.process is not None:
-                node.process.kill()
-                node.process.wait(timeout=10)
-                node.process = None
+        """The teardown's fallback: SIGKILL whatever still runs (only our own processes, by PID), every node before
+        waiting for any, so that one slow exit (a SIGKILLed broker once took over 10 s) leaves no other running."""
+        running = [node for node in self.nodes.values() if node.process is not None]
+        for node in running:
+            node.process.kill()
+        slow = []
+        for node in running:
+            try:
+                node.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                slow.append(node.node_id)
+            node.process = None
+        assert not slow, f"nodes {slow} still ran 60 s after SIGKILL"
 
     # --- views ---
 
