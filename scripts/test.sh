@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need on a fresh machine, then runs every test suite.
 # Usage: scripts/test.sh            (everything)
+#        scripts/test.sh --long     (also the long runs: SLUICE_LONG=1, e.g. test_replication.py's 20 leader kills)
 #        SLUICE_SKIP_INSTALL=1 scripts/test.sh   (when the system packages are known to be present)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+for argument in "$@"; do
+  case "$argument" in
+    --long) export SLUICE_LONG=1 ;;
+    *) echo "usage: scripts/test.sh [--long]" >&2; exit 2 ;;
+  esac
+done
 
 step() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
 

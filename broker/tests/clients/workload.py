@@ -70,11 +70,11 @@ def _string(text):
     return struct.pack(">h", len(data)) + data
 
 
-def _request(address, api_key, version, body, correlation_id=7):
+def _request(address, api_key, version, body, correlation_id=7, timeout_s=10):
     host, port = address.split(":")
     header = struct.pack(">hhi", api_key, version, correlation_id) + _string("sluice-tests")
     frame = header + body
-    with socket.create_connection((host, int(port)), timeout=10) as connection:
+    with socket.create_connection((host, int(port)), timeout=timeout_s) as connection:
         connection.sendall(struct.pack(">i", len(frame)) + frame)
         size = struct.unpack(">i", _receive(connection, 4))[0]
         response = _receive(connection, size)
