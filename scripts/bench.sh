@@ -295,6 +295,9 @@ fi
 # (i) max throughput acks=all is workload (b)'s shape; (ii) latency is (c)'s shape at a fixed rate: half of RF=N's
 # median max throughput from (i) (three brokers, their replication and the load generator share two cores; (c)'s
 # 50 MB/s is beyond what RF=N sustains here), or --cluster-rate-mb.
+# A run: topic creation and leaders (at most 30 s each), warm-up and measurement, then in-flight requests (at most the
+# 30 s request timeout) and the topic's deletion.
+CLUSTER_RUN_TIMEOUT=$((WARMUP + DURATION + 120))
 cluster_start() {
     mkdir -p "$CLUSTER_DIR_RUN"
     say "starting a $CLUSTER-broker cluster (scripts/cluster.sh, CLUSTER_SHARDS=1) in $CLUSTER_DIR_RUN"
@@ -330,7 +333,7 @@ cluster_run() {
     cut -d' ' -f1-3 /proc/loadavg > "$RESULTS/$name.load"
     echo "sluice-bench --bootstrap $CLUSTER_BOOTSTRAP $args --broker-pid <the $CLUSTER broker PIDs>" > "$RESULTS/$name.cmd"
     # shellcheck disable=SC2086
-    if ! timeout "$RUN_TIMEOUT" "$BENCH" --bootstrap "$CLUSTER_BOOTSTRAP" $args \
+    if ! timeout "$CLUSTER_RUN_TIMEOUT" "$BENCH" --bootstrap "$CLUSTER_BOOTSTRAP" $args \
         --broker-pid "$(echo $CLUSTER_PIDS | tr ' ' ,)" --label "$label" \
         --json "$RESULTS/$name.json" --plot "$RESULTS/$name.svg" > "$RESULTS/$name.txt" \
         2> >(tee "$RESULTS/$name.progress" | awk 'NR % 4 == 2 { print "      " substr($0, 1, 160); fflush() }' >&2); then
@@ -340,6 +343,20 @@ cluster_run() {
     fi
     sleep 0.2
     sed -n '2,4p' "$RESULTS/$name.txt" | sed 's/^/      /' >&2
+}
+
+# A short RF=N run whose figures are not used, before the first measured one: its CreateTopics waits until all N
+# brokers have registered (a topic created sooner is placed on fewer of them), and the first writes of a fresh cluster
+# (on a loaded machine, one quick run's first RF=1 topic took 25 s for its first acknowledgements) fall outside the
+# comparison.
+cluster_settle() {
+    local args="--producers 4 --consumers 4 --warmup 0 --duration $((QUICK ? 2 : 5)) --partitions 16 --message-size 1024"
+    args+=" --acks -1 --replication-factor $CLUSTER --delete-topics"
+    say "settling: a short RF=$CLUSTER run, not counted"
+    # shellcheck disable=SC2086
+    timeout "$CLUSTER_RUN_TIMEOUT" "$BENCH" --bootstrap "$CLUSTER_BOOTSTRAP" $args --label settle \
+        > "$RESULTS/cluster-settle.txt" 2> "$RESULTS/cluster-settle.progress" || say "the settling run failed (see $RESULTS/cluster-settle.progress)"
+    sed -n '2p' "$RESULTS/cluster-settle.txt" | sed 's/^/      /' >&2
 }
 
 # cluster_pairs KIND: RUNS pairs of RF=1 and RF=N runs, the order within a pair alternating.
@@ -357,6 +374,7 @@ cluster_pairs() {
 if [ -n "$CLUSTER" ]; then
     echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $(cut -d' ' -f1-3 /proc/loadavg)" > "$RESULTS/load-start.txt"
     cluster_start
+    cluster_settle
     cluster_pairs tput
     if [ -z "$CLUSTER_RATE_MB" ]; then
         CLUSTER_RATE_MB=$(python3 - "$RESULTS" "$CLUSTER" <<'EOF'

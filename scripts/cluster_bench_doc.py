@@ -210,6 +210,7 @@ failures = sum(f["failed"] + f["errors"] for runs_ in data.values() for _, f in 
 retries = sum(f["retries"] for runs_ in data.values() for _, f in runs_)
 commands = sorted({re.sub(r"--bootstrap \S+", "--bootstrap HOST:PORT,…", read(p)) for p in glob.glob(os.path.join(results, "cluster-*-1.cmd"))})
 load_start, load_end = read(os.path.join(results, "load-start.txt")), read(os.path.join(results, "load-end.txt"))
+settle = " ".join(read(os.path.join(results, "cluster-settle.txt")).splitlines()[1:2]).strip()
 cpu = sh("lscpu | sed -n 's/^Model name: *//p'")
 
 text = f"""# Replication's cost: RF={replicas} against RF=1 on one {replicas}-broker cluster (issue 16)
@@ -239,6 +240,8 @@ Written by `scripts/bench.sh --cluster {replicas}{' --quick' if quick else ''}` 
   included). CPU-s/GB = all brokers' CPU-seconds / GB (10^9 bytes) of payload acknowledged in the period.
   **Replication cost** = (CPU-s/GB at RF={replicas} − at RF=1) / ({replicas} − 1): CPU-seconds per GB copied to one more replica
   (the follower's fetch, append and fdatasync, and the leader's side of serving it and tracking the high watermark).
+- Before the first measured run, a short RF={replicas} run that is not counted waits for all {replicas} brokers to have
+  registered and takes the fresh cluster's first writes: `{settle or 'not run'}`.
 - Failed messages or errors over all runs: {failures}; produce retries after stale-leader errors: {retries}.
 
 ## Medians, side by side
