@@ -312,6 +312,14 @@ cluster_start() {
     sed 's/^/      /' "$RESULTS/cluster-start.txt" >&2
 }
 
+# "SECONDS SOME_US FULL_US": the wall clock and the kernel's I/O pressure totals (microseconds during which some, or
+# all, non-idle tasks waited for I/O; /proc/pressure/io). Two of these around a run give the share of it that the
+# machine spent stalled on the disk — its own fdatasyncs, and on this shared machine other sessions' writes.
+io_pressure() {
+    awk -v now="$(date +%s.%N)" '/^some/ { sub("total=", "", $5); some = $5 } /^full/ { sub("total=", "", $5); full = $5 }
+        END { printf "%s %.0f %.0f\n", now, some, full }' /proc/pressure/io 2>/dev/null || echo "$(date +%s.%N) 0 0"
+}
+
 cluster_alive() {
     local pid
     for pid in $CLUSTER_PIDS; do kill -0 "$pid" 2>/dev/null || return 1; done
@@ -331,6 +339,7 @@ cluster_run() {
     cluster_alive || { say "a broker of the cluster has exited; see $CLUSTER_DIR_RUN/node*.log"; exit 1; }
     say "$label — run $run/$RUNS (load average $(cut -d' ' -f1-3 /proc/loadavg))"
     cut -d' ' -f1-3 /proc/loadavg > "$RESULTS/$name.load"
+    io_pressure > "$RESULTS/$name.psi"
     echo "sluice-bench --bootstrap $CLUSTER_BOOTSTRAP $args --broker-pid <the $CLUSTER broker PIDs>" > "$RESULTS/$name.cmd"
     # shellcheck disable=SC2086
     if ! timeout "$CLUSTER_RUN_TIMEOUT" "$BENCH" --bootstrap "$CLUSTER_BOOTSTRAP" $args \
@@ -341,6 +350,7 @@ cluster_run() {
         say "run failed; last lines:"; tail -3 "$RESULTS/$name.progress" >&2
         rm -f "$RESULTS/$name.json"
     fi
+    io_pressure >> "$RESULTS/$name.psi"
     sleep 0.2
     sed -n '2,4p' "$RESULTS/$name.txt" | sed 's/^/      /' >&2
 }

@@ -48,11 +48,22 @@ def load_runs(kind, factor):
             data = json.load(open(path))
         except Exception:
             continue
-        out.append((run, figures(data, path, read(path.replace(".json", ".load")))))
+        out.append((run, figures(data, path, read(path.replace(".json", ".load")), read(path.replace(".json", ".psi")))))
     return sorted(out)
 
 
-def figures(data, path, load):
+def io_pressure(text):
+    """(some %, full %) of a run's wall time stalled on I/O, from the two `io_pressure` lines bench.sh wrote."""
+    try:
+        (t0, some0, full0), (t1, some1, full1) = [tuple(map(float, line.split())) for line in text.splitlines()[:2]]
+    except ValueError:
+        return None, None
+    wall_us = (t1 - t0) * 1e6
+    return ((some1 - some0) / wall_us * 100, (full1 - full0) / wall_us * 100) if wall_us > 0 and some1 > 0 else (None, None)
+
+
+def figures(data, path, load, psi):
+    io_some, io_full = io_pressure(psi)
     seconds = data["publish_seconds"]
     gigabytes = data["publish_mb_per_s"] * seconds / 1000
     each = data.get("broker_cpu_cores_each") or []
@@ -83,6 +94,8 @@ def figures(data, path, load):
         "retries": data.get("retries", 0),
         "errors": data.get("error_count", 0),
         "load": load,
+        "io_some": io_some,
+        "io_full": io_full,
     }
 
 
@@ -119,8 +132,8 @@ node_names = [f"node {i}" for i in range(1, replicas + 1)]
 run_lines = [
     "| load | RF | run | publish MB/s | p50 ms | p99 ms | p99.9 ms | "
     + " | ".join(f"{n} CPU-s" for n in node_names)
-    + " | brokers CPU-s | GB | CPU-s/GB | generator | machine busy | other | load avg (1/5/15 min) |",
-    "|---" * (13 + replicas) + "|",
+    + " | brokers CPU-s | GB | CPU-s/GB | generator | machine busy | other | I/O stall some / full | load avg (1/5/15 min) |",
+    "|---" * (14 + replicas) + "|",
 ]
 for kind, kind_name in KINDS:
     rows = sorted(((run, factor, f) for factor in FACTORS for run, f in data[(kind, factor)]), key=lambda r: r[0])
@@ -130,7 +143,8 @@ for kind, kind_name in KINDS:
              fmt(f["mb_per_s"]), fmt(f["p50"], 2), fmt(f["p99"], 2), fmt(f["p999"], 2)]
             + [fmt(v, 2) for v in f["cpu_s_each"]]
             + [fmt(f["cpu_s"], 2), fmt(f["gb"], 3), fmt(f["cpu_s_per_gb"], 2), pct(f["generator_cores"]),
-               pct(f["machine_cores"]), pct(f["other_cores"]), f["load"] or "–"]) + " |")
+               pct(f["machine_cores"]), pct(f["other_cores"]),
+               "–" if f["io_some"] is None else f"{f['io_some']:.0f}% / {f['io_full']:.0f}%", f["load"] or "–"]) + " |")
 
 # Medians side by side, with RF=N / RF=1.
 median_lines = [
@@ -210,6 +224,9 @@ failures = sum(f["failed"] + f["errors"] for runs_ in data.values() for _, f in 
 retries = sum(f["retries"] for runs_ in data.values() for _, f in runs_)
 commands = sorted({re.sub(r"--bootstrap \S+", "--bootstrap HOST:PORT,…", read(p)) for p in glob.glob(os.path.join(results, "cluster-*-1.cmd"))})
 load_start, load_end = read(os.path.join(results, "load-start.txt")), read(os.path.join(results, "load-end.txt"))
+tput_n = median([f["mb_per_s"] for _, f in data[("tput", replicas)]])
+rate_source = (f"half of RF={replicas}'s median max throughput from (i), {fmt(tput_n)} MB/s"
+               if tput_n is not None and rate_mb == str(max(1, int(tput_n / 2))) else "the rate given with `--cluster-rate-mb`")
 settle = " ".join(read(os.path.join(results, "cluster-settle.txt")).splitlines()[1:2]).strip()
 cpu = sh("lscpu | sed -n 's/^Model name: *//p'")
 
@@ -224,7 +241,9 @@ Written by `scripts/bench.sh --cluster {replicas}{' --quick' if quick else ''}` 
   the start: {load_start or '–'}; at the end: {load_end or '–'}; before each run: in the table below. "machine busy"
   is the whole machine's busy CPU over each measured period (/proc/stat), and "other" is that minus the brokers
   and the load generator: other sessions' work, plus kernel work no process is charged with (network softirq, the
-  ext4 journal thread), of which this run causes some.
+  ext4 journal thread), of which this run causes some. "I/O stall" is the share of each run's wall time (set-up and
+  warm-up included) in which some / all non-idle tasks of the machine waited for the disk (/proc/pressure/io) — the
+  brokers' own fdatasyncs, and other sessions' writes, which the brokers' fdatasyncs then queue behind.
 - One cluster of {replicas} brokers on loopback (`scripts/cluster.sh start {replicas}`, one shard each so that {replicas}
   brokers fit 2 cores; the first three are also the metadata quorum's voters), `log.flush.policy = fsync` (the default):
   an acks=all produce is answered once the high watermark covers it, i.e. once every ISR member that counts has
@@ -234,8 +253,9 @@ Written by `scripts/bench.sh --cluster {replicas}{' --quick' if quick else ''}` 
   within each pair alternating too.
 - Loads, 1 KiB messages, 4 producers and 4 consumers (the consumers read from the leaders, so they cost the same at
   both factors): (i) as fast as possible, acks=all — workload (b)'s shape; (ii) acks=all at a fixed
-  **{rate_mb} MB/s**, workload (c)'s shape at half of RF={replicas}'s median max throughput from (i) ((c)'s 50 MB/s is more than
-  three brokers replicating on two shared cores sustain).
+  **{rate_mb} MB/s**, workload (c)'s shape at {rate_source} ((c)'s fixed 50 MB/s is not
+  used: what {replicas} brokers replicating on two shared cores sustain moves with the machine's load, so the rate is
+  taken from the run or given).
 - CPU: each broker's utime + stime from /proc/PID/stat over the measured period (its io_uring worker threads
   included). CPU-s/GB = all brokers' CPU-seconds / GB (10^9 bytes) of payload acknowledged in the period.
   **Replication cost** = (CPU-s/GB at RF={replicas} − at RF=1) / ({replicas} − 1): CPU-seconds per GB copied to one more replica
