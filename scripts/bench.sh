@@ -12,6 +12,11 @@
 #   scripts/bench.sh --bootstrap HOST:PORT benchmark an already running broker instead (no peer, no broker start)
 #   scripts/bench.sh --baseline PATH       side by side with another build of sluice instead of the peer: the two
 #                                          binaries alternate run by run (a change measured against the code before it)
+#   scripts/bench.sh --cluster N           issue 16: RF=N (acks=all) against RF=1 on one local N-broker cluster
+#                                          (scripts/cluster.sh, one shard each): max throughput, then latency at a
+#                                          fixed rate (half RF=N's median max, or --cluster-rate-mb MB), RF=1 and RF=N
+#                                          alternating; CPU of each broker and CPU-s per replicated GB; writes
+#                                          docs/benchmarks-cluster.md (no limits, no peer; ~12 minutes, --quick ~2)
 #   options: --runs N, --no-peer, --no-limits, --broker-pid PID (with --bootstrap), --doc FILE,
 #            --workloads "a b c d e floor" (a subset: write it to another --doc, the full table lives in the default
 #            one; `floor` runs the floor server and Sluice — or, with --bootstrap, the external broker — under (c)'s load)
@@ -30,6 +35,9 @@ BASELINE=""
 LIMITS=1
 DOC="$ROOT/docs/benchmarks-broker.md"
 WORKLOADS="a b c d e floor"
+CLUSTER=""
+CLUSTER_RATE_MB=""
+DOC_GIVEN=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -39,14 +47,23 @@ while [ $# -gt 0 ]; do
         --no-peer) PEER=0 ;;
         --baseline) BASELINE="$2"; PEER=0; shift ;;
         --no-limits) LIMITS=0 ;;
-        --doc) DOC="$2"; shift ;;
+        --doc) DOC="$2"; DOC_GIVEN=1; shift ;;
         --workloads) WORKLOADS="$2"; shift ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        --cluster) CLUSTER="$2"; shift ;;
+        --cluster-rate-mb) CLUSTER_RATE_MB="$2"; shift ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
 
+if [ -n "$CLUSTER" ]; then
+    case "$CLUSTER" in ''|*[!0-9]*) echo "bench.sh: --cluster takes a broker count, not $CLUSTER" >&2; exit 2 ;; esac
+    [ "$CLUSTER" -ge 2 ] || { echo "bench.sh: --cluster needs at least 2 brokers to replicate" >&2; exit 2; }
+    [ -z "$BOOTSTRAP" ] && [ -z "$BASELINE" ] || { echo "bench.sh: --cluster starts its own brokers (no --bootstrap, --baseline)" >&2; exit 2; }
+    PEER=0; LIMITS=0
+    [ "$DOC_GIVEN" = 1 ] || DOC="$ROOT/docs/benchmarks-cluster.md"
+fi
 if [ "$QUICK" = 1 ]; then
     RUNS=${RUNS:-1}; WARMUP=1; DURATION=4; BACKLOG=$((256 << 20)); EVICT=$((128 << 20)); FIO_SECONDS=3; IPERF_SECONDS=2; FIO_SIZE=1G
     CPU_FLOOR_SIZE=$((1 << 30))
@@ -82,7 +99,24 @@ stop_broker() {
         BROKER_PID=""
     fi
 }
-cleanup() { stop_broker; rm -rf "$WORK/data" "$WORK/fio" ; }
+CLUSTER_DIR_RUN="$WORK/cluster"
+CLUSTER_PIDS=""
+# Stops the cluster this script started: cluster.sh's stop (SIGTERM to each recorded PID, SIGKILL after 30 s), then
+# SIGKILL to any of those PIDs still running its node's config file, should cluster.sh itself have failed. The node
+# logs stay (they are part of the results); the data does not.
+stop_cluster() {
+    [ -n "$CLUSTER_PIDS" ] || return 0
+    CLUSTER_DIR=$CLUSTER_DIR_RUN timeout 60 "$ROOT/scripts/cluster.sh" stop >/dev/null 2>&1 || true
+    local pid
+    for pid in $CLUSTER_PIDS; do
+        if { tr '\0' ' ' < "/proc/$pid/cmdline"; } 2>/dev/null | grep -qF -- "--config $CLUSTER_DIR_RUN/node"; then
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+    done
+    CLUSTER_PIDS=""
+    rm -rf "$CLUSTER_DIR_RUN"/node*/data
+}
+cleanup() { stop_broker; stop_cluster; rm -rf "$WORK/data" "$WORK/fio" ; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -249,6 +283,134 @@ if [ -z "$BOOTSTRAP" ]; then
     (cd "$ROOT" && timeout 1800 cargo build -j2 --release -p sluice-bench -p sluice-broker 2>&1 | tail -2) >&2
 else
     (cd "$ROOT" && timeout 1800 cargo build -j2 --release -p sluice-bench 2>&1 | tail -2) >&2
+fi
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2b. --cluster N (issue 16): RF=N against RF=1 on one local cluster; everything below section 2 is skipped.
+# ---------------------------------------------------------------------------------------------------------------
+# One cluster serves every run. Each run creates its own fresh 16-partition topic — replication factor 1, or N with
+# min.insync.replicas = 2 (N ≥ 3) — and deletes it afterwards (sluice-bench --delete-topics), so runs start from
+# empty logs and the cluster's disks do not fill. The two factors alternate run by run, and the order within each
+# pair alternates too (1,N then N,1 …), so neither side always runs on a cluster just warmed by the other.
+# (i) max throughput acks=all is workload (b)'s shape; (ii) latency is (c)'s shape at a fixed rate: half of RF=N's
+# median max throughput from (i) (three brokers, their replication and the load generator share two cores; (c)'s
+# 50 MB/s is beyond what RF=N sustains here), or --cluster-rate-mb.
+# A run: topic creation and leaders (at most 30 s each), warm-up and measurement, then in-flight requests (at most the
+# 30 s request timeout) and the topic's deletion.
+CLUSTER_RUN_TIMEOUT=$((WARMUP + DURATION + 120))
+cluster_start() {
+    mkdir -p "$CLUSTER_DIR_RUN"
+    say "starting a $CLUSTER-broker cluster (scripts/cluster.sh, CLUSTER_SHARDS=1) in $CLUSTER_DIR_RUN"
+    if ! CLUSTER_DIR=$CLUSTER_DIR_RUN CLUSTER_SHARDS=1 SLUICE_BIN=$SLUICE \
+        timeout 90 "$ROOT/scripts/cluster.sh" start "$CLUSTER" --fresh > "$RESULTS/cluster-start.txt" 2>&1; then
+        say "cluster start failed:"; cat "$RESULTS/cluster-start.txt" >&2
+        [ -f "$CLUSTER_DIR_RUN/pids" ] && CLUSTER_PIDS=$(awk '{ print $2 }' "$CLUSTER_DIR_RUN/pids")
+        exit 1
+    fi
+    CLUSTER_PIDS=$(awk '{ print $2 }' "$CLUSTER_DIR_RUN/pids")
+    CLUSTER_BOOTSTRAP=$(sed -n 's/^bootstrap: //p' "$RESULTS/cluster-start.txt")
+    sed 's/^/      /' "$RESULTS/cluster-start.txt" >&2
+}
+
+# "SECONDS SOME_US FULL_US": the wall clock and the kernel's I/O pressure totals (microseconds during which some, or
+# all, non-idle tasks waited for I/O; /proc/pressure/io). Two of these around a run give the share of it that the
+# machine spent stalled on the disk — its own fdatasyncs, and on this shared machine other sessions' writes.
+io_pressure() {
+    awk -v now="$(date +%s.%N)" '/^some/ { sub("total=", "", $5); some = $5 } /^full/ { sub("total=", "", $5); full = $5 }
+        END { printf "%s %.0f %.0f\n", now, some, full }' /proc/pressure/io 2>/dev/null || echo "$(date +%s.%N) 0 0"
+}
+
+cluster_alive() {
+    local pid
+    for pid in $CLUSTER_PIDS; do kill -0 "$pid" 2>/dev/null || return 1; done
+}
+
+# cluster_run KIND RF RUN: KIND is tput (max throughput) or lat (fixed rate, $CLUSTER_RATE_MB).
+cluster_run() {
+    local kind=$1 rf=$2 run=$3 name="cluster-$1-rf$2-$3" args label
+    args="--producers 4 --consumers 4 --warmup $WARMUP --duration $DURATION --partitions 16 --message-size 1024 --acks -1"
+    args+=" --replication-factor $rf --delete-topics"
+    if [ "$rf" -gt 1 ] && [ "$CLUSTER" -ge 3 ]; then args+=" --topic-config min.insync.replicas=2"; fi
+    if [ "$kind" = lat ]; then
+        args+=" --rate-mb $CLUSTER_RATE_MB"; label="RF=$rf, acks=all at $CLUSTER_RATE_MB MB/s"
+    else
+        label="RF=$rf, acks=all, max throughput"
+    fi
+    cluster_alive || { say "a broker of the cluster has exited; see $CLUSTER_DIR_RUN/node*.log"; exit 1; }
+    say "$label — run $run/$RUNS (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+    cut -d' ' -f1-3 /proc/loadavg > "$RESULTS/$name.load"
+    io_pressure > "$RESULTS/$name.psi"
+    echo "sluice-bench --bootstrap $CLUSTER_BOOTSTRAP $args --broker-pid <the $CLUSTER broker PIDs>" > "$RESULTS/$name.cmd"
+    # shellcheck disable=SC2086
+    if ! timeout "$CLUSTER_RUN_TIMEOUT" "$BENCH" --bootstrap "$CLUSTER_BOOTSTRAP" $args \
+        --broker-pid "$(echo $CLUSTER_PIDS | tr ' ' ,)" --label "$label" \
+        --json "$RESULTS/$name.json" --plot "$RESULTS/$name.svg" > "$RESULTS/$name.txt" \
+        2> >(tee "$RESULTS/$name.progress" | awk 'NR % 4 == 2 { print "      " substr($0, 1, 160); fflush() }' >&2); then
+        sleep 0.2
+        say "run failed; last lines:"; tail -3 "$RESULTS/$name.progress" >&2
+        rm -f "$RESULTS/$name.json"
+    fi
+    io_pressure >> "$RESULTS/$name.psi"
+    sleep 0.2
+    sed -n '2,4p' "$RESULTS/$name.txt" | sed 's/^/      /' >&2
+}
+
+# A short RF=N run whose figures are not used, before the first measured one: its CreateTopics waits until all N
+# brokers have registered (a topic created sooner is placed on fewer of them), and the first writes of a fresh cluster
+# (on a loaded machine, one quick run's first RF=1 topic took 25 s for its first acknowledgements) fall outside the
+# comparison.
+cluster_settle() {
+    local args="--producers 4 --consumers 4 --warmup 0 --duration $((QUICK ? 2 : 5)) --partitions 16 --message-size 1024"
+    args+=" --acks -1 --replication-factor $CLUSTER --delete-topics"
+    say "settling: a short RF=$CLUSTER run, not counted"
+    # shellcheck disable=SC2086
+    timeout "$CLUSTER_RUN_TIMEOUT" "$BENCH" --bootstrap "$CLUSTER_BOOTSTRAP" $args --label settle \
+        > "$RESULTS/cluster-settle.txt" 2> "$RESULTS/cluster-settle.progress" || say "the settling run failed (see $RESULTS/cluster-settle.progress)"
+    sed -n '2p' "$RESULTS/cluster-settle.txt" | sed 's/^/      /' >&2
+}
+
+# cluster_pairs KIND: RUNS pairs of RF=1 and RF=N runs, the order within a pair alternating.
+cluster_pairs() {
+    local run
+    for run in $(seq "$RUNS"); do
+        if [ $((run % 2)) = 1 ]; then
+            cluster_run "$1" 1 "$run"; cluster_run "$1" "$CLUSTER" "$run"
+        else
+            cluster_run "$1" "$CLUSTER" "$run"; cluster_run "$1" 1 "$run"
+        fi
+    done
+}
+
+if [ -n "$CLUSTER" ]; then
+    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $(cut -d' ' -f1-3 /proc/loadavg)" > "$RESULTS/load-start.txt"
+    cluster_start
+    cluster_settle
+    cluster_pairs tput
+    if [ -z "$CLUSTER_RATE_MB" ]; then
+        CLUSTER_RATE_MB=$(python3 - "$RESULTS" "$CLUSTER" <<'EOF'
+import glob, json, statistics, sys
+values = []
+for path in glob.glob(f"{sys.argv[1]}/cluster-tput-rf{sys.argv[2]}-*.json"):
+    values.append(json.load(open(path))["publish_mb_per_s"])
+# Half of what RF=N sustained, in whole MB/s (at least 1): a load it carries with room, so latency is not queueing.
+print(max(1, int(statistics.median(values) / 2)) if values else 10)
+EOF
+)
+        say "latency runs at $CLUSTER_RATE_MB MB/s (half of RF=$CLUSTER's median max throughput)"
+    fi
+    echo "$CLUSTER_RATE_MB" > "$RESULTS/cluster-rate-mb.txt"
+    cluster_pairs lat
+    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $(cut -d' ' -f1-3 /proc/loadavg)" > "$RESULTS/load-end.txt"
+    stop_cluster
+    # What the brokers said: replication errors, ISR changes under load.
+    for log in "$CLUSTER_DIR_RUN"/node*.log; do
+        cp "$log" "$RESULTS/"
+        grep -E "WARN|ERROR|proposing ISR" "$log" > "$RESULTS/$(basename "$log" .log).notable.txt" || true
+    done
+    mkdir -p "$(dirname "$DOC")/plots"
+    timeout 120 python3 "$ROOT/scripts/cluster_bench_doc.py" "$RESULTS" "$DOC" "$CLUSTER" "$RUNS" "$QUICK" "$ROOT"
+    say "done: results in $RESULTS, document in $DOC"
+    exit 0
 fi
 
 # ---------------------------------------------------------------------------------------------------------------

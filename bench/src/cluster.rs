@@ -11,11 +11,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    CreateTopicsRequest, CreateTopicsResponse, MetadataRequest, MetadataResponse,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, MetadataRequest, MetadataResponse,
 };
+use kafka_protocol::protocol::StrBytes;
 
 use crate::client::{topic_name, ClientError, Connection, Versions};
 
@@ -29,6 +31,7 @@ pub mod error_code {
     pub const LEADER_NOT_AVAILABLE: i16 = 5;
     pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub const INVALID_REPLICATION_FACTOR: i16 = 38;
     pub const NOT_CONTROLLER: i16 = 41;
     pub const FENCED_LEADER_EPOCH: i16 = 74;
 }
@@ -39,6 +42,8 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_millis(500);
 /// Attempts of one batch (or one partition's fetch) after a stale-metadata error before it counts as failed:
 /// refreshes are at least `REFRESH_INTERVAL` apart, so 20 attempts ride out 10 s of leader election.
 pub const RETRY_COUNT_MAX: u32 = 20;
+/// DeleteTopics v6 names topics by id or name in a new shape; v1–5 take a list of names, which is all a run needs.
+const DELETE_TOPICS_VERSION_MAX: i16 = 5;
 /// How long topic creation, or a partition with leader -1, may wait for Metadata to show a leader.
 pub const LEADER_WAIT_MAX: Duration = Duration::from_secs(30);
 
@@ -304,16 +309,31 @@ impl Metadata {
         }
     }
 
-    /// Creates the topics (an existing one is fine) through any reachable bootstrap broker — a cluster forwards
-    /// admin requests to its controller — then waits until every partition has a leader.
-    pub fn create_topics(&self, partition_count: i32) -> Result<Arc<RoutingTable>, ClientError> {
+    /// Creates the topics (an existing one is fine) with `replication_factor` replicas per partition and `configs`
+    /// (Kafka's topic config names) through any reachable bootstrap broker — a cluster forwards admin requests to its
+    /// controller — then waits until every partition has a leader.
+    pub fn create_topics(
+        &self,
+        partition_count: i32,
+        replication_factor: i16,
+        configs: &[(String, String)],
+    ) -> Result<Arc<RoutingTable>, ClientError> {
         let deadline = Instant::now() + LEADER_WAIT_MAX;
         let (mut connection, _) = connect_any(&self.bootstrap)?;
         for topic in &self.topics {
             let mut creatable = CreatableTopic::default();
             creatable.name = topic_name(topic);
             creatable.num_partitions = partition_count;
-            creatable.replication_factor = 1;
+            creatable.replication_factor = replication_factor;
+            creatable.configs = configs
+                .iter()
+                .map(|(name, value)| {
+                    let mut config = CreatableTopicConfig::default();
+                    config.name = StrBytes::from_string(name.clone());
+                    config.value = Some(StrBytes::from_string(value.clone()));
+                    config
+                })
+                .collect();
             let mut request = CreateTopicsRequest::default();
             request.topics = vec![creatable];
             request.timeout_ms = 30_000;
@@ -329,8 +349,10 @@ impl Metadata {
                 if code == 0 {
                     break;
                 }
-                // A controller election under way: ask again shortly, within the same bound.
-                if !refresh_on_error(code) || Instant::now() >= deadline {
+                // A controller election under way, or a cluster just started whose brokers have not all
+                // registered yet (fewer live brokers than replicas): ask again shortly, within the same bound.
+                let retry = refresh_on_error(code) || code == error_code::INVALID_REPLICATION_FACTOR;
+                if !retry || Instant::now() >= deadline {
                     return Err(ClientError::Broker {
                         what: format!("CreateTopics {topic}"),
                         error_code: code,
@@ -341,6 +363,40 @@ impl Metadata {
         }
         drop(connection);
         self.wait_for_all_leaders(partition_count)
+    }
+
+    /// Deletes the run's topics through any reachable bootstrap broker (a cluster forwards it to its controller), so
+    /// that runs against one long-lived cluster do not fill its disks. DeleteTopics v1–5 (topic names); a broker that
+    /// does not speak it, or an error per topic, is an error naming the topic.
+    pub fn delete_topics(&self) -> Result<(), ClientError> {
+        let (mut connection, _) = connect_any(&self.bootstrap)?;
+        let versions: ApiVersionsResponse = connection.call(&ApiVersionsRequest::default(), 0)?;
+        let api = versions.api_keys.iter().find(|api| api.api_key == ApiKey::DeleteTopics as i16);
+        let (broker_min, broker_max) = api.map_or((-1, -1), |api| (api.min_version, api.max_version));
+        let version = broker_max.min(DELETE_TOPICS_VERSION_MAX);
+        if version < 1 || version < broker_min {
+            return Err(ClientError::Unsupported {
+                api: "DeleteTopics",
+                broker_min,
+                broker_max,
+                ours_min: 1,
+                ours_max: DELETE_TOPICS_VERSION_MAX,
+            });
+        }
+        let mut request = DeleteTopicsRequest::default();
+        request.topic_names = self.topics.iter().map(|topic| topic_name(topic)).collect();
+        request.timeout_ms = 30_000;
+        let response: DeleteTopicsResponse = connection.call(&request, version)?;
+        for result in &response.responses {
+            if result.error_code != 0 && result.error_code != error_code::UNKNOWN_TOPIC_OR_PARTITION {
+                let name = result.name.as_ref().map_or("?", |name| name.0.as_str());
+                return Err(ClientError::Broker {
+                    what: format!("DeleteTopics {name}"),
+                    error_code: result.error_code,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// One Metadata request, to the first broker that answers: the known brokers first, then the bootstrap list.

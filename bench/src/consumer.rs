@@ -31,6 +31,31 @@ const OFFSET_OUT_OF_RANGE: i16 = 1;
 /// How long an idle session or the consumer thread sleeps between looks at its inbox and the stop flag.
 const IDLE_POLL: Duration = Duration::from_millis(20);
 
+/// ListOffsets for a session's start, asked again every `REFRESH_INTERVAL`, at most `RETRY_COUNT_MAX` times, while
+/// the answer is a stale-metadata error: in a cluster, Metadata may name a partition's leader a moment before that
+/// broker has installed the partition (UNKNOWN_TOPIC_OR_PARTITION), and a consumer that gave up there would serve
+/// none of its partitions for the whole run.
+fn list_offsets_when_ready(
+    connection: &mut Connection,
+    versions: &crate::client::Versions,
+    topic: &str,
+    partitions: &[i32],
+    timestamp: i64,
+) -> Result<Vec<i64>, ClientError> {
+    let mut attempts = 0;
+    loop {
+        match list_offsets(connection, versions, topic, partitions, timestamp) {
+            Err(ClientError::Broker { error_code, .. })
+                if error_action(error_code, attempts) == ErrorAction::RetryAfterRefresh =>
+            {
+                attempts += 1;
+                thread::sleep(REFRESH_INTERVAL);
+            }
+            result => return result,
+        }
+    }
+}
+
 /// A partition a session fetches: where it is, and how many stale-metadata errors in a row it has had.
 #[derive(Clone, Copy, Debug)]
 struct Position {
@@ -218,7 +243,7 @@ impl Session<'_> {
         };
         let positioned = match &mut connection {
             Ok(connection) if !partitions.is_empty() => {
-                list_offsets(connection, versions, topic, partitions, start_timestamp)
+                list_offsets_when_ready(connection, versions, topic, partitions, start_timestamp)
             }
             _ => Ok(Vec::new()),
         };

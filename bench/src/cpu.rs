@@ -13,6 +13,25 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     parse_cpu_ticks(&stat).map(|ticks| ticks as f64 / clock_ticks_per_s())
 }
 
+/// CPU seconds the whole machine has been busy since boot, over all cores (/proc/stat's first line: user, nice,
+/// system, irq, softirq and steal; idle and iowait are not busy; guest time is already inside user). Beside the
+/// broker's and this process's own figures it shows what else ran on a shared machine during a run, and the
+/// kernel's work no process is charged with (softirq network processing, the ext4 journal thread).
+pub fn machine_busy_seconds() -> Option<f64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    parse_machine_busy_ticks(stat.lines().next()?).map(|ticks| ticks as f64 / clock_ticks_per_s())
+}
+
+fn parse_machine_busy_ticks(line: &str) -> Option<u64> {
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let values: Vec<u64> = fields.take(8).map(str::parse).collect::<Result<_, _>>().ok()?;
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal] = values[..] else { return None };
+    Some(user + nice + system + irq + softirq + steal)
+}
+
 /// Fields 14 and 15 (utime, stime) counted after the command name, which is in parentheses and may hold spaces.
 fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     let after_name = &stat[stat.rfind(')')? + 1..];
@@ -42,6 +61,14 @@ mod tests {
         // Proves fields are counted from the closing parenthesis, not from the start of the line.
         let stat = "1234 (my (odd) name) S 1 2 3 4 5 6 7 8 9 10 150 50 0 0 20 0 1 0";
         assert_eq!(parse_cpu_ticks(stat), Some(200));
+    }
+
+    #[test]
+    fn machine_busy_counts_all_but_idle_and_iowait() {
+        // Proves idle (4th) and iowait (5th) are left out and guest fields (9th, 10th) are not added twice.
+        let line = "cpu  100 2 30 5000 40 1 7 3 11 0";
+        assert_eq!(parse_machine_busy_ticks(line), Some(100 + 2 + 30 + 1 + 7 + 3));
+        assert_eq!(parse_machine_busy_ticks("cpu0 1 2 3 4 5 6 7 8"), None);
     }
 
     #[test]

@@ -276,7 +276,7 @@ pub fn commit_rate(bootstrap: &str, topic: &str, clients: usize, duration: Durat
     let mut setup = Connection::connect(bootstrap).map_err(|e| e.to_string())?;
     let versions = setup.negotiate_versions().map_err(|e| e.to_string())?;
     Metadata::new(vec![bootstrap.to_owned()], versions, vec![topic.to_owned()])
-        .create_topics(1)
+        .create_topics(1, 1, &[])
         .map_err(|e| e.to_string())?;
     let committed = Arc::new(AtomicU64::new(0));
     let failure: Arc<Mutex<Option<String>>> = Arc::default();

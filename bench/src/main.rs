@@ -36,6 +36,12 @@ struct Cli {
     /// Partitions per topic.
     #[arg(long, default_value_t = 16)]
     partitions: i32,
+    /// Replicas per partition of the topics created (at most the cluster's live brokers).
+    #[arg(long, default_value_t = 1)]
+    replication_factor: i16,
+    /// A topic config for CreateTopics, KEY=VALUE with Kafka's name (e.g. min.insync.replicas=2); repeatable.
+    #[arg(long = "topic-config", value_name = "KEY=VALUE", value_parser = parse_topic_config)]
+    topic_configs: Vec<(String, String)>,
     /// Topic names are PREFIX-<run id>-<index>, fresh for every run.
     #[arg(long, default_value = "sluice-bench")]
     topic_prefix: String,
@@ -119,9 +125,14 @@ struct Cli {
     /// Skip CRC-32C checks of fetched batches.
     #[arg(long)]
     no_verify_crc: bool,
-    /// Broker process id, to report its CPU use from /proc.
+    /// Broker process ids, PID[,PID...], to report their CPU use from /proc: the sum and each broker's share (every
+    /// broker of a local cluster).
+    #[arg(long, value_delimiter = ',')]
+    broker_pid: Vec<u32>,
+    /// Delete the run's topics when it is over (DeleteTopics), so that many runs against one cluster do not fill
+    /// its disks.
     #[arg(long)]
-    broker_pid: Option<u32>,
+    delete_topics: bool,
     /// Name printed in reports and charts.
     #[arg(long, default_value = "sluice-bench")]
     label: String,
@@ -156,6 +167,8 @@ fn main() -> ExitCode {
         },
         topics,
         partition_count: cli.partitions,
+        replication_factor: cli.replication_factor,
+        topic_configs: cli.topic_configs.clone(),
         message_size: cli.message_size,
         random_ratio: cli.random_ratio,
         key_distribution: cli.keys,
@@ -182,9 +195,10 @@ fn main() -> ExitCode {
         "max rate".to_owned()
     };
     let description = format!(
-        "{} topic(s) × {} partitions, {} B messages, {} producers, {} consumers, {}, acks={}, {:?}, linger {} ms, batch {} B{}",
+        "{} topic(s) × {} partitions{}, {} B messages, {} producers, {} consumers, {}, acks={}, {:?}, linger {} ms, batch {} B{}",
         cli.topics,
         cli.partitions,
+        replication_text(&cli),
         cli.message_size,
         cli.producers * cli.topics,
         cli.consumers * cli.topics,
@@ -202,7 +216,8 @@ fn main() -> ExitCode {
         backlog_size: cli.backlog_size,
         drop_caches: cli.drop_caches,
         evict_size: cli.evict_size,
-        broker_pid: cli.broker_pid,
+        broker_pids: cli.broker_pid.clone(),
+        delete_topics: cli.delete_topics,
         label: cli.label.clone(),
         description,
     };
@@ -233,9 +248,28 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `KEY=VALUE` of `--topic-config`.
+fn parse_topic_config(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+/// ", RF 3 (min.insync.replicas=2)" for the run's description; nothing at the default of one replica and no configs.
+fn replication_text(cli: &Cli) -> String {
+    let configs: Vec<String> =
+        cli.topic_configs.iter().map(|(key, value)| format!("{key}={value}")).collect();
+    match (cli.replication_factor, configs.is_empty()) {
+        (1, true) => String::new(),
+        (factor, true) => format!(", RF {factor}"),
+        (factor, false) => format!(", RF {factor} ({})", configs.join(", ")),
+    }
+}
+
 fn validate(cli: &Cli) -> Result<(), String> {
-    if cli.topics == 0 || cli.partitions <= 0 || cli.producers == 0 {
-        return Err("--topics, --partitions and --producers must be at least 1".into());
+    if cli.topics == 0 || cli.partitions <= 0 || cli.producers == 0 || cli.replication_factor <= 0 {
+        return Err("--topics, --partitions, --producers and --replication-factor must be at least 1".into());
     }
     if !(0.0..=1.0).contains(&cli.random_ratio) {
         return Err(format!("--random-ratio {} is outside 0..=1", cli.random_ratio));

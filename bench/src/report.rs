@@ -31,7 +31,11 @@ pub struct Summary {
     pub latencies: Latencies,
     /// Broker CPU in cores (1.0 = one core busy) over the measured period, if `--broker-pid` was given.
     pub broker_cpu_cores: Option<f64>,
+    /// Each `--broker-pid`'s share of `broker_cpu_cores`, in the order given (one entry against a single broker).
+    pub broker_cpu_cores_each: Vec<Option<f64>>,
     pub generator_cpu_cores: Option<f64>,
+    /// The whole machine's busy cores over the same period (all processes and the kernel's own work).
+    pub machine_cpu_cores: Option<f64>,
     pub error_count: u64,
     pub errors: Vec<String>,
     pub message_size: usize,
@@ -79,10 +83,17 @@ impl Summary {
         );
         let cpu =
             |cores: Option<f64>| cores.map_or("n/a".to_owned(), |cores| format!("{:.0}%", cores * 100.0));
+        let each = if self.broker_cpu_cores_each.len() > 1 {
+            let shares: Vec<String> = self.broker_cpu_cores_each.iter().map(|&cores| cpu(cores)).collect();
+            format!(" ({})", shares.join(" + "))
+        } else {
+            String::new()
+        };
         println!(
-            "cpu      broker {} of one core, sluice-bench {} (2 cores = 200%)",
+            "cpu      broker {}{each} of one core, sluice-bench {}, whole machine {} (2 cores = 200%)",
             cpu(self.broker_cpu_cores),
-            cpu(self.generator_cpu_cores)
+            cpu(self.generator_cpu_cores),
+            cpu(self.machine_cpu_cores)
         );
         println!(
             "{:<16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}   (ms)",
@@ -133,7 +144,10 @@ impl Summary {
         let _ = writeln!(json, "  \"retries\": {},", self.counters.retries);
         let _ = writeln!(json, "  \"backlog_messages\": {},", self.backlog_messages);
         let _ = writeln!(json, "  \"broker_cpu_cores\": {},", json_option(self.broker_cpu_cores));
+        let each: Vec<String> = self.broker_cpu_cores_each.iter().map(|&cores| json_option(cores)).collect();
+        let _ = writeln!(json, "  \"broker_cpu_cores_each\": [{}],", each.join(", "));
         let _ = writeln!(json, "  \"generator_cpu_cores\": {},", json_option(self.generator_cpu_cores));
+        let _ = writeln!(json, "  \"machine_cpu_cores\": {},", json_option(self.machine_cpu_cores));
         let _ = writeln!(json, "  \"error_count\": {},", self.error_count);
         let errors: Vec<String> = self.errors.iter().map(|error| json_string(error)).collect();
         let _ = writeln!(json, "  \"errors\": [{}],", errors.join(", "));
@@ -405,7 +419,9 @@ mod tests {
             backlog_messages: 0,
             latencies,
             broker_cpu_cores: Some(1.5),
+            broker_cpu_cores_each: vec![Some(1.5)],
             generator_cpu_cores: None,
+            machine_cpu_cores: None,
             error_count: 0,
             errors: Vec::new(),
             message_size: 2000,

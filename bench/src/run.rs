@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::client::{ClientError, Versions};
 use crate::clock::now_ns;
 use crate::cluster::{connect_any, Metadata};
-use crate::cpu::cpu_seconds;
+use crate::cpu::{cpu_seconds, machine_busy_seconds};
 use crate::report::{progress_line, Summary};
 use crate::stats::{CounterSnapshot, Latencies, Stats};
 use crate::workload::{Payloads, StartOffset, Workload};
@@ -35,33 +35,63 @@ pub struct RunOptions {
     pub drop_caches: bool,
     /// Payload bytes written to `<topic>-evict` between the backlog and its read (0 = none).
     pub evict_size: u64,
-    pub broker_pid: Option<u32>,
+    /// Broker processes whose CPU use is reported (every broker of a local cluster; empty = none).
+    pub broker_pids: Vec<u32>,
+    /// Delete the run's topics once it is over.
+    pub delete_topics: bool,
     pub label: String,
     pub description: String,
 }
 
-/// CPU seconds of the broker and of this process at one instant.
+/// CPU seconds of each broker and of this process at one instant.
 struct CpuSample {
     at: Instant,
-    broker_s: Option<f64>,
+    /// One entry per `--broker-pid`, in the order given.
+    brokers_s: Vec<Option<f64>>,
     own_s: Option<f64>,
+    /// The whole machine, every process and the kernel.
+    machine_s: Option<f64>,
 }
 
 impl CpuSample {
-    fn take(broker_pid: Option<u32>) -> Self {
+    fn take(broker_pids: &[u32]) -> Self {
         CpuSample {
             at: Instant::now(),
-            broker_s: broker_pid.and_then(|pid| cpu_seconds(Some(pid))),
+            brokers_s: broker_pids.iter().map(|&pid| cpu_seconds(Some(pid))).collect(),
             own_s: cpu_seconds(None),
+            machine_s: machine_busy_seconds(),
         }
     }
 
-    /// (broker, own) cores used between `self` and `later`.
+    /// (all brokers, own) cores used between `self` and `later`; the brokers' sum is `None` when there are none or
+    /// any of them could not be read (a broker that exited would otherwise silently lower the sum).
     fn cores_until(&self, later: &CpuSample) -> (Option<f64>, Option<f64>) {
+        let each = self.broker_cores_until(later);
+        let brokers = if each.is_empty() { None } else { each.iter().copied().sum::<Option<f64>>() };
         let seconds = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
-        let cores = |before: Option<f64>, after: Option<f64>| Some((after? - before?) / seconds);
-        (cores(self.broker_s, later.broker_s), cores(self.own_s, later.own_s))
+        (brokers, cores(self.own_s, later.own_s, seconds))
     }
+
+    /// Cores the whole machine was busy between `self` and `later`.
+    fn machine_cores_until(&self, later: &CpuSample) -> Option<f64> {
+        let seconds = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
+        cores(self.machine_s, later.machine_s, seconds)
+    }
+
+    /// Cores used by each broker between `self` and `later`.
+    fn broker_cores_until(&self, later: &CpuSample) -> Vec<Option<f64>> {
+        assert_eq!(self.brokers_s.len(), later.brokers_s.len());
+        let seconds = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
+        self.brokers_s
+            .iter()
+            .zip(&later.brokers_s)
+            .map(|(&before, &after)| cores(before, after, seconds))
+            .collect()
+    }
+}
+
+fn cores(before_s: Option<f64>, after_s: Option<f64>, seconds: f64) -> Option<f64> {
+    Some((after_s? - before_s?) / seconds)
 }
 
 pub fn run(options: RunOptions) -> Result<Summary, ClientError> {
@@ -81,6 +111,12 @@ pub fn run(options: RunOptions) -> Result<Summary, ClientError> {
     } else {
         run_steady(&options, &workload, versions, &payloads, &stats, &metadata)
     };
+    if options.delete_topics {
+        // After the summary is taken; a failure here costs the run nothing but disk space, so it is only reported.
+        if let Err(error) = metadata.delete_topics() {
+            eprintln!("sluice-bench: warning: could not delete the run's topics: {error}");
+        }
+    }
     if metadata.refresh_count() > 1 {
         eprintln!(
             "sluice-bench: metadata refreshed {} times after stale-leader errors",
@@ -98,7 +134,11 @@ fn create_topics(
     topics: Vec<String>,
 ) -> Result<Arc<Metadata>, ClientError> {
     let metadata = Arc::new(Metadata::new(workload.bootstrap.clone(), versions, topics.clone()));
-    let table = metadata.create_topics(workload.partition_count)?;
+    let table = metadata.create_topics(
+        workload.partition_count,
+        workload.replication_factor,
+        &workload.topic_configs,
+    )?;
     if table.broker_count() > 1 {
         let all: Vec<i32> = (0..workload.partition_count).collect();
         let mut led: std::collections::BTreeMap<i32, usize> = std::collections::BTreeMap::new();
@@ -229,9 +269,9 @@ fn run_steady(
     let mut interval = Latencies::new();
     let mut measuring = false;
     let mut baseline = stats.snapshot();
-    let mut cpu_start = CpuSample::take(options.broker_pid);
+    let mut cpu_start = CpuSample::take(&options.broker_pids);
     let mut previous = stats.snapshot();
-    let mut previous_cpu = CpuSample::take(options.broker_pid);
+    let mut previous_cpu = CpuSample::take(&options.broker_pids);
     let mut next_tick = started + Duration::from_secs(1);
     loop {
         let now = Instant::now();
@@ -245,12 +285,12 @@ fn run_steady(
             stats.drain(&mut interval);
             interval.reset();
             baseline = stats.snapshot();
-            cpu_start = CpuSample::take(options.broker_pid);
+            cpu_start = CpuSample::take(&options.broker_pids);
             measuring = true;
         }
         if now >= next_tick || now >= measure_until {
             let snapshot = stats.snapshot();
-            let cpu = CpuSample::take(options.broker_pid);
+            let cpu = CpuSample::take(&options.broker_pids);
             stats.drain(&mut interval);
             let (broker_cores, _) = previous_cpu.cores_until(&cpu);
             let phase = if measuring { "measure" } else { "warm-up" };
@@ -283,7 +323,7 @@ fn run_steady(
         }
     }
     let end = stats.snapshot();
-    let cpu_end = CpuSample::take(options.broker_pid);
+    let cpu_end = CpuSample::take(&options.broker_pids);
     stop.store(true, Ordering::Relaxed);
     join(Workers { producers, consumers });
     // Acknowledgements and reads of messages sent during the measured period arrive after it; keep their latencies.
@@ -294,6 +334,8 @@ fn run_steady(
     let measured = end.since(&baseline);
     let seconds = cpu_end.at.duration_since(cpu_start.at).as_secs_f64();
     let (broker_cpu_cores, generator_cpu_cores) = cpu_start.cores_until(&cpu_end);
+    let broker_cpu_cores_each = cpu_start.broker_cores_until(&cpu_end);
+    let machine_cpu_cores = cpu_start.machine_cores_until(&cpu_end);
     let (error_count, errors) = stats.errors();
     Ok(Summary {
         label: options.label.clone(),
@@ -304,7 +346,9 @@ fn run_steady(
         backlog_messages: backlog(&end),
         latencies: totals,
         broker_cpu_cores,
+        broker_cpu_cores_each,
         generator_cpu_cores,
+        machine_cpu_cores,
         error_count,
         errors,
         message_size: workload.message_size,
@@ -329,16 +373,16 @@ fn run_catch_up(
     let stop_producers = Arc::new(AtomicBool::new(false));
     let producers = start_producers(workload, versions, payloads, stats, &stop_producers, metadata);
     let started = Instant::now();
-    let cpu_publish_start = CpuSample::take(options.broker_pid);
+    let cpu_publish_start = CpuSample::take(&options.broker_pids);
     let mut totals = Latencies::new();
     let mut interval = Latencies::new();
     let mut previous = stats.snapshot();
-    let mut previous_cpu = CpuSample::take(options.broker_pid);
+    let mut previous_cpu = CpuSample::take(&options.broker_pids);
     let time_limit = options.warmup + options.duration.max(Duration::from_secs(10)) * 4;
     loop {
         thread::sleep(Duration::from_secs(1));
         let snapshot = stats.snapshot();
-        let cpu = CpuSample::take(options.broker_pid);
+        let cpu = CpuSample::take(&options.broker_pids);
         stats.drain(&mut interval);
         eprintln!(
             "{}",
@@ -372,7 +416,7 @@ fn run_catch_up(
     stats.drain(&mut interval);
     totals.add(&interval);
     let published = stats.snapshot();
-    let cpu_publish_end = CpuSample::take(options.broker_pid);
+    let cpu_publish_end = CpuSample::take(&options.broker_pids);
     let publish_seconds = cpu_publish_end.at.duration_since(cpu_publish_start.at).as_secs_f64();
     if options.evict_size > 0 {
         evict(options, workload, versions, payloads, stats)?;
@@ -386,7 +430,7 @@ fn run_catch_up(
     let consume_workload = Arc::new(consume_workload);
     let stop_consumers = Arc::new(AtomicBool::new(false));
     let consume_started = Instant::now();
-    let cpu_consume_start = CpuSample::take(options.broker_pid);
+    let cpu_consume_start = CpuSample::take(&options.broker_pids);
     let consumers = start_consumers(&consume_workload, versions, stats, &stop_consumers, metadata);
     let consume_limit = options.duration.max(Duration::from_secs(10)) * 4;
     loop {
@@ -403,7 +447,7 @@ fn run_catch_up(
             break;
         }
         if previous_cpu.at.elapsed() >= Duration::from_secs(1) {
-            let cpu = CpuSample::take(options.broker_pid);
+            let cpu = CpuSample::take(&options.broker_pids);
             eprintln!(
                 "{}",
                 progress_line(
@@ -421,7 +465,7 @@ fn run_catch_up(
         }
     }
     let end = stats.snapshot();
-    let cpu_consume_end = CpuSample::take(options.broker_pid);
+    let cpu_consume_end = CpuSample::take(&options.broker_pids);
     let consume_seconds = consume_started.elapsed().as_secs_f64();
     stop_consumers.store(true, Ordering::Relaxed);
     join(Workers { producers: Vec::new(), consumers });
@@ -431,6 +475,8 @@ fn run_catch_up(
     counters.acked_messages = published.acked_messages;
     counters.acked_bytes = published.acked_bytes;
     let (broker_cpu_cores, generator_cpu_cores) = cpu_consume_start.cores_until(&cpu_consume_end);
+    let broker_cpu_cores_each = cpu_consume_start.broker_cores_until(&cpu_consume_end);
+    let machine_cpu_cores = cpu_consume_start.machine_cores_until(&cpu_consume_end);
     let (error_count, errors) = stats.errors();
     Ok(Summary {
         label: options.label.clone(),
@@ -441,7 +487,9 @@ fn run_catch_up(
         backlog_messages: backlog(&end),
         latencies: totals,
         broker_cpu_cores,
+        broker_cpu_cores_each,
         generator_cpu_cores,
+        machine_cpu_cores,
         error_count,
         errors,
         message_size: workload.message_size,

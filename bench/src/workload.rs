@@ -29,6 +29,10 @@ pub struct Workload {
     pub bootstrap: Vec<String>,
     pub topics: Vec<String>,
     pub partition_count: i32,
+    /// Replicas per partition of the topics the run creates (1 against a single broker).
+    pub replication_factor: i16,
+    /// Topic configs sent with CreateTopics (`min.insync.replicas`, …), as Kafka names them.
+    pub topic_configs: Vec<(String, String)>,
     pub message_size: usize,
     pub random_ratio: f64,
     pub key_distribution: KeyDistribution,

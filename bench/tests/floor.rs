@@ -63,7 +63,7 @@ fn sluice_bench_can_route_and_produce_to_the_floor_and_the_bytes_are_on_disk() {
     assert_eq!((versions.produce, versions.metadata, versions.create_topics), (12, 12, 7));
     let topic = "floor-test".to_owned();
     let metadata = Metadata::new(vec![address.clone()], versions, vec![topic.clone()]);
-    let table = metadata.create_topics(16).unwrap();
+    let table = metadata.create_topics(16, 1, &[]).unwrap();
     assert!(table.leaderless(&topic, 16).is_empty(), "every partition has the floor as its leader");
     assert_eq!(table.address(table.leader(&topic, 15)), Some(address.as_str()));
 
