@@ -126,6 +126,7 @@ pub fn start(config: Config) -> Result<Broker, String> {
         MeshBuilder::<Envelope<ShardRequest>, _>::full(shard_count, config.shard_channel_capacity);
     let reply_mesh = MeshBuilder::<Envelope<ShardReply>, _>::full(shard_count, config.shard_channel_capacity);
     let (started_sender, started_receiver) = mpsc::channel::<Result<(), String>>();
+    let shard_threads: ShardThreads = Arc::default();
     let mut handles = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
         let context = ShardContext {
@@ -140,6 +141,7 @@ pub fn start(config: Config) -> Result<Broker, String> {
             connections: connections.clone(),
             open_files_max: (open_files_max / shard_count).max(1),
             cluster: cluster.clone(),
+            threads: shard_threads.clone(),
         };
         let request_mesh = request_mesh.clone();
         let reply_mesh = reply_mesh.clone();
@@ -162,7 +164,50 @@ pub fn start(config: Config) -> Result<Broker, String> {
     drop(started_sender);
     let broker =
         Broker { address, descriptor_limit, connections, open_files_max, stop, handles, running, cluster };
-    wait_until_started(broker, &started_receiver, shard_count)
+    wait_until_started(broker, &started_receiver, shard_count, &shard_threads)
+}
+
+/// While start-up makes no progress for this long, the shards' threads are sent a signal (see
+/// [`wake_shard_threads`]).
+const START_KICK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// One broker's shard threads, for [`wake_shard_threads`] (registered by each shard as it starts).
+type ShardThreads = Arc<std::sync::Mutex<Vec<libc::pthread_t>>>;
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Registers the calling thread as a shard thread and, once per process, installs the no-op SIGURG handler
+/// [`wake_shard_threads`] relies on.
+fn register_shard_thread(threads: &ShardThreads) {
+    static HANDLER: std::sync::Once = std::sync::Once::new();
+    HANDLER.call_once(|| {
+        // SAFETY: a zeroed sigaction with a handler that does nothing and no SA_RESTART: a blocked syscall of the
+        // receiving thread returns EINTR, which glommio's reactor treats as a wake-up.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as *const () as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(libc::SIGURG, &action, std::ptr::null_mut());
+        }
+    });
+    if let Ok(mut threads) = threads.lock() {
+        // SAFETY: pthread_self has no preconditions.
+        threads.push(unsafe { libc::pthread_self() });
+    }
+}
+
+/// A shard reactor asleep in io_uring_enter sometimes misses the completion that should wake it during start-up
+/// (seen under load: every shard asleep, start-up stalled until a SIGSTOP/SIGCONT interrupted the syscall). A
+/// SIGURG to each shard thread interrupts the sleep; the reactor then looks at its rings again. Harmless to a shard
+/// that was not stuck.
+fn wake_shard_threads(threads: &ShardThreads) {
+    let Ok(threads) = threads.lock() else { return };
+    for thread in threads.iter() {
+        // SAFETY: the threads are the shards' and run until the broker stops; start-up is still waiting for them.
+        unsafe {
+            libc::pthread_kill(*thread, libc::SIGURG);
+        }
+    }
 }
 
 /// Waits until every shard listens, then starts the cluster heartbeats (registration); the first start-up error
@@ -171,12 +216,29 @@ fn wait_until_started(
     broker: Broker,
     started: &mpsc::Receiver<Result<(), String>>,
     shard_count: usize,
+    threads: &ShardThreads,
 ) -> Result<Broker, String> {
-    for _ in 0..shard_count {
-        let failure = match started.recv() {
-            Ok(Ok(())) => continue,
+    let mut kicked = false;
+    let mut ready = 0;
+    while ready < shard_count {
+        let failure = match started.recv_timeout(START_KICK_INTERVAL) {
+            Ok(Ok(())) => {
+                ready += 1;
+                continue;
+            }
             Ok(Err(error)) => error,
-            Err(_) => "a shard stopped during start-up".into(),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if !kicked {
+                    log::warn!(
+                        "start-up: no shard progress for {START_KICK_INTERVAL:?}; waking the shards' reactors \
+                         (a missed wake-up in io_uring_enter; kept up every {START_KICK_INTERVAL:?} until started)"
+                    );
+                    kicked = true;
+                }
+                wake_shard_threads(threads);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => "a shard stopped during start-up".into(),
         };
         broker.stop();
         broker.join();
@@ -203,6 +265,7 @@ struct ShardContext {
     /// This shard's share of `log.segment.open.files.max`.
     open_files_max: usize,
     cluster: Option<Arc<Cluster>>,
+    threads: ShardThreads,
 }
 
 /// A shard's life, in order. Each transition is logged; going back is a broken invariant.
@@ -263,6 +326,7 @@ async fn run_shard(
     request_mesh: MeshBuilder<Envelope<ShardRequest>, glommio::channels::channel_mesh::Full>,
     reply_mesh: MeshBuilder<Envelope<ShardReply>, glommio::channels::channel_mesh::Full>,
 ) -> Result<(), String> {
+    register_shard_thread(&context.threads);
     // The mesh is joined first and unconditionally: a shard that failed before joining would hang the others.
     let (request_senders, request_receivers) =
         request_mesh.join().await.map_err(|_| "cannot join the shard request mesh".to_string())?;

@@ -131,6 +131,7 @@ impl Cluster {
             Some(own) => {
                 let node = open_quorum(config)?;
                 let cell = Arc::new(MetadataCell::new(node.image().clone()));
+                client.use_local_view(cell.clone());
                 let bootstrap = migration::bootstrap_records(config)?;
                 let peers = voters.iter().filter(|(id, _)| *id != own.id).cloned().collect();
                 service::start(
