@@ -1,10 +1,14 @@
 //! `sluice`: start a broker (`sluice` or `sluice start`) with the embedded default configuration, a `--config` file
 //! and flag overrides. Any start-up problem prints one line naming it and exits non-zero.
+//!
+//! The operator commands `sluice reassign` and `sluice elect-leaders` (`admin_cli`) speak the Kafka protocol to any
+//! broker of a cluster; they start no broker.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use sluice_broker::admin_cli::{self, elect_leaders::ElectLeadersArgs, reassign::ReassignArgs};
 use sluice_broker::config::{Config, ConfigOverrides};
 
 #[derive(Parser, Debug)]
@@ -20,6 +24,10 @@ struct Cli {
 enum Command {
     /// Run a single-node broker (the default).
     Start(StartArgs),
+    /// Move partition replicas onto a broker (or as a plan file says), or cancel moves in progress.
+    Reassign(ReassignArgs),
+    /// Elect the preferred (or an unclean) leader of partitions.
+    ElectLeaders(ElectLeadersArgs),
 }
 
 #[derive(Args, Debug, Default)]
@@ -48,6 +56,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Start(args)) => args,
+        Some(Command::Reassign(args)) => {
+            return admin_cli::exit_code("reassign", admin_cli::reassign::run(&args))
+        }
+        Some(Command::ElectLeaders(args)) => {
+            return admin_cli::exit_code("elect-leaders", admin_cli::elect_leaders::run(&args))
+        }
         None => cli.start,
     };
     sluice_broker::logging::init();
