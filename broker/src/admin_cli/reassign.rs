@@ -160,8 +160,18 @@ fn planned_moves(client: &AdminClient, args: &ReassignArgs) -> Result<Vec<Move>,
         return Ok(plan.moves);
     }
     let Some(path) = &args.plan else { return Ok(Vec::new()) };
+    moves_from_plan_file(client, path, &args.topics)
+}
+
+/// The moves a reassignment file asks for, checked against the cluster; errors name the file.
+fn moves_from_plan_file(
+    client: &AdminClient,
+    path: &Path,
+    topics: &[String],
+) -> Result<Vec<Move>, CommandError> {
     let targets = read_plan(path)?;
-    plan::moves_from_targets(client.view(), &targets, &args.topics).map_err(CommandError::Usage)
+    plan::moves_from_targets(client.view(), &targets, topics)
+        .map_err(|reason| CommandError::Usage(format!("{}: {reason}", path.display())))
 }
 
 fn read_plan(path: &Path) -> Result<Vec<PartitionTarget>, CommandError> {
@@ -183,9 +193,7 @@ fn read_plan(path: &Path) -> Result<Vec<PartitionTarget>, CommandError> {
 fn run_cancel(client: &mut AdminClient, args: &ReassignArgs) -> Result<(), CommandError> {
     let selection = match &args.plan {
         Some(path) => {
-            let targets = read_plan(path)?;
-            let moves = plan::moves_from_targets(client.view(), &targets, &args.topics)
-                .map_err(CommandError::Usage)?;
+            let moves = moves_from_plan_file(client, path, &args.topics)?;
             Some(moves.into_iter().map(|each| (each.topic, each.partition)).collect::<BTreeSet<_>>())
         }
         None if !args.topics.is_empty() => {
