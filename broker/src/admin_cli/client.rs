@@ -308,6 +308,11 @@ impl AdminClient {
         Err(ClientError::NoBootstrap { servers: servers.to_owned(), errors })
     }
 
+    /// The bootstrap broker's `host:port`, whose Metadata `view` is.
+    pub fn bootstrap_address(&self) -> &str {
+        self.bootstrap.address()
+    }
+
     /// The cluster as the last Metadata answer described it.
     pub fn view(&self) -> &ClusterView {
         &self.view

@@ -32,6 +32,9 @@ use super::{describe_code, plan_json, CommandError};
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often `--wait` asks which partitions are still moving.
 const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How long `--wait` gives the bootstrap broker's Metadata to show a finished move: brokers install the
+/// controller's changes within a heartbeat or a metadata fetch (2 s by default), so 10 s is ample.
+const METADATA_SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `--wait` prints progress when the count changes, and at least this often.
 const WAIT_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// A reassignment file larger than this is refused before it is read: a plan for 200,000 partitions is ~14 MB.
@@ -431,10 +434,22 @@ fn wait_until_done(
     }
 }
 
-/// After `--wait`: each moved partition's replicas, leader and ISR from a fresh Metadata; a partition whose
-/// replicas are not its target (someone cancelled or replaced it) fails the command.
+/// After `--wait`: each moved partition's replicas, leader and ISR from the bootstrap broker's Metadata. A broker
+/// other than the controller installs the completed reassignment a moment after the controller stops listing it,
+/// so Metadata is asked again every `WAIT_POLL_INTERVAL` for up to `METADATA_SETTLE_TIMEOUT`; a partition whose
+/// replicas are still not its target then (someone cancelled or replaced it) fails the command.
 fn check_final_replicas(client: &mut AdminClient, moves: &[&Move]) -> Result<(), CommandError> {
-    let view = client.refresh()?;
+    let deadline = Instant::now() + METADATA_SETTLE_TIMEOUT;
+    loop {
+        let view = client.refresh()?;
+        let settled =
+            moves.iter().all(|each| view.replicas(&each.topic, each.partition) == Some(&each.target[..]));
+        if settled || Instant::now() + WAIT_POLL_INTERVAL > deadline {
+            break;
+        }
+        thread::sleep(WAIT_POLL_INTERVAL);
+    }
+    let view = client.view();
     let mut wrong = 0;
     for each in moves {
         let state = view.topics.get(&each.topic).and_then(|topic| topic.partitions.get(&each.partition));
@@ -458,8 +473,9 @@ fn check_final_replicas(client: &mut AdminClient, moves: &[&Move]) -> Result<(),
     }
     if wrong > 0 {
         return Err(CommandError::Failed(format!(
-            "{wrong} of {} partitions did not end with their target replicas",
-            moves.len()
+            "{wrong} of {} partitions did not end with their target replicas (Metadata of {})",
+            moves.len(),
+            client.bootstrap_address()
         )));
     }
     Ok(())
