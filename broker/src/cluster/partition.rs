@@ -397,8 +397,18 @@ impl<S: Storage> Partition<S> {
         Ok(info)
     }
 
-    /// A follower learned the leader's high watermark.
+    /// A follower learned the leader's high watermark. A replica that was made leader while its append awaited (a
+    /// reassignment completing on it, an election) ignores the old leader's figure: as leader it computes its own
+    /// from the ISR. (`append_replicated` checks the role before its awaits, not after.)
     pub fn follower_high_watermark(&self, leader_high_watermark: Offset) {
+        if self.replica.borrow().role() != Role::Follower {
+            log::info!(
+                "{}: made leader while a fetched append was in flight; the old leader's high watermark {} is ignored",
+                self.topic_partition,
+                leader_high_watermark
+            );
+            return;
+        }
         if self.replica.borrow_mut().follower_high_watermark(leader_high_watermark).is_some() {
             self.publish_high_watermark();
         }
