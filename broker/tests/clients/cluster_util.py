@@ -254,7 +254,10 @@ def node_config(node_id, bootstrap, data_dir, voters_text, shard_count=2, extra=
     lines = []
     for key, value in settings.items():
         name = key if key.isidentifier() else f'"{key}"'
-        lines.append(f'{name} = {value}\n' if isinstance(value, int) else f'{name} = "{value}"\n')
+        if isinstance(value, bool):  # before int: a bool is an int in Python, and TOML spells it true/false
+            lines.append(f'{name} = {"true" if value else "false"}\n')
+        else:
+            lines.append(f'{name} = {value}\n' if isinstance(value, int) else f'{name} = "{value}"\n')
     return "".join(lines)
 
 
