@@ -413,7 +413,7 @@ fn wait_until_done(
             );
             reported = Some((ongoing.len(), now));
         }
-        if now + WAIT_POLL_INTERVAL > deadline {
+        if now >= deadline {
             let names: Vec<String> = ongoing
                 .iter()
                 .take(20)
@@ -430,7 +430,8 @@ fn wait_until_done(
                 if ongoing.len() > names.len() { ", ..." } else { "" }
             )));
         }
-        thread::sleep(WAIT_POLL_INTERVAL);
+        // The last poll comes at the deadline itself, so a move finishing just before it still counts.
+        thread::sleep(WAIT_POLL_INTERVAL.min(deadline.saturating_duration_since(now)));
     }
 }
 

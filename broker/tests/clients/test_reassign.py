@@ -8,6 +8,7 @@ acks=all, running on a thread of its own from before the first move until after 
 
 import collections
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -261,6 +262,48 @@ def elect_preferred_after_reorder(cluster, bootstrap, targets, tmp_name="reorder
     code, stdout, stderr = sluice("elect-leaders", "--bootstrap-server", bootstrap, "--election-type", "preferred",
                                   "--all-topic-partitions")
     assert code == 0 and "0 elected" in stdout and "0 failed" in stdout, (code, stdout, stderr)
+
+
+def test_a_move_that_cannot_finish_times_out_and_is_cancelled(cluster):
+    """With node 4 paused (SIGSTOP) its new replicas cannot copy: `--wait --timeout-s 3` gives up with exit 1 and
+    one line naming the partitions still moving, and `--cancel --topic T --wait` takes them back to their original
+    replicas (as a set: Kafka's revert, like KRaft's, keeps the replicas' order minus the added ones)."""
+    topic = "stuck"
+    admin = cluster.admin()
+    admin.create_topics([NewTopic(topic, 2, 2)])[topic].result(timeout=30)
+    original = {p: view.replicas for p, view in cluster.wait_for_topic(topic, 2)[1].items()}
+    cluster.add_broker(NEW_BROKER)
+    bootstrap = cluster.nodes[1].bootstrap
+    node4 = cluster.nodes[NEW_BROKER]
+    node4.process.send_signal(signal.SIGSTOP)
+    try:
+        code, stdout, stderr = sluice("reassign", "--bootstrap-server", bootstrap, "--to-broker", NEW_BROKER,
+                                      "--topic", topic, "--wait", "--timeout-s", 3)
+        moved = json_after(stdout, "Proposed partition reassignment:")["partitions"]
+        assert code == 1, (code, stdout, stderr)
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and f"timed out after 3 s with {len(moved)} of {len(moved)} partitions still moving" \
+            in lines[0], lines
+
+        code, stdout, stderr = sluice("reassign", "--bootstrap-server", bootstrap, "--cancel", "--topic", topic,
+                                      "--wait", "--timeout-s", 30)
+        assert code == 0, (code, stdout, stderr)
+        for entry in moved:
+            assert f"  {topic}-{entry['partition']}: NONE (0)" in stdout, stdout
+
+        def reverted():
+            views = partition_views_of(cluster, 1, topic)
+            return all(sorted(views[p].replicas) == sorted(replicas) for p, replicas in original.items())
+
+        cluster.wait_for("the cancelled partitions back on their original replicas", reverted, TIMEOUT_S)
+        code, stdout, stderr = sluice("reassign", "--bootstrap-server", bootstrap, "--cancel", "--topic", topic)
+        assert code == 0 and "no reassignment in progress" in stdout, (code, stdout, stderr)
+    finally:
+        node4.process.send_signal(signal.SIGCONT)
+
+
+def partition_views_of(cluster, node_id, topic):
+    return cluster.metadata(node_id).topics[topic]
 
 
 # --- Refusals: one stderr line, non-zero exit, nothing submitted. ---
