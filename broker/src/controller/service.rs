@@ -43,6 +43,10 @@ pub type DiskNode = QuorumNode<DiskQuorumStorage<StdDir>>;
 
 /// raft-rs's tick: elections after 10–20 ticks, heartbeats every 2 (see `QuorumConfig::new`).
 pub const TICK: Duration = Duration::from_millis(100);
+/// How often an idle peer sender checks that its peer is still there.
+const PEER_IDLE_CHECK: Duration = Duration::from_millis(100);
+/// After a failed connection to a peer, before the next attempt.
+const PEER_RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// Events queued for the controller thread at most; raft messages beyond it are dropped (Raft resends).
 const EVENT_QUEUE_CAPACITY: usize = 4_096;
 /// Events handled between two syncs at most.
@@ -85,6 +89,8 @@ pub enum Event {
         broker: NodeId,
         epoch: BrokerEpoch,
     },
+    /// A peer voter's quorum port refused a connection: its process is gone (see `spawn_peer`).
+    PeerRefused(i32),
 }
 
 /// Probes of reported brokers running at once, at most (each a thread and one connection attempt).
@@ -144,6 +150,8 @@ pub struct Controller {
     /// value, and the second would be refused when applied).
     deferred: VecDeque<(Responder, ControlRequest)>,
     peers: BTreeMap<i32, SyncSender<Vec<u8>>>,
+    /// The other voters' ids.
+    peer_ids: Vec<i32>,
     cell: Arc<MetadataCell>,
     /// Topics of a single-node data directory (`topics.toml`) still to be written into the metadata log.
     bootstrap: Vec<MetadataRecord>,
@@ -190,7 +198,9 @@ pub fn start(
     let listener = TcpListener::bind(socket)
         .map_err(|error| format!("cannot listen for the metadata quorum on {listen}: {error}"))?;
     let (events, receiver) = sync_channel::<Event>(EVENT_QUEUE_CAPACITY);
-    let peer_senders = peers.into_iter().map(|(id, address)| (id, spawn_peer(id, address))).collect();
+    let peer_senders =
+        peers.iter().map(|(id, address)| (*id, spawn_peer(*id, address.clone(), events.clone()))).collect();
+    let voter_ids: Vec<i32> = peers.iter().map(|(id, _)| *id).collect();
     let accept_events = events.clone();
     let probe_events = events.clone();
     spawn("sluice-quorum-accept", move || accept(listener, accept_events))?;
@@ -204,6 +214,7 @@ pub fn start(
         waiting_fetches: Vec::new(),
         deferred: VecDeque::new(),
         peers: peer_senders,
+        peer_ids: voter_ids,
         cell,
         bootstrap,
         registration,
@@ -276,34 +287,51 @@ fn serve_connection(stream: TcpStream, events: &SyncSender<Event>) {
     }
 }
 
-/// A sender thread for one peer voter: connects when needed, drops frames while the peer is unreachable.
-fn spawn_peer(id: i32, address: String) -> SyncSender<Vec<u8>> {
+/// A sender thread for one peer voter: connects when needed, drops frames while the peer is unreachable, and tells
+/// the controller thread when the peer's port refuses a connection (its process is gone).
+fn spawn_peer(id: i32, address: String, events: SyncSender<Event>) -> SyncSender<Vec<u8>> {
     let (sender, receiver) = sync_channel::<Vec<u8>>(PEER_QUEUE_CAPACITY);
     let body = move || {
         let mut stream: Option<TcpStream> = None;
         let mut failed_at: Option<Instant> = None;
-        while let Ok(frame) = receiver.recv() {
+        loop {
+            let frame = match receiver.recv_timeout(PEER_IDLE_CHECK) {
+                Ok(frame) => Some(frame),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            // Idle (a follower may have nothing to send to a dead leader): notice a peer that closed the connection.
+            if frame.is_none() && stream.as_ref().is_some_and(peer_closed) {
+                log::debug!("quorum peer {id} at {address}: closed the connection");
+                stream = None;
+            }
             if stream.is_none() {
-                if failed_at.is_some_and(|at| at.elapsed() < Duration::from_millis(200)) {
+                if failed_at.is_some_and(|at| at.elapsed() < PEER_RETRY_PAUSE) {
                     continue;
                 }
-                stream = resolve(&address)
-                    .ok()
-                    .and_then(|socket| TcpStream::connect_timeout(&socket, Duration::from_millis(500)).ok());
-                if let Some(stream) = &stream {
-                    let _ = stream.set_nodelay(true);
-                    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-                } else {
-                    failed_at = Some(Instant::now());
-                    continue;
+                let connected = resolve(&address)
+                    .map_err(|error| std::io::Error::new(std::io::ErrorKind::NotFound, error))
+                    .and_then(|socket| TcpStream::connect_timeout(&socket, Duration::from_millis(500)));
+                match connected {
+                    Ok(open) => {
+                        let _ = open.set_nodelay(true);
+                        let _ = open.set_write_timeout(Some(Duration::from_secs(2)));
+                        stream = Some(open);
+                        failed_at = None;
+                    }
+                    Err(error) => {
+                        if error.kind() == std::io::ErrorKind::ConnectionRefused {
+                            let _ = events.try_send(Event::PeerRefused(id));
+                        }
+                        failed_at = Some(Instant::now());
+                        continue;
+                    }
                 }
             }
-            if let Some(open) = stream.as_mut() {
-                if open.write_all(&frame).is_err() {
-                    log::debug!("quorum peer {id} at {address}: connection lost");
-                    stream = None;
-                    failed_at = Some(Instant::now());
-                }
+            let (Some(open), Some(frame)) = (stream.as_mut(), frame) else { continue };
+            if open.write_all(&frame).is_err() {
+                log::debug!("quorum peer {id} at {address}: connection lost");
+                stream = None;
             }
         }
     };
@@ -311,6 +339,20 @@ fn spawn_peer(id: i32, address: String) -> SyncSender<Vec<u8>> {
         log::error!("{error}");
     }
     sender
+}
+
+/// Whether the peer closed `stream` (end of file or an error on a non-blocking peek; nothing to read is open).
+fn peer_closed(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut byte = [0u8; 1];
+    let closed = match stream.peek(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(error) => error.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    closed || stream.set_nonblocking(false).is_err()
 }
 
 fn controller_error_code(error: &ControllerError) -> ResponseError {
@@ -416,12 +458,34 @@ impl Controller {
                 }
             }
             Event::Request(responder, request) => self.request(responder, request, out),
+            Event::PeerRefused(peer) => self.on_peer_refused(peer, out),
             Event::Unreachable { broker, epoch } => {
                 if !self.unreachable.contains(&(broker, epoch)) {
                     self.unreachable.push_back((broker, epoch));
                 }
                 self.fence_unreachable(out);
             }
+        }
+    }
+
+    /// The quorum leader's port refuses connections (its process died): rather than wait out the election timeout
+    /// (1 s plus up to as much again) and the dead leader's lease, the surviving voter with the lowest id campaigns
+    /// at once; the others wait for its vote request (two candidates at once could split the vote).
+    fn on_peer_refused(&mut self, peer: i32, out: &mut QuorumOutput) {
+        let me = self.node.node().0;
+        if self.node.leader().map(|leader| leader.0) != Some(peer) || self.node.is_leader() {
+            return;
+        }
+        let lowest_survivor = self.peer_ids.iter().filter(|id| **id != peer).all(|id| me < *id);
+        if !lowest_survivor {
+            return;
+        }
+        log::warn!(
+            "metadata quorum: leader {peer} refuses connections; campaigning now (term {})",
+            self.node.term()
+        );
+        if let Err(error) = self.node.campaign_now(out) {
+            log::warn!("metadata quorum: campaign refused: {error}");
         }
     }
 
