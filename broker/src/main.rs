@@ -53,6 +53,7 @@ struct StartArgs {
 }
 
 fn main() -> ExitCode {
+    sluice_broker::alloc::keep_freed_memory();
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Start(args)) => args,

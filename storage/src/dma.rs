@@ -265,8 +265,33 @@ impl StorageFile for DmaStorageFile {
         Ok(Bytes::from_owner(buffer).slice(lead..lead + available))
     }
 
+    /// On glommio's blocking-thread pool, not through io_uring: io_uring hands every fdatasync to its worker threads
+    /// (io-wq), and those run only on the core of the shard that created them (Linux pins them with it, and
+    /// `IORING_REGISTER_IOWQ_AFF` did not move them, seen on 6.18): a shard busy with requests then held its own
+    /// syncs back — under workload (c) a flush round's write + sync took 5–16 ms on average. The pool's threads may
+    /// run on any core. As with `read_at`, a detached task holds the file until the call has returned.
     async fn sync(&self) -> io::Result<()> {
-        self.file.fdatasync().await.map_err(io::Error::from)
+        let file = self.file.clone();
+        let sync = glommio::spawn_local(async move {
+            let descriptor = file.as_raw_fd();
+            let outcome = glommio::executor()
+                .spawn_blocking(move || {
+                    // SAFETY: the descriptor stays open while this runs: the task holds its file until it returns.
+                    if unsafe { libc::fdatasync(descriptor) } == 0 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::last_os_error())
+                    }
+                })
+                .await;
+            drop(file);
+            outcome
+        })
+        .detach();
+        let result = sync.await.ok_or_else(|| io::Error::other("sync task cancelled"))?;
+        result.map_err(|error| {
+            io::Error::new(error.kind(), format!("syncing {}: {error}", self.path.display()))
+        })
     }
 
     async fn truncate(&self, size: u64) -> io::Result<()> {
