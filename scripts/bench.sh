@@ -532,7 +532,7 @@ declare -A WORKLOAD_NAMES=(
     [f]="1,000 topics × 10 partitions at 100 MB/s, acks=all"
     [g]="1,000 producer connections at 50 MB/s and 1,000 idle, acks=all"
     [h]="max throughput with random keys, acks=1"
-    [i]="$((LONG_DURATION / 60)) minutes at half of (b)'s rate with retention, acks=all"
+    [i]="$([ "$LONG_DURATION" -ge 120 ] && echo "$((LONG_DURATION / 60)) minutes" || echo "$LONG_DURATION s") at half of (b)'s rate with retention, acks=all"
 )
 echo "$COMMON" > "$RESULTS/common-args.txt"
 

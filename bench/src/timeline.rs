@@ -54,8 +54,12 @@ impl Timeline {
         }
     }
 
-    /// Adds one measured interval ending `end_s` into the period.
+    /// Adds one measured interval ending `end_s` into the period. A sliver at the very start (the tick that begins
+    /// the period) is no second of its own and is left out.
     pub fn add(&mut self, end_s: f64, interval: &Latencies, publish_mb_per_s: f64, rss_kib: Option<u64>) {
+        if end_s < 0.5 {
+            return;
+        }
         let publish = &interval.publish_latency;
         let at = |quantile: f64| if publish.is_empty() { 0 } else { publish.value_at_quantile(quantile) };
         let e2e = &interval.e2e_latency;
@@ -303,7 +307,8 @@ mod tests {
         {
             timeline.add(second, &interval(latency_us), 10.0, Some(1));
         }
-        assert_eq!(timeline.points.len(), 6);
+        timeline.add(0.01, &interval(9_000_000), 0.0, None);
+        assert_eq!(timeline.points.len(), 6, "the sliver at the start is no point");
         assert_eq!(timeline.first.len(), 200);
         assert_eq!(timeline.last.len(), 200);
         let ratio = timeline.p99_ratio().unwrap();
