@@ -573,15 +573,36 @@ peer_memory_watchdog() {  # peer_memory_watchdog PID MARKER_FILE
 
 # Starts the broker of kind sluice|baseline again on the same address and data directory (BROKER_PID is the new
 # one), and writes how long it takes to serve every topic (sluice-bench --await-topics JSON, or null) to
-# RESULTS/NAME.STEP.json.
+# RESULTS/NAME.STEP.json. A broker that exits while it is awaited ends the wait at once; one that exits because the
+# port is still taken ("Address already in use": the listener does not reuse an address in TIME_WAIT) is started
+# again after a second, at most RESTART_BIND_ATTEMPTS times, and the attempts are written to RESULTS/NAME.STEP.attempts
+# (the time is that of the last attempt).
+RESTART_BIND_ATTEMPTS=60
 restart_timed() {  # restart_timed KIND NAME STEP TOPIC_COUNT
-    local binary=$SLUICE
+    local binary=$SLUICE attempt await_pid status
     [ "$1" = baseline ] && binary=$BASELINE
-    "$binary" --listen "$BROKER_ADDRESS" --data-dir "$WORK/data" >> "$WORK/$1.log" 2>&1 &
-    BROKER_PID=$!
-    timeout $((RESTART_TIMEOUT + 10)) "$BENCH" --await-topics "$4" --topic-prefix sluice-bench- \
-        --bootstrap "$BROKER_ADDRESS" --await-timeout-s "$RESTART_TIMEOUT" > "$RESULTS/$2.$3.json" 2> "$RESULTS/$2.$3.err" \
-        || echo null > "$RESULTS/$2.$3.json"
+    for attempt in $(seq "$RESTART_BIND_ATTEMPTS"); do
+        echo "$attempt" > "$RESULTS/$2.$3.attempts"
+        "$binary" --listen "$BROKER_ADDRESS" --data-dir "$WORK/data" >> "$WORK/$1.log" 2>&1 &
+        BROKER_PID=$!
+        timeout $((RESTART_TIMEOUT + 10)) "$BENCH" --await-topics "$4" --topic-prefix sluice-bench- \
+            --bootstrap "$BROKER_ADDRESS" --await-timeout-s "$RESTART_TIMEOUT" > "$RESULTS/$2.$3.json" 2> "$RESULTS/$2.$3.err" &
+        await_pid=$!
+        while kill -0 "$await_pid" 2>/dev/null && kill -0 "$BROKER_PID" 2>/dev/null; do sleep 0.1; done
+        if ! kill -0 "$BROKER_PID" 2>/dev/null; then
+            sleep 0.5   # an answer already on its way
+            kill "$await_pid" 2>/dev/null || true
+        fi
+        status=0; wait "$await_pid" || status=$?
+        [ "$status" = 0 ] && return 0
+        echo null > "$RESULTS/$2.$3.json"
+        if kill -0 "$BROKER_PID" 2>/dev/null || ! tail -3 "$WORK/$1.log" | grep -q "Address already in use"; then
+            say "    $3: the broker did not serve its topics (see $WORK/$1.log, $RESULTS/$2.$3.err)"
+            return 0
+        fi
+        wait "$BROKER_PID" 2>/dev/null || true
+        sleep 1
+    done
 }
 
 # (f)'s restarts (Sluice): SIGTERM and the time to exit, a restart timed until it serves Metadata and ListOffsets
@@ -598,12 +619,13 @@ measure_restarts() {  # measure_restarts KIND NAME TOPIC_COUNT
     fi
     wait "$BROKER_PID" 2>/dev/null || true
     restart_timed "$kind" "$name" startup "$topics"
-    say "    start-up: $(cat "$RESULTS/$name.startup.json") (SIGTERM to exit: ${shutdown_ms} ms)"
+    say "    start-up: $(cat "$RESULTS/$name.startup.json") (SIGTERM to exit: ${shutdown_ms} ms; attempts to bind: $(cat "$RESULTS/$name.startup.attempts"))"
     kill -9 "$BROKER_PID" 2>/dev/null || true
     wait "$BROKER_PID" 2>/dev/null || true
     restart_timed "$kind" "$name" recovery "$topics"
-    say "    recovery after SIGKILL: $(cat "$RESULTS/$name.recovery.json")"
-    echo "{\"shutdown_ms\": $shutdown_ms, \"startup\": $(cat "$RESULTS/$name.startup.json"), \"recovery\": $(cat "$RESULTS/$name.recovery.json")}" \
+    say "    recovery after SIGKILL: $(cat "$RESULTS/$name.recovery.json") (attempts to bind: $(cat "$RESULTS/$name.recovery.attempts"))"
+    echo "{\"shutdown_ms\": $shutdown_ms, \"startup\": $(cat "$RESULTS/$name.startup.json"), \"recovery\": $(cat "$RESULTS/$name.recovery.json"),"\
+        "\"startup_attempts\": $(cat "$RESULTS/$name.startup.attempts"), \"recovery_attempts\": $(cat "$RESULTS/$name.recovery.attempts")}" \
         > "$RESULTS/$name.restart.json"
 }
 
