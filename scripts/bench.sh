@@ -7,7 +7,7 @@
 # printed as the floor's percentiles and Sluice's excess over them) and the CPU floor (CPU-seconds per GB for the kernel
 # to receive bytes over loopback TCP plus to write them with direct I/O, next to Sluice's CPU-s/GB for (a), (b), (d)).
 #
-#   scripts/bench.sh                       full run: 3 runs per workload and broker, medians reported (~20 minutes)
+#   scripts/bench.sh                       full run: 3 runs per workload and broker, medians reported (~45 minutes)
 #   scripts/bench.sh --quick               a few seconds per workload, 1 run: smoke-tests this script (~3 minutes)
 #   scripts/bench.sh --bootstrap HOST:PORT benchmark an already running broker instead (no peer, no broker start)
 #   scripts/bench.sh --baseline PATH       side by side with another build of sluice instead of the peer: the two
@@ -60,7 +60,7 @@ while [ $# -gt 0 ]; do
         --cluster) CLUSTER="$2"; shift ;;
         --cluster-rate-mb) CLUSTER_RATE_MB="$2"; shift ;;
         --long-rate-mb) LONG_RATE_MB="$2"; shift ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -907,6 +907,9 @@ for broker in brokers:
         ]
     for workload, what, value, target, limit, higher in rows_scale:
         failure = outcome(broker, workload)
+        if value is None and not failure and what.startswith(("start-up", "recovery")) and \
+                glob.glob(os.path.join(results, f"{broker}-{workload}-*.restart.json")):
+            failure = "failed: the broker did not serve its topics (see the run's .startup.err / .recovery.err)"
         if value is None and not failure:
             continue
         cell = fmt(value, 2) if value is not None else failure

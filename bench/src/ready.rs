@@ -16,7 +16,7 @@ use crate::client::{topic_name, ClientError, Connection, Versions, OFFSET_LATEST
 /// How often a step that is not ready yet is asked again.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
-/// Milliseconds from the call to each step.
+/// Milliseconds from the call to each step (`connect_ms`: the first connection whose ApiVersions is answered).
 #[derive(Debug, Clone, Copy)]
 pub struct Readiness {
     pub connect_ms: f64,
@@ -61,21 +61,16 @@ pub fn await_topics(
     let started = Instant::now();
     let deadline = started + timeout;
     let give_up = |what: &str| ClientError::Io(std::io::Error::other(format!("{what} within {timeout:?}")));
-    let mut connection = loop {
-        match Connection::connect(address) {
-            Ok(connection) => break connection,
+    // A broker just started (or one just killed whose listening socket the kernel has not yet let go of) may accept
+    // a connection and then drop it, or refuse one: until ApiVersions is answered, every failure is retried.
+    let (mut connection, versions, connect_ms) = loop {
+        let attempt = Connection::connect(address).and_then(|mut connection| {
+            let versions = connection.negotiate_versions()?;
+            Ok((connection, versions))
+        });
+        match attempt {
+            Ok((connection, versions)) => break (connection, versions, elapsed_ms(started)),
             Err(_) if Instant::now() < deadline => thread::sleep(POLL_INTERVAL),
-            Err(error) => return Err(error),
-        }
-    };
-    let connect_ms = elapsed_ms(started);
-    let versions = loop {
-        match connection.negotiate_versions() {
-            Ok(versions) => break versions,
-            Err(_) if Instant::now() < deadline => {
-                thread::sleep(POLL_INTERVAL);
-                connection = Connection::connect(address)?;
-            }
             Err(error) => return Err(error),
         }
     };
