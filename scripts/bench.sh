@@ -7,7 +7,7 @@
 # printed as the floor's percentiles and Sluice's excess over them) and the CPU floor (CPU-seconds per GB for the kernel
 # to receive bytes over loopback TCP plus to write them with direct I/O, next to Sluice's CPU-s/GB for (a), (b), (d)).
 #
-#   scripts/bench.sh                       full run: 3 runs per workload and broker, medians reported (~20 minutes)
+#   scripts/bench.sh                       full run: 3 runs per workload and broker, medians reported (~45 minutes)
 #   scripts/bench.sh --quick               a few seconds per workload, 1 run: smoke-tests this script (~3 minutes)
 #   scripts/bench.sh --bootstrap HOST:PORT benchmark an already running broker instead (no peer, no broker start)
 #   scripts/bench.sh --baseline PATH       side by side with another build of sluice instead of the peer: the two
@@ -18,9 +18,16 @@
 #                                          alternating; CPU of each broker and CPU-s per replicated GB; writes
 #                                          docs/benchmarks-cluster.md (no limits, no peer; ~12 minutes, --quick ~2)
 #   options: --runs N, --no-peer, --no-limits, --broker-pid PID (with --bootstrap), --doc FILE,
-#            --workloads "a b c d e floor" (a subset: write it to another --doc, the full table lives in the default
-#            one; `floor` runs the floor server and Sluice — or, with --bootstrap, the external broker — under (c)'s load)
+#            --workloads "a b c d e floor f g h" (the default; a subset: write it to another --doc, the full table
+#            lives in the default one; `floor` runs the floor server and Sluice — or, with --bootstrap, the external
+#            broker — under (c)'s load; `i` is the 30-minute run, never in the default set)
 #            --no-limits also skips the CPU floor
+#            --long-rate-mb MB: (i)'s rate when (b) did not run in the same invocation (default 300, --quick 100)
+#   Issue 17's scale workloads: (f) 1,000 topics × 10 partitions at 100 MB/s acks=all from 4 producer connections,
+#   broker memory per idle and per active partition, then (Sluice) start-up and recovery times with them; (g) (c)'s
+#   load from 1,000 producer connections plus 1,000 idle ones, memory per connection; (h) (a) with random keys;
+#   (i) 30 minutes at half of (b)'s rate with retention deleting segments all along, p99 of the first 5 minutes
+#   against the last 5 and a plot of latency over time (--quick: 70 s, 15 s windows).
 #
 # Every step is bounded by `timeout`; brokers this script starts are stopped by their PID on exit.
 set -euo pipefail
@@ -34,7 +41,8 @@ PEER=1
 BASELINE=""
 LIMITS=1
 DOC="$ROOT/docs/benchmarks-broker.md"
-WORKLOADS="a b c d e floor"
+WORKLOADS="a b c d e floor f g h"
+LONG_RATE_MB=""
 CLUSTER=""
 CLUSTER_RATE_MB=""
 DOC_GIVEN=0
@@ -51,7 +59,8 @@ while [ $# -gt 0 ]; do
         --workloads) WORKLOADS="$2"; shift ;;
         --cluster) CLUSTER="$2"; shift ;;
         --cluster-rate-mb) CLUSTER_RATE_MB="$2"; shift ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        --long-rate-mb) LONG_RATE_MB="$2"; shift ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -78,6 +87,22 @@ CPU_FLOOR_WRITE_SIZE=1M
 CPU_FLOOR_SYNC_EVERY=1
 # One sluice-bench run may take warm-up + duration, the catch-up phases at most 4× duration each, plus start-up.
 RUN_TIMEOUT=$((WARMUP + 10 * DURATION + 120))
+# (i), the long run: its length, the first and last windows compared, and its topic's segment and retention sizes
+# per partition — small enough that retention (a pass every 60 s in Sluice) deletes segments all along: at half of
+# (b)'s ~650 MB/s, 16 partitions pass 256 MiB each within 15 s. Without (b) in the same invocation, its rate is
+# --long-rate-mb or LONG_RATE_MB_DEFAULT (half of (b)'s 650 MB/s in docs/benchmarks-broker.md, rounded down).
+# --quick runs 70 s rather than less so that at least one of Sluice's 60-second retention passes falls inside.
+if [ "$QUICK" = 1 ]; then
+    LONG_DURATION=70; LONG_WINDOW=15; LONG_SEGMENT=$((8 << 20)); LONG_RETENTION=$((32 << 20)); LONG_RATE_MB_DEFAULT=100
+else
+    LONG_DURATION=1800; LONG_WINDOW=300; LONG_SEGMENT=$((64 << 20)); LONG_RETENTION=$((256 << 20)); LONG_RATE_MB_DEFAULT=300
+fi
+LONG_RUN_TIMEOUT=$((WARMUP + LONG_DURATION + 300))
+# The peer runs in memory: a workload that makes it hold more than this is stopped (tansu's memory engine may not
+# delete by retention.bytes, and (i) writes hundreds of GB), and the run is recorded as failed.
+PEER_RSS_MAX_KIB=$((8 << 20))
+# (f)'s restarts: how long the broker may take to stop on SIGTERM, and to serve every topic again.
+RESTART_TIMEOUT=600
 
 WORK=$(mktemp -d /tmp/sluice-bench-run.XXXXXX)   # /tmp is the same ext4 file system as the repository
 RESULTS="$WORK/results"
@@ -482,6 +507,21 @@ declare -A WORKLOAD_ARGS=(
     [e]="--partitions 16 --message-size 1024 --acks 1 --backlog-size $BACKLOG --evict-size $EVICT --drop-caches --fetch-partition-size-max 4194304"
 )
 WORKLOAD_ARGS[floor]=${WORKLOAD_ARGS[c]}
+# Issue 17's scale workloads. (f): 1,000 topics × 10 partitions, 100 MB/s acks=all from 4 producer connections over
+# all topics (each message to the next of a connection's 250 topics, sticky partition within it, as an application
+# spreading its events would), no consumers (one per topic would be 1,000 more connections; the target compares
+# publish latency). (g): (c)'s load and 4 consumers, its 50 MB/s shared by 1,000 producer connections (4 threads
+# drive them), plus 1,000 connections that send ApiVersions and stay idle. (h): (a) with random keys, murmur2
+# partitioning as Kafka's default partitioner: every batch holds about 1/16 of what (a)'s sticky batches hold.
+# (i): (b)'s shape at a fixed rate for LONG_DURATION with small segments and retention (arguments built in run_one).
+WORKLOAD_ARGS[f]="--topics 1000 --partitions 10 --message-size 1024 --acks -1 --rate-mb 100 --producers-total 4 --producer-threads 4"
+WORKLOAD_ARGS[g]="--partitions 16 --message-size 1024 --acks -1 --rate-mb 50 --producers-total 1000 --producer-threads 4 --idle-connections 1000"
+WORKLOAD_ARGS[h]="--partitions 16 --message-size 1024 --acks 1 --keys random"
+declare -A WORKLOAD_COMMON=(
+    [f]="--consumers 0 --warmup $WARMUP --duration $DURATION"
+    [g]="--consumers 4 --warmup $WARMUP --duration $DURATION"
+    [i]="--producers 4 --consumers 4 --warmup $WARMUP --duration $LONG_DURATION"
+)
 declare -A WORKLOAD_NAMES=(
     [a]="max throughput, acks=1"
     [b]="max throughput, acks=all"
@@ -489,13 +529,121 @@ declare -A WORKLOAD_NAMES=(
     [d]="small messages, acks=1"
     [e]="catch-up read of a $((BACKLOG >> 20)) MiB backlog"
     [floor]="(c)'s load without consumers, against the latency floor"
+    [f]="1,000 topics × 10 partitions at 100 MB/s, acks=all"
+    [g]="1,000 producer connections at 50 MB/s and 1,000 idle, acks=all"
+    [h]="max throughput with random keys, acks=1"
+    [i]="$([ "$LONG_DURATION" -ge 120 ] && echo "$((LONG_DURATION / 60)) minutes" || echo "$LONG_DURATION s") at half of (b)'s rate with retention, acks=all"
 )
 echo "$COMMON" > "$RESULTS/common-args.txt"
 
+# (i)'s rate: half of (b)'s median publish MB/s against the same broker in this invocation, else --long-rate-mb, else
+# LONG_RATE_MB_DEFAULT; printed as "MB/s where-it-came-from".
+long_rate_mb() {  # long_rate_mb BROKER
+    python3 - "$RESULTS" "$1" "${LONG_RATE_MB:-}" "$LONG_RATE_MB_DEFAULT" <<'EOF'
+import glob, json, statistics, sys
+results, broker, given, default = sys.argv[1:5]
+values = []
+for path in glob.glob(f"{results}/{broker}-b-*.json"):
+    try:
+        values.append(json.load(open(path))["publish_mb_per_s"])
+    except Exception:
+        pass
+if values:
+    print(f"{max(1, int(statistics.median(values) / 2))} half of (b)'s median {statistics.median(values):.0f} MB/s in this run")
+elif given:
+    print(f"{given} --long-rate-mb")
+else:
+    print(f"{default} default (half of (b)'s documented ~650 MB/s; (b) did not run in this invocation)")
+EOF
+}
+
+# Stops a peer that holds more than PEER_RSS_MAX_KIB (see there); runs in the background for one run.
+peer_memory_watchdog() {  # peer_memory_watchdog PID MARKER_FILE
+    local pid=$1 marker=$2 rss
+    while kill -0 "$pid" 2>/dev/null; do
+        rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
+        if [ "${rss:-0}" -gt "$PEER_RSS_MAX_KIB" ]; then
+            echo "stopped: the peer held ${rss} KiB, over the ${PEER_RSS_MAX_KIB} KiB bound" > "$marker"
+            kill -9 "$pid" 2>/dev/null || true
+            return 0
+        fi
+        sleep 1
+    done
+}
+
+# Starts the broker of kind sluice|baseline again on the same address and data directory (BROKER_PID is the new
+# one), and writes how long it takes to serve every topic (sluice-bench --await-topics JSON, or null) to
+# RESULTS/NAME.STEP.json. A broker that exits while it is awaited ends the wait at once; one that exits because the
+# port is still taken ("Address already in use": the listener does not reuse an address in TIME_WAIT) is started
+# again after a second, at most RESTART_BIND_ATTEMPTS times, and the attempts are written to RESULTS/NAME.STEP.attempts
+# (the time is that of the last attempt).
+RESTART_BIND_ATTEMPTS=60
+restart_timed() {  # restart_timed KIND NAME STEP TOPIC_COUNT
+    local binary=$SLUICE attempt await_pid status
+    [ "$1" = baseline ] && binary=$BASELINE
+    for attempt in $(seq "$RESTART_BIND_ATTEMPTS"); do
+        echo "$attempt" > "$RESULTS/$2.$3.attempts"
+        "$binary" --listen "$BROKER_ADDRESS" --data-dir "$WORK/data" >> "$WORK/$1.log" 2>&1 &
+        BROKER_PID=$!
+        timeout $((RESTART_TIMEOUT + 10)) "$BENCH" --await-topics "$4" --topic-prefix sluice-bench- \
+            --bootstrap "$BROKER_ADDRESS" --await-timeout-s "$RESTART_TIMEOUT" > "$RESULTS/$2.$3.json" 2> "$RESULTS/$2.$3.err" &
+        await_pid=$!
+        while kill -0 "$await_pid" 2>/dev/null && kill -0 "$BROKER_PID" 2>/dev/null; do sleep 0.1; done
+        if ! kill -0 "$BROKER_PID" 2>/dev/null; then
+            sleep 0.5   # an answer already on its way
+            kill "$await_pid" 2>/dev/null || true
+        fi
+        status=0; wait "$await_pid" || status=$?
+        [ "$status" = 0 ] && return 0
+        echo null > "$RESULTS/$2.$3.json"
+        if kill -0 "$BROKER_PID" 2>/dev/null || ! tail -3 "$WORK/$1.log" | grep -q "Address already in use"; then
+            say "    $3: the broker did not serve its topics (see $WORK/$1.log, $RESULTS/$2.$3.err)"
+            return 0
+        fi
+        wait "$BROKER_PID" 2>/dev/null || true
+        sleep 1
+    done
+}
+
+# (f)'s restarts (Sluice): SIGTERM and the time to exit, a restart timed until it serves Metadata and ListOffsets
+# for every topic (start-up), then SIGKILL at once and the same again (recovery). Writes RESULTS/NAME.restart.json.
+measure_restarts() {  # measure_restarts KIND NAME TOPIC_COUNT
+    local kind=$1 name=$2 topics=$3 start end shutdown_ms="null"
+    say "(f) restarts: SIGTERM, start-up with $topics topics, then SIGKILL and recovery"
+    start=$(date +%s%N)
+    kill -TERM "$BROKER_PID" 2>/dev/null || true
+    if timeout "$RESTART_TIMEOUT" tail --pid="$BROKER_PID" -f /dev/null 2>/dev/null; then
+        end=$(date +%s%N); shutdown_ms=$(( (end - start) / 1000000 ))
+    else
+        say "the broker did not exit within ${RESTART_TIMEOUT} s of SIGTERM; killing it"; kill -9 "$BROKER_PID" 2>/dev/null || true
+    fi
+    wait "$BROKER_PID" 2>/dev/null || true
+    restart_timed "$kind" "$name" startup "$topics"
+    say "    start-up: $(cat "$RESULTS/$name.startup.json") (SIGTERM to exit: ${shutdown_ms} ms; attempts to bind: $(cat "$RESULTS/$name.startup.attempts"))"
+    kill -9 "$BROKER_PID" 2>/dev/null || true
+    wait "$BROKER_PID" 2>/dev/null || true
+    restart_timed "$kind" "$name" recovery "$topics"
+    say "    recovery after SIGKILL: $(cat "$RESULTS/$name.recovery.json") (attempts to bind: $(cat "$RESULTS/$name.recovery.attempts"))"
+    echo "{\"shutdown_ms\": $shutdown_ms, \"startup\": $(cat "$RESULTS/$name.startup.json"), \"recovery\": $(cat "$RESULTS/$name.recovery.json"),"\
+        "\"startup_attempts\": $(cat "$RESULTS/$name.startup.attempts"), \"recovery_attempts\": $(cat "$RESULTS/$name.recovery.attempts")}" \
+        > "$RESULTS/$name.restart.json"
+}
+
 run_one() {  # run_one BROKER WORKLOAD RUN
-    local broker=$1 workload=$2 run=$3 pid_args="" common=$COMMON
+    local broker=$1 workload=$2 run=$3 pid_args="" common=$COMMON args timeout=$RUN_TIMEOUT extra="" watchdog=""
     local name="$broker-$workload-$run"
     [ "$workload" = floor ] && common=$COMMON_FLOOR
+    [ -n "${WORKLOAD_COMMON[$workload]:-}" ] && common=${WORKLOAD_COMMON[$workload]}
+    args=${WORKLOAD_ARGS[$workload]:-}
+    if [ "$workload" = i ]; then
+        local rate; rate=$(long_rate_mb "$broker")
+        echo "$rate" > "$RESULTS/$broker-i-rate.txt"
+        args="--partitions 16 --message-size 1024 --acks -1 --rate-mb ${rate%% *} --window-s $LONG_WINDOW"
+        args+=" --topic-config segment.bytes=$LONG_SEGMENT --topic-config retention.bytes=$LONG_RETENTION"
+        timeout=$LONG_RUN_TIMEOUT
+        extra="--plot-series $RESULTS/$name-series.svg"
+        say "(i) at ${rate%% *} MB/s: ${rate#* }"
+    fi
     if [ -n "$BOOTSTRAP" ] && [ "$broker" != floor ]; then
         BROKER_ADDRESS=$BOOTSTRAP
         [ -n "$EXTERNAL_PID" ] && pid_args="--broker-pid $EXTERNAL_PID"
@@ -504,10 +652,14 @@ run_one() {  # run_one BROKER WORKLOAD RUN
         pid_args="--broker-pid $BROKER_PID"
     fi
     say "($workload) ${WORKLOAD_NAMES[$workload]} — $broker, run $run/$RUNS"
+    if [ "$broker" = tansu ] && [[ "$workload" =~ ^[fghi]$ ]]; then
+        peer_memory_watchdog "$BROKER_PID" "$RESULTS/$name.stopped" &
+        watchdog=$!
+    fi
     # shellcheck disable=SC2086
-    echo "sluice-bench --bootstrap $BROKER_ADDRESS $common ${WORKLOAD_ARGS[$workload]}" > "$RESULTS/$name.cmd"
+    echo "sluice-bench --bootstrap $BROKER_ADDRESS $common $args" > "$RESULTS/$name.cmd"
     # shellcheck disable=SC2086
-    if ! timeout "$RUN_TIMEOUT" "$BENCH" --bootstrap "$BROKER_ADDRESS" $common ${WORKLOAD_ARGS[$workload]} $pid_args \
+    if ! timeout "$timeout" "$BENCH" --bootstrap "$BROKER_ADDRESS" $common $args $pid_args $extra \
         --label "$broker ($workload) ${WORKLOAD_NAMES[$workload]}" \
         --json "$RESULTS/$name.json" --plot "$RESULTS/$name.svg" > "$RESULTS/$name.txt" \
         2> >(tee "$RESULTS/$name.progress" | awk 'NR % 4 == 2 { print "      " substr($0, 1, 160); fflush() }' >&2); then
@@ -516,6 +668,16 @@ run_one() {  # run_one BROKER WORKLOAD RUN
     fi
     sleep 0.2   # let the progress filter (every fourth line, live) finish before the summary
     sed -n '2,3p' "$RESULTS/$name.txt" | sed 's/^/      /' >&2
+    grep -E '^(memory|windows|errors) ' "$RESULTS/$name.txt" | sed 's/^/      /' >&2 || true
+    if [ -n "$watchdog" ]; then
+        kill "$watchdog" 2>/dev/null || true; wait "$watchdog" 2>/dev/null || true
+        if [ -f "$RESULTS/$name.stopped" ]; then
+            say "$(cat "$RESULTS/$name.stopped")"; rm -f "$RESULTS/$name.json"
+        fi
+    fi
+    if [ "$workload" = f ] && [ -z "$BOOTSTRAP" ] && [ "$broker" != tansu ] && [ -f "$RESULTS/$name.json" ]; then
+        measure_restarts "$broker" "$name" 1000
+    fi
     [ -n "$BOOTSTRAP" ] && [ "$broker" != floor ] || stop_broker
 }
 
@@ -539,6 +701,7 @@ done
 # 5. Table and document.
 # ---------------------------------------------------------------------------------------------------------------
 mkdir -p "$(dirname "$DOC")/plots"
+LONG_DURATION=$LONG_DURATION LONG_WINDOW=$LONG_WINDOW LONG_SEGMENT=$LONG_SEGMENT LONG_RETENTION=$LONG_RETENTION \
 python3 - "$RESULTS" "$DOC" "$RUNS" "$QUICK" "$BROKERS" "$ROOT" "$CPU_FLOOR_WRITE_SIZE" "$CPU_FLOOR_SYNC_EVERY" <<'EOF'
 import glob, json, os, re, shutil, statistics, subprocess, sys
 results, doc, runs, quick, brokers, root = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5].split(), sys.argv[6]
@@ -550,6 +713,9 @@ peer = brokers[1] if len(brokers) > 1 else None
 def runs_of(broker, workload):
     out = []
     for path in sorted(glob.glob(os.path.join(results, f"{broker}-{workload}-*.json"))):
+        # Only the runs themselves (NAME-RUN.json), not (f)'s restart timings beside them (NAME-RUN.startup.json).
+        if not re.fullmatch(rf"{re.escape(broker)}-{re.escape(workload)}-\d+\.json", os.path.basename(path)):
+            continue
         try:
             out.append((path, json.load(open(path))))
         except Exception:
@@ -676,13 +842,125 @@ if floor_lines:
 else:
     floor_section = "Latency floor: not run (add `floor` to --workloads)."
 
+# Issue 17's scale workloads (f)–(i), each against the figure of this invocation it is judged by.
+def scale_value(broker, workload, getter):
+    values = []
+    for _, run in runs_of(broker, workload):
+        try:
+            value = getter(run)
+        except (KeyError, TypeError):
+            value = None
+        if value is not None:
+            values.append(value)
+    return statistics.median(values) if values else None
+def restart_value(broker, step):
+    values = []
+    for path in sorted(glob.glob(os.path.join(results, f"{broker}-f-*.restart.json"))):
+        try:
+            timing = json.load(open(path))
+            values.append(timing["shutdown_ms"] if step == "shutdown" else timing[step]["ready_ms"])
+        except Exception:
+            pass
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+def attempted(broker, workload):
+    return bool(glob.glob(os.path.join(results, f"{broker}-{workload}-*.cmd")))
+def outcome(broker, workload):
+    if runs_of(broker, workload):
+        return None
+    stopped = glob.glob(os.path.join(results, f"{broker}-{workload}-*.stopped"))
+    if stopped:
+        return open(stopped[0]).read().strip()
+    return "failed (no result; see its .progress file)" if attempted(broker, workload) else None
+p99 = lambda run: run["publish_latency_us"]["p99"] / 1000.0
+memory = lambda key: (lambda run: run["memory"][key])
+window = lambda key: (lambda run: run["windows"][key]["p99"] / 1000.0)
+scale_lines = ["| broker | workload | metric | value | target | limit | met |", "|---|---|---|---|---|---|---|"]
+scale_json = {}
+def judge(value, limit, higher_is_better):
+    if value is None or limit is None:
+        return "–"
+    return "yes" if (value >= limit if higher_is_better else value <= limit) else "**no**"
+for broker in brokers:
+    c_p99 = median(broker, "c", "publish_latency_us.p99")
+    a_mb = median(broker, "a", "publish_mb_per_s")
+    kib_to_mib = lambda value: value / 1024 if value else None
+    rows_scale = [
+        ("f", "publish p99 ms", scale_value(broker, "f", p99), "≤ 2 × (c)'s p99", 2 * c_p99 if c_p99 else None, False),
+        ("f", "memory per idle partition KiB", scale_value(broker, "f", memory("per_idle_partition_kib")), "reported", None, None),
+        ("f", "memory per active partition KiB", scale_value(broker, "f", memory("per_active_partition_kib")), "reported", None, None),
+        ("f", "broker RSS during the run MiB", kib_to_mib(scale_value(broker, "f", memory("during_run_median_kib"))), "reported", None, None),
+        ("g", "publish p99 ms", scale_value(broker, "g", p99), "≤ 2 × (c)'s p99", 2 * c_p99 if c_p99 else None, False),
+        ("g", "memory per idle connection KiB", scale_value(broker, "g", memory("per_idle_connection_kib")), "reported", None, None),
+        ("g", "memory per producing connection KiB", scale_value(broker, "g", memory("per_producer_connection_kib")), "reported", None, None),
+        ("h", "publish MB/s", scale_value(broker, "h", lambda run: run["publish_mb_per_s"]), "≥ 0.9 × (a)", 0.9 * a_mb if a_mb else None, True),
+        ("i", "publish MB/s", scale_value(broker, "i", lambda run: run["publish_mb_per_s"]), "reported", None, None),
+        ("i", "p99 first window ms", scale_value(broker, "i", window("first_publish_latency_us")), "reported", None, None),
+        ("i", "p99 last window ms", scale_value(broker, "i", window("last_publish_latency_us")), "reported", None, None),
+        ("i", "p99 last / first", scale_value(broker, "i", lambda run: run["windows"]["p99_ratio"]), "≤ 1.5", 1.5, False),
+    ]
+    if broker != "tansu":
+        rows_scale += [
+            ("f", "SIGTERM to exit ms", restart_value(broker, "shutdown"), "reported", None, None),
+            ("f", "start-up ms (all 10,000 partitions served)", restart_value(broker, "startup"), "reported", None, None),
+            ("f", "recovery after SIGKILL ms", restart_value(broker, "recovery"), "reported", None, None),
+        ]
+    for workload, what, value, target, limit, higher in rows_scale:
+        failure = outcome(broker, workload)
+        if value is None and not failure and what.startswith(("start-up", "recovery")) and \
+                glob.glob(os.path.join(results, f"{broker}-{workload}-*.restart.json")):
+            failure = "failed: the broker did not serve its topics (see the run's .startup.err / .recovery.err)"
+        if value is None and not failure:
+            continue
+        cell = fmt(value, 2) if value is not None else failure
+        scale_json.setdefault(broker, {})[f"({workload}) {what}"] = value if value is not None else failure
+        scale_lines.append(f"| {broker} | ({workload}) | {what} | {cell} | {target} | {fmt(limit, 2)} | "
+                           + (judge(value, limit, higher) if higher is not None else "–") + " |")
+    if broker == "tansu" and attempted(broker, "f"):
+        scale_lines.append("| tansu | (f) | start-up and recovery | not applicable: its memory engine keeps nothing across a restart | – | – | – |")
+with open(os.path.join(results, "scale.json"), "w") as f:
+    json.dump(scale_json, f, indent=1)
+if len(scale_lines) > 2:
+    print("\n".join(scale_lines))
+    print()
+long_rates = {b: open(os.path.join(results, f"{b}-i-rate.txt")).read().strip() for b in brokers
+              if os.path.exists(os.path.join(results, f"{b}-i-rate.txt"))}
+long = {key: os.environ.get(key, "?") for key in ("LONG_DURATION", "LONG_WINDOW", "LONG_SEGMENT", "LONG_RETENTION")}
+scale_notes = f"""- (f): 1,000 topics × 10 partitions, 1 KiB messages at 100 MB/s, acks=all, from 4 producer connections
+  (`--producers-total 4`: each connection produces to 250 topics, each message to the next of them and a sticky
+  partition within it), no consumers. Its target is (c)'s p99 in the same invocation ((c) reads with 4 consumers).
+  Memory is the broker's RSS (/proc): per idle partition = (after the topics are created − before) / 10,000; per
+  active partition = (median during the run − before) / 10,000, which includes the load's own memory (requests in
+  flight, the broker's cache of recent batches). Start-up: SIGTERM after the run, then the time from starting the
+  broker again on the same data until it answers Metadata (every partition led) and ListOffsets for all 10,000
+  partitions (`sluice-bench --await-topics`); recovery: SIGKILL right after that, and the same again.
+- (g): (c)'s load — 16 partitions, 50 MB/s, acks=all, 4 consumers — from 1,000 producer connections
+  (`--producers-total 1000`, driven by 4 threads), plus 1,000 connections that send ApiVersions and stay idle
+  (`--idle-connections 1000`). Memory per idle connection = (after they open − before) / 1,000; per producing
+  connection = (median during the run − after the idle ones) / 1,000, load included.
+- (h): (a) with random keys (`--keys random`, murmur2 as Kafka's default partitioner), against (a)'s MB/s.
+- (i): (b)'s shape (4 producers, 4 consumers, 16 partitions, acks=all) at a fixed rate for {long['LONG_DURATION']} s with
+  segment.bytes {long['LONG_SEGMENT']} and retention.bytes {long['LONG_RETENTION']} per partition; p99 of the first and
+  of the last {long['LONG_WINDOW']} s of publish latency (each a histogram of that window's messages). Rate: {", ".join(f"{b} {r}" for b, r in long_rates.items()) or "(not run)"}.
+- The peer (tansu, in memory) runs each of them too, stopped if it holds more than 8 GiB; it has no start-up or
+  recovery to time."""
+scale_section = ("\n".join(scale_lines) if len(scale_lines) > 2 else "Not run (add f, g, h or i to --workloads).") + "\n\n" + scale_notes
+series_plots = []
+for broker in brokers:
+    for path, _ in runs_of(broker, "i")[:1]:
+        svg = path.replace(".json", "-series.svg")
+        if os.path.exists(svg):
+            target = os.path.join(os.path.dirname(doc), "plots", f"broker-{broker}-i-series.svg")
+            shutil.copyfile(svg, target)
+            series_plots.append(f"![{broker} (i) latency over time](plots/{os.path.basename(target)})")
+
 # Detail: every workload's medians.
 detail = ["| broker | workload | publish msg/s | publish MB/s | consume MB/s | pub p50 ms | pub p99 ms | pub p99.9 ms | delay p99 ms | e2e p50 ms | e2e p99 ms | broker CPU | bench CPU | runs |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 def hist_median(broker, workload, key, p):
     values = [run[key][p] / 1000.0 for _, run in runs_of(broker, workload)]
     return statistics.median(values) if values else None
-for workload in "abcde":
+for workload in "abcdefghi":
     for broker in brokers:
         rs = runs_of(broker, workload)
         if not rs:
@@ -699,7 +977,9 @@ for workload in "abcde":
 # Plots: the median run's chart (by the workload's headline metric) per broker and workload.
 plots_dir = os.path.join(os.path.dirname(doc), "plots")
 plot_lines = []
-for workload, _, name, *_ in spec:
+scale_spec = [("f", None, "publish_latency_us.p99"), ("g", None, "publish_latency_us.p99"), ("h", None, "publish_mb_per_s"),
+              ("i", None, "publish_latency_us.p99")]
+for workload, _, name, *_ in spec + scale_spec:
     for broker in brokers:
         rs = runs_of(broker, workload)
         if not rs:
@@ -758,6 +1038,11 @@ with fdatasync every {cpu_floor_sync_every}. The tools' own user time is in the 
 Brokers, CPU per GB of payload published (their CPU also serves the 4 consumers reading the same bytes):
 
 {chr(10).join(cpu_lines)}
+
+## Scale workloads of issue 17: (f)–(i)
+{scale_section}
+
+{chr(10).join(series_plots)}
 
 ## All results (medians)
 {chr(10).join(detail)}

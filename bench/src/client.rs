@@ -119,6 +119,13 @@ impl Connection {
         })
     }
 
+    /// Splits the connection into its writer and the socket's read side without a buffer, for a thread that reads
+    /// many connections' responses itself as they become readable (`pool`).
+    pub fn into_writer_and_socket(self) -> (RequestWriter, TcpStream) {
+        let Connection { writer, reader } = self;
+        (writer, reader.reader.into_inner())
+    }
+
     /// One request, one response.
     pub fn call<R: Request>(&mut self, request: &R, version: i16) -> Result<R::Response, ClientError> {
         let correlation_id = self.writer.send(request, version)?;
@@ -209,18 +216,8 @@ impl ResponseReader {
         version: i16,
         correlation_id: i32,
     ) -> Result<R::Response, ClientError> {
-        let mut frame = self.receive_frame()?;
-        let api = api_name(R::KEY);
-        let header_version =
-            <R::Response as kafka_protocol::protocol::HeaderVersion>::header_version(version);
-        let header = ResponseHeader::decode(&mut frame, header_version).map_err(codec_error(api))?;
-        if header.correlation_id != correlation_id {
-            return Err(ClientError::CorrelationMismatch {
-                expected: correlation_id,
-                received: header.correlation_id,
-            });
-        }
-        R::Response::decode(&mut frame, version).map_err(codec_error(api))
+        let frame = self.receive_frame()?;
+        decode_response::<R>(frame, version, correlation_id)
     }
 
     fn receive_frame(&mut self) -> Result<Bytes, ClientError> {
@@ -242,6 +239,37 @@ impl ResponseReader {
         }
         Ok(Bytes::from(frame))
     }
+}
+
+/// Decodes one response frame (without its size prefix) and checks its correlation id.
+pub fn decode_response<R: Request>(
+    mut frame: Bytes,
+    version: i16,
+    correlation_id: i32,
+) -> Result<R::Response, ClientError> {
+    let api = api_name(R::KEY);
+    let header_version = <R::Response as kafka_protocol::protocol::HeaderVersion>::header_version(version);
+    let header = ResponseHeader::decode(&mut frame, header_version).map_err(codec_error(api))?;
+    if header.correlation_id != correlation_id {
+        return Err(ClientError::CorrelationMismatch {
+            expected: correlation_id,
+            received: header.correlation_id,
+        });
+    }
+    R::Response::decode(&mut frame, version).map_err(codec_error(api))
+}
+
+/// The size of the first response frame in `buffer` (after its 4-byte size prefix), if the prefix is there.
+pub fn frame_size(buffer: &[u8]) -> Result<Option<usize>, ClientError> {
+    let Some(prefix) = buffer.get(..4) else {
+        return Ok(None);
+    };
+    let size = i32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+    let size = usize::try_from(size).map_err(|_| ClientError::FrameTooLarge(0))?;
+    if size > FRAME_SIZE_MAX {
+        return Err(ClientError::FrameTooLarge(size));
+    }
+    Ok(Some(size))
 }
 
 fn api_name(key: i16) -> &'static str {

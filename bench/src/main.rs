@@ -57,6 +57,20 @@ struct Cli {
     /// Producers per topic (one connection each per leader broker).
     #[arg(long, default_value_t = 1)]
     producers: usize,
+    /// Producer connections over all topics instead of --producers per topic: connection c of N produces to the
+    /// topics t with t mod N = c (or, with fewer topics than connections, to topic c mod topics), each message to
+    /// the next of its topics and a partition by --keys. They share --rate evenly and are driven by
+    /// --producer-threads threads, not two threads each. Single broker only; a batch answered with an error counts
+    /// as failed (no retry).
+    #[arg(long, default_value_t = 0)]
+    producers_total: usize,
+    /// Threads driving --producers-total connections (at most one per connection).
+    #[arg(long, default_value_t = 4)]
+    producer_threads: usize,
+    /// Connections opened after the topics are created that send one ApiVersions and then stay silent for the run
+    /// (their broker memory is reported with --broker-pid).
+    #[arg(long, default_value_t = 0)]
+    idle_connections: usize,
     /// Consumers per topic (one connection each per leader broker; the topic's partitions are dealt among them).
     #[arg(long, default_value_t = 1)]
     consumers: usize,
@@ -142,11 +156,30 @@ struct Cli {
     /// Write a latency-percentile chart (SVG).
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
+    /// Write publish p50, p99 and p99.9 per second over the measured period (SVG).
+    #[arg(long, value_name = "FILE")]
+    plot_series: Option<PathBuf>,
+    /// Compare the publish latency of the first and the last this many seconds of the measured period (JSON
+    /// `windows`, with `p99_ratio` = last p99 / first p99).
+    #[arg(long, default_value_t = 0.0)]
+    window_s: f64,
+    /// Run no workload: wait until the broker at --bootstrap serves Metadata for at least this many topics named
+    /// --topic-prefix… with a leader for each partition, and ListOffsets for all their partitions; print the
+    /// milliseconds to each step as JSON (for start-up and recovery times; start it as the broker starts).
+    #[arg(long, value_name = "N")]
+    await_topics: Option<usize>,
+    /// How long --await-topics waits before it fails.
+    #[arg(long, default_value_t = 600.0)]
+    await_timeout_s: f64,
 }
 
 #[allow(clippy::too_many_lines)] // over 70 lines before the limit; to be split
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    raise_open_file_limit();
+    if let Some(topic_count) = cli.await_topics {
+        return await_topics(&cli, topic_count);
+    }
     if let Err(problem) = validate(&cli) {
         eprintln!("sluice-bench: error: {problem}");
         return ExitCode::from(2);
@@ -173,6 +206,8 @@ fn main() -> ExitCode {
         random_ratio: cli.random_ratio,
         key_distribution: cli.keys,
         producers_per_topic: cli.producers,
+        producers_total: cli.producers_total,
+        producer_threads: cli.producer_threads,
         consumers_per_topic: cli.consumers,
         rate_per_s,
         acks: cli.acks,
@@ -195,13 +230,14 @@ fn main() -> ExitCode {
         "max rate".to_owned()
     };
     let description = format!(
-        "{} topic(s) × {} partitions{}, {} B messages, {} producers, {} consumers, {}, acks={}, {:?}, linger {} ms, batch {} B{}",
+        "{} topic(s) × {} partitions{}, {} B messages, {} producers, {} consumers{}, {}, acks={}, {:?}, linger {} ms, batch {} B{}",
         cli.topics,
         cli.partitions,
         replication_text(&cli),
         cli.message_size,
-        cli.producers * cli.topics,
+        if cli.producers_total > 0 { cli.producers_total } else { cli.producers * cli.topics },
         cli.consumers * cli.topics,
+        if cli.idle_connections > 0 { format!(", {} idle connections", cli.idle_connections) } else { String::new() },
         rate_text,
         cli.acks,
         cli.compression,
@@ -218,6 +254,8 @@ fn main() -> ExitCode {
         evict_size: cli.evict_size,
         broker_pids: cli.broker_pid.clone(),
         delete_topics: cli.delete_topics,
+        idle_connections: cli.idle_connections,
+        window_s: cli.window_s,
         label: cli.label.clone(),
         description,
     };
@@ -241,11 +279,46 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    if let (Some(path), Some(timeline)) = (&cli.plot_series, &summary.timeline) {
+        if let Err(error) = write_file(path, &timeline.to_svg(&summary.label, &summary.description)) {
+            eprintln!("sluice-bench: error: cannot write {}: {error}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
     if summary.counters.acked_messages == 0 {
         eprintln!("sluice-bench: error: no message was acknowledged");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// `--await-topics`: prints the readiness JSON, or fails.
+fn await_topics(cli: &Cli, topic_count: usize) -> ExitCode {
+    let address = cli.bootstrap.split(',').next().unwrap_or_default().trim();
+    let timeout = Duration::from_secs_f64(cli.await_timeout_s.max(0.0));
+    match sluice_bench::ready::await_topics(address, &cli.topic_prefix, topic_count, timeout) {
+        Ok(readiness) => {
+            println!("{}", readiness.to_json());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("sluice-bench: error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft open-file limit to the hard one: a run with a thousand producer and a thousand idle connections
+/// needs more descriptors than the usual soft limit of 1,024.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write the one struct passed, which lives across both calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// `KEY=VALUE` of `--topic-config`.
@@ -285,6 +358,12 @@ fn validate(cli: &Cli) -> Result<(), String> {
             "--batch-size {} must be at least 1024 and at most --request-size-max {}",
             cli.batch_size, cli.request_size_max
         ));
+    }
+    if cli.producers_total > 0 && (cli.producer_threads == 0 || cli.backlog_size > 0) {
+        return Err("--producers-total needs --producer-threads of at least 1 and no --backlog-size".into());
+    }
+    if cli.window_s < 0.0 || cli.window_s > cli.duration {
+        return Err(format!("--window-s {} is outside 0..=--duration {}", cli.window_s, cli.duration));
     }
     if cli.rate < 0.0 || cli.warmup < 0.0 || cli.duration <= 0.0 || cli.linger_ms < 0.0 {
         return Err(

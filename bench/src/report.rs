@@ -9,7 +9,9 @@ use std::path::Path;
 
 use hdrhistogram::Histogram;
 
+use crate::memory::MemoryReport;
 use crate::stats::{CounterSnapshot, Latencies};
+use crate::timeline::Timeline;
 
 /// Percentiles in every report: (JSON key, quantile, label).
 pub const PERCENTILES: [(&str, f64, &str); 6] = [
@@ -39,6 +41,10 @@ pub struct Summary {
     pub error_count: u64,
     pub errors: Vec<String>,
     pub message_size: usize,
+    /// The broker's memory at the run's phases (steady runs with `--broker-pid`).
+    pub memory: Option<MemoryReport>,
+    /// Per-second points and the first/last windows (steady runs).
+    pub timeline: Option<Timeline>,
 }
 
 impl Summary {
@@ -111,6 +117,21 @@ impl Summary {
             }
             println!("{line}");
         }
+        if let Some(memory) = &self.memory {
+            let figure =
+                |value: Option<f64>| value.map_or("n/a".to_owned(), |value| format!("{value:.1} KiB"));
+            println!(
+                "memory   broker RSS median {} MiB during the run; per idle partition {}, per active partition {}, \
+                 per idle connection {}",
+                crate::memory::median_and_peak(&memory.during_run_rss_kib).0.map_or(0, |kib| kib / 1024),
+                figure(memory.per_idle_partition_kib()),
+                figure(memory.per_active_partition_kib()),
+                figure(memory.per_idle_connection_kib())
+            );
+        }
+        if let Some(ratio) = self.timeline.as_ref().and_then(Timeline::p99_ratio) {
+            println!("windows  publish p99 of the last window / the first: {ratio:.2}");
+        }
         if self.error_count > 0 {
             println!("errors   {} (first: {})", self.error_count, self.errors.join("; "));
         }
@@ -152,11 +173,17 @@ impl Summary {
         let errors: Vec<String> = self.errors.iter().map(|error| json_string(error)).collect();
         let _ = writeln!(json, "  \"errors\": [{}],", errors.join(", "));
         let keys = ["publish_latency_us", "publish_delay_us", "e2e_latency_us"];
-        for (index, (key, (_, histogram))) in keys.iter().zip(self.series()).enumerate() {
-            let separator = if index + 1 == keys.len() { "" } else { "," };
-            let _ = writeln!(json, "  \"{key}\": {}{separator}", histogram_json(histogram));
+        for (key, (_, histogram)) in keys.iter().zip(self.series()) {
+            let _ = writeln!(json, "  \"{key}\": {},", histogram_json(histogram));
         }
-        json.push_str("}\n");
+        if let Some(memory) = &self.memory {
+            let _ = writeln!(json, "  \"memory\": {},", memory.to_json());
+        }
+        match &self.timeline {
+            Some(timeline) => json.push_str(&timeline.to_json()),
+            None => json.push_str("  \"series\": []"),
+        }
+        json.push_str("\n}\n");
         json
     }
 
@@ -323,7 +350,7 @@ fn rate(amount: f64, seconds: f64) -> f64 {
     }
 }
 
-fn histogram_json(histogram: &Histogram<u64>) -> String {
+pub fn histogram_json(histogram: &Histogram<u64>) -> String {
     let mut json = String::from("{");
     for (key, quantile, _) in PERCENTILES {
         let value = if histogram.is_empty() { 0 } else { histogram.value_at_quantile(quantile) };
@@ -361,7 +388,7 @@ pub fn json_string(text: &str) -> String {
     quoted
 }
 
-fn xml_escape(text: &str) -> String {
+pub fn xml_escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
@@ -425,6 +452,8 @@ mod tests {
             error_count: 0,
             errors: Vec::new(),
             message_size: 2000,
+            memory: None,
+            timeline: None,
         }
     }
 

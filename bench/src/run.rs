@@ -11,10 +11,12 @@ use crate::client::{ClientError, Versions};
 use crate::clock::now_ns;
 use crate::cluster::{connect_any, Metadata};
 use crate::cpu::{cpu_seconds, machine_busy_seconds};
+use crate::memory::{rss_kib_sum, MemoryReport, MemorySample};
 use crate::report::{progress_line, Summary};
 use crate::stats::{CounterSnapshot, Latencies, Stats};
+use crate::timeline::Timeline;
 use crate::workload::{Payloads, StartOffset, Workload};
-use crate::{consumer, producer};
+use crate::{consumer, pool, producer};
 
 /// What every producer and consumer thread of a run shares.
 #[derive(Clone)]
@@ -39,6 +41,10 @@ pub struct RunOptions {
     pub broker_pids: Vec<u32>,
     /// Delete the run's topics once it is over.
     pub delete_topics: bool,
+    /// Connections opened before the producers start that send one ApiVersions and then stay silent for the run.
+    pub idle_connections: usize,
+    /// Seconds of the first and last windows whose publish latencies are compared (0 = none).
+    pub window_s: f64,
     pub label: String,
     pub description: String,
 }
@@ -103,14 +109,33 @@ pub fn run(options: RunOptions) -> Result<Summary, ClientError> {
         "sluice-bench: {address} speaks Produce v{}, Fetch v{}, Metadata v{}, CreateTopics v{}, ListOffsets v{}",
         versions.produce, versions.fetch, versions.metadata, versions.create_topics, versions.list_offsets
     );
+    let mut memory = MemoryReport {
+        baseline: MemorySample::take(&options.broker_pids),
+        partition_count: workload.topics.len() * workload.partition_count as usize,
+        idle_connection_count: options.idle_connections,
+        producer_connection_count: producer_connection_count(&workload),
+        ..MemoryReport::default()
+    };
     let metadata = create_topics(&workload, versions, workload.topics.clone())?;
+    if workload.producers_total > 0 && metadata.table().broker_count() > 1 {
+        return Err(ClientError::Io(std::io::Error::other(
+            "--producers-total drives connections to a single broker; this cluster has several",
+        )));
+    }
+    memory.after_topics = sample_settled(&options.broker_pids);
+    let idle = open_idle_connections(&address, options.idle_connections)?;
+    if options.idle_connections > 0 {
+        memory.after_idle_connections = sample_settled(&options.broker_pids);
+    }
     let payloads = Arc::new(Payloads::new(workload.message_size, workload.random_ratio, 0xbe4c4));
     let stats = Stats::new();
     let summary = if options.backlog_size > 0 {
         run_catch_up(&options, &workload, versions, &payloads, &stats, &metadata)
     } else {
-        run_steady(&options, &workload, versions, &payloads, &stats, &metadata)
+        let memory = (!options.broker_pids.is_empty()).then_some(memory);
+        run_steady(&options, &workload, versions, &payloads, &stats, &metadata, memory)
     };
+    drop(idle);
     if options.delete_topics {
         // After the summary is taken; a failure here costs the run nothing but disk space, so it is only reported.
         if let Err(error) = metadata.delete_topics() {
@@ -124,6 +149,39 @@ pub fn run(options: RunOptions) -> Result<Summary, ClientError> {
         );
     }
     summary
+}
+
+/// Producer connections of the run against a single broker.
+fn producer_connection_count(workload: &Workload) -> usize {
+    if workload.producers_total > 0 {
+        workload.producers_total
+    } else {
+        workload.producers_per_topic * workload.topics.len()
+    }
+}
+
+/// The brokers' memory a second from now, once what was just created has settled (None without `--broker-pid`).
+fn sample_settled(broker_pids: &[u32]) -> Option<MemorySample> {
+    if broker_pids.is_empty() {
+        return None;
+    }
+    thread::sleep(Duration::from_secs(1));
+    MemorySample::take(broker_pids)
+}
+
+/// Opens `count` connections to `address` that each send one ApiVersions and then stay silent; they stay open for
+/// as long as the returned sockets live.
+fn open_idle_connections(address: &str, count: usize) -> Result<Vec<std::net::TcpStream>, ClientError> {
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut connection = crate::client::Connection::connect(address)?;
+        connection.negotiate_versions()?;
+        sockets.push(connection.into_writer_and_socket().1);
+    }
+    if count > 0 {
+        eprintln!("sluice-bench: {count} idle connections open");
+    }
+    Ok(sockets)
 }
 
 /// Creates `topics` and waits for a leader of each partition; prints where they are when there is more than one
@@ -210,6 +268,24 @@ fn start_producers(
     stop: &Arc<AtomicBool>,
     metadata: &Arc<Metadata>,
 ) -> Vec<producer::ProducerHandle> {
+    if workload.producers_total > 0 {
+        let context = WorkerContext {
+            workload: Arc::clone(workload),
+            versions,
+            stats: Arc::clone(stats),
+            stop: Arc::clone(stop),
+            metadata: Arc::clone(metadata),
+        };
+        // Connecting a thousand sockets takes longer than four: the clocks start once all could be connected.
+        let start_ns = now_ns() + 20_000_000 + workload.producers_total as u64 * 200_000;
+        return pool::start(
+            &context,
+            workload.producers_total,
+            workload.producer_threads,
+            start_ns,
+            payloads,
+        );
+    }
     let producer_count = workload.topics.len() * workload.producers_per_topic;
     let rate_each = workload.rate_per_s / producer_count as f64;
     // Every producer's rate clock starts at the same instant, a little ahead so that connecting does not count.
@@ -258,8 +334,10 @@ fn run_steady(
     payloads: &Arc<Payloads>,
     stats: &Arc<Stats>,
     metadata: &Arc<Metadata>,
+    mut memory: Option<MemoryReport>,
 ) -> Result<Summary, ClientError> {
     let stop = Arc::new(AtomicBool::new(false));
+    let mut timeline = Timeline::new(options.duration.as_secs_f64(), options.window_s);
     let consumers = start_consumers(workload, versions, stats, &stop, metadata);
     let producers = start_producers(workload, versions, payloads, stats, &stop, metadata);
     let started = Instant::now();
@@ -308,6 +386,18 @@ fn run_steady(
             );
             if measuring {
                 totals.add(&interval);
+                let rss_kib = rss_kib_sum(&options.broker_pids);
+                if let (Some(memory), Some(rss_kib)) = (&mut memory, rss_kib) {
+                    memory.during_run_rss_kib.push(rss_kib);
+                }
+                let interval_s = cpu.at.duration_since(previous_cpu.at).as_secs_f64().max(1e-9);
+                let mb_per_s = snapshot.since(&previous).acked_bytes as f64 / 1e6 / interval_s;
+                timeline.add(
+                    now.saturating_duration_since(measure_from).as_secs_f64(),
+                    &interval,
+                    mb_per_s,
+                    rss_kib,
+                );
             }
             interval.reset();
             previous = snapshot;
@@ -330,6 +420,10 @@ fn run_steady(
     stats.drain(&mut interval);
     if measuring {
         totals.add(&interval);
+        timeline.add_tail(&interval);
+    }
+    if let Some(memory) = &mut memory {
+        memory.after_run = MemorySample::take(&options.broker_pids);
     }
     let measured = end.since(&baseline);
     let seconds = cpu_end.at.duration_since(cpu_start.at).as_secs_f64();
@@ -352,6 +446,8 @@ fn run_steady(
         error_count,
         errors,
         message_size: workload.message_size,
+        memory,
+        timeline: Some(timeline),
     })
 }
 
@@ -493,6 +589,8 @@ fn run_catch_up(
         error_count,
         errors,
         message_size: workload.message_size,
+        memory: None,
+        timeline: None,
     })
 }
 

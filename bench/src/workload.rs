@@ -37,6 +37,9 @@ pub struct Workload {
     pub random_ratio: f64,
     pub key_distribution: KeyDistribution,
     pub producers_per_topic: usize,
+    /// Producer connections over all topics, driven by `producer_threads` threads (`pool`); 0 = per topic.
+    pub producers_total: usize,
+    pub producer_threads: usize,
     pub consumers_per_topic: usize,
     /// Messages per second over all producers; 0 = as fast as possible.
     pub rate_per_s: f64,
