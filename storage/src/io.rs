@@ -25,6 +25,17 @@ pub trait Storage: Clone + 'static {
     /// Opens a file for direct reads and writes, creating it (empty) when `create` is set.
     async fn open(&self, path: &Path, create: bool) -> io::Result<Self::File>;
     async fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Removes a file nothing reads or writes any more (a segment retention or DeleteRecords dropped), without
+    /// making the caller wait for the file system to free its blocks. By default at once, as `remove`.
+    /// [`crate::dma::DmaStorage`] renames it out of the log's sight (`<name>.deleted`, which recovery ignores and
+    /// `remove_leftovers` clears) and frees it gradually in the background.
+    async fn remove_in_background(&self, path: &Path) -> io::Result<()> {
+        self.remove(path).await
+    }
+    /// Removes what [`Storage::remove_in_background`] left in `directory` when the process stopped first.
+    async fn remove_leftovers(&self, _directory: &Path) -> io::Result<()> {
+        Ok(())
+    }
     /// Renames `from` to `to`, replacing `to` atomically; durable once the directory is synced.
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Names (not paths) of the entries of `directory`.

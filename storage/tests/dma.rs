@@ -233,3 +233,61 @@ fn leader_epoch_checkpoint_on_real_files() {
         log.close().await.unwrap();
     });
 }
+
+/// Segments retention drops leave the log's sight at once (renamed `*.deleted`, which recovery ignores) and are
+/// freed in the background; what a stop leaves behind is cleared when the log opens again, and the log holds the
+/// same batches.
+#[test]
+fn retention_frees_segments_in_the_background_and_a_restart_clears_leftovers() {
+    let scratch = scratch_directory();
+    let directory = scratch.path().to_path_buf();
+    let partition = directory.join("topic-0");
+    let config = sluice_storage::LogConfig { retention_size_max: Some(32 * 1024), ..small_config() };
+    let (start, end, leftover) = run({
+        let directory = directory.clone();
+        let partition = partition.clone();
+        move || async move {
+            let storage = DmaStorage::new(&directory, 8).await.unwrap();
+            let log = Log::open(storage, partition.clone(), config.clone(), BatchCache::new(1 << 20))
+                .await
+                .unwrap();
+            for _ in 0..40 {
+                let info = log.append(make_batch(4, 1000, 1), 0).await.unwrap();
+                log.wait_durable(info.last_offset.next()).await.unwrap();
+            }
+            log.enforce_retention(i64::MAX).await.unwrap();
+            let start = log.log_start_offset();
+            let end = log.log_end_offset();
+            // At once: no dropped segment keeps its name.
+            let names = file_names(&partition);
+            let logs: Vec<&String> = names.iter().filter(|name| name.ends_with(".log")).collect();
+            assert!(logs.len() < 6, "retention kept {logs:?}");
+            // Within the grace period and the steps, the background removal frees every dropped file.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while file_names(&partition).iter().any(|name| name.ends_with(".deleted")) {
+                assert!(std::time::Instant::now() < deadline, "dropped segments still there after 30 s");
+                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            // A file a stop left behind is removed when the log opens again.
+            std::fs::write(partition.join("00000000000000000000.log.deleted"), vec![0u8; 4096]).unwrap();
+            log.close().await.unwrap();
+            let storage = DmaStorage::new(&directory, 8).await.unwrap();
+            let reopened =
+                Log::open(storage, partition.clone(), config, BatchCache::new(1 << 20)).await.unwrap();
+            assert_eq!((reopened.log_start_offset(), reopened.log_end_offset()), (start, end));
+            let leftover = file_names(&partition).iter().any(|name| name.ends_with(".deleted"));
+            reopened.close().await.unwrap();
+            (start, end, leftover)
+        }
+    });
+    assert!(start > Offset(0), "retention dropped nothing (log start {start:?})");
+    assert_eq!(end, Offset(160));
+    assert!(!leftover, "a leftover *.deleted file survived the reopen");
+}
+
+fn file_names(directory: &Path) -> Vec<String> {
+    std::fs::read_dir(directory)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}

@@ -166,6 +166,10 @@ pub(super) async fn recover<S: Storage>(
     clock: &dyn Clock,
     durable_below: Offset,
 ) -> Result<(Vec<Segment<S>>, RecoveryReport), LogError> {
+    // Files a removal in the background had not finished (they are invisible to the listing below anyway).
+    if let Err(error) = storage.remove_leftovers(directory).await {
+        log::warn!("{}: leftover removed segment files stay: {error}", directory.display());
+    }
     let names = storage.list(directory).await.map_err(io_error("listing", directory))?;
     let mut bases: Vec<Offset> = names.iter().filter_map(|name| parse_segment_file_name(name)).collect();
     bases.sort();

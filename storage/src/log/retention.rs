@@ -218,9 +218,14 @@ pub(super) async fn delete_segments_below_log_start<S: Storage>(inner: &LogInner
             }
         };
         let Some(segment) = doomed else { break };
-        // The descriptor goes before the name: an idle one now, one a reader holds when its read ends.
+        // The descriptor goes before the name: an idle one now, one a reader holds when its read ends. The files
+        // are freed in the background (`Storage::remove_in_background`): the flusher goes back to writing at once.
         segment.file.close().await;
-        remove_segment_files(inner, segment.base_offset).await?;
+        for path in Segment::<S>::paths(&inner.directory, segment.base_offset) {
+            if inner.storage.exists(&path).await {
+                inner.storage.remove_in_background(&path).await.map_err(io_error("removing", &path))?;
+            }
+        }
     }
     let log_start = {
         let mut state = inner.state.borrow_mut();
