@@ -162,8 +162,11 @@ async fn remove_queued(removals: Rc<Removals>) {
         if due > now {
             glommio::timer::sleep(due - now).await;
         }
-        if let Err(error) = shrink_and_remove(&path).await {
-            log::warn!("removing {}: {error} (a restart removes it)", path.display());
+        match shrink_and_remove(&path).await {
+            // Gone with its directory (a deleted topic's partitions are removed whole).
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => log::warn!("removing {}: {error} (a restart removes it)", path.display()),
+            Ok(()) => {}
         }
     }
     removals.running.set(false);
