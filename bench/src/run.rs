@@ -29,6 +29,25 @@ pub struct WorkerContext {
     pub metadata: Arc<Metadata>,
 }
 
+impl WorkerContext {
+    /// One worker's share of the run's state.
+    fn new(
+        workload: &Arc<Workload>,
+        versions: Versions,
+        stats: &Arc<Stats>,
+        stop: &Arc<AtomicBool>,
+        metadata: &Arc<Metadata>,
+    ) -> WorkerContext {
+        WorkerContext {
+            workload: Arc::clone(workload),
+            versions,
+            stats: Arc::clone(stats),
+            stop: Arc::clone(stop),
+            metadata: Arc::clone(metadata),
+        }
+    }
+}
+
 pub struct RunOptions {
     pub workload: Workload,
     pub warmup: Duration,
@@ -237,13 +256,7 @@ fn start_consumers(
             if partitions.is_empty() {
                 continue;
             }
-            let context = WorkerContext {
-                workload: Arc::clone(workload),
-                versions,
-                stats: Arc::clone(stats),
-                stop: Arc::clone(stop),
-                metadata: Arc::clone(metadata),
-            };
+            let context = WorkerContext::new(workload, versions, stats, stop, metadata);
             consumers.push(consumer::start(
                 context,
                 topic.clone(),
@@ -269,13 +282,7 @@ fn start_producers(
     metadata: &Arc<Metadata>,
 ) -> Vec<producer::ProducerHandle> {
     if workload.producers_total > 0 {
-        let context = WorkerContext {
-            workload: Arc::clone(workload),
-            versions,
-            stats: Arc::clone(stats),
-            stop: Arc::clone(stop),
-            metadata: Arc::clone(metadata),
-        };
+        let context = WorkerContext::new(workload, versions, stats, stop, metadata);
         // Connecting a thousand sockets takes longer than four: the clocks start once all could be connected.
         let start_ns = now_ns() + 20_000_000 + workload.producers_total as u64 * 200_000;
         return pool::start(
@@ -293,13 +300,7 @@ fn start_producers(
     let mut producers = Vec::new();
     for topic in &workload.topics {
         for _ in 0..workload.producers_per_topic {
-            let context = WorkerContext {
-                workload: Arc::clone(workload),
-                versions,
-                stats: Arc::clone(stats),
-                stop: Arc::clone(stop),
-                metadata: Arc::clone(metadata),
-            };
+            let context = WorkerContext::new(workload, versions, stats, stop, metadata);
             producers.push(producer::start(
                 context,
                 topic.clone(),
